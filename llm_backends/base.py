@@ -1,0 +1,176 @@
+"""The contract every environment LLM ("the large LLM") satisfies.
+
+A backend turns a chat (a list of ``{"role": ..., "content": ...}`` messages) into a
+:class:`Completion`. It offers the call both synchronously (:meth:`LLMBackend.complete`,
+used by ``PromptCollabEnv.step``) and asynchronously (:meth:`LLMBackend.acomplete`, used by
+the vector env so that many episodes wait on the network at once).
+
+A backend that cannot produce a reply raises :class:`EnvLLMError` (after its own retries).
+The environment turns that into ``info["env_error"]``; the error text never reaches the
+agent as if the large LLM had said it (design.md section 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Message = Mapping[str, str]
+
+__all__ = [
+    "BaseBackend",
+    "Completion",
+    "EnvLLMError",
+    "LLMBackend",
+    "Message",
+    "validate_messages",
+]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One reply of the environment LLM, with what it cost.
+
+    ``latency_s`` is wall time including retries; ``attempts`` counts calls made
+    (1 means no retry); ``cached`` is True when the reply came from a record/replay cache.
+    """
+
+    text: str
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    attempts: int = 1
+    cached: bool = False
+    model: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class EnvLLMError(RuntimeError):
+    """The environment LLM failed to produce a usable reply.
+
+    ``kind`` is a short machine-readable reason (``"timeout"``, ``"rate_limit"``,
+    ``"server_error"``, ``"connection"``, ``"empty_reply"``, ``"bad_request"``,
+    ``"deadline"``, ``"replay_miss"``, ``"error"``); ``attempts`` is how many calls were made.
+    """
+
+    def __init__(self, message: str, *, kind: str = "error", attempts: int = 1, retryable: bool = False):
+        super().__init__(message)
+        self.kind = kind
+        self.attempts = attempts
+        self.retryable = retryable
+
+    def __reduce__(self):  # keep kind/attempts across pickling (vector env workers)
+        return (_rebuild_env_llm_error, (str(self), self.kind, self.attempts, self.retryable))
+
+
+def _rebuild_env_llm_error(message: str, kind: str, attempts: int, retryable: bool) -> EnvLLMError:
+    return EnvLLMError(message, kind=kind, attempts=attempts, retryable=retryable)
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """Anything with a ``name`` and sync/async ``complete(messages, **sampling)``.
+
+    Sampling keywords understood by the bundled backends: ``temperature``, ``top_p``,
+    ``max_tokens``, ``seed``. Unknown keywords are ignored by simple backends.
+    """
+
+    name: str
+
+    def complete(self, messages: Sequence[Message], **sampling: Any) -> Completion: ...
+
+    async def acomplete(self, messages: Sequence[Message], **sampling: Any) -> Completion: ...
+
+
+def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Check a chat and return it as a list of plain dicts.
+
+    >>> validate_messages([{"role": "user", "content": "hi"}])
+    [{'role': 'user', 'content': 'hi'}]
+    >>> validate_messages([{"role": "robot", "content": "hi"}])
+    Traceback (most recent call last):
+    ...
+    ValueError: message 0 has role 'robot'; expected one of system, user, assistant. Fix the chat before calling the backend.
+    """
+    out: list[dict[str, str]] = []
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError(
+            f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}."
+        )
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i} must be a mapping with 'role' and 'content' keys, got {m!r}.")
+        role, content = m["role"], m["content"]
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(
+                f"message {i} has role {role!r}; expected one of system, user, assistant. "
+                "Fix the chat before calling the backend."
+            )
+        if not isinstance(content, str):
+            raise TypeError(f"message {i} content must be str, got {type(content).__name__}.")
+        out.append({"role": role, "content": content})
+    return out
+
+
+class _LoopThread:
+    """A private event loop on a daemon thread, for running coroutines from sync code.
+
+    Async clients (httpx, openai) bind to the loop they were first used on, so the sync
+    path of an async-native backend must always use the same loop.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="promptr1-backend-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class BaseBackend:
+    """Convenience base: implement either :meth:`complete` or :meth:`acomplete`.
+
+    * A sync-native backend implements ``complete``; ``acomplete`` runs it in a worker
+      thread so the event loop keeps serving other episodes.
+    * An async-native backend implements ``acomplete``; ``complete`` runs it on one private
+      event loop owned by the backend (safe to call from inside a running loop's thread pool).
+    """
+
+    name: str = "base"
+    #: True when the same messages and sampling always give the same reply.
+    deterministic: bool = False
+
+    def __init__(self) -> None:
+        self._loop_thread: _LoopThread | None = None
+        self._loop_lock = threading.Lock()
+
+    def complete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
+        if type(self).acomplete is BaseBackend.acomplete:
+            raise TypeError(f"{type(self).__name__} must implement complete() or acomplete().")
+        with self._loop_lock:
+            if getattr(self, "_loop_thread", None) is None:
+                self._loop_thread = _LoopThread()
+        return self._loop_thread.run(self.acomplete(messages, **sampling))
+
+    async def acomplete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
+        if type(self).complete is BaseBackend.complete:
+            raise TypeError(f"{type(self).__name__} must implement complete() or acomplete().")
+        return await asyncio.to_thread(self.complete, messages, **sampling)
+
+    def close(self) -> None:
+        lt = getattr(self, "_loop_thread", None)
+        if lt is not None:
+            lt.stop()
+            self._loop_thread = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

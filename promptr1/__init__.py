@@ -1,0 +1,28 @@
+"""prompt-r1: Prompt-R1 (arXiv 2511.01016) as a Gymnasium environment plus RL agents.
+
+Importing this package registers ``PromptR1-v0`` with Gymnasium.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+ENV_ID = "PromptR1-v0"
+
+
+def register_envs() -> None:
+    """Register ``PromptR1-v0`` (idempotent)."""
+    import gymnasium as gym
+
+    if ENV_ID in gym.registry:
+        return
+    gym.register(
+        id=ENV_ID,
+        entry_point="promptr1.envs.collab_env:PromptCollabEnv",
+        vector_entry_point="promptr1.envs.vector:make_vector_env",
+        nondeterministic=True,
+        disable_env_checker=True,
+    )
+
+
+register_envs()

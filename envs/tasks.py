@@ -6,11 +6,23 @@ bundled synthetic generator (:mod:`promptr1.envs.synthetic`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["DEFAULT_INSTRUCTION", "Task", "TaskSource"]
+__all__ = [
+    "DEFAULT_INSTRUCTION",
+    "ListTaskSource",
+    "Task",
+    "TaskSource",
+    "infer_ability",
+    "load_jsonl",
+    "load_parquet",
+    "load_tasks",
+]
 
 # Our own wording of the protocol instruction used when a task source has none (the official
 # parquet rows carry their own instruction text, which is used verbatim for them).
@@ -82,3 +94,171 @@ class ListTaskSource(Sequence):
 
     def __repr__(self) -> str:
         return f"ListTaskSource(name={self.name!r}, n={len(self)})"
+
+
+# The official rows put "Question: q\n" before an instruction that starts with this sentence; questions
+# themselves can contain newlines (math), so we split at the instruction when we can recognise it.
+_REF_INSTRUCTION_START = "\nFirst, provide a simple explanation of the question"
+
+
+def infer_ability(data_source: str, ability: str = "") -> str:
+    """Task type from the row's ``data_source`` (the official files label every row ``multihop_qa``).
+
+    >>> infer_ability("gsm8k-256-test"), infer_ability("wp-6600-256-test"), infer_ability("hotpot-256-test")
+    ('math', 'text', 'qa')
+    """
+    ds = (data_source or "").lower()
+    if any(k in ds for k in ("gsm8k", "math", "arith", "aime", "amc")):
+        return "math"
+    if any(k in ds for k in ("book", "wp-", "writingprompts", "xsum", "summar")):
+        return "text"
+    ab = (ability or "").lower()
+    if ab in ("math", "text"):
+        return ab
+    return "qa"
+
+
+def _split_prompt(content: str) -> tuple[str, str]:
+    """Split an official first message into (question, instruction); recomposes exactly."""
+    body = content[len("Question: "):] if content.startswith("Question: ") else content
+    cut = body.find(_REF_INSTRUCTION_START)
+    if cut < 0:
+        cut = body.find("\n")
+    if cut < 0:
+        return body, ""
+    return body[:cut], body[cut + 1:]
+
+
+def _answers_list(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+def _task_from_official_row(row: Mapping, index: int, name: str) -> Task:
+    prompt = row.get("prompt")
+    if not prompt:
+        raise ValueError(f"{name} row {index}: 'prompt' is empty; expected a chat list with a user message.")
+    user = [m for m in prompt if m.get("role") == "user"]
+    content = (user[-1] if user else prompt[-1])["content"]
+    question, instruction = _split_prompt(content)
+    rm = row.get("reward_model") or {}
+    answers = _answers_list(rm.get("ground_truth") if isinstance(rm, Mapping) else None)
+    if not answers:
+        raise ValueError(
+            f"{name} row {index}: no gold answers in reward_model.ground_truth; every row needs at least one."
+        )
+    ds = row.get("data_source") or ""
+    return Task(
+        question=question if question.strip() else content,
+        answers=answers,
+        instruction=instruction,
+        ability=infer_ability(ds, row.get("ability") or ""),
+        data_source=ds,
+        id=f"{Path(name).stem}-{index}",
+    )
+
+
+def load_parquet(path: str | os.PathLike) -> ListTaskSource:
+    """Tasks from a file in the official Prompt-R1 parquet schema.
+
+    Columns: ``data_source``, ``prompt`` (a chat list whose user message is
+    ``"Question: q\\n" + instruction``), ``ability``, ``reward_model.ground_truth`` (list of answers).
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {str(path)!r} does not exist; give a .parquet or .jsonl path, or 'synthetic'.")
+    table = pq.read_table(path)
+    missing = {"prompt", "reward_model"} - set(table.column_names)
+    if missing:
+        raise ValueError(
+            f"{path.name} is not in the Prompt-R1 schema: missing column(s) {sorted(missing)}; expected "
+            "data_source, prompt, ability, reward_model.ground_truth."
+        )
+    rows = table.to_pylist()
+    return ListTaskSource([_task_from_official_row(r, i, path.name) for i, r in enumerate(rows)], name=path.name)
+
+
+def load_jsonl(path: str | os.PathLike) -> ListTaskSource:
+    """Tasks from JSON Lines: one object per line with ``question`` and ``answers`` (list or string).
+
+    Optional keys: ``instruction``, ``ability``, ``data_source``, ``id``. A line in the official
+    schema (``prompt`` + ``reward_model``) is accepted too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {str(path)!r} does not exist.")
+    tasks: list[Task] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path.name} line {lineno}: invalid JSON ({exc.msg}).") from None
+            if "prompt" in obj and "reward_model" in obj:
+                tasks.append(_task_from_official_row(obj, lineno - 1, path.name))
+                continue
+            if "question" not in obj or ("answers" not in obj and "answer" not in obj):
+                raise ValueError(
+                    f"{path.name} line {lineno}: expected keys 'question' and 'answers', got {sorted(obj)}."
+                )
+            answers = _answers_list(obj.get("answers", obj.get("answer")))
+            if not answers:
+                raise ValueError(f"{path.name} line {lineno}: 'answers' is empty; give at least one gold answer.")
+            ds = obj.get("data_source", path.stem)
+            tasks.append(
+                Task(
+                    question=obj["question"],
+                    answers=answers,
+                    instruction=obj.get("instruction", DEFAULT_INSTRUCTION),
+                    ability=infer_ability(ds, obj.get("ability", "")),
+                    data_source=ds,
+                    id=str(obj.get("id", f"{path.stem}-{lineno - 1}")),
+                )
+            )
+    return ListTaskSource(tasks, name=path.name)
+
+
+def load_tasks(spec, *, split: str = "train", seed: int = 0) -> Sequence[Task]:
+    """Resolve a ``task=`` argument into an indexable collection of tasks.
+
+    Accepts a :class:`Task`, a sequence of tasks, ``"synthetic"`` / ``"synthetic:train"`` /
+    ``"synthetic:test"`` (optionally ``"synthetic:test:multihop"``), a ``.parquet`` or ``.jsonl``
+    path, or a list of those (concatenated).
+    """
+    if isinstance(spec, Task):
+        return ListTaskSource([spec], name=spec.id or "task")
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if text.startswith("synthetic"):
+            from promptr1.envs.synthetic import SyntheticTasks
+
+            parts = text.split(":")
+            sp = parts[1] if len(parts) > 1 and parts[1] else split
+            kwargs = {}
+            if len(parts) > 2 and parts[2]:
+                kwargs["kinds"] = tuple(parts[2].split(","))
+            return SyntheticTasks(split=sp, **kwargs)
+        suffix = Path(text).suffix.lower()
+        if suffix == ".parquet":
+            return load_parquet(text)
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            return load_jsonl(text)
+        raise ValueError(
+            f"cannot load tasks from {text!r}: expected 'synthetic[:train|:test]', a .parquet file in the "
+            "Prompt-R1 schema, or a .jsonl file with 'question'/'answers'."
+        )
+    if isinstance(spec, Sequence) and len(spec) > 0 and all(isinstance(t, Task) for t in spec):
+        return spec if hasattr(spec, "__getitem__") else ListTaskSource(list(spec))
+    if isinstance(spec, Iterable):
+        merged: list[Task] = []
+        for part in spec:
+            merged.extend(load_tasks(part, split=split, seed=seed))
+        return ListTaskSource(merged, name="+".join(str(p) for p in spec))
+    raise TypeError(f"task must be a Task, a list of tasks, 'synthetic', or a file path; got {type(spec).__name__}.")

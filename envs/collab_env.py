@@ -1,0 +1,332 @@
+"""``PromptCollabEnv``: the Prompt-R1 collaboration as a Gymnasium environment.
+
+The agent (the policy being trained) sees text and acts with text. Each step it writes one turn:
+
+* ``<think>...</think><interaction_prompt>PROMPT</interaction_prompt>``: the environment sends
+  ``PROMPT`` to the environment LLM (with the earlier prompts and replies as chat history, never
+  the agent's thinking) and returns its reply wrapped in ``<interaction_response>...``;
+* ``<think>...</think><answer>ANSWER</answer>``: the episode terminates with the
+  dual-constrained reward (:mod:`promptr1.rewards`);
+* a turn with neither tag ends the episode too (as in the reference); reaching ``max_turns``
+  truncates it with the reward of the turns that exist.
+
+Rewards are sparse: 0.0 on every step but the last. If the environment LLM fails after its
+retries, the episode is truncated, ``info["env_error"]`` says why, and the observation is empty:
+error text never reaches the agent as if the large LLM had said it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+
+from promptr1.envs.protocol import ParsedTurn, parse_turn, wrap_response
+from promptr1.envs.spaces import UnicodeText
+from promptr1.envs.tasks import Task, load_tasks
+from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, make_backend
+from promptr1.rewards import compute_reward
+
+__all__ = ["DEFAULT_AGENT_SYSTEM_PROMPT", "DEFAULT_ENV_SYSTEM_PROMPT", "PromptCollabEnv"]
+
+DEFAULT_AGENT_SYSTEM_PROMPT = (
+    "You are a small assistant that answers questions by consulting a large language model. "
+    "Each turn, think inside <think></think>, then either ask the large model one request inside "
+    "<interaction_prompt></interaction_prompt> or give the final answer inside <answer></answer>."
+)
+
+DEFAULT_ENV_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Read the conversation so far and the current request, "
+    "then help complete the task or answer the question."
+)
+
+
+@dataclass
+class _Pending:
+    """A step that is waiting for the environment LLM."""
+
+    messages: list[dict[str, str]]
+    parsed: ParsedTurn
+    action_truncated: bool
+
+
+class PromptCollabEnv(gym.Env):
+    """Prompt-R1's agent/large-LLM collaboration with text observations and actions.
+
+    Args:
+        task: where questions come from: ``"synthetic"`` (bundled; ``"synthetic:test"`` for the
+            held-out split), a ``.parquet`` file in the official schema, a ``.jsonl`` file with
+            ``question``/``answers``, a :class:`Task`, or a list of any of these.
+        env_llm: the large LLM: a spec string (``"sim"``, ``"openai:MODEL"``, ``"hf:ID"``,
+            ``"smollm2"``, ...) or an :class:`~promptr1.llm_backends.LLMBackend` instance.
+        max_turns: agent turns before truncation (ref: 5).
+        max_response_chars: the env LLM's reply is cut to this many characters (ref: 2048).
+        max_action_chars: longer agent turns are cut and flagged (``info["action_truncated"]``).
+        max_observation_chars: size of the observation space.
+        reward_variant: ``"faithful"`` (the reference) or ``"answer_gated"`` (see rewards docs).
+        answer_metric: what feeds the reward's answer term: ``"f1"`` (ref), ``"em"``, ``"math"``.
+        split: the split used for ``"synthetic"`` tasks.
+        task_order: ``"random"`` (drawn with ``self.np_random``) or ``"sequential"``.
+        sampling: keyword arguments for every env LLM call (``temperature``, ``max_tokens``, ...).
+        env_system_prompt / agent_system_prompt: the two system messages.
+        backend_kwargs: extra keyword arguments when ``env_llm`` is a spec string.
+    """
+
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
+
+    def __init__(
+        self,
+        task: Any = "synthetic",
+        env_llm: str | LLMBackend = "sim",
+        *,
+        max_turns: int = 5,
+        max_response_chars: int = 2048,
+        max_action_chars: int = 16_384,
+        max_observation_chars: int = 262_144,
+        reward_variant: str = "faithful",
+        answer_metric: str = "f1",
+        split: str = "train",
+        task_order: str = "random",
+        sampling: Mapping[str, Any] | None = None,
+        env_system_prompt: str = DEFAULT_ENV_SYSTEM_PROMPT,
+        agent_system_prompt: str | None = DEFAULT_AGENT_SYSTEM_PROMPT,
+        render_mode: str | None = None,
+        backend_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(max_turns, int) or max_turns < 1:
+            raise ValueError(f"max_turns must be a positive int (ref: 5), got {max_turns!r}.")
+        if max_response_chars < 1 or max_action_chars < 1:
+            raise ValueError("max_response_chars and max_action_chars must be >= 1.")
+        if task_order not in ("random", "sequential"):
+            raise ValueError(f"task_order must be 'random' or 'sequential', got {task_order!r}.")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
+        # Validate the reward options now rather than at the end of the first episode.
+        compute_reward([], ["x"], variant=reward_variant, answer_metric=answer_metric)
+
+        self.tasks = load_tasks(task, split=split)
+        if len(self.tasks) == 0:
+            raise ValueError(f"task source {task!r} holds no tasks.")
+        self.env_llm: LLMBackend = make_backend(env_llm, **dict(backend_kwargs or {}))
+        self.max_turns = max_turns
+        self.max_response_chars = max_response_chars
+        self.max_action_chars = max_action_chars
+        self.max_observation_chars = max_observation_chars
+        self.reward_variant = reward_variant
+        self.answer_metric = answer_metric
+        self.task_order = task_order
+        self.sampling = dict(sampling or {})
+        self.env_system_prompt = env_system_prompt
+        self.agent_system_prompt = agent_system_prompt
+        self.render_mode = render_mode
+
+        self.observation_space = UnicodeText(max_observation_chars)
+        self.action_space = UnicodeText(max_action_chars)
+
+        self._cursor = 0
+        self._clear_episode()
+
+    # ------------------------------------------------------------------ episode state
+    def _clear_episode(self) -> None:
+        self.task: Task | None = None
+        self.turns: list[str] = []  # the agent's turns, as given (after length truncation)
+        self.messages: list[dict[str, str]] = []  # the agent's chat: system?, user, assistant, user, ...
+        self.llm_history: list[dict[str, str]] = []  # what the env LLM has seen: prompts and its replies
+        self.done = True
+        self.env_error: str | None = None
+        self.last_reward_components: dict[str, Any] | None = None
+        self.episode_stats = {"env_llm_calls": 0, "env_llm_latency_s": 0.0, "env_llm_tokens": 0,
+                              "env_llm_attempts": 0, "env_llm_cost_usd": 0.0}
+
+    @property
+    def turn(self) -> int:
+        """Agent turns taken in this episode."""
+        return len(self.turns)
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """Start an episode on a task; returns the agent's first prompt.
+
+        ``options`` may hold ``task`` (a :class:`Task`) or ``task_index`` (an int).
+        """
+        super().reset(seed=seed)
+        options = dict(options or {})
+        self._clear_episode()
+        if "task" in options:
+            task = options["task"]
+            if not isinstance(task, Task):
+                raise TypeError(f"options['task'] must be a promptr1 Task, got {type(task).__name__}.")
+        elif "task_index" in options:
+            idx = int(options["task_index"])
+            if not 0 <= idx < len(self.tasks):
+                raise IndexError(f"options['task_index']={idx} is out of range; the task source has {len(self.tasks)} tasks.")
+            task = self.tasks[idx]
+        elif self.task_order == "sequential":
+            task = self.tasks[self._cursor % len(self.tasks)]
+            self._cursor += 1
+        else:
+            task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+        self.task = task
+        self.done = False
+        if self.agent_system_prompt:
+            self.messages.append({"role": "system", "content": self.agent_system_prompt})
+        self.messages.append({"role": "user", "content": task.prompt})
+        obs = "\n\n".join(m["content"] for m in self.messages)
+        info = {
+            "task_id": task.id,
+            "data_source": task.data_source,
+            "ability": task.ability,
+            "turn": 0,
+            "messages": [dict(m) for m in self.messages],
+        }
+        return self._fit_obs(obs), info
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Play one agent turn (see the module docstring)."""
+        pending = self._begin(action)
+        if isinstance(pending, tuple):
+            return pending
+        try:
+            completion = self.env_llm.complete(pending.messages, **self.sampling)
+        except EnvLLMError as exc:
+            return self._finish(pending, None, exc)
+        except Exception as exc:  # a backend bug must not crash a training run; flag the episode
+            return self._finish(pending, None, EnvLLMError(f"{type(exc).__name__}: {exc}", kind="error"))
+        return self._finish(pending, completion, None)
+
+    async def astep(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Async twin of :meth:`step`: awaits the env LLM instead of blocking."""
+        pending = self._begin(action)
+        if isinstance(pending, tuple):
+            return pending
+        try:
+            completion = await self.env_llm.acomplete(pending.messages, **self.sampling)
+        except EnvLLMError as exc:
+            return self._finish(pending, None, exc)
+        except Exception as exc:
+            return self._finish(pending, None, EnvLLMError(f"{type(exc).__name__}: {exc}", kind="error"))
+        return self._finish(pending, completion, None)
+
+    def render(self) -> str | None:
+        text = self.transcript()
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
+
+    def close(self) -> None:
+        close = getattr(self.env_llm, "close", None)
+        if callable(close):
+            close()
+
+    # ------------------------------------------------------------------ the turn logic
+    def _begin(self, action: Any):
+        """Parse a turn; return a finished step tuple, or a :class:`_Pending` LLM call."""
+        if self.done:
+            raise RuntimeError(
+                "step() called on a finished episode (or before reset()). Call env.reset() to start a new episode."
+            )
+        if isinstance(action, bytes):
+            action = action.decode("utf-8", errors="replace")
+        if not isinstance(action, str):
+            raise TypeError(f"action must be the agent's turn as a str, got {type(action).__name__}.")
+        truncated_action = len(action) > self.max_action_chars
+        if truncated_action:
+            action = action[: self.max_action_chars]
+        self.turns.append(action)
+        self.messages.append({"role": "assistant", "content": action})
+        parsed = parse_turn(action)
+
+        if parsed.kind != "prompt":  # an answer, or a turn with neither tag: the episode ends here
+            return self._end(parsed, terminated=True, truncated=False, action_truncated=truncated_action)
+        if not parsed.prompt:  # an empty request: nothing to send; the LLM's answer to nothing is nothing
+            return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False)
+        messages = [{"role": "system", "content": self.env_system_prompt}, *self.llm_history,
+                    {"role": "user", "content": parsed.prompt}]
+        return _Pending(messages, parsed, truncated_action)
+
+    def _finish(self, pending: _Pending, completion: Completion | None, error: EnvLLMError | None, *,
+                called: bool = True):
+        if called:
+            self.episode_stats["env_llm_calls"] += 1
+        if error is not None:
+            self.env_error = f"{error.kind}: {error}"
+            self.episode_stats["env_llm_attempts"] += getattr(error, "attempts", 1)
+            return self._end(pending.parsed, terminated=False, truncated=True,
+                             action_truncated=pending.action_truncated)
+        assert completion is not None
+        reply = completion.text
+        if called:
+            self.llm_history.append({"role": "user", "content": pending.parsed.prompt or ""})
+            self.llm_history.append({"role": "assistant", "content": reply})
+            self.episode_stats["env_llm_latency_s"] += completion.latency_s
+            self.episode_stats["env_llm_tokens"] += completion.prompt_tokens + completion.completion_tokens
+            self.episode_stats["env_llm_attempts"] += completion.attempts
+            self.episode_stats["env_llm_cost_usd"] += completion.cost_usd or 0.0
+        obs = wrap_response(reply, self.max_response_chars)
+        if self.turn >= self.max_turns:
+            return self._end(pending.parsed, terminated=False, truncated=True,
+                             action_truncated=pending.action_truncated, completion=completion)
+        self.messages.append({"role": "user", "content": obs})
+        info = self._info(pending.parsed, pending.action_truncated, completion)
+        return self._fit_obs(obs), 0.0, False, False, info
+
+    def _end(self, parsed: ParsedTurn, *, terminated: bool, truncated: bool, action_truncated: bool,
+             completion: Completion | None = None):
+        self.done = True
+        assert self.task is not None
+        breakdown = compute_reward(self.turns, self.task.answers, variant=self.reward_variant,
+                                   answer_metric=self.answer_metric)
+        self.last_reward_components = breakdown.as_dict()
+        info = self._info(parsed, action_truncated, completion)
+        info["reward_components"] = self.last_reward_components
+        info["episode"] = {"r": breakdown.total, "l": self.turn, **self.episode_stats}
+        return "", float(breakdown.total), terminated, truncated, info
+
+    def _info(self, parsed: ParsedTurn, action_truncated: bool, completion: Completion | None) -> dict[str, Any]:
+        return {
+            "task_id": self.task.id if self.task else "",
+            "turn": self.turn,
+            "turn_kind": parsed.kind,
+            "parsed_prompt": parsed.prompt,
+            "answer": parsed.answer,
+            "tool_call": parsed.tool_call,
+            "action_truncated": action_truncated,
+            "env_error": self.env_error,
+            "env_llm_latency_s": completion.latency_s if completion else 0.0,
+            "env_llm_tokens": (completion.prompt_tokens + completion.completion_tokens) if completion else 0,
+            "env_llm_attempts": completion.attempts if completion else 0,
+            "env_llm_cached": bool(completion.cached) if completion else False,
+            "reward_components": None,
+        }
+
+    def _fit_obs(self, obs: str) -> str:
+        return obs if len(obs) <= self.max_observation_chars else obs[: self.max_observation_chars]
+
+    # ------------------------------------------------------------------ views
+    def transcript(self) -> str:
+        """The episode so far as readable text (what ``render()`` shows)."""
+        if self.task is None:
+            return "(no episode: call reset())"
+        lines = [f"=== task {self.task.id or '?'} ({self.task.data_source or self.task.ability}) ===",
+                 f"[question] {self.task.question}"]
+        for m in self.messages[1:] if self.agent_system_prompt else self.messages:
+            if m["role"] == "user" and m["content"] == self.task.prompt:
+                continue
+            tag = "agent" if m["role"] == "assistant" else "env LLM"
+            lines.append(f"[{tag}] {m['content']}")
+        if self.done:
+            if self.env_error:
+                lines.append(f"[env error] {self.env_error}")
+            if self.last_reward_components is not None:
+                rc = self.last_reward_components
+                lines.append(f"[reward] total={rc['total']:+.3f} format={rc['format']:.2f} answer={rc['answer']:.3f}")
+            lines.append(f"[gold] {' | '.join(self.task.answers)}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"PromptCollabEnv(tasks={len(self.tasks)}, env_llm={getattr(self.env_llm, 'name', '?')!r}, "
+                f"max_turns={self.max_turns})")

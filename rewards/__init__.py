@@ -1,0 +1,50 @@
+"""Rewards and metrics of prompt-r1: pure functions of the agent's turns and the gold answers.
+
+>>> from promptr1.rewards import compute_reward
+>>> compute_reward(["<think>t</think><answer>Paris</answer>"], ["Paris"]).format
+0.6
+"""
+
+from .dual import (
+    ANSWER_METRICS,
+    REWARD_VARIANTS,
+    RewardBreakdown,
+    RewardVariant,
+    UnknownNameError,
+    blocks_from_chatml,
+    compute_reward,
+    reference_score,
+    register_reward_variant,
+    unregister_reward_variant,
+)
+from .metrics import (
+    exact_match,
+    extract_answer,
+    math_equal,
+    normalize_answer,
+    numeric_match,
+    parse_number,
+    substring_match,
+    token_f1,
+)
+
+__all__ = [
+    "ANSWER_METRICS",
+    "REWARD_VARIANTS",
+    "RewardBreakdown",
+    "RewardVariant",
+    "UnknownNameError",
+    "blocks_from_chatml",
+    "compute_reward",
+    "exact_match",
+    "extract_answer",
+    "math_equal",
+    "normalize_answer",
+    "numeric_match",
+    "parse_number",
+    "reference_score",
+    "register_reward_variant",
+    "substring_match",
+    "token_f1",
+    "unregister_reward_variant",
+]

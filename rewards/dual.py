@@ -1,0 +1,474 @@
+"""The dual-constrained reward of Prompt-R1 (design.md section 3): format + answer correctness.
+
+The reward is a pure function of the agent's turns (its assistant blocks, in order, each
+exactly as generated) and the gold answers:
+
+* **format** (accumulated in this order, then capped at 1.0)
+
+  - +0.4 for each turn but the last that is exactly ``<think>...</think>``, optional
+    whitespace, ``<interaction_prompt>...</interaction_prompt>``, with each of those four
+    tags occurring exactly once in the turn;
+  - on the last turn, if its first ``<answer>...</answer>`` has non-empty content:
+    +0.25, +0.25 again (the reference's separate "content is non-empty" check, always true
+    at that point), and +0.1 if the turn is ``<think>...</think>...<answer>...</answer>``.
+
+* **answer**: the best SQuAD token F1 of that answer against the gold answers (0 without an
+  answer).
+
+* **total** (variant ``"faithful"``, the reference's): ``-1 + format + answer`` if the format
+  score reached its cap 1.0, else ``-1 + format``. Always in [-1, 1].
+
+:func:`compute_reward` returns every component as a :class:`RewardBreakdown`;
+:func:`reference_score` returns only the total. Variant ``"answer_gated"`` fixes two quirks
+of the reference (see its description and ``docs/reward.md``).
+
+>>> turns = [
+...     "<think>I need the capital.</think><interaction_prompt>What is the capital of France?</interaction_prompt>",
+...     "<think>It said Paris.</think><answer>Paris</answer>",
+... ]
+>>> reference_score(turns, ["Paris"])
+1.0
+>>> r = compute_reward(turns, ["Paris"])
+>>> r.format, r.answer, r.capped
+(1.0, 1.0, True)
+>>> reference_score(turns[1:], ["Paris"])  # no call to the large LLM: the answer never counts
+-0.4
+>>> round(compute_reward(turns[1:], ["Paris"], variant="answer_gated").total, 6)
+0.6
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Generic, TypeVar
+
+from .metrics import _as_golds, exact_match, extract_answer, numeric_match, substring_match, token_f1
+
+__all__ = [
+    "ANSWER_METRICS",
+    "REWARD_VARIANTS",
+    "RewardBreakdown",
+    "RewardVariant",
+    "UnknownNameError",
+    "blocks_from_chatml",
+    "compute_reward",
+    "reference_score",
+    "register_reward_variant",
+    "unregister_reward_variant",
+]
+
+# Format increments of the reference, in the order they are added.
+PROMPT_TURN_BONUS = 0.4
+ANSWER_TAG_BONUS = 0.25
+ANSWER_NONEMPTY_BONUS = 0.25
+THINK_ANSWER_BONUS = 0.1
+FORMAT_CAP = 1.0
+
+# ---------------------------------------------------------------------------------------------
+# Registries that answer an unknown name with "did you mean"
+# ---------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError, ValueError):
+    """An unknown name was looked up in a registry (both a KeyError and a ValueError)."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class _Registry(Mapping[str, T], Generic[T]):
+    def __init__(self, kind: str, items: Mapping[str, T] | None = None):
+        self._kind = kind
+        self._items: dict[str, T] = dict(items or {})
+
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            pass
+        if not isinstance(name, str):
+            raise UnknownNameError(
+                f"{self._kind} must be named by a str; got {type(name).__name__}. "
+                f"Expected one of: {', '.join(sorted(self._items))}."
+            )
+        hint = difflib.get_close_matches(name.strip().lower(), list(self._items), n=1, cutoff=0.5)
+        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise UnknownNameError(
+            f"unknown {self._kind} {name!r}.{did_you_mean} Expected one of: {', '.join(sorted(self._items))}."
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._kind!r}, {sorted(self._items)})"
+
+    def _register(self, name: str, item: T, *, overwrite: bool = False) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a {self._kind} needs a non-empty str name; got {name!r}.")
+        if name in self._items and not overwrite:
+            raise ValueError(f"{self._kind} {name!r} is already registered; pass overwrite=True to replace it.")
+        self._items[name] = item
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants: how format, answer and has_answer combine into the total
+# ---------------------------------------------------------------------------------------------
+
+Combine = Callable[[float, float, bool], "tuple[float, bool]"]
+
+
+@dataclass(frozen=True)
+class RewardVariant:
+    """A way to combine the components into the total.
+
+    ``combine(format, answer, has_answer)`` returns ``(total, answer_counted)`` where
+    ``format`` is already capped at 1.0 and ``answer`` is the answer metric (0.0 when the
+    last turn has no answer).
+    """
+
+    name: str
+    combine: Combine
+    description: str
+
+
+def _combine_faithful(fmt: float, answer: float, has_answer: bool) -> tuple[float, bool]:
+    # The answer counts only when the format score reached the cap, whatever made it reach it.
+    if fmt == FORMAT_CAP:
+        return -1.0 + fmt + answer, True
+    return -1.0 + fmt, False
+
+
+def _combine_answer_gated(fmt: float, answer: float, has_answer: bool) -> tuple[float, bool]:
+    if has_answer:
+        return min(1.0, max(-1.0, -1.0 + fmt + answer)), True
+    # No answer: at most -0.5, below any answered episode (whose format is at least 0.5).
+    return -1.0 + fmt / 2.0, False
+
+
+REWARD_VARIANTS: _Registry[RewardVariant] = _Registry("reward variant")
+REWARD_VARIANTS._register(
+    "faithful",
+    RewardVariant(
+        "faithful",
+        _combine_faithful,
+        "The reference's total: -1 + format + answer if format reached its cap 1.0, else -1 + format.",
+    ),
+)
+REWARD_VARIANTS._register(
+    "answer_gated",
+    RewardVariant(
+        "answer_gated",
+        _combine_answer_gated,
+        "The answer counts whenever the last turn has a non-empty answer: -1 + format + answer "
+        "clamped into [-1, 1]; without an answer -1 + format / 2 (at most -0.5). Fixes two quirks "
+        "of the reference: well-formed prompt turns with no answer scoring 0 (above an honest "
+        "single-turn answer), and a direct answer scoring at most -0.4 however right it is.",
+    ),
+)
+
+_BUILTIN_VARIANTS = frozenset(REWARD_VARIANTS)
+
+
+def register_reward_variant(
+    name: str, combine: Combine, description: str = "", *, overwrite: bool = False
+) -> RewardVariant:
+    """Add a variant usable as ``compute_reward(..., variant=name)`` (and by the env's ``reward_variant``).
+
+    >>> v = register_reward_variant("answer_only", lambda f, a, h: (a if h else -1.0, h))
+    >>> compute_reward(["<answer>Paris</answer>"], "Paris", variant="answer_only").total
+    1.0
+    >>> unregister_reward_variant("answer_only")
+    """
+    if not callable(combine):
+        raise TypeError(f"combine must be callable (format, answer, has_answer) -> (total, answer_counted); "
+                        f"got {type(combine).__name__}.")
+    variant = RewardVariant(name, combine, description)
+    REWARD_VARIANTS._register(name, variant, overwrite=overwrite)
+    return variant
+
+
+def unregister_reward_variant(name: str) -> None:
+    """Remove a variant added with :func:`register_reward_variant` (the built-in ones stay).
+
+    >>> unregister_reward_variant("faithful")
+    Traceback (most recent call last):
+    ...
+    ValueError: reward variant 'faithful' is built in and cannot be removed.
+    """
+    if name in _BUILTIN_VARIANTS:
+        raise ValueError(f"reward variant {name!r} is built in and cannot be removed.")
+    REWARD_VARIANTS[name]  # raises UnknownNameError with a hint
+    del REWARD_VARIANTS._items[name]
+
+
+#: What feeds the answer term: ``f1`` (the reference), ``em``, ``subem`` (substring), ``math``
+#: (numeric equivalence, 1/0; see :func:`promptr1.rewards.metrics.math_equal`).
+ANSWER_METRICS: _Registry[Callable[[str, Any], float]] = _Registry(
+    "answer metric", {"f1": token_f1, "em": exact_match, "subem": substring_match, "math": numeric_match}
+)
+
+# ---------------------------------------------------------------------------------------------
+# Turn checks
+# ---------------------------------------------------------------------------------------------
+
+# The reference pattern for an intermediate turn, verbatim. Python's `$` also matches just
+# before one trailing "\n". The tag-count gate below runs first, so this pattern has a single
+# way to match and stays linear.
+_PROMPT_TURN = re.compile(r"^<think>(.*?)</think>(\s*)<interaction_prompt>(.*?)</interaction_prompt>$", re.DOTALL)
+_PROMPT_TAGS = ("<think>", "</think>", "<interaction_prompt>", "</interaction_prompt>")
+
+
+def _is_prompt_turn(block: str) -> bool:
+    for tag in _PROMPT_TAGS:
+        if block.count(tag) != 1:
+            return False
+    return _PROMPT_TURN.search(block) is not None
+
+
+_THINK, _END_THINK, _ANSWER, _END_ANSWER = "<think>", "</think>", "<answer>", "</answer>"
+
+
+def _is_think_answer(block: str) -> bool:
+    """Same truth value as the reference's
+    ``re.search(r'^<think>(.*?)</think>(.*?)<answer>(.*?)</answer>$', block, re.DOTALL)``.
+
+    The regex backtracks cubically on degenerate output (many ``</think>`` and ``<answer>``
+    and no final ``</answer>``: 2 s for 400 repeats here); this is linear. It matches iff the
+    block starts with ``<think>``, ends with ``</answer>`` (or with ``</answer>`` then one
+    ``\\n``, which is where ``$`` also matches), and a ``</think>`` and then an ``<answer>``
+    fit, without overlapping, between them. Taking the earliest ``</think>`` and the
+    earliest ``<answer>`` after it is optimal, since every ``(.*?)`` may be empty.
+    """
+    if not block.startswith(_THINK):
+        return False
+    close_think = block.find(_END_THINK, len(_THINK))
+    if close_think < 0:
+        return False
+    open_answer = block.find(_ANSWER, close_think + len(_END_THINK))
+    if open_answer < 0:
+        return False
+    ends = (len(block), len(block) - 1) if block.endswith("\n") else (len(block),)
+    for end in ends:
+        if block.endswith(_END_ANSWER, 0, end) and open_answer + len(_ANSWER) <= end - len(_END_ANSWER):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The breakdown and the reward
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """Every component of one episode's reward.
+
+    ``format`` is the capped format score and ``format_raw`` the sum before the cap;
+    ``format_prompt_turns + format_answer_tag + format_answer_nonempty + format_think_answer
+    == format_raw``. ``answer`` is the answer metric of the last turn's answer (0.0 without
+    one), whether or not it entered the total; ``answer_counted`` says whether it did.
+    ``capped`` is True when the format score reached its cap 1.0 (the faithful variant's
+    condition for counting the answer). ``f1`` and ``em`` are reported whatever
+    ``answer_metric`` feeds the answer term. ``answer_text`` is the stripped content of the
+    last turn's first ``<answer>`` (None without a closed tag pair); ``has_answer`` is True
+    when it is non-empty.
+    """
+
+    total: float
+    format: float
+    answer: float
+    format_prompt_turns: float
+    format_answer_tag: float
+    format_answer_nonempty: float
+    format_think_answer: float
+    has_answer: bool
+    answer_text: str | None
+    f1: float
+    em: float
+    n_turns: int
+    capped: bool
+    variant: str
+    answer_metric: str = "f1"
+    answer_counted: bool = False
+    format_raw: float = 0.0
+    n_prompt_turns_ok: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (for ``info["reward_components"]`` and loggers).
+
+        >>> sorted(compute_reward([], "x").as_dict())[:3]
+        ['answer', 'answer_counted', 'answer_metric']
+        """
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(RewardBreakdown))
+
+
+def _check_turns(turns: object) -> Sequence[str]:
+    if turns is None:
+        raise TypeError(
+            "turns must be a sequence of the agent's turns (str); got None. "
+            "Pass [] for an episode with no turn."
+        )
+    if isinstance(turns, (str, bytes, bytearray)):
+        raise TypeError(
+            f"turns must be a sequence of the agent's turns, not a single {type(turns).__name__}. "
+            "Wrap one turn in a list, or split a ChatML transcript with blocks_from_chatml(text)."
+        )
+    if not isinstance(turns, Sequence):
+        if not isinstance(turns, Iterable):
+            raise TypeError(f"turns must be a sequence of str; got {type(turns).__name__}.")
+        turns = list(turns)
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, str):
+            raise TypeError(f"turn #{i} must be a str (the text the agent generated); got {type(turn).__name__}.")
+    return turns
+
+
+def compute_reward(
+    turns: Sequence[str],
+    answers: Any,
+    *,
+    variant: str | RewardVariant = "faithful",
+    answer_metric: str = "f1",
+) -> RewardBreakdown:
+    """Score one episode: the agent's turns (in order, as generated) against the gold answers.
+
+    ``answers`` is a str or an iterable of str (see :mod:`promptr1.rewards.metrics`).
+    ``variant`` names an entry of :data:`REWARD_VARIANTS` (``"faithful"``, the reference,
+    or ``"answer_gated"``) or is a :class:`RewardVariant`. ``answer_metric`` names an entry
+    of :data:`ANSWER_METRICS`.
+
+    Unlike the reference, which returns 0.0 when the transcript or the gold answers are
+    None, this raises a TypeError: a missing gold answer is a data bug, not a reward.
+
+    >>> good = "<think>t</think><interaction_prompt>p</interaction_prompt>"
+    >>> r = compute_reward([good] * 4, ["Paris"])  # 3 scored prompts, then a 4th, no answer
+    >>> r.total, r.format_raw > 1.0, r.has_answer
+    (0.0, True, False)
+    >>> compute_reward([good, "<think>t</think><answer>Lyon</answer>"], ["Paris"]).total
+    0.0
+    >>> compute_reward([good, "<answer>Paris</answer>"], "Paris").total  # 0.4 + 0.5: not capped
+    -0.09999999999999998
+    >>> compute_reward([], "Paris", variant="faithfull")
+    Traceback (most recent call last):
+    ...
+    promptr1.rewards.dual.UnknownNameError: unknown reward variant 'faithfull'. Did you mean 'faithful'? Expected one of: answer_gated, faithful.
+    """  # noqa: E501
+    turns = _check_turns(turns)
+    golds = _as_golds(answers)
+    spec = variant if isinstance(variant, RewardVariant) else REWARD_VARIANTS[variant]
+    metric = ANSWER_METRICS[answer_metric]
+
+    fmt = 0.0
+    n_ok = 0
+    for block in turns[:-1]:
+        if _is_prompt_turn(block):
+            fmt += PROMPT_TURN_BONUS
+            n_ok += 1
+    prompt_part = fmt
+
+    answer_text = extract_answer(turns[-1]) if turns else None
+    has_answer = bool(answer_text)  # extract_answer strips, so non-empty means non-blank
+    tag_part = nonempty_part = think_part = 0.0
+    if has_answer:
+        fmt += ANSWER_TAG_BONUS
+        tag_part = ANSWER_TAG_BONUS
+        # The reference checks again that the content is non-empty after strip. Given the
+        # condition above that is always true; it stays a separate addition because the
+        # float sum must be accumulated in the reference's order (the total depends on
+        # `format == 1.0` exactly).
+        if answer_text.strip():  # type: ignore[union-attr]
+            fmt += ANSWER_NONEMPTY_BONUS
+            nonempty_part = ANSWER_NONEMPTY_BONUS
+        if _is_think_answer(turns[-1]):
+            fmt += THINK_ANSWER_BONUS
+            think_part = THINK_ANSWER_BONUS
+    fmt_raw = fmt
+    fmt = min(fmt, FORMAT_CAP)
+
+    if has_answer:
+        f1 = token_f1(answer_text, golds)  # type: ignore[arg-type]
+        em = exact_match(answer_text, golds)  # type: ignore[arg-type]
+        answer = f1 if answer_metric == "f1" else em if answer_metric == "em" else metric(answer_text, golds)
+    else:
+        f1 = em = answer = 0.0
+    total, counted = spec.combine(fmt, answer, has_answer)
+
+    return RewardBreakdown(
+        total=float(total),
+        format=fmt,
+        answer=answer,
+        format_prompt_turns=prompt_part,
+        format_answer_tag=tag_part,
+        format_answer_nonempty=nonempty_part,
+        format_think_answer=think_part,
+        has_answer=has_answer,
+        answer_text=answer_text,
+        f1=f1,
+        em=em,
+        n_turns=len(turns),
+        capped=fmt == FORMAT_CAP,
+        variant=spec.name,
+        answer_metric=answer_metric,
+        answer_counted=bool(counted),
+        format_raw=fmt_raw,
+        n_prompt_turns_ok=n_ok,
+    )
+
+
+def reference_score(turns: Sequence[str], answers: Any) -> float:
+    """Only the total of the faithful reward (the reference's ``compute_score_format_answer``).
+
+    >>> reference_score(["<think>t</think><answer>Paris</answer>"], "Paris")  # 0.6 format
+    -0.4
+    >>> reference_score(["no tags at all"], "Paris")
+    -1.0
+    """
+    return compute_reward(turns, answers).total
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw transcripts
+# ---------------------------------------------------------------------------------------------
+
+_IM_ASSISTANT = "<|im_start|>assistant\n"
+_IM_END = "<|im_end|>"
+
+
+def blocks_from_chatml(text: str) -> list[str]:
+    """The assistant blocks of a Qwen ChatML transcript, in order.
+
+    Same result as the reference's
+    ``re.findall(r'<\\|im_start\\|>assistant\\n(.*?)<\\|im_end\\|>', text, re.DOTALL)``
+    (an assistant block that is never closed is dropped), computed in linear time.
+
+    >>> chat = ("<|im_start|>user\\nQ<|im_end|>\\n<|im_start|>assistant\\nA1<|im_end|>\\n"
+    ...         "<|im_start|>user\\nR<|im_end|>\\n<|im_start|>assistant\\nA2<|im_end|>")
+    >>> blocks_from_chatml(chat)
+    ['A1', 'A2']
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"blocks_from_chatml expects the transcript as a str; got {type(text).__name__}.")
+    blocks: list[str] = []
+    pos = 0
+    while True:
+        start = text.find(_IM_ASSISTANT, pos)
+        if start < 0:
+            return blocks
+        start += len(_IM_ASSISTANT)
+        end = text.find(_IM_END, start)
+        if end < 0:  # no later block can be closed either
+            return blocks
+        blocks.append(text[start:end])
+        pos = end + len(_IM_END)

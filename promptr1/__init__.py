@@ -21,7 +21,6 @@ def register_envs() -> None:
         entry_point="promptr1.envs.collab_env:PromptCollabEnv",
         vector_entry_point="promptr1.envs.vector:make_vector_env",
         nondeterministic=True,
-        disable_env_checker=True,
     )
 
 

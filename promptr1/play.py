@@ -1,0 +1,165 @@
+"""``promptr1 play``: you are the agent. Type turns (or pass a file of turns) against an env LLM.
+
+Each turn is one agent message in the protocol's tags, e.g.::
+
+    <think>need the founder first</think><interaction_prompt>Who founded Vantrel Corp?</interaction_prompt>
+    <think>done</think><answer>Mira Osk</answer>
+
+Interactively, a turn is one line; end a line with a backslash to continue it on the next.
+A turns file holds turns separated by lines of ``---`` (or a JSON list of strings).
+``--demo`` plays the bundled synthetic tasks' scripted demonstration instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+__all__ = ["main", "read_turns"]
+
+
+def read_turns(text: str) -> list[str]:
+    """Turns from a file's text: a JSON list of strings, or blocks separated by ``---`` lines.
+
+    >>> read_turns("<think>a</think><answer>b</answer>\\n---\\nsecond\\nline\\n")
+    ['<think>a</think><answer>b</answer>', 'second\\nline']
+    >>> read_turns('["one", "two"]')
+    ['one', 'two']
+    """
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, list) and all(isinstance(t, str) for t in data):
+            return data
+    turns, cur = [], []
+    for line in text.splitlines():
+        if line.strip() == "---":
+            turns.append("\n".join(cur).strip("\n"))
+            cur = []
+        else:
+            cur.append(line)
+    if any(s.strip() for s in cur):
+        turns.append("\n".join(cur).strip("\n"))
+    return [t for t in turns if t.strip()]
+
+
+def _interactive_turns() -> Iterator[str]:
+    while True:
+        lines = []
+        try:
+            line = input("agent> " if not lines else "....> ")
+            while line.endswith("\\"):
+                lines.append(line[:-1])
+                line = input("....> ")
+            lines.append(line)
+        except EOFError:
+            return
+        yield "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="promptr1 play", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="synthetic:test",
+                   help="task source: synthetic[:train|:test], a .parquet (official schema) or .jsonl file")
+    p.add_argument("--env-llm", default="sim", help="env LLM spec: sim, openai:MODEL, hf:PATH, smollm2 (default: sim)")
+    p.add_argument("--seed", type=int, default=0, help="episode seed (picks the task)")
+    p.add_argument("--task-index", type=int, default=None, help="play this task of the source instead of a random one")
+    p.add_argument("--max-turns", type=int, default=5, help="agent turns before truncation (ref: 5)")
+    p.add_argument("--turns", type=Path, default=None, help="file of agent turns (--- separated, or a JSON list)")
+    p.add_argument("--demo", action="store_true", help="play the synthetic task's scripted demonstration")
+    p.add_argument("--episodes", type=int, default=1, help="with --demo: how many episodes to play")
+    p.add_argument("--reward-variant", default="faithful", help="faithful (reference) or answer_gated")
+    p.add_argument("--json", action="store_true", help="print one JSON record per episode instead of text")
+    return p
+
+
+def _play_episode(env, turns: Iterator[str], *, seed: int, task_index: int | None, as_json: bool,
+                  interactive: bool) -> dict:
+    options = {"task_index": task_index} if task_index is not None else None
+    obs, info = env.reset(seed=seed, options=options)
+    if not as_json:
+        print(obs if interactive else f"[question] {env.task.question}")
+        print()
+    reward, done, step_info = 0.0, False, info
+    for turn in turns:
+        obs, reward, term, trunc, step_info = env.step(turn)
+        if not as_json and interactive:
+            print(obs if obs else "")
+        if term or trunc:
+            done = True
+            break
+    record = {
+        "task_id": env.task.id,
+        "question": env.task.question,
+        "gold": list(env.task.answers),
+        "turns": list(env.turns),
+        "finished": done,
+        "reward": reward if done else None,
+        "reward_components": step_info.get("reward_components"),
+        "env_error": step_info.get("env_error"),
+    }
+    if as_json:
+        print(json.dumps(record, ensure_ascii=False))
+    else:
+        print(env.transcript() if not interactive else "")
+        if not done:
+            print("(the episode did not finish: no answer turn was given before the turns ran out)")
+        elif not interactive:
+            pass
+        if interactive and done:
+            rc = step_info["reward_components"]
+            print(f"reward {reward:+.3f}  (format {rc['format']:.2f}, answer {rc['answer']:.3f}); gold: "
+                  + " | ".join(env.task.answers))
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from promptr1.envs.collab_env import PromptCollabEnv
+
+    try:
+        env = PromptCollabEnv(task=args.task, env_llm=args.env_llm, max_turns=args.max_turns,
+                              reward_variant=args.reward_variant)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        print(f"promptr1 play: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.demo:
+            from promptr1.envs.synthetic import demonstration
+
+            total = 0.0
+            for ep in range(args.episodes):
+                env.reset(seed=args.seed + ep, options={"task_index": args.task_index} if args.task_index is not None else None)
+                turns = demonstration(env.task)
+                rec = _play_episode(env, iter(turns), seed=args.seed + ep, task_index=args.task_index,
+                                    as_json=args.json, interactive=False)
+                total += rec["reward"] or 0.0
+                if not args.json:
+                    print()
+            if not args.json:
+                print(f"mean reward over {args.episodes} demonstration episode(s): {total / args.episodes:+.3f}")
+            return 0
+        if args.turns is not None:
+            if not args.turns.is_file():
+                print(f"promptr1 play: turns file {str(args.turns)!r} does not exist.", file=sys.stderr)
+                return 2
+            turns = iter(read_turns(args.turns.read_text(encoding="utf-8")))
+            interactive = False
+        elif not sys.stdin.isatty():
+            turns = iter(read_turns(sys.stdin.read()))
+            interactive = False
+        else:
+            turns = _interactive_turns()
+            interactive = True
+        _play_episode(env, turns, seed=args.seed, task_index=args.task_index, as_json=args.json,
+                      interactive=interactive)
+        return 0
+    finally:
+        env.close()

@@ -10,7 +10,8 @@ The agent (the policy being trained) sees text and acts with text. Each step it 
 * a turn with neither tag ends the episode too (as in the reference); reaching ``max_turns``
   truncates it with the reward of the turns that exist.
 
-Rewards are sparse: 0.0 on every step but the last. If the environment LLM fails after its
+Rewards are sparse: 0.0 on every step but the last, whose ``info`` alone carries
+``reward_components`` and an ``episode`` summary. If the environment LLM fails after its
 retries, the episode is truncated, ``info["env_error"]`` says why, and the observation is empty:
 error text never reaches the agent as if the large LLM had said it.
 """
@@ -300,7 +301,6 @@ class PromptCollabEnv(gym.Env):
             "env_llm_tokens": (completion.prompt_tokens + completion.completion_tokens) if completion else 0,
             "env_llm_attempts": completion.attempts if completion else 0,
             "env_llm_cached": bool(completion.cached) if completion else False,
-            "reward_components": None,
         }
 
     def _fit_obs(self, obs: str) -> str:

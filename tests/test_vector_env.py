@@ -1,0 +1,131 @@
+"""The vector env: gymnasium's VectorEnv API, one shared backend, concurrent calls, and the async API."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import promptr1  # noqa: F401
+from promptr1.envs.tasks import Task
+from promptr1.envs.vector import PromptCollabVectorEnv
+from promptr1.llm_backends import BaseBackend, Completion
+
+TASKS = [Task(f"What is item {i}?", (f"item{i}",), id=f"t{i}") for i in range(8)]
+PROMPT = "<think>t</think><interaction_prompt>what is it?</interaction_prompt>"
+ANSWER = "<think>t</think><answer>item0</answer>"
+
+
+class SlowBackend(BaseBackend):
+    """Async backend with per-prompt latency; counts calls in flight at once."""
+
+    name = "slow"
+    deterministic = True
+
+    def __init__(self, delays: dict[str, float] | None = None, default: float = 0.05):
+        super().__init__()
+        self.delays = delays or {}
+        self.default = default
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.loops: set[int] = set()
+        self._lock = threading.Lock()
+
+    async def acomplete(self, messages, **sampling):
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.loops.add(id(asyncio.get_running_loop()))
+        try:
+            await asyncio.sleep(self.delays.get(messages[-1]["content"], self.default))
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        return Completion(text="reply to " + messages[-1]["content"])
+
+
+def test_make_vec_uses_our_vector_entry_point_and_shares_one_backend():
+    venv = gym.make_vec("PromptR1-v0", num_envs=4, task=TASKS, env_llm="echo")
+    try:
+        assert isinstance(venv.unwrapped, PromptCollabVectorEnv)
+        backends = {id(e.env_llm) for e in venv.unwrapped.envs}
+        assert len(backends) == 1
+        obs, infos = venv.reset(seed=0)
+        assert len(obs) == 4 and all(o.startswith(venv.unwrapped.envs[0].agent_system_prompt) for o in obs)
+        assert infos["_turn"].all()
+    finally:
+        venv.close()
+
+
+def test_step_runs_calls_concurrently_and_autoresets_next_step():
+    backend = SlowBackend(default=0.3)
+    venv = PromptCollabVectorEnv(num_envs=8, env_llm=backend, task=TASKS)
+    try:
+        venv.reset(seed=0)
+        t0 = time.perf_counter()
+        obs, rew, term, trunc, infos = venv.step([PROMPT] * 8)
+        elapsed = time.perf_counter() - t0
+        assert backend.max_in_flight == 8          # all eight calls were in flight together
+        assert elapsed < 0.3 * 3                   # far less than 8 sequential 0.3 s calls
+        assert all(o == "<interaction_response>reply to what is it?</interaction_response>" for o in obs)
+        actions = [ANSWER] * 4 + [PROMPT] * 4
+        obs, rew, term, trunc, infos = venv.step(actions)
+        assert term.tolist() == [True] * 4 + [False] * 4
+        assert np.all(rew[4:] == 0.0) and np.all(rew[:4] >= -1.0)
+        assert infos["_reward_components"][:4].all() and not infos["_reward_components"][4:].any()
+        # next-step autoreset: the finished sub-envs restart and ignore their action
+        obs, rew, term, trunc, infos = venv.step([ANSWER] * 8)
+        assert all("Question:" in o for o in obs[:4])
+        assert rew[:4].tolist() == [0.0] * 4 and term[4:].all()
+    finally:
+        venv.close()
+
+
+def test_async_api_lets_fast_episodes_run_ahead_of_a_slow_one():
+    slow_prompt = "<think>t</think><interaction_prompt>slow</interaction_prompt>"
+    backend = SlowBackend(delays={"slow": 1.5}, default=0.02)
+    venv = PromptCollabVectorEnv(num_envs=3, env_llm=backend, task=TASKS, max_turns=50)
+    try:
+        for i in range(3):
+            venv.reset_one(i, seed=i)
+        venv.submit(0, slow_prompt)
+        steps_done = {1: 0, 2: 0}
+        venv.submit(1, PROMPT)
+        venv.submit(2, PROMPT)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            for res in venv.collect(timeout=0.5):
+                assert res.index in (1, 2), "the slow episode cannot have finished yet"
+                steps_done[res.index] += 1
+                venv.submit(res.index, PROMPT)
+        # each fast episode moved on ~40 times while the slow call was outstanding
+        assert min(steps_done.values()) >= 10
+        assert 0 in venv.in_flight
+        results = venv.collect(timeout=5, min_ready=3)
+        assert {r.index for r in results} == {0, 1, 2}
+        assert next(r for r in results if r.index == 0).observation.endswith("reply to slow</interaction_response>")
+        assert len(backend.loops) == 1
+    finally:
+        venv.close()
+
+
+def test_async_api_errors_are_clear():
+    venv = PromptCollabVectorEnv(num_envs=2, env_llm="echo", task=TASKS)
+    try:
+        venv.reset_one(0, seed=0)
+        venv.submit(0, PROMPT)
+        with pytest.raises(RuntimeError, match="in flight"):
+            venv.submit(0, PROMPT)
+        assert venv.collect(timeout=5)[0].index == 0
+        venv.submit(0, ANSWER)
+        assert venv.collect(timeout=5)[0].done
+        with pytest.raises(RuntimeError, match="reset_one"):
+            venv.submit(0, PROMPT)
+        with pytest.raises(ValueError, match="one action per sub-env"):
+            venv.step([PROMPT])
+    finally:
+        venv.close()

@@ -1,0 +1,44 @@
+"""`promptr1 play`: a file of turns, stdin, the demo, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from promptr1.play import main, read_turns
+
+
+def test_play_from_turns_file(tmp_path, capsys):
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(json.dumps({"question": "Capital of France?", "answers": ["Paris"]}) + "\n", encoding="utf-8")
+    turns = tmp_path / "turns.txt"
+    turns.write_text(
+        "<think>ask</think><interaction_prompt>What is the capital of France?</interaction_prompt>\n---\n"
+        "<think>ok</think><answer>Paris</answer>\n", encoding="utf-8")
+    assert main(["--task", str(tasks), "--env-llm", "echo", "--turns", str(turns), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # 0.4 + 0.25 + 0.25 + 0.1 = 1.0 -> -1 + 1 + F1 1.0
+    assert rec["reward"] == 1.0 and rec["finished"] and len(rec["turns"]) == 2
+    assert rec["reward_components"]["format"] == 1.0
+
+
+def test_play_reads_turns_from_stdin_and_prints_transcript(tmp_path):
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(json.dumps({"question": "Capital of France?", "answers": ["Paris"]}) + "\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "promptr1.cli", "play", "--task", str(tasks), "--env-llm", "echo"],
+        input="<think>x</think><answer>Lyon</answer>\n", capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "[reward] total=-0.400" in proc.stdout and "[gold] Paris" in proc.stdout
+
+
+def test_play_bad_arguments_are_reported(tmp_path, capsys):
+    assert main(["--env-llm", "nosuch", "--turns", str(tmp_path / "x")]) == 2
+    assert "unknown env_llm" in capsys.readouterr().err
+
+
+def test_read_turns_formats():
+    assert read_turns("a\n---\n\n---\nb") == ["a", "b"]
+    assert read_turns('["x"]') == ["x"]

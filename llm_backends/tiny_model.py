@@ -119,6 +119,9 @@ def atomic_build_dir(
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it ordinary folder permissions
     try:
         build(tmp)
         (tmp / _MARKER).write_text(json.dumps(marker, sort_keys=True))

@@ -1,0 +1,470 @@
+"""Multi-turn rollouts, token in and token out.
+
+The agent's turns are sampled from token ids and kept as token ids with their per-token
+log-probs; they are decoded only to hand the text to the environment, never re-encoded. The
+environment's reply is tokenized once and spliced into the sequence with loss mask 0, framed by
+the tokenizer's *own* chat template (:class:`ChatFramer`), so any chat model works, not only
+ChatML ones.
+
+Episodes advance independently: each generation round batches every episode that waits for an
+agent turn (left-padded, KV-cached sampling in :func:`sample_turns`); the environment calls of
+that round run concurrently (``asyncio.gather`` over ``env.astep``). Episodes whose env LLM
+failed (``info["env_error"]``) are kept but flagged; the trainer drops them from their group.
+
+Layout of one finished episode (``Episode.ids``; ``mask`` is 1 on agent tokens)::
+
+    [system+user prompt, rendered by the template][agent turn 1][frame + env reply 1 + frame][agent turn 2]...
+     mask 0                                        mask 1        mask 0                        mask 1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DEFAULT_STOP_STRINGS",
+    "ChatFramer",
+    "Episode",
+    "RolloutConfig",
+    "TemplateError",
+    "collate_episodes",
+    "run_episodes",
+    "sample_turns",
+]
+
+#: An agent turn ends at the closing tag of a request or of an answer (or at the EOS token).
+DEFAULT_STOP_STRINGS: tuple[str, ...] = ("</interaction_prompt>", "</answer>")
+
+#: Reward given to an episode cut short because it outgrew ``max_seq_len`` (the lowest reward).
+OVERFLOW_REWARD = -1.0
+
+
+class TemplateError(ValueError):
+    """The tokenizer's chat template cannot be used for token-in/token-out multi-turn rollouts."""
+
+
+# ----------------------------------------------------------------------------- chat framing
+
+
+class ChatFramer:
+    """Frames env replies as user turns with the tokenizer's own chat template.
+
+    For a conversation prefix ``P`` (rendered with the generation prompt), an agent turn ``a``
+    and a reply ``r``, the frame is the text that rendering ``P + [assistant a, user r]`` adds
+    after ``render(P) + a``: the end of the assistant turn, the user turn holding ``r``, and the
+    next generation prompt. This needs the template to render a conversation's prefix as a
+    string prefix of the whole conversation; the constructor checks that once and raises
+    :class:`TemplateError` if it does not hold (templates that drop earlier ``<think>`` blocks,
+    or that trim the assistant's text, break it).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise TemplateError(
+                "the agent's tokenizer has no chat template; expected a chat/instruct model (e.g. "
+                "SmolLM2-135M-Instruct). Set tokenizer.chat_template before training."
+            )
+        self.tokenizer = tokenizer
+        eos = tokenizer.eos_token_id
+        self.eos_text = tokenizer.decode([eos]) if eos is not None else ""
+        self._check_prefix_property()
+
+    def render(self, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    def _check_prefix_property(self) -> None:
+        probe = [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "Question: q"},
+        ]
+        turn = "<think>t</think><interaction_prompt>p</interaction_prompt>"
+        base = self.render(probe, True)
+        full = self.render(probe + [{"role": "assistant", "content": turn},
+                                    {"role": "user", "content": "<interaction_response>r</interaction_response>"}], True)
+        if not full.startswith(base + turn):
+            raise TemplateError(
+                "the tokenizer's chat template does not keep earlier turns verbatim: rendering "
+                "[system, user] with the generation prompt is not a prefix of rendering "
+                "[system, user, assistant, user] followed by the assistant's text.\n"
+                f"  prefix rendered: {base!r}\n  whole rendered:  {full!r}\n"
+                "Token-in/token-out rollouts need that property; use a template that does not "
+                "rewrite earlier assistant turns (ChatML as in Qwen2/SmolLM2 works)."
+            )
+
+    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of the opening chat (system + user) with the generation prompt."""
+        return self.encode(self.render(messages, True))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def reply_text(self, history: Sequence[dict[str, str]], action_text: str, reply: str,
+                   action_ended_with_eos: bool) -> str:
+        """The text to splice after the agent's tokens: end of its turn, the reply, next prompt.
+
+        ``history`` is the chat up to (not including) the agent turn ``action_text``.
+        """
+        base = self.render(history, True) + action_text
+        full = self.render(list(history) + [{"role": "assistant", "content": action_text},
+                                            {"role": "user", "content": reply}], True)
+        if not full.startswith(base):
+            raise TemplateError(
+                "the chat template rewrote an earlier part of the conversation while adding a "
+                f"reply (agent turn {action_text[:80]!r}); token-in/token-out framing is impossible "
+                "with this template."
+            )
+        frame = full[len(base):]
+        if action_ended_with_eos and self.eos_text and frame.startswith(self.eos_text):
+            frame = frame[len(self.eos_text):]  # the agent already emitted the end-of-turn token
+        return frame
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class SampledTurn:
+    ids: list[int]
+    logps: list[float]
+    stop: str  # "eos", "string", or "length"
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    cum = probs.cumsum(-1)
+    remove = cum - probs > top_p  # keep the smallest set whose mass reaches top_p
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+
+
+class _StopChecker:
+    """Finds stop strings cheaply: decode a short tail only when the new token could end one."""
+
+    def __init__(self, tokenizer: Any, stop_strings: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stop_strings = tuple(stop_strings)
+        last_chars = {s[-1] for s in self.stop_strings if s}
+        vocab_size = len(tokenizer)
+        candidates = []
+        for i in range(vocab_size):
+            text = tokenizer.decode([i])
+            if any(c in text for c in last_chars):
+                candidates.append(i)
+        self.candidates = set(candidates)
+        self.tail = max((len(s) for s in self.stop_strings), default=1) + 2
+
+    def hit(self, ids: list[int]) -> bool:
+        if not self.stop_strings or ids[-1] not in self.candidates:
+            return False
+        text = self.tokenizer.decode(ids[-self.tail:])
+        return any(s in text for s in self.stop_strings)
+
+
+_STOP_CACHE: dict[tuple[int, tuple[str, ...]], _StopChecker] = {}
+
+
+def _stop_checker(tokenizer: Any, stop_strings: Sequence[str]) -> _StopChecker:
+    key = (id(tokenizer), tuple(stop_strings))
+    if key not in _STOP_CACHE:
+        _STOP_CACHE[key] = _StopChecker(tokenizer, stop_strings)
+    return _STOP_CACHE[key]
+
+
+@torch.no_grad()
+def sample_turns(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+    eos_token_ids: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[SampledTurn]:
+    """Sample one turn for each prompt (token ids), batched, with a KV cache.
+
+    Returns the sampled ids (up to and including the stop token) and each token's log-prob
+    under the temperature-scaled distribution ``log_softmax(logits / temperature)``, which is
+    what the update recomputes. ``temperature=0`` decodes greedily (log-probs at temperature 1).
+    """
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = set(eos_token_ids if eos_token_ids is not None else
+              ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
+    checker = _stop_checker(tokenizer, stop_strings)
+    B = len(prompts)
+    L = max(len(p) for p in prompts)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding
+        input_ids[i, L - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        attn[i, L - len(p):] = 1
+    input_ids, attn = input_ids.to(device), attn.to(device)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+
+    was_training = model.training
+    model.eval()
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
+                use_cache=True, logits_to_keep=1)
+    past = out.past_key_values
+    logits = out.logits[:, -1].float()
+    next_pos = position_ids[:, -1] + 1
+    seqs: list[list[int]] = [[] for _ in range(B)]
+    logps: list[list[float]] = [[] for _ in range(B)]
+    stops = ["length"] * B
+    finished = torch.zeros(B, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        if temperature > 0:
+            logp_all = torch.log_softmax(logits / temperature, dim=-1)  # (B, V)
+            sample_logits = logp_all if top_p >= 1.0 else _top_p_filter(logp_all, top_p)
+            probs = torch.softmax(sample_logits, dim=-1)
+            tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)  # (B,)
+        else:
+            logp_all = torch.log_softmax(logits, dim=-1)
+            tok = logp_all.argmax(-1).cpu()
+        tok_lp = logp_all.gather(-1, tok.to(logp_all.device)[:, None]).squeeze(-1).cpu()
+        tok_list, lp_list = tok.tolist(), tok_lp.tolist()
+        for i in range(B):
+            if finished[i]:
+                continue
+            seqs[i].append(tok_list[i])
+            logps[i].append(lp_list[i])
+            if tok_list[i] in eos:
+                finished[i], stops[i] = True, "eos"
+            elif checker.hit(seqs[i]):
+                finished[i], stops[i] = True, "string"
+        if bool(finished.all()):
+            break
+        step_tok = tok.masked_fill(finished, pad_id).to(device)[:, None]
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        out = model(input_ids=step_tok, attention_mask=attn, position_ids=next_pos[:, None],
+                    past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    if was_training:
+        model.train()
+    return [SampledTurn(s, lp, st) for s, lp, st in zip(seqs, logps, stops)]
+
+
+# ----------------------------------------------------------------------------- episodes
+
+
+@dataclass
+class RolloutConfig:
+    max_new_tokens: int = 96
+    max_seq_len: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_strings: tuple[str, ...] = DEFAULT_STOP_STRINGS
+
+
+@dataclass
+class Episode:
+    """One multi-turn episode as tokens, with what the environment said about it."""
+
+    task: Any
+    group: int
+    ids: list[int] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)  # 1 on agent tokens
+    logp: list[float] = field(default_factory=list)  # sampler log-prob on agent tokens, 0 elsewhere
+    prompt_len: int = 0
+    messages: list[dict[str, str]] = field(default_factory=list)
+    reward: float = 0.0
+    components: dict[str, Any] = field(default_factory=dict)
+    turns: int = 0
+    done: bool = False
+    terminated: bool = False
+    truncated: bool = False
+    overflow: bool = False
+    env_error: str | None = None
+    episode_stats: dict[str, Any] = field(default_factory=dict)
+    gen_tokens: int = 0
+
+    @property
+    def num_action_tokens(self) -> int:
+        return int(sum(self.mask))
+
+
+async def _env_step(env: Any, action: str):
+    astep = getattr(env, "astep", None)
+    if astep is not None:
+        return await astep(action)
+    return await asyncio.to_thread(env.step, action)
+
+
+def run_episodes(
+    model: Any,
+    tokenizer: Any,
+    envs: Sequence[Any],
+    tasks: Sequence[Any],
+    groups: Sequence[int],
+    cfg: RolloutConfig,
+    *,
+    framer: ChatFramer | None = None,
+    generator: torch.Generator | None = None,
+    timings: dict[str, float] | None = None,
+    seed: int | None = None,
+) -> list[Episode]:
+    """Play one episode per ``(env, task)`` pair to the end; return them as token sequences.
+
+    ``envs[i]`` is reset with ``options={"task": tasks[i]}``. ``timings`` (if given) receives
+    ``generate_s`` and ``env_s``: wall time spent sampling and waiting for the environment.
+    """
+    return asyncio.run(arun_episodes(model, tokenizer, envs, tasks, groups, cfg, framer=framer,
+                                     generator=generator, timings=timings, seed=seed))
+
+
+async def arun_episodes(
+    model: Any,
+    tokenizer: Any,
+    envs: Sequence[Any],
+    tasks: Sequence[Any],
+    groups: Sequence[int],
+    cfg: RolloutConfig,
+    *,
+    framer: ChatFramer | None = None,
+    generator: torch.Generator | None = None,
+    timings: dict[str, float] | None = None,
+    seed: int | None = None,
+) -> list[Episode]:
+    """Async form of :func:`run_episodes` (for callers that already run an event loop)."""
+    if not (len(envs) == len(tasks) == len(groups)):
+        raise ValueError(f"envs, tasks and groups must have equal lengths, got {len(envs)}, {len(tasks)}, {len(groups)}.")
+    framer = framer or ChatFramer(tokenizer)
+    timings = timings if timings is not None else {}
+    timings.setdefault("generate_s", 0.0)
+    timings.setdefault("env_s", 0.0)
+    eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    episodes: list[Episode] = []
+    for i, (env, task, g) in enumerate(zip(envs, tasks, groups)):
+        _, info = env.reset(seed=None if seed is None else seed + i, options={"task": task})
+        ep = Episode(task=task, group=int(g))
+        ep.messages = [dict(m) for m in info["messages"]]
+        ep.ids = framer.prompt_ids(ep.messages)
+        ep.mask = [0] * len(ep.ids)
+        ep.logp = [0.0] * len(ep.ids)
+        ep.prompt_len = len(ep.ids)
+        if ep.prompt_len >= cfg.max_seq_len:
+            raise ValueError(
+                f"the opening prompt of task {getattr(task, 'id', '?')!r} is {ep.prompt_len} tokens, not below "
+                f"max_seq_len={cfg.max_seq_len}; raise max_seq_len."
+            )
+        episodes.append(ep)
+
+    while True:
+        active = [k for k, ep in enumerate(episodes) if not ep.done]
+        if not active:
+            break
+        t0 = time.perf_counter()
+        budget = [min(cfg.max_new_tokens, cfg.max_seq_len - len(episodes[k].ids)) for k in active]
+        sampled = sample_turns(
+            model, tokenizer, [episodes[k].ids for k in active],
+            max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
+            stop_strings=cfg.stop_strings, eos_token_ids=eos_ids, generator=generator,
+        )
+        timings["generate_s"] += time.perf_counter() - t0
+
+        texts: list[str] = []
+        for k, s, b in zip(active, sampled, budget):
+            ids, lps = s.ids[:b], s.logps[:b]  # a shorter budget than the batch's: cut
+            ep = episodes[k]
+            ep.ids += ids
+            ep.mask += [1] * len(ids)
+            ep.logp += lps
+            ep.gen_tokens += len(ids)
+            s.ids, s.logps = ids, lps
+            texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*[_env_step(envs[k], txt) for k, txt in zip(active, texts)])
+        timings["env_s"] += time.perf_counter() - t0
+
+        for k, s, text, (obs, reward, terminated, truncated, info) in zip(active, sampled, texts, results):
+            ep = episodes[k]
+            ep.turns += 1
+            history = ep.messages
+            ep.messages = history + [{"role": "assistant", "content": text}]
+            if terminated or truncated:
+                ep.done, ep.terminated, ep.truncated = True, bool(terminated), bool(truncated)
+                ep.reward = float(reward)
+                ep.components = dict(info.get("reward_components") or {})
+                ep.env_error = info.get("env_error")
+                ep.episode_stats = dict(info.get("episode") or {})
+                continue
+            ended_with_eos = bool(s.ids) and s.ids[-1] in eos_ids
+            frame = framer.reply_text(history, text, obs, ended_with_eos)
+            reply_ids = framer.encode(frame)
+            ep.messages.append({"role": "user", "content": obs})
+            if len(ep.ids) + len(reply_ids) + 1 >= cfg.max_seq_len:
+                # No room for another agent turn: end the episode here with the lowest reward.
+                ep.done, ep.truncated, ep.overflow = True, True, True
+                ep.reward = OVERFLOW_REWARD
+                ep.components = {"total": OVERFLOW_REWARD, "overflow": True}
+                continue
+            ep.ids += reply_ids
+            ep.mask += [0] * len(reply_ids)
+            ep.logp += [0.0] * len(reply_ids)
+    return episodes
+
+
+def collate_episodes(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad episodes into ``(B, T)`` tensors: input_ids, attention_mask, action_mask, old_logp.
+
+    ``action_mask[b, t] = 1`` when token ``t`` was sampled by the agent; ``old_logp[b, t]`` is
+    its log-prob given tokens ``< t`` (the first token is never an action).
+    """
+    T = max(len(e.ids) for e in episodes)
+    B = len(episodes)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.long)
+    action = torch.zeros((B, T), dtype=torch.float32)
+    old = torch.zeros((B, T), dtype=torch.float32)
+    for b, e in enumerate(episodes):
+        n = len(e.ids)
+        input_ids[b, :n] = torch.as_tensor(e.ids)
+        attention[b, :n] = 1
+        action[b, :n] = torch.as_tensor(e.mask, dtype=torch.float32)
+        old[b, :n] = torch.as_tensor(e.logp, dtype=torch.float32)
+    return {"input_ids": input_ids, "attention_mask": attention, "action_mask": action, "old_logp": old}
+
+
+def token_logprobs_from_model(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs ``(B, T)`` aligned to token positions (position 0 is 0) and entropy.
+
+    ``logp[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`` under ``logits / temperature``.
+    Right padding means position ids are plain ``arange``.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
+    logits = logits[:, :-1].float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    logz = torch.logsumexp(logits, dim=-1)  # (B, T-1)
+    tgt = logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    logp = tgt - logz
+    probs = torch.softmax(logits, dim=-1)
+    entropy = logz - (probs * logits).sum(-1)  # (B, T-1)
+    zero = torch.zeros_like(logp[:, :1])
+    return torch.cat([zero, logp], dim=1), torch.cat([zero, entropy], dim=1)
+
+
+def make_env_factory(**env_kwargs: Any) -> Callable[[], Any]:
+    """A factory of :class:`~promptr1.envs.collab_env.PromptCollabEnv` sharing one env LLM."""
+    from promptr1.envs.collab_env import PromptCollabEnv
+
+    def factory() -> Any:
+        return PromptCollabEnv(**env_kwargs)
+
+    return factory

@@ -1,0 +1,637 @@
+"""``GRPOTrainer``: multi-turn token-level policy gradient on accelerate.
+
+One training step::
+
+    questions  <- next batch_questions tasks (each process takes its share)
+    episodes   <- group_size rollouts per question (promptr1.agents.rollout, token in / token out)
+    rewards    <- the environment's dual-constrained reward; env-error episodes leave their group
+    advantages <- the registry's estimator over each group (--algo)
+    for epoch in update_epochs, for minibatch in minibatches:
+        loss = policy loss (PPO-clip) + kl_coef * KL(policy || reference) - entropy_coef * entropy
+        backward over micro-batches, clip grad norm, AdamW step
+    scheduler step; log; checkpoint every save_every steps
+
+Runs on CPU, one GPU, or several processes under ``accelerate launch`` (DDP; FSDP/DeepSpeed
+through accelerate's own config). Seeding happens in one place (:func:`seed_everything`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import pathlib
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from promptr1.agents.checkpoint import (
+    capture_rng_state,
+    checkpoint_name,
+    find_latest_checkpoint,
+    load_trainer_state,
+    publish_checkpoint,
+    restore_rng_state,
+    temp_dir_for,
+    write_checkpoint_files,
+)
+from promptr1.agents.config import GRPOConfig, config_to_dict
+from promptr1.agents.logging import Callback, CallbackList, Logger
+from promptr1.agents.rollout import ChatFramer, Episode, RolloutConfig, collate_episodes, run_episodes
+
+__all__ = ["GRPOTrainer", "load_policy", "resolve_model_path", "seed_everything"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """The one place where the global RNGs are seeded (python, numpy, torch, CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if torch.backends.cudnn.is_available():
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+
+
+def derived_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (step, rank, purpose...).
+
+    >>> derived_seed(0, "rollout", 3) == derived_seed(0, "rollout", 3)
+    True
+    """
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def resolve_model_path(name: str) -> str:
+    """``smollm2`` -> the cached SmolLM2-135M-Instruct folder; ``tiny`` -> the tiny test model;
+    a training output folder -> its latest checkpoint; anything else is passed through."""
+    if name == "smollm2":
+        from promptr1.llm_backends.smollm2 import smollm2_model_dir
+
+        return str(smollm2_model_dir())
+    if name == "tiny":
+        from promptr1.llm_backends.tiny_model import tiny_model_path
+
+        return str(tiny_model_path())
+    p = pathlib.Path(name)
+    if p.is_dir() and not (p / "config.json").exists():
+        ckpt = find_latest_checkpoint(p)
+        if ckpt is not None:
+            return str(ckpt)
+    return name
+
+
+def load_policy(name: str, *, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer (left padding off: we pad by hand)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model, tokenizer
+
+
+def _resolve_mixed_precision(cfg: GRPOConfig) -> str:
+    mp = cfg.mixed_precision
+    if mp not in ("auto", "no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16; got {mp!r}.")
+    if mp != "auto":
+        return mp
+    if not cfg.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def _loss_config(cfg: GRPOConfig):
+    """LossConfig from ``--algo``'s defaults, overridden by the options the user actually changed."""
+    from promptr1.agents.losses import LossConfig
+
+    base = GRPOConfig()
+    mapping = {
+        "clip_eps": "clip_low",
+        "clip_eps_high": "clip_high",
+        "kl_coef": "kl_coef",
+        "kl_estimator": "kl_kind",
+        "entropy_coef": "entropy_coef",
+        "loss_agg": "agg",
+    }
+    overrides: dict[str, Any] = {}
+    for ours, theirs in mapping.items():
+        value = getattr(cfg, ours)
+        if value != getattr(base, ours):
+            if ours == "clip_eps_high" and value == 0:
+                continue
+            if ours == "loss_agg" and not value:
+                continue
+            overrides[theirs] = value
+    if cfg.kl_coef == 0:
+        overrides["kl_coef"] = 0.0
+    return LossConfig.from_algorithm(cfg.algo, **overrides)
+
+
+def _num(x: Any, default: float = float("nan")) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return default
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class GRPOTrainer:
+    """Train an agent LLM with GRPO (or any registered algorithm) in :class:`PromptCollabEnv`.
+
+    Args:
+        cfg: the :class:`GRPOConfig`.
+        model, tokenizer: an already loaded policy (default: load ``cfg.model``).
+        env_llm: an LLMBackend instance (default: ``make_backend(cfg.env_llm)``).
+        tasks: the training tasks (default: ``load_tasks(cfg.tasks, split="train")``).
+        env_kwargs: extra keyword arguments for every :class:`PromptCollabEnv`.
+        env_factory: a zero-argument callable returning an env (anything with ``reset(seed, options)``
+            and ``step``/``astep`` like :class:`PromptCollabEnv`); replaces the default envs.
+        callbacks: :class:`~promptr1.agents.logging.Callback` objects.
+    """
+
+    def __init__(
+        self,
+        cfg: GRPOConfig,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        env_llm: Any = None,
+        tasks: Sequence[Any] | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        env_factory: Any = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=_resolve_mixed_precision(cfg))
+        self.loss_cfg = _loss_config(cfg)
+        self.callbacks = CallbackList(list(callbacks))
+        self.step = 0
+        self.cursor = 0  # questions consumed (all processes together)
+
+        resume_from = self._find_resume()
+        if model is None:
+            model, tokenizer = load_policy(str(resume_from) if resume_from else cfg.model)
+        elif tokenizer is None:
+            raise ValueError("pass the tokenizer together with the model: GRPOTrainer(cfg, model=m, tokenizer=t).")
+        self.tokenizer = tokenizer
+        self.framer = ChatFramer(tokenizer)  # fails early on a template that cannot be spliced
+
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        if cfg.lora_r > 0:
+            model = self._wrap_lora(model)
+        self.ref_model = None
+        if self.loss_cfg.kl_coef > 0:
+            self.ref_model = self._make_reference(cfg, resume_from, model)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = self._make_scheduler(optimizer)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        if self.ref_model is not None:
+            self.ref_model.to(self.accelerator.device)
+
+        from promptr1.envs.collab_env import PromptCollabEnv
+        from promptr1.envs.tasks import load_tasks
+        from promptr1.llm_backends import make_backend
+
+        self.tasks = list(tasks) if tasks is not None else list(load_tasks(cfg.tasks, split="train"))
+        if not self.tasks:
+            raise ValueError(f"no training tasks in {cfg.tasks!r}.")
+        self.env_llm = env_llm if env_llm is not None else (make_backend(cfg.env_llm) if env_factory is None else None)
+        n_env = cfg.batch_questions * cfg.group_size
+        kw = dict(max_turns=cfg.max_turns, max_response_chars=cfg.max_response_chars,
+                  reward_variant=cfg.reward_variant, **(env_kwargs or {}))
+        if env_factory is not None:
+            self.envs = [env_factory() for _ in range(n_env)]
+        else:
+            self.envs = [PromptCollabEnv(task=self.tasks, env_llm=self.env_llm, **kw) for _ in range(n_env)]
+        self.rollout_cfg = RolloutConfig(max_new_tokens=cfg.max_new_tokens, max_seq_len=cfg.max_seq_len,
+                                         temperature=cfg.temperature, top_p=cfg.top_p)
+
+        if resume_from is not None:
+            self._load_state(resume_from)
+        self.logger: Logger | None = None
+
+    # ------------------------------------------------------------------ setup pieces
+    def _find_resume(self) -> pathlib.Path | None:
+        r = self.cfg.resume
+        if not r:
+            return None
+        where = self.cfg.output_dir if r == "auto" else r
+        found = find_latest_checkpoint(where)
+        if found is None:
+            if r == "auto":
+                return None  # nothing to resume yet: a fresh run
+            raise FileNotFoundError(
+                f"--resume {r!r}: no complete checkpoint there. Expected a checkpoint folder (with "
+                "trainer_state.json) or an output_dir holding checkpoint-* folders; use --resume auto to "
+                "start fresh when none exists."
+            )
+        return found
+
+    def _wrap_lora(self, model: Any) -> Any:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise ImportError(
+                f"lora_r={self.cfg.lora_r} needs the optional dependency peft, which is not installed. "
+                "Install it with `pip install 'prompt-r1[peft]'` or set --lora-r 0."
+            ) from None
+        conf = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, lora_dropout=self.cfg.lora_dropout,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        return get_peft_model(model, conf)
+
+    def _make_reference(self, cfg: GRPOConfig, resume_from: pathlib.Path | None, model: Any) -> Any:
+        if cfg.lora_r > 0:
+            return None  # the reference is the base model with adapters disabled
+        if resume_from is not None:
+            state = load_trainer_state(resume_from)
+            ref_path = state.get("reference_model", cfg.model)
+            ref, _ = load_policy(ref_path)
+        else:
+            import copy
+
+            ref = copy.deepcopy(model)
+        ref.eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    def _make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        from transformers import get_scheduler
+
+        name = self.cfg.lr_scheduler
+        if name not in ("constant", "linear", "cosine"):
+            raise ValueError(f"lr_scheduler must be constant, linear or cosine; got {name!r}.")
+        if name == "constant":
+            name = "constant_with_warmup"
+        return get_scheduler(name, optimizer, num_warmup_steps=self.cfg.warmup_steps,
+                             num_training_steps=max(self.cfg.steps, 1))
+
+    @property
+    def unwrapped_model(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ data
+    def _question_order(self, epoch: int) -> list[int]:
+        rng = np.random.default_rng(derived_seed(self.cfg.seed, "tasks", epoch))
+        return rng.permutation(len(self.tasks)).tolist()
+
+    def next_questions(self) -> list[Any]:
+        """This process's share of the next ``batch_questions * num_processes`` questions."""
+        n_proc = self.accelerator.num_processes
+        total = self.cfg.batch_questions * n_proc
+        out = []
+        for j in range(total):
+            k = self.cursor + j
+            epoch, i = divmod(k, len(self.tasks))
+            out.append(self.tasks[self._question_order(epoch)[i]])
+        self.cursor += total
+        r = self.accelerator.process_index
+        return out[r * self.cfg.batch_questions:(r + 1) * self.cfg.batch_questions]
+
+    # ------------------------------------------------------------------ one step
+    def collect(self, questions: Sequence[Any]) -> tuple[list[Episode], dict[str, float]]:
+        """Play ``group_size`` episodes per question with the current policy."""
+        G = self.cfg.group_size
+        rank = self.accelerator.process_index
+        tasks = [q for q in questions for _ in range(G)]
+        groups = [rank * len(questions) + i for i in range(len(questions)) for _ in range(G)]
+        gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, "rollout", self.step, rank))
+        timings: dict[str, float] = {}
+        model = self.unwrapped_model
+        with self.accelerator.autocast():
+            episodes = run_episodes(model, self.tokenizer, self.envs[: len(tasks)], tasks, groups, self.rollout_cfg,
+                                    framer=self.framer, generator=gen, timings=timings,
+                                    seed=derived_seed(self.cfg.seed, "env", self.step, rank) % (2**31))
+        return episodes, timings
+
+    def _logprobs(self, model: Any, batch: dict[str, torch.Tensor], *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from promptr1.agents.losses import entropy_from_logits, token_logprobs
+
+        with self.accelerator.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits  # (b, T, V)
+        T = self.rollout_cfg.temperature if self.rollout_cfg.temperature > 0 else 1.0
+        logp = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:], temperature=T)  # (b, T-1)
+        zero = logp.new_zeros(logp.shape[0], 1)
+        logp = torch.cat([zero, logp], dim=1)  # (b, T): aligned with the token positions
+        ent = None
+        if with_entropy:
+            ent = entropy_from_logits(logits[:, :-1], temperature=T)
+            ent = torch.cat([zero, ent], dim=1)
+        return logp, ent
+
+    def _micro_batches(self, idx: list[int]) -> list[list[int]]:
+        m = max(1, self.cfg.micro_batch_size)
+        return [idx[i:i + m] for i in range(0, len(idx), m)]
+
+    def _slice(self, batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+        """Rows of the batch, cut to their longest sequence, moved to the device."""
+        sub = {k: v[rows] for k, v in batch.items()}
+        T = int(sub["attention_mask"].sum(-1).max().item())
+        dev = self.accelerator.device
+        return {k: (v[:, :T] if v.dim() == 2 else v).to(dev) for k, v in sub.items()}
+
+    @torch.no_grad()
+    def _no_grad_logprobs(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros_like(batch["old_logp"])
+        model.eval()
+        for rows in self._micro_batches(list(range(batch["input_ids"].shape[0]))):
+            sub = self._slice(batch, rows)
+            lp, _ = self._logprobs(model, sub, with_entropy=False)
+            out[rows, : lp.shape[1]] = lp.float().cpu()
+        return out
+
+    def train_step(self) -> dict[str, float]:
+        """Rollouts, advantages and the update for one step; returns the step's metrics."""
+        from promptr1.agents.advantages import compute_advantages
+        from promptr1.agents.losses import compute_loss
+
+        cfg, acc = self.cfg, self.accelerator
+        rec: dict[str, float] = {}
+        t_step = time.perf_counter()
+        questions = self.next_questions()
+        episodes, timings = self.collect(questions)
+        self.callbacks.on_rollout_end(self, episodes)
+
+        # --- rewards and advantages (groups never straddle processes)
+        rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)  # (N,)
+        groups = torch.tensor([e.group for e in episodes])
+        ok = torch.tensor([e.env_error is None for e in episodes])  # (N,) env failures leave their group
+        adv = torch.zeros_like(rewards)
+        keep = torch.zeros_like(ok)
+        if ok.any():
+            _, g_local = torch.unique(groups[ok], return_inverse=True)
+            a, k = compute_advantages(rewards[ok], g_local, estimator=self.loss_cfg.estimator,
+                                      mask_zero_variance=self.loss_cfg.mask_zero_variance,
+                                      **self.loss_cfg.estimator_call_kwargs())
+            adv[ok], keep[ok] = a.float(), k
+        batch = collate_episodes(episodes, self.tokenizer.pad_token_id)
+        batch["advantages"] = adv
+        batch["sample_mask"] = keep
+
+        # --- old and reference log-probs (no grad)
+        t_upd = time.perf_counter()
+        mask = batch["action_mask"].bool()
+        if cfg.recompute_old_logp:
+            recomputed = self._no_grad_logprobs(self.model, batch)
+            if mask.any():
+                diff = (recomputed[mask] - batch["old_logp"][mask]).abs()
+                rec["rollout/logp_mismatch_mean"] = diff.mean().item()
+                rec["rollout/logp_mismatch_max"] = diff.max().item()
+            batch["old_logp"] = recomputed
+        if self.ref_model is not None:
+            batch["ref_logp"] = self._no_grad_logprobs(self.ref_model, batch)
+        elif self.loss_cfg.kl_coef > 0 and cfg.lora_r > 0:
+            with self.unwrapped_model.disable_adapter():
+                batch["ref_logp"] = self._no_grad_logprobs(self.model, batch)
+
+        # --- the update
+        self.model.train()
+        N = len(episodes)
+        stats_acc: dict[str, list[float]] = {}
+        grad_norms: list[float] = []
+        need_entropy = True  # cheap enough to log; used in the loss when entropy_coef != 0
+        order_rng = np.random.default_rng(derived_seed(cfg.seed, "minibatch", self.step, acc.process_index))
+        for _epoch in range(cfg.update_epochs):
+            perm = order_rng.permutation(N).tolist()
+            n_mini = max(1, min(cfg.minibatches, N))
+            minis = [perm[i::n_mini] for i in range(n_mini)]
+            for mini in minis:
+                micro = self._micro_batches(sorted(mini))
+                eff = (batch["action_mask"][mini] * batch["sample_mask"][mini, None]).sum().item()
+                seqs = ((batch["action_mask"][mini].sum(-1) > 0) & batch["sample_mask"][mini]).sum().item()
+                for j, rows in enumerate(micro):
+                    sub = self._slice(batch, rows)
+                    sub_tokens = (sub["action_mask"] * sub["sample_mask"][:, None]).sum().item()
+                    sub_seqs = ((sub["action_mask"].sum(-1) > 0) & sub["sample_mask"]).sum().item()
+                    if self.loss_cfg.agg == "token-mean":
+                        weight = sub_tokens / eff if eff > 0 else 0.0
+                    else:
+                        weight = sub_seqs / seqs if seqs > 0 else 0.0
+                    last = j == len(micro) - 1
+                    ctx = acc.no_sync(self.model) if (not last and acc.num_processes > 1) else _nullcontext()
+                    with ctx:
+                        logp, ent = self._logprobs(self.model, sub, with_entropy=need_entropy)
+                        loss_batch = {"logp": logp, "mask": sub["action_mask"], "advantages": sub["advantages"],
+                                      "old_logp": sub["old_logp"], "sample_mask": sub["sample_mask"]}
+                        if "ref_logp" in sub:
+                            loss_batch["ref_logp"] = sub["ref_logp"]
+                        if ent is not None:
+                            loss_batch["entropy"] = ent if self.loss_cfg.entropy_coef != 0 else ent.detach()
+                        loss, stats = compute_loss(loss_batch, self.loss_cfg)
+                        acc.backward(loss * weight)
+                    if weight > 0:
+                        for k, v in stats.items():
+                            stats_acc.setdefault(k, []).append(float(v))
+                if cfg.max_grad_norm > 0:
+                    gn = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    grad_norms.append(float(gn))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        t_end = time.perf_counter()
+        self.step += 1
+
+        # --- metrics
+        rec.update(self._episode_metrics(episodes))
+        for k, v in stats_acc.items():
+            key = {"kl_loss": "kl", "loss": "total"}.get(k, k)
+            rec[f"losses/{key}"] = float(np.mean(v))
+        if grad_norms:
+            rec["losses/grad_norm"] = float(np.mean(grad_norms))
+        rec["losses/lr"] = float(self.scheduler.get_last_lr()[0])
+        rec["losses/adv_abs_mean"] = adv[keep].abs().mean().item() if keep.any() else 0.0
+        rec["rollout/kept_fraction"] = keep.float().mean().item()
+        gen_tokens = sum(e.gen_tokens for e in episodes)
+        rec["time/generate_s"] = timings.get("generate_s", 0.0)
+        rec["time/env_wait_s"] = timings.get("env_s", 0.0)
+        rec["time/update_s"] = t_end - t_upd
+        rec["time/step_s"] = t_end - t_step
+        rec["time/gen_tokens_per_s"] = gen_tokens / max(timings.get("generate_s", 0.0), 1e-9)
+        rec["time/train_tokens_per_s"] = float(batch["attention_mask"].sum()) * cfg.update_epochs / max(t_end - t_upd, 1e-9)
+        rec = self._reduce(rec)
+        self._last_episodes = episodes
+        return rec
+
+    def _episode_metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        r: dict[str, float] = {}
+        ok = [e for e in episodes if e.env_error is None]
+        r["rollout/episodes"] = float(len(episodes))
+        r["env_llm/errors"] = float(len(episodes) - len(ok))
+        r["env_llm/error_rate"] = (len(episodes) - len(ok)) / max(len(episodes), 1)
+        r["rollout/overflow"] = float(sum(e.overflow for e in episodes))
+        r["rollout/turns_mean"] = float(np.mean([e.turns for e in episodes]))
+        r["rollout/action_tokens_mean"] = float(np.mean([e.num_action_tokens for e in episodes]))
+        r["rollout/seq_len_mean"] = float(np.mean([len(e.ids) for e in episodes]))
+        r["rollout/terminated_rate"] = float(np.mean([e.terminated for e in episodes]))
+        if ok:
+            rewards = [e.reward for e in ok]
+            r["reward/mean"] = float(np.mean(rewards))
+            r["reward/std"] = float(np.std(rewards))
+            r["reward/max"] = float(np.max(rewards))
+            r["reward/min"] = float(np.min(rewards))
+            comps: dict[str, list[float]] = {}
+            for e in ok:
+                for k, v in e.components.items():
+                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                        continue
+                    comps.setdefault(k, []).append(float(v))
+            for k, v in comps.items():
+                if k != "total":
+                    r[f"reward/{k}"] = float(np.mean(v))
+            if "format" in comps:
+                r["reward/format_rate"] = float(np.mean([x >= 1.0 - 1e-9 for x in comps["format"]]))
+            f1 = comps.get("f1", comps.get("answer"))
+            if f1 is not None:
+                r["reward/answer_f1"] = float(np.mean(f1))
+            if "em" in comps:
+                r["reward/answer_em"] = float(np.mean(comps["em"]))
+        stats = [e.episode_stats for e in episodes if e.episode_stats]
+        for key, name in (("env_llm_latency_s", "latency_s"), ("env_llm_tokens", "tokens"),
+                          ("env_llm_cost_usd", "cost_usd"), ("env_llm_calls", "calls"), ("env_llm_attempts", "attempts")):
+            vals = [_num(s.get(key), 0.0) for s in stats]
+            if vals:
+                r[f"env_llm/{name}"] = float(np.sum(vals)) if name in ("tokens", "cost_usd", "calls") else float(np.mean(vals))
+        if stats:
+            calls = sum(_num(s.get("env_llm_calls"), 0.0) for s in stats)
+            attempts = sum(_num(s.get("env_llm_attempts"), 0.0) for s in stats)
+            r["env_llm/retries"] = max(attempts - calls, 0.0)
+        return r
+
+    def _reduce(self, rec: dict[str, float]) -> dict[str, float]:
+        """Average the metrics over processes (all processes log the same keys)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return rec
+        keys = sorted(rec)
+        t = torch.tensor([rec[k] if math.isfinite(rec[k]) else 0.0 for k in keys], device=acc.device)
+        t = acc.reduce(t, reduction="mean")
+        return dict(zip(keys, t.cpu().tolist()))
+
+    # ------------------------------------------------------------------ loop
+    def train(self, steps: int | None = None) -> list[dict[str, float]]:
+        """Run until ``steps`` total steps (default ``cfg.steps``); returns per-step metrics."""
+        cfg, acc = self.cfg, self.accelerator
+        total = cfg.steps if steps is None else steps
+        out_dir = pathlib.Path(cfg.output_dir)
+        if self.logger is None:
+            self.logger = Logger(str(out_dir / "tensorboard") if acc.is_main_process else None,
+                                 progress=cfg.progress and acc.is_main_process, total_steps=total,
+                                 initial_step=self.step, enabled=acc.is_main_process)
+            self.logger.record_hparams(config_to_dict(cfg) | {"loss." + k: v for k, v in self.loss_cfg.to_dict().items()})
+        self.callbacks.on_train_begin(self)
+        history = []
+        while self.step < total:
+            metrics = self.train_step()
+            for k, v in metrics.items():
+                self.logger.record(k, v)
+            if cfg.num_transcripts > 0 and acc.is_main_process:
+                for i, e in enumerate(self._last_episodes[: cfg.num_transcripts]):
+                    self.logger.record_text(f"transcripts/{i}", self.transcript(e))
+            means = self.logger.dump(self.step) if self.step % max(cfg.log_every, 1) == 0 else metrics
+            history.append(metrics)
+            keep_going = self.callbacks.on_step_end(self, self.step, metrics)
+            if cfg.save_every > 0 and self.step % cfg.save_every == 0 and self.step < total:
+                self.save()
+            if not keep_going:
+                break
+            del means
+        path = self.save()
+        self.callbacks.on_train_end(self)
+        self.logger.close()
+        self.logger = None
+        return history
+
+    def transcript(self, e: Episode) -> str:
+        lines = [f"reward={e.reward:+.3f} turns={e.turns} gold={list(getattr(e.task, 'answers', []))}"]
+        for m in e.messages:
+            lines.append(f"[{m['role']}] {m['content']}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "cursor": self.cursor,
+            "config": config_to_dict(self.cfg),
+            "reference_model": resolve_model_path(self.cfg.model) if self.cfg.model in ("tiny",) else self.cfg.model,
+            "num_processes": self.accelerator.num_processes,
+        }
+
+    def save(self) -> pathlib.Path:
+        """Write a checkpoint of the current step atomically; returns its folder."""
+        acc = self.accelerator
+        out = pathlib.Path(self.cfg.output_dir)
+        tmp = temp_dir_for(out, self.step)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        acc.wait_for_everyone()
+        torch.save(capture_rng_state(), tmp / f"rng_state_rank{acc.process_index}.pt")
+        if acc.is_main_process:
+            write_checkpoint_files(tmp, model=self.unwrapped_model, tokenizer=self.tokenizer,
+                                   optimizer=self.optimizer, scheduler=self.scheduler, trainer_state=self.state_dict())
+        acc.wait_for_everyone()
+        final = out / checkpoint_name(self.step)
+        if acc.is_main_process:
+            final = publish_checkpoint(out, self.step, keep=self.cfg.keep_checkpoints)
+            self.callbacks.on_checkpoint(self, str(final))
+        acc.wait_for_everyone()
+        return final
+
+    def _load_state(self, folder: pathlib.Path) -> None:
+        """Restore optimizer, scheduler, step, data cursor and RNG states (weights were loaded already)."""
+        state = load_trainer_state(folder)
+        self.step = int(state["step"])
+        self.cursor = int(state["cursor"])
+        opt = folder / "optimizer.pt"
+        if opt.exists():
+            self.optimizer.load_state_dict(torch.load(opt, map_location="cpu", weights_only=False))
+        sch = folder / "scheduler.pt"
+        if sch.exists():
+            self.scheduler.load_state_dict(torch.load(sch, map_location="cpu", weights_only=False))
+        rng = folder / f"rng_state_rank{self.accelerator.process_index}.pt"
+        if rng.exists():
+            restore_rng_state(torch.load(rng, weights_only=False))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def config_replace(cfg: GRPOConfig, **changes: Any) -> GRPOConfig:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,362 @@
+"""Record and replay environment-LLM calls: a content-addressed cache on disk, for any backend.
+
+:class:`CachedBackend` wraps any backend (``openai:...``, ``hf:...``, ``sim``, ...). Each call
+is keyed by a SHA-256 of the backend name, the model, the messages and every sampling
+parameter (seed included); the reply and its token counts are stored in SQLite (WAL mode),
+which is safe with many threads and processes writing at once.
+
+Modes:
+
+====================  ========================================================================
+``off``               pass every call through; the cache is not touched
+``record``            call the backend every time and store (overwrite) the reply
+``replay``            answer only from the cache; a miss raises ``EnvLLMError(kind="replay_miss")``
+``replay-or-record``  answer from the cache; on a miss call the backend and store the reply
+====================  ========================================================================
+
+Failed calls (:class:`EnvLLMError`) are never stored. A hit returns the stored reply with
+``cached=True``, ``attempts=0`` and ``cost_usd=0.0`` (the recorded cost and latency are in
+``extra``). With sampling temperature > 0 a replay returns the *recorded* sample every time:
+replay makes runs repeatable, it does not re-sample.
+
+>>> import os, tempfile
+>>> from promptr1.llm_backends.scripted import ScriptedBackend
+>>> path = os.path.join(tempfile.mkdtemp(), "calls.sqlite")
+>>> live = CachedBackend(ScriptedBackend(["Paris"]), path, mode="record")
+>>> live.complete([{"role": "user", "content": "Capital of France?"}], temperature=0.0).text
+'Paris'
+>>> offline = CachedBackend(ScriptedBackend(["never used"]), path, mode="replay")
+>>> c = offline.complete([{"role": "user", "content": "Capital of France?"}], temperature=0.0)
+>>> c.text, c.cached
+('Paris', True)
+>>> try:
+...     offline.complete([{"role": "user", "content": "Capital of Spain?"}], temperature=0.0)
+... except EnvLLMError as e:
+...     print(e.kind)
+replay_miss
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .base import BaseBackend, Completion, EnvLLMError, LLMBackend, Message, validate_messages
+
+__all__ = ["CACHE_MODES", "CachedBackend", "ResponseCache", "cache_key"]
+
+CACHE_MODES = ("off", "record", "replay", "replay-or-record")
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS completions (
+    key               TEXT PRIMARY KEY,
+    backend           TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    request           TEXT NOT NULL,
+    text              TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd          REAL,
+    latency_s         REAL,
+    response_model    TEXT,
+    created           REAL NOT NULL
+)
+"""
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
+def cache_key(backend: str, model: str, messages: Sequence[Message], sampling: Mapping[str, Any]) -> str:
+    """The content address of one call: SHA-256 hex of its canonical JSON description.
+
+    Sampling keys whose value is None are dropped (they mean "the default").
+
+    >>> k = cache_key("openai", "m", [{"role": "user", "content": "hi"}], {"temperature": 0.0, "seed": 1})
+    >>> len(k), k == cache_key("openai", "m", [{"role": "user", "content": "hi"}], {"seed": 1, "temperature": 0.0})
+    (64, True)
+    >>> k == cache_key("openai", "m", [{"role": "user", "content": "hi"}], {"temperature": 0.0, "seed": 2})
+    False
+    """
+    return hashlib.sha256(_canonical(_request_record(backend, model, messages, sampling)).encode()).hexdigest()
+
+
+def _request_record(backend: str, model: str, messages: Sequence[Message], sampling: Mapping[str, Any]) -> dict:
+    return {
+        "v": _SCHEMA_VERSION,
+        "backend": backend,
+        "model": model,
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "sampling": {k: v for k, v in sorted(sampling.items()) if v is not None},
+    }
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    msg = str(e).lower()
+    return "locked" in msg or "busy" in msg
+
+
+class ResponseCache:
+    """The SQLite store behind :class:`CachedBackend` (one connection per thread and process).
+
+    Every statement runs in autocommit mode; a write is one ``INSERT`` statement, so a
+    crash never leaves a half-written row, and ``busy`` errors are retried.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 60.0) -> None:
+        self.path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        self.timeout_s = float(timeout_s)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._retry(lambda: self._conn())  # create the file and table now, so errors surface early
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "timeout_s": self.timeout_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], timeout_s=state["timeout_s"])
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({self.path!r})"
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn, self._local.pid = conn, os.getpid()
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _retry(self, fn, tries: int = 20):
+        delay = 0.01
+        for i in range(tries):
+            try:
+                return fn()
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e) or i == tries - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored row for ``key`` as a dict, or None."""
+
+        def q():
+            cur = self._conn().execute(
+                "SELECT text, prompt_tokens, completion_tokens, cost_usd, latency_s, response_model, created "
+                "FROM completions WHERE key = ?",
+                (key,),
+            )
+            return cur.fetchone()
+
+        row = self._retry(q)
+        if row is None:
+            return None
+        names = ("text", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "response_model", "created")
+        return dict(zip(names, row))
+
+    def put(self, key: str, request: Mapping[str, Any], completion: Completion, *, replace: bool) -> bool:
+        """Store ``completion`` under ``key``; with ``replace=False`` an existing row wins.
+
+        Returns True when a row was written.
+        """
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        row = (
+            key, str(request.get("backend", "")), str(request.get("model", "")), _canonical(request),
+            completion.text, int(completion.prompt_tokens), int(completion.completion_tokens),
+            completion.cost_usd, float(completion.latency_s), completion.model or None, time.time(),
+        )
+
+        def w():
+            cur = self._conn().execute(f"{verb} INTO completions VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            return cur.rowcount > 0
+
+        return bool(self._retry(w))
+
+    def __len__(self) -> int:
+        return int(self._retry(lambda: self._conn().execute("SELECT COUNT(*) FROM completions").fetchone()[0]))
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every stored request description (for inspection)."""
+        rows = self._retry(lambda: self._conn().execute("SELECT request FROM completions ORDER BY created").fetchall())
+        return [json.loads(r[0]) for r in rows]
+
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            c.close()
+        self._local = threading.local()
+
+
+def _normalize_mode(mode: str) -> str:
+    m = str(mode).strip().lower().replace("_", "-")
+    if m not in CACHE_MODES:
+        raise ValueError(f"cache mode must be one of {', '.join(CACHE_MODES)}; got {mode!r}.")
+    return m
+
+
+class CachedBackend(BaseBackend):
+    """Wrap ``inner`` with a record/replay cache at ``path`` (see the module docstring for modes).
+
+    ``name`` and ``model`` are the inner backend's, so the wrapper is transparent to the env.
+    ``namespace`` is mixed into every key, to keep unrelated experiments apart in one file.
+    """
+
+    def __init__(
+        self,
+        inner: LLMBackend,
+        path: str | os.PathLike,
+        mode: str = "replay-or-record",
+        *,
+        namespace: str = "",
+    ) -> None:
+        super().__init__()
+        if not (hasattr(inner, "complete") and hasattr(inner, "acomplete")):
+            raise TypeError(f"CachedBackend wraps an LLMBackend (name/complete/acomplete); got {type(inner).__name__}.")
+        self.inner = inner
+        self.mode = _normalize_mode(mode)
+        self.namespace = namespace
+        self.path = os.fspath(path)
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.model = str(getattr(inner, "model", "") or getattr(inner, "model_id", "") or "")
+        self.deterministic = self.mode == "replay" or bool(getattr(inner, "deterministic", False))
+        self.store = ResponseCache(self.path) if self.mode != "off" else None
+        self._stats_lock = threading.Lock()
+        self._stats: Counter = Counter()
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("_loop_thread", "_loop_lock", "_stats_lock")}
+        return d
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._loop_thread = None
+        self._loop_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CachedBackend({self.inner!r}, path={self.path!r}, mode={self.mode!r})"
+
+    def __getattr__(self, item: str) -> Any:
+        # Delegate e.g. stats helpers of the inner backend; never called for our own attributes.
+        if item.startswith("_") or item in ("inner",):
+            raise AttributeError(item)
+        return getattr(self.inner, item)
+
+    # --- keys ---------------------------------------------------------------------------------
+    def key_for(self, messages: Sequence[Message], sampling: Mapping[str, Any]) -> tuple[str, dict]:
+        """``(key, request description)`` for one call (the inner backend's default sampling included)."""
+        merged = {**dict(getattr(self.inner, "default_sampling", None) or {}), **sampling}
+        req = _request_record(self.name, self.model, messages, merged)
+        if self.namespace:
+            req["namespace"] = self.namespace
+        return hashlib.sha256(_canonical(req).encode()).hexdigest(), req
+
+    # --- calls --------------------------------------------------------------------------------
+    def _count(self, **kw: int) -> None:
+        with self._stats_lock:
+            self._stats.update(kw)
+
+    def _hit(self, row: Mapping[str, Any], key: str, t0: float) -> Completion:
+        self._count(hits=1)
+        return Completion(
+            text=row["text"],
+            latency_s=time.monotonic() - t0,
+            prompt_tokens=int(row["prompt_tokens"]),
+            completion_tokens=int(row["completion_tokens"]),
+            cost_usd=0.0,
+            attempts=0,
+            cached=True,
+            model=row["response_model"] or self.model,
+            extra={"cache_key": key, "recorded_latency_s": row["latency_s"], "recorded_cost_usd": row["cost_usd"]},
+        )
+
+    def _miss_error(self, key: str) -> EnvLLMError:
+        self._count(replay_misses=1)
+        return EnvLLMError(
+            f"replay miss: no recorded reply for this request in {self.path!r} (key {key[:16]}..., backend "
+            f"{self.name!r}, model {self.model!r}). Record it first with mode='record' or 'replay-or-record', "
+            "or check that the messages and sampling parameters match the recorded run.",
+            kind="replay_miss",
+            attempts=0,
+        )
+
+    def _stored(self, c: Completion, key: str) -> Completion:
+        return dataclasses.replace(c, extra={**dict(c.extra), "cache_key": key})
+
+    def complete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
+        msgs = validate_messages(messages)
+        if self.mode == "off":
+            return self.inner.complete(msgs, **sampling)
+        t0 = time.monotonic()
+        key, req = self.key_for(msgs, sampling)
+        if self.mode != "record":
+            row = self.store.get(key)
+            if row is not None:
+                return self._hit(row, key, t0)
+            if self.mode == "replay":
+                raise self._miss_error(key)
+        self._count(misses=1)
+        c = self.inner.complete(msgs, **sampling)
+        if self.store.put(key, req, c, replace=self.mode == "record"):
+            self._count(writes=1)
+        return self._stored(c, key)
+
+    async def acomplete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
+        msgs = validate_messages(messages)
+        if self.mode == "off":
+            return await self.inner.acomplete(msgs, **sampling)
+        t0 = time.monotonic()
+        key, req = self.key_for(msgs, sampling)
+        if self.mode != "record":
+            row = await asyncio.to_thread(self.store.get, key)
+            if row is not None:
+                return self._hit(row, key, t0)
+            if self.mode == "replay":
+                raise self._miss_error(key)
+        self._count(misses=1)
+        c = await self.inner.acomplete(msgs, **sampling)
+        if await asyncio.to_thread(self.store.put, key, req, c, replace=self.mode == "record"):
+            self._count(writes=1)
+        return self._stored(c, key)
+
+    def stats(self) -> dict[str, Any]:
+        """``hits``, ``misses`` (calls that went to the inner backend), ``writes``, ``replay_misses``,
+        plus the inner backend's ``stats()`` under ``inner`` when it has one."""
+        with self._stats_lock:
+            out: dict[str, Any] = {k: self._stats.get(k, 0) for k in ("hits", "misses", "writes", "replay_misses")}
+        inner_stats = getattr(self.inner, "stats", None)
+        if callable(inner_stats):
+            out["inner"] = inner_stats()
+        return out
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+        super().close()

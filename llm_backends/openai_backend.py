@@ -1,0 +1,644 @@
+"""``openai:MODEL``: any OpenAI-compatible chat server (OpenAI, vLLM, llama.cpp's server, Ollama).
+
+Built for failure (design.md section 6):
+
+* every attempt has a timeout (``timeout_s``) and every call a total ``deadline_s``;
+* 429, 408, 5xx, timeouts, dropped connections and empty or malformed replies are retried
+  with exponential backoff and jitter, waiting at least as long as ``Retry-After`` says;
+  any other 4xx fails at once;
+* concurrency, requests per minute and tokens per minute are bounded by one
+  :class:`~promptr1.llm_backends.limits.SharedLimiter` shared by every episode (and every
+  backend given the same ``limiter=``);
+* when it gives up it raises :class:`EnvLLMError` with ``kind`` and ``attempts``; the
+  environment flags the episode and the text never reaches the agent;
+* the API key never appears in an exception message, a log line or a ``repr``.
+
+The retry loop runs on ``tenacity`` (with this module's policy for waits and stops). All
+requests run on one event loop owned by the backend (a daemon thread): ``acomplete`` called
+from any other loop hands its request over with ``asyncio.run_coroutine_threadsafe`` and
+awaits the result, because the SDK's HTTP client is bound to the loop it first ran on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import openai
+from tenacity import AsyncRetrying, retry_if_exception
+
+from .base import BaseBackend, Completion, EnvLLMError, Message, _LoopThread, validate_messages
+from .limits import SharedLimiter, estimate_tokens
+
+__all__ = [
+    "OpenAIBackend",
+    "SAMPLING_KEYS",
+    "backoff_delay",
+    "cost_usd",
+    "parse_chat_payload",
+    "parse_retry_after",
+    "scrub_secrets",
+]
+
+log = logging.getLogger(__name__)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: Sampling keywords forwarded to the server (others are ignored; use ``extra_body`` for server-specific ones).
+SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed", "stop")
+#: Completion tokens assumed for the tokens-per-minute estimate when ``max_tokens`` is not given.
+DEFAULT_COMPLETION_ESTIMATE = 256
+#: An attempt needs at least this much time left before the deadline to be worth starting.
+MIN_ATTEMPT_S = 0.05
+
+PriceSpec = "tuple[float, float] | Mapping[str, tuple[float, float]] | None"
+
+
+# ---------------------------------------------------------------------------------------------
+# small pure helpers
+# ---------------------------------------------------------------------------------------------
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based): exponential with jitter.
+
+    The ceiling doubles each attempt (``base_s * 2**(attempt-1)``, at most ``cap_s``); the
+    delay is drawn uniformly from its upper half, so waits grow but concurrent clients spread out.
+
+    >>> rng = random.Random(0)
+    >>> [0.5 <= backoff_delay(1, 1.0, 30.0, rng) <= 1.0, 2.0 <= backoff_delay(3, 1.0, 30.0, rng) <= 4.0]
+    [True, True]
+    >>> 15.0 <= backoff_delay(20, 1.0, 30.0, rng) <= 30.0
+    True
+    """
+    ceiling = min(cap_s, base_s * (2.0 ** min(attempt - 1, 60)))
+    return ceiling / 2.0 + rng.uniform(0.0, ceiling / 2.0)
+
+
+def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``Retry-After``.
+
+    ``Retry-After`` may be seconds or an HTTP date. Returns None when absent or unreadable.
+
+    >>> parse_retry_after({"retry-after": "2"})
+    2.0
+    >>> parse_retry_after({"retry-after-ms": "250", "retry-after": "9"})
+    0.25
+    >>> parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480.0)
+    10.0
+    >>> parse_retry_after({"retry-after": "soon"}) is None
+    True
+    """
+    if not headers:
+        return None
+    lower = {str(k).lower(): str(v) for k, v in headers.items()}
+    ms = lower.get("retry-after-ms")
+    if ms is not None:
+        try:
+            v = float(ms) / 1000.0
+            if math.isfinite(v) and v >= 0:
+                return v
+        except ValueError:
+            pass
+    ra = lower.get("retry-after")
+    if ra is None:
+        return None
+    try:
+        v = float(ra)
+        return v if math.isfinite(v) and v >= 0 else None
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        when = parsedate_to_datetime(ra).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def cost_usd(model: str, prompt_tokens: int, completion_tokens: int, price_per_1k: Any) -> float | None:
+    """Dollars for one call from a price table (USD per 1,000 tokens, ``(input, output)``).
+
+    ``price_per_1k`` is None (no cost), one ``(input, output)`` pair, or a mapping from model
+    name to such a pair; a dated model name (``gpt-4o-mini-2024-07-18``) falls back to the
+    longest key it starts with.
+
+    >>> cost_usd("m", 1000, 500, (0.15, 0.6))
+    0.45
+    >>> cost_usd("gpt-4o-mini-2024-07-18", 2000, 0, {"gpt-4o": (5.0, 15.0), "gpt-4o-mini": (0.15, 0.6)})
+    0.3
+    >>> cost_usd("llama", 10, 10, {"gpt-4o": (5.0, 15.0)}) is None
+    True
+    """
+    if price_per_1k is None:
+        return None
+    if isinstance(price_per_1k, Mapping):
+        pair = price_per_1k.get(model)
+        if pair is None:
+            keys = sorted((k for k in price_per_1k if model.startswith(k)), key=len, reverse=True)
+            pair = price_per_1k[keys[0]] if keys else None
+        if pair is None:
+            return None
+    else:
+        pair = price_per_1k
+    p_in, p_out = pair
+    return round(prompt_tokens / 1000.0 * float(p_in) + completion_tokens / 1000.0 * float(p_out), 12)
+
+
+_SK_PATTERN = re.compile(r"\b(sk-|sk_)[A-Za-z0-9_\-*]{6,}")
+_BEARER_PATTERN = re.compile(r"(?i)(bearer\s+)\S+")
+
+
+def scrub_secrets(text: str, secrets: Sequence[str] = (), *, limit: int = 500) -> str:
+    """Remove secrets (and anything shaped like an API key) from ``text``; truncate to ``limit``.
+
+    >>> scrub_secrets("Incorrect API key provided: sk-proj-abc123XYZ. Header Bearer abc", ["abc123XYZ"])
+    'Incorrect API key provided: sk-***. Header Bearer ***'
+    """
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    text = _SK_PATTERN.sub(r"\1***", text)
+    text = _BEARER_PATTERN.sub(r"\1***", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_chat_payload(payload: Any) -> tuple[str, str | None, dict[str, int] | None, str | None]:
+    """Pull ``(text, finish_reason, usage, model)`` out of a chat-completions JSON body.
+
+    Raises ``ValueError`` (malformed) or ``LookupError`` (empty) when there is no reply text.
+
+    >>> parse_chat_payload({"model": "m", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+    ...                     "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+    ('hi', 'stop', {'prompt_tokens': 3, 'completion_tokens': 1}, 'm')
+    >>> parse_chat_payload({"choices": []})
+    Traceback (most recent call last):
+    ...
+    LookupError: the reply has no choices
+    """
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"the reply is JSON {type(payload).__name__}, expected an object")
+    if "error" in payload and "choices" not in payload:
+        raise ValueError(f"the reply is an error object: {str(payload.get('error'))[:200]}")
+    choices = payload.get("choices")
+    if not isinstance(choices, list):
+        raise ValueError("the reply has no 'choices' list")
+    if not choices:
+        raise LookupError("the reply has no choices")
+    first = choices[0]
+    if not isinstance(first, Mapping) or not isinstance(first.get("message"), Mapping):
+        raise ValueError("choices[0] has no 'message' object")
+    content = first["message"].get("content")
+    if isinstance(content, list):  # content parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+    if content is not None and not isinstance(content, str):
+        raise ValueError(f"message content is {type(content).__name__}, expected a string")
+    if not content or not content.strip():
+        raise LookupError("the reply text is empty")
+    usage = payload.get("usage")
+    usage_out = None
+    if isinstance(usage, Mapping):
+        try:
+            usage_out = {
+                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "completion_tokens": int(usage.get("completion_tokens") or 0),
+            }
+        except (TypeError, ValueError):
+            usage_out = None
+    model = payload.get("model") if isinstance(payload.get("model"), str) else None
+    finish = first.get("finish_reason") if isinstance(first.get("finish_reason"), str) else None
+    return content, finish, usage_out, model
+
+
+def _display_url(url: str) -> str:
+    """The URL without credentials or query, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _is_openai_host(url: str) -> bool:
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    return host == "api.openai.com" or host.endswith(".openai.com")
+
+
+def _httpx_limits(max_concurrency: int):
+    """An httpx ``Limits`` sized for the concurrency bound (whichever httpx the SDK uses), or None."""
+    for name in ("httpx2", "httpx"):
+        try:
+            mod = __import__(name)
+        except ImportError:
+            continue
+        try:
+            return mod.Limits(max_connections=max(100, 2 * max_concurrency),
+                              max_keepalive_connections=max(20, max_concurrency))
+        except Exception:  # pragma: no cover - unexpected httpx API
+            return None
+    return None  # pragma: no cover
+
+
+class _AttemptError(Exception):
+    """One failed attempt (internal; turned into :class:`EnvLLMError` when we give up)."""
+
+    def __init__(self, kind: str, detail: str, *, retryable: bool, retry_after: float | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _AttemptError) and exc.retryable
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend
+# ---------------------------------------------------------------------------------------------
+class OpenAIBackend(BaseBackend):
+    """Chat completions from an OpenAI-compatible server, with retries, deadlines and limits.
+
+    Args:
+        model: the model name the server knows (``gpt-4o-mini``, a vLLM model id, ...).
+        base_url: server root including ``/v1``; default ``$OPENAI_BASE_URL`` or OpenAI's.
+        api_key: default ``$OPENAI_API_KEY``; local servers (any non-OpenAI URL) get the
+            placeholder ``"EMPTY"`` when neither is set.
+        timeout_s: limit for one attempt.
+        deadline_s: limit for one call, all attempts and waits included (counted from the
+            first attempt's start; queueing for the shared limiter before it does not count).
+        max_retries: retries after the first attempt (so at most ``max_retries + 1`` attempts).
+        backoff_base_s, backoff_max_s: see :func:`backoff_delay`; ``Retry-After`` wins when longer.
+        max_concurrency, rpm, tpm: limits for a new :class:`SharedLimiter`; ignored when
+            ``limiter`` is given (share one limiter between backends that share a quota).
+        price_per_1k: USD per 1,000 tokens: ``(input, output)`` or ``{model: (input, output)}``.
+        default_sampling: sampling keywords applied to every call (a call's own keywords win).
+        extra_body: extra JSON fields for every request (e.g. vLLM's ``top_k``).
+        seed: seeds the backoff jitter.
+        **client_kwargs: passed to ``openai.AsyncOpenAI`` (``organization``, ``default_headers``,
+            ``http_client``, ...). The SDK's own retries are always off.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        deadline_s: float = 180.0,
+        max_retries: int = 6,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        max_concurrency: int = 32,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        price_per_1k: Any = None,
+        default_sampling: Mapping[str, Any] | None = None,
+        limiter: SharedLimiter | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError("OpenAIBackend needs a model name, e.g. OpenAIBackend('gpt-4o-mini') or 'openai:gpt-4o-mini'.")
+        for k, v in (("timeout_s", timeout_s), ("deadline_s", deadline_s)):
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"{k} must be a positive number of seconds, got {v!r}.")
+        if int(max_retries) < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries!r}.")
+        if not backoff_base_s >= 0 or not backoff_max_s >= 0:
+            raise ValueError("backoff_base_s and backoff_max_s must be >= 0.")
+        for k in ("max_retries", "timeout", "api_key", "base_url"):
+            if k in client_kwargs:
+                raise TypeError(
+                    f"{k!r} is not a client keyword here: use OpenAIBackend(timeout_s=..., max_retries=..., "
+                    "api_key=..., base_url=...)."
+                )
+        self.model = model.strip()
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            if _is_openai_host(self.base_url):
+                raise ValueError(
+                    f"OpenAIBackend({self.model!r}) talks to {_display_url(self.base_url)} but no API key was "
+                    "given: set the OPENAI_API_KEY environment variable or pass api_key=..., or point "
+                    "base_url / OPENAI_BASE_URL at a local server (vLLM, llama.cpp, Ollama)."
+                )
+            key = "EMPTY"
+        self._api_key = key
+        self.timeout_s = float(timeout_s)
+        self.deadline_s = float(deadline_s)
+        self.max_retries = int(max_retries)
+        self.backoff_base_s = float(backoff_base_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.limiter = limiter if limiter is not None else SharedLimiter(max_concurrency, rpm, tpm)
+        self.price_per_1k = price_per_1k
+        self.default_sampling = dict(default_sampling or {})
+        self.extra_body = dict(extra_body or {})
+        self.seed = seed
+        self._client_kwargs = dict(client_kwargs)
+        self._init_runtime()
+
+    # --- runtime state (not pickled) ----------------------------------------------------------
+    def _init_runtime(self) -> None:
+        self._loop_thread = None
+        self._loop_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._client = None
+        self._rng = random.Random(self.seed)
+        self._stats_lock = threading.Lock()
+        self._stats: Counter = Counter()
+        self._fail_kinds: Counter = Counter()
+        self._error_kinds: Counter = Counter()
+        self._warned_keys: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        drop = {"_loop_thread", "_loop_lock", "_client", "_rng", "_stats_lock", "_stats", "_fail_kinds",
+                "_error_kinds", "_warned_keys", "_pid"}
+        return {k: v for k, v in self.__dict__.items() if k not in drop}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIBackend(model={self.model!r}, base_url={_display_url(self.base_url)!r}, "
+            f"timeout_s={self.timeout_s}, deadline_s={self.deadline_s}, max_retries={self.max_retries}, "
+            f"limiter={self.limiter!r})"
+        )
+
+    def _io_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop_thread is None or self._pid != os.getpid():  # first use, or we are a forked child
+                self._loop_thread = _LoopThread()
+                self._pid = os.getpid()
+                self._client = None
+            return self._loop_thread.loop
+
+    def _get_client(self):
+        if self._client is None:
+            kwargs = dict(self._client_kwargs)
+            if "http_client" not in kwargs:
+                limits = _httpx_limits(self.limiter.max_concurrency)
+                if limits is not None:
+                    kwargs["http_client"] = openai.DefaultAsyncHttpxClient(limits=limits)
+            self._client = openai.AsyncOpenAI(
+                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s, **kwargs
+            )
+        return self._client
+
+    def close(self) -> None:
+        """Close the HTTP client and stop the backend's loop thread."""
+        lt, client = self._loop_thread, self._client
+        if lt is not None and client is not None and self._pid == os.getpid():
+            try:
+                asyncio.run_coroutine_threadsafe(client.close(), lt.loop).result(timeout=5)
+            except Exception:  # pragma: no cover - closing is best effort
+                pass
+        self._client = None
+        super().close()
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- public calls -------------------------------------------------------------------------
+    def complete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
+        msgs = validate_messages(messages)
+        loop = self._io_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("OpenAIBackend.complete() was called on the backend's own loop; await acomplete().")
+        fut = asyncio.run_coroutine_threadsafe(self._call(msgs, sampling), loop)
+        try:
+            return fut.result()
+        except BaseException:
+            fut.cancel()
+            raise
+
+    async def acomplete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
+        msgs = validate_messages(messages)
+        loop = self._io_loop()
+        if asyncio.get_running_loop() is loop:
+            return await self._call(msgs, sampling)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._call(msgs, sampling), loop))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since creation: calls, ok, failures, attempts, retries, tokens, cost, error kinds."""
+        with self._stats_lock:
+            out: dict[str, Any] = {
+                k: self._stats.get(k, 0)
+                for k in ("calls", "ok", "failures", "attempts", "retries", "prompt_tokens", "completion_tokens")
+            }
+            out["cost_usd"] = round(self._stats.get("cost_usd_micros", 0) / 1e6, 6)
+            out["latency_s_total"] = self._stats.get("latency_ms_total", 0) / 1000.0
+            out["failure_kinds"] = dict(self._fail_kinds)
+            out["attempt_error_kinds"] = dict(self._error_kinds)
+        out["limiter"] = self.limiter.stats()
+        return out
+
+    # --- the call -----------------------------------------------------------------------------
+    def _request_params(self, msgs: list[dict[str, str]], sampling: Mapping[str, Any]) -> dict[str, Any]:
+        merged = {**self.default_sampling, **sampling}
+        params: dict[str, Any] = {"model": self.model, "messages": msgs}
+        for k, v in merged.items():
+            if k in SAMPLING_KEYS:
+                if v is not None:
+                    params[k] = v
+            elif k not in self._warned_keys:
+                self._warned_keys.add(k)
+                log.warning("OpenAIBackend ignores the sampling keyword %r (forwarded: %s; use extra_body=... "
+                            "for server-specific fields).", k, ", ".join(SAMPLING_KEYS))
+        if self.extra_body:
+            params["extra_body"] = dict(self.extra_body)
+        return params
+
+    async def _call(self, msgs: list[dict[str, str]], sampling: Mapping[str, Any]) -> Completion:
+        t_enter = time.monotonic()
+        params = self._request_params(msgs, sampling)
+        est_tokens = sum(estimate_tokens(m["content"]) for m in msgs) + int(
+            params.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE
+        )
+        st: dict[str, Any] = {"deadline_at": None, "first_start": None, "errors": [], "stop": "", "attempts": 0}
+
+        def wait(rs) -> float:
+            exc = rs.outcome.exception()
+            w = backoff_delay(rs.attempt_number, self.backoff_base_s, self.backoff_max_s, self._rng)
+            ra = getattr(exc, "retry_after", None)
+            return max(w, ra) if ra is not None else w
+
+        def stop(rs) -> bool:
+            if rs.attempt_number >= self.max_retries + 1:
+                st["stop"] = "attempts"
+                return True
+            if st["deadline_at"] is not None and time.monotonic() + rs.upcoming_sleep + MIN_ATTEMPT_S >= st["deadline_at"]:
+                st["stop"] = "deadline"
+                return True
+            return False
+
+        def before_sleep(rs) -> None:
+            exc = rs.outcome.exception()
+            log.debug("openai %s: attempt %d failed (%s); retrying in %.2f s", self.model, rs.attempt_number,
+                     getattr(exc, "kind", "error"), rs.upcoming_sleep)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retryable), wait=wait, stop=stop, before_sleep=before_sleep,
+            sleep=asyncio.sleep, reraise=True,
+        )
+        failure: _AttemptError | None = None
+        result = None
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    result = await self._attempt(params, est_tokens, st)
+        except _AttemptError as e:
+            failure = e
+        elapsed = time.monotonic() - t_enter
+        n = st["attempts"]
+        if failure is not None:  # raised outside the except block: no chained SDK exception (it holds headers)
+            raise self._give_up(failure, st, n, elapsed)
+        text, finish, usage, server_model, req_latency = result
+        if usage is None:
+            p_tok, c_tok, estimated = sum(estimate_tokens(m["content"]) for m in msgs), estimate_tokens(text), True
+        else:
+            p_tok, c_tok, estimated = usage["prompt_tokens"], usage["completion_tokens"], False
+        cost = cost_usd(self.model, p_tok, c_tok, self.price_per_1k)
+        if cost is None and server_model and server_model != self.model:
+            cost = cost_usd(server_model, p_tok, c_tok, self.price_per_1k)
+        with self._stats_lock:
+            self._stats.update(calls=1, ok=1, attempts=n, retries=n - 1, prompt_tokens=p_tok,
+                               completion_tokens=c_tok, latency_ms_total=int(elapsed * 1000))
+            if cost:
+                self._stats["cost_usd_micros"] += int(round(cost * 1e6))
+            self._error_kinds.update(st["errors"])
+        return Completion(
+            text=text,
+            latency_s=elapsed,
+            prompt_tokens=p_tok,
+            completion_tokens=c_tok,
+            cost_usd=cost,
+            attempts=n,
+            model=server_model or self.model,
+            extra={
+                "retries": n - 1,
+                "errors": list(st["errors"]),
+                "queue_s": (st["first_start"] or t_enter) - t_enter,
+                "request_latency_s": req_latency,
+                "finish_reason": finish,
+                "usage_estimated": estimated,
+            },
+        )
+
+    def _give_up(self, failure: _AttemptError, st: Mapping[str, Any], n: int, elapsed: float) -> EnvLLMError:
+        kind = failure.kind
+        stop_reason = "deadline" if kind == "deadline" else st["stop"]
+        if stop_reason == "deadline":
+            kind = "deadline"
+        why = {
+            "attempts": f"after {n} attempt(s) (max_retries={self.max_retries})",
+            "deadline": f"within the deadline of {self.deadline_s:g} s ({n} attempt(s))",
+        }.get(stop_reason, f"after {n} attempt(s), not retryable")
+        msg = scrub_secrets(
+            f"openai:{self.model} at {_display_url(self.base_url)} failed {why} in {elapsed:.2f} s; "
+            f"last error {failure.kind}: {failure.detail}",
+            [self._api_key],
+        )
+        with self._stats_lock:
+            self._stats.update(calls=1, failures=1, attempts=n, retries=max(0, n - 1),
+                               latency_ms_total=int(elapsed * 1000))
+            self._fail_kinds[kind] += 1
+            self._error_kinds.update(st["errors"])
+        log.info("%s", msg)
+        err = EnvLLMError(msg, kind=kind, attempts=n, retryable=failure.retryable)
+        err.errors = list(st["errors"])  # kinds of every failed attempt
+        err.status = failure.status
+        return err
+
+    async def _attempt(self, params: dict[str, Any], est_tokens: int, st: dict[str, Any]):
+        """One HTTP request: returns ``(text, finish, usage, model, seconds)`` or raises ``_AttemptError``."""
+        try:
+            return await self._attempt_inner(params, est_tokens, st)
+        except _AttemptError as e:
+            st["errors"].append(e.kind)
+            raise
+
+    async def _attempt_inner(self, params: dict[str, Any], est_tokens: int, st: dict[str, Any]):
+        async with self.limiter.slot(tokens=est_tokens) as slot:
+            now = time.monotonic()
+            if st["deadline_at"] is None:
+                st["first_start"] = now
+                st["deadline_at"] = now + self.deadline_s
+            remaining = st["deadline_at"] - now
+            if remaining < MIN_ATTEMPT_S:
+                raise _AttemptError("deadline", "no time left for another attempt", retryable=False)
+            st["attempts"] += 1
+            per_try = min(self.timeout_s, remaining)
+            cut = remaining < self.timeout_s
+            timeout_kind = "deadline" if cut else "timeout"
+            client = self._get_client()
+            t0 = time.monotonic()
+            try:
+                raw = await asyncio.wait_for(
+                    client.chat.completions.with_raw_response.create(**params, timeout=per_try),
+                    timeout=per_try + 0.05,
+                )
+                body = raw.http_response.content
+            except (asyncio.TimeoutError, openai.APITimeoutError):
+                raise _AttemptError(timeout_kind, f"no reply within {per_try:.2f} s", retryable=not cut) from None
+            except openai.APIStatusError as e:
+                status = int(getattr(e, "status_code", 0) or 0)
+                detail = f"HTTP {status}: {scrub_secrets(str(getattr(e, 'message', e)), [self._api_key], limit=300)}"
+                if status == 429:
+                    ra = parse_retry_after(dict(e.response.headers)) if e.response is not None else None
+                    raise _AttemptError("rate_limit", detail, retryable=True, retry_after=ra, status=status) from None
+                if status == 408:
+                    raise _AttemptError("timeout", detail, retryable=True, status=status) from None
+                if status >= 500:
+                    ra = parse_retry_after(dict(e.response.headers)) if e.response is not None else None
+                    raise _AttemptError("server_error", detail, retryable=True, retry_after=ra, status=status) from None
+                hint = " (check OPENAI_API_KEY / api_key)" if status in (401, 403) else ""
+                raise _AttemptError("bad_request", detail + hint, retryable=False, status=status) from None
+            except openai.APIConnectionError as e:
+                raise _AttemptError("connection", type(e).__name__ + ": connection failed or dropped",
+                                    retryable=True) from None
+            except (openai.OpenAIError, OSError, ValueError, RuntimeError) as e:  # anything else the stack throws
+                raise _AttemptError("error", f"{type(e).__name__}: {scrub_secrets(str(e), [self._api_key], limit=300)}",
+                                    retryable=False) from None
+            seconds = time.monotonic() - t0
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise _AttemptError("malformed_reply", f"the reply is not valid JSON ({len(body)} bytes)",
+                                    retryable=True) from None
+            try:
+                text, finish, usage, model = parse_chat_payload(payload)
+            except LookupError as e:
+                raise _AttemptError("empty_reply", str(e), retryable=True) from None
+            except ValueError as e:
+                raise _AttemptError("malformed_reply", scrub_secrets(str(e), [self._api_key], limit=300),
+                                    retryable=True) from None
+            if usage is not None:
+                slot.report_tokens(usage["prompt_tokens"] + usage["completion_tokens"])
+            return text, finish, usage, model, seconds

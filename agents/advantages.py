@@ -56,6 +56,21 @@ def _check(rewards: Tensor, group_ids: Tensor | None) -> tuple[Tensor, Tensor]:
     return rewards, dense
 
 
+def _group_sums(rewards: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per group (G,): member count, minimum reward, and the sum of (reward - minimum).
+
+    Sums are taken after shifting each group by its minimum, so a group of equal rewards has deviations of
+    exactly 0 (a plain ``sum / n`` can be off by one rounding step, which a std division then blows up).
+    """
+    num_groups = int(idx.max().item()) + 1 if idx.numel() else 0
+    count = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
+        0, idx, torch.ones_like(rewards)
+    )  # (G,)
+    low = torch.full_like(count, float("inf")).scatter_reduce(0, idx, rewards, reduce="amin")  # (G,)
+    shifted_sum = torch.zeros_like(count).index_add_(0, idx, rewards - low[idx])  # (G,)
+    return count, low, shifted_sum
+
+
 def group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-episode group size, group mean and unbiased group std, each ``(N,)``.
 
@@ -68,14 +83,11 @@ def group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Ten
     [0.7071, 0.7071, 0.0]
     """
     rewards, idx = _check(rewards, group_ids)
-    num_groups = int(idx.max().item()) + 1 if idx.numel() else 0
-    count = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
-        0, idx, torch.ones_like(rewards)
-    )  # (G,)
-    total = torch.zeros_like(count).index_add_(0, idx, rewards)  # (G,)
-    mean = total / count  # (G,)
-    sq_dev = (rewards - mean[idx]) ** 2  # (N,)
-    ss = torch.zeros_like(count).index_add_(0, idx, sq_dev)  # (G,)
+    count, low, shifted_sum = _group_sums(rewards, idx)
+    shifted_mean = shifted_sum / count  # (G,)
+    dev = (rewards - low[idx]) - shifted_mean[idx]  # (N,)
+    mean = low + shifted_mean  # (G,)
+    ss = torch.zeros_like(count).index_add_(0, idx, dev * dev)  # (G,)
     std = torch.where(count > 1, ss / (count - 1).clamp(min=1), torch.zeros_like(ss)).sqrt()  # (G,)
     return count[idx].long(), mean[idx], std[idx]
 
@@ -104,7 +116,8 @@ def grpo_advantages(
     if not scale_by_std:
         return centred
     std = torch.where(single, torch.ones_like(std), std)
-    return centred / (std + eps)
+    denom = std + eps  # (N,); 0 only for an all-equal group with eps = 0, whose deviations are 0
+    return centred / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
 @torch.no_grad()
@@ -130,10 +143,11 @@ def rloo_advantages(rewards: Tensor, group_ids: Tensor, **_: Any) -> Tensor:
     [1.0, -0.5, -0.5, 0.0]
     """
     rewards, idx = _check(rewards, group_ids)
-    count, mean, _ = group_stats(rewards, idx)
-    n = count.to(rewards.dtype)
-    others_mean = (n * mean - rewards) / (n - 1).clamp(min=1)  # (N,)
-    return torch.where(count > 1, rewards - others_mean, torch.zeros_like(rewards))
+    count, low, shifted_sum = _group_sums(rewards, idx)
+    n = count[idx]  # (N,)
+    shifted = rewards - low[idx]  # (N,); the shift cancels in r_i - mean(others)
+    others_mean = (shifted_sum[idx] - shifted) / (n - 1).clamp(min=1)  # (N,)
+    return torch.where(n > 1, shifted - others_mean, torch.zeros_like(rewards))
 
 
 @torch.no_grad()

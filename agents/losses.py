@@ -370,7 +370,8 @@ def entropy_from_logits(logits: Tensor, *, temperature: float = 1.0, chunk_size:
         if temperature != 1.0:
             z = z / temperature
         p = torch.softmax(z, dim=-1)
-        out.append(torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1))
+        pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # 0 * -inf (a banned token) counts as 0
+        out.append(torch.logsumexp(z, dim=-1) - pz.sum(dim=-1))
     return (torch.cat(out) if out else flat.new_zeros(0, dtype=torch.float32)).reshape(B, T)
 
 

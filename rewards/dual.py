@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
-from .metrics import _as_golds, exact_match, extract_answer, numeric_match, substring_match, token_f1
+from .metrics import _as_golds, _f1_and_em, exact_match, extract_answer, numeric_match, substring_match, token_f1
 
 __all__ = [
     "ANSWER_METRICS",
@@ -398,8 +398,7 @@ def compute_reward(
     fmt = min(fmt, FORMAT_CAP)
 
     if has_answer:
-        f1 = token_f1(answer_text, golds)  # type: ignore[arg-type]
-        em = exact_match(answer_text, golds)  # type: ignore[arg-type]
+        f1, em = _f1_and_em(answer_text, golds)  # type: ignore[arg-type]
         answer = f1 if answer_metric == "f1" else em if answer_metric == "em" else metric(answer_text, golds)
     else:
         f1 = em = answer = 0.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import string
-from collections import Counter
 from collections.abc import Iterable
 from fractions import Fraction
 from numbers import Real
@@ -108,14 +107,40 @@ def _check_pred(pred: object, fn: str) -> str:
     return pred
 
 
+def _overlap(pred_tokens: list[str], gold_tokens: list[str]) -> int:
+    """Size of the multiset intersection of the two token lists."""
+    remaining: dict[str, int] = {}
+    for token in gold_tokens:
+        remaining[token] = remaining.get(token, 0) + 1
+    n_same = 0
+    for token in pred_tokens:
+        left = remaining.get(token, 0)
+        if left:
+            remaining[token] = left - 1
+            n_same += 1
+    return n_same
+
+
 def _f1_from_tokens(pred_tokens: list[str], gold_tokens: list[str]) -> float:
-    common = Counter(pred_tokens) & Counter(gold_tokens)
-    n_same = sum(common.values())
+    n_same = _overlap(pred_tokens, gold_tokens)
     if n_same == 0:
         return 0.0
     precision = n_same / len(pred_tokens)
     recall = n_same / len(gold_tokens)
     return 2 * precision * recall / (precision + recall)
+
+
+def _f1_and_em(pred: str, golds: tuple[str, ...]) -> tuple[float, float]:
+    """Best token F1 and exact match over validated golds, normalising each string once."""
+    norm_pred = normalize_answer(pred)
+    pred_tokens = norm_pred.split()
+    best_f1 = em = 0.0
+    for gold in golds:
+        norm_gold = normalize_answer(gold)
+        if norm_gold == norm_pred:
+            em = 1.0
+        best_f1 = max(best_f1, _f1_from_tokens(pred_tokens, norm_gold.split()))
+    return best_f1, em
 
 
 def token_f1(pred: str, golds: Golds) -> float:

@@ -55,7 +55,9 @@ _K3_CLAMP = 10.0
 def _unknown(what: str, given: str, options: tuple[str, ...] | list[str]) -> ValueError:
     hint = difflib.get_close_matches(str(given), list(options), n=1)
     did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-    return ValueError(f"unknown {what} {given!r}.{did_you_mean} Expected one of: {', '.join(map(repr, options))}.")
+    return ValueError(
+        f"unknown {what} {given!r}.{did_you_mean} Expected one of: {', '.join(map(repr, options))}."
+    )
 
 
 def _masked_sum(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
@@ -81,7 +83,9 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = Non
     return torch.where(den > 0, num / safe, torch.zeros_like(num))
 
 
-def aggregate(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", *, norm_length: int | None = None) -> Tensor:
+def aggregate(
+    loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", *, norm_length: int | None = None
+) -> Tensor:
     """Reduce a per-token ``(B, T)`` loss to a scalar.
 
     ``token-mean``               sum over all in-mask tokens / their number (every token weighs the same)
@@ -106,7 +110,7 @@ def aggregate(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", *, norm_
             f"aggregate expects loss_mat and mask of the same shape (B, T); got {tuple(loss_mat.shape)} and "
             f"{tuple(mask.shape)}."
         )
-    mask = mask.to(loss_mat.dtype)
+    mask = mask.to(device=loss_mat.device, dtype=loss_mat.dtype)
     if mode == "token-mean":
         return masked_mean(loss_mat, mask)
     seq_has_tokens = (mask.sum(dim=-1) > 0).to(loss_mat.dtype)  # (B,)
@@ -117,7 +121,9 @@ def aggregate(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", *, norm_
     elif mode == "seq-mean-token-sum-norm":
         length = loss_mat.shape[-1] if norm_length is None else norm_length
         if length <= 0:
-            raise ValueError(f"norm_length must be a positive number of tokens (e.g. the max response length); got {length}.")
+            raise ValueError(
+                f"norm_length must be a positive number of tokens (e.g. the max response length); got {length}."
+            )
         per_seq = _masked_sum(loss_mat, mask, dim=-1) / length  # (B,)
     else:
         raise _unknown("loss aggregation mode", mode, AGG_MODES)
@@ -180,8 +186,10 @@ def policy_loss(
     if clip_high < 0.0:
         raise ValueError(f"clip_high must be >= 0 (DAPO uses 0.28); got {clip_high}.")
     if dual_clip_c is not None and dual_clip_c <= 1.0:
-        raise ValueError(f"dual_clip_c must be > 1 (the dual-clip paper uses 3); got {dual_clip_c}. Use None to disable.")
-    mask = mask.to(logp.dtype)
+        raise ValueError(
+            f"dual_clip_c must be > 1 (the dual-clip paper uses 3); got {dual_clip_c}. Use None to disable."
+        )
+    mask = mask.to(device=logp.device, dtype=logp.dtype)
     in_mask = mask != 0
     adv = _expand_advantages(advantages, logp)  # (B, T)
 
@@ -215,11 +223,24 @@ def policy_loss(
                 masked_mean((ratio - 1.0) - log_ratio, mask),
                 masked_mean(-log_ratio, mask),
                 masked_mean(ratio, mask),
-                torch.where(in_mask, ratio, torch.full_like(ratio, big)).min() if in_mask.any() else ratio.new_ones(()),
-                torch.where(in_mask, ratio, torch.full_like(ratio, -big)).max() if in_mask.any() else ratio.new_ones(()),
+                torch.where(in_mask, ratio, torch.full_like(ratio, big)).min()
+                if in_mask.any()
+                else ratio.new_ones(()),
+                torch.where(in_mask, ratio, torch.full_like(ratio, -big)).max()
+                if in_mask.any()
+                else ratio.new_ones(()),
             ]
         ).tolist()
-    keys = ("policy_loss", "clip_frac", "dual_clip_frac", "approx_kl", "approx_kl_k1", "ratio_mean", "ratio_min", "ratio_max")
+    keys = (
+        "policy_loss",
+        "clip_frac",
+        "dual_clip_frac",
+        "approx_kl",
+        "approx_kl_k1",
+        "ratio_mean",
+        "ratio_min",
+        "ratio_max",
+    )
     return loss, dict(zip(keys, values))
 
 
@@ -243,7 +264,7 @@ def reinforce_loss(
     """
     if old_logp is not None:
         _check_pair(logp, old_logp, "old_logp")
-    mask = mask.to(logp.dtype)
+    mask = mask.to(device=logp.device, dtype=logp.dtype)
     adv = _expand_advantages(advantages, logp)  # (B, T)
     pg_loss_mat = -adv * logp  # (B, T)
     loss = aggregate(pg_loss_mat, mask, agg, norm_length=norm_length)
@@ -335,7 +356,9 @@ def token_logprobs(
             f"{tuple(tokens.shape)}. For a causal LM pass logits[:, :-1] and tokens[:, 1:]."
         )
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 (the sampling temperature, default 1.0); got {temperature}.")
+        raise ValueError(
+            f"temperature must be > 0 (the sampling temperature, default 1.0); got {temperature}."
+        )
     B, T, V = logits.shape
     flat = logits.reshape(B * T, V)  # (B*T, V)
     idx = tokens.reshape(B * T, 1).long()  # (B*T, 1)
@@ -463,7 +486,9 @@ class LossConfig:
         return dataclasses.asdict(self)
 
 
-def compute_loss(batch: Mapping[str, Tensor], cfg: LossConfig | None = None) -> tuple[Tensor, dict[str, float]]:
+def compute_loss(
+    batch: Mapping[str, Tensor], cfg: LossConfig | None = None
+) -> tuple[Tensor, dict[str, float]]:
     """Total loss = policy loss + ``kl_coef`` * KL loss - ``entropy_coef`` * entropy; returns ``(loss, stats)``.
 
     ``batch`` keys (``(B, T)`` unless noted):
@@ -476,7 +501,8 @@ def compute_loss(batch: Mapping[str, Tensor], cfg: LossConfig | None = None) -> 
     ``entropy``      per-token entropy (with grad); required when ``entropy_coef != 0``
     ``sample_mask``  ``(B,)`` bool, False drops the whole sequence (zero-variance groups, failed episodes)
 
-    Stats (floats): ``loss``, ``policy_loss``, ``kl_loss`` (the KL estimate, before ``kl_coef``), ``entropy``,
+    Stats (floats): ``loss``, ``policy_loss``, ``kl`` (the aggregated KL estimate, before ``kl_coef``; logged
+    whenever ``ref_logp`` is given), ``entropy``,
     ``tokens`` (in-mask tokens), plus the policy loss's own stats (``clip_frac``, ``approx_kl``, ...).
     """
     cfg = LossConfig() if cfg is None else cfg
@@ -484,12 +510,14 @@ def compute_loss(batch: Mapping[str, Tensor], cfg: LossConfig | None = None) -> 
         if key not in batch:
             raise KeyError(f"compute_loss needs batch[{key!r}]; the batch has {sorted(batch)}.")
     logp = batch["logp"]  # (B, T)
-    mask = batch["mask"].to(logp.dtype)  # (B, T)
+    mask = batch["mask"].to(device=logp.device, dtype=logp.dtype)  # (B, T)
     if mask.shape != logp.shape:
         raise ValueError(f"mask must have the shape of logp {tuple(logp.shape)}; got {tuple(mask.shape)}.")
     sample_mask = batch.get("sample_mask")
     if sample_mask is not None:
-        mask = mask * sample_mask.to(mask.dtype).reshape(-1, 1)  # (B, T): drop whole sequences
+        mask = mask * sample_mask.to(device=mask.device, dtype=mask.dtype).reshape(
+            -1, 1
+        )  # (B, T): drop sequences
     old_logp = batch.get("old_logp")
     if old_logp is None:
         old_logp = logp.detach()
@@ -519,12 +547,14 @@ def compute_loss(batch: Mapping[str, Tensor], cfg: LossConfig | None = None) -> 
                 f"kl_coef={cfg.kl_coef} needs batch['ref_logp'] (log-probs under the frozen reference model); "
                 "provide it, set kl_coef=0, or set kl_in_reward=True."
             )
-        kl_loss = aggregate(kl_penalty(logp, ref_logp, cfg.kl_kind), mask, cfg.agg, norm_length=cfg.norm_length)
+        kl_loss = aggregate(
+            kl_penalty(logp, ref_logp, cfg.kl_kind), mask, cfg.agg, norm_length=cfg.norm_length
+        )
         loss = loss + cfg.kl_coef * kl_loss
-        stats["kl_loss"] = kl_loss.item()
+        stats["kl"] = kl_loss.item()
     elif ref_logp is not None:
         with torch.no_grad():
-            stats["kl_loss"] = aggregate(kl_penalty(logp, ref_logp, cfg.kl_kind), mask, cfg.agg).item()
+            stats["kl"] = aggregate(kl_penalty(logp, ref_logp, cfg.kl_kind), mask, cfg.agg).item()
 
     # Entropy bonus
     entropy = batch.get("entropy")

@@ -13,14 +13,13 @@ uses ``token_logprobs(logits[:, :-1], input_ids[:, 1:])`` with ``action_mask[:, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import Tensor
 
 __all__ = ["Segment", "build_action_mask", "pad_sequences"]
 
-TokenIds = Union[int, Sequence[int], Tensor]
+TokenIds = int | Sequence[int] | Tensor
 Segment = tuple[TokenIds, bool]
 """``(token_ids, is_agent)``: ``token_ids`` an int, a list of ints or a 1-D tensor; ``is_agent`` True for
 tokens the agent sampled."""
@@ -29,9 +28,15 @@ tokens the agent sampled."""
 def _as_ids(token_ids: TokenIds, where: str) -> list[int]:
     if isinstance(token_ids, Tensor):
         if token_ids.dim() > 1:
-            raise ValueError(f"{where}: token ids must be an int or a 1-D sequence; got a tensor of shape {tuple(token_ids.shape)}.")
+            raise ValueError(
+                f"{where}: token ids must be an int or a 1-D sequence; got a tensor of shape {tuple(token_ids.shape)}."
+            )
         return [int(t) for t in token_ids.reshape(-1).tolist()]
-    if isinstance(token_ids, bool) or not isinstance(token_ids, (int, Sequence)) or isinstance(token_ids, str):
+    if (
+        isinstance(token_ids, bool)
+        or not isinstance(token_ids, (int, Sequence))
+        or isinstance(token_ids, str)
+    ):
         raise TypeError(
             f"{where}: token ids must be an int, a list of ints or a 1-D tensor; got {type(token_ids).__name__}. "
             "Tokenize text once with the agent's tokenizer and pass the ids."
@@ -47,7 +52,7 @@ def pad_sequences(
     seqs: Sequence[Sequence[int] | Sequence[float] | Tensor],
     *,
     pad_to: int | None = None,
-    pad_value: int | float = 0,
+    pad_value: float = 0,
     dtype: torch.dtype = torch.long,
 ) -> Tensor:
     """Right-pad variable-length 1-D sequences into a ``(B, T)`` tensor, ``T = pad_to or the longest``.

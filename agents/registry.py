@@ -244,9 +244,13 @@ def get_algorithm(name: str) -> AlgoSpec:
 register_algorithm("grpo", AlgoSpec("grpo", "ppo-clip", {}, "GRPO: (r - mean_g) / (std_g + eps), PPO-clip"))
 register_algorithm(
     "drgrpo",
-    AlgoSpec("drgrpo", "ppo-clip", {"agg": "seq-mean-token-sum-norm"}, "Dr.GRPO: r - mean_g, constant-length norm"),
+    AlgoSpec(
+        "drgrpo", "ppo-clip", {"agg": "seq-mean-token-sum-norm"}, "Dr.GRPO: r - mean_g, constant-length norm"
+    ),
 )
-register_algorithm("rloo", AlgoSpec("rloo", "ppo-clip", {}, "RLOO: r_i - mean of the other members of the group"))
+register_algorithm(
+    "rloo", AlgoSpec("rloo", "ppo-clip", {}, "RLOO: r_i - mean of the other members of the group")
+)
 register_algorithm(
     "reinforce", AlgoSpec("reinforce", "reinforce", {}, "REINFORCE with a batch-mean baseline, -A * log pi")
 )

@@ -5,12 +5,11 @@ from __future__ import annotations
 import doctest
 import math
 
+import promptr1.agents.advantages as adv_mod
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import promptr1.agents.advantages as adv_mod
 from promptr1.agents.advantages import (
     compute_advantages,
     drgrpo_advantages,
@@ -105,7 +104,10 @@ def test_zero_variance_mask() -> None:
     ids = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])
     # group 0 equal within atol, group 1 differs, group 2 all -1, group 3 has one member
     assert zero_variance_mask(rewards, ids).tolist() == [True, True, False, False, True, True, True, True]
-    assert zero_variance_mask(torch.tensor([1.0, 1.05]), torch.tensor([0, 0]), atol=0.1).tolist() == [True, True]
+    assert zero_variance_mask(torch.tensor([1.0, 1.05]), torch.tensor([0, 0]), atol=0.1).tolist() == [
+        True,
+        True,
+    ]
 
 
 def test_compute_advantages_by_name_and_masking() -> None:
@@ -161,12 +163,20 @@ def test_grpo_matches_per_group_reference(gs: list[list[float]]) -> None:
         t = torch.tensor(g)
         expected = (t - t.mean()) / (t.std() + EPS)  # torch.std is unbiased by default
         torch.testing.assert_close(a[ids == i], expected, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(rloo_advantages(rewards, ids)[ids == i], (t - t.mean()) * len(g) / (len(g) - 1),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            rloo_advantages(rewards, ids)[ids == i],
+            (t - t.mean()) * len(g) / (len(g) - 1),
+            atol=1e-4,
+            rtol=1e-4,
+        )
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.floats(-3, 3, allow_nan=False, width=32), st.integers(1, 6)), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.tuples(st.floats(-3, 3, allow_nan=False, width=32), st.integers(1, 6)), min_size=1, max_size=6
+    )
+)
 def test_zero_variance_groups_get_zero_advantage(spec: list[tuple[float, int]]) -> None:
     # every group has one repeated reward -> every estimator that uses a group baseline gives 0
     rewards = torch.tensor([r for r, n in spec for _ in range(n)])

@@ -5,11 +5,10 @@ from __future__ import annotations
 import doctest
 import math
 
+import promptr1.agents.losses as losses_mod
 import pytest
 import torch
 import torch.nn.functional as F
-
-import promptr1.agents.losses as losses_mod
 from promptr1.agents.losses import (
     AGG_MODES,
     LossConfig,
@@ -34,6 +33,7 @@ def test_doctests() -> None:
 
 
 # ---------------------------------------------------------------- masked mean and aggregation
+
 
 def test_masked_mean_known_answer_and_empty_mask() -> None:
     x = torch.tensor([[1.0, 2.0, float("nan")], [4.0, float("inf"), 6.0]])
@@ -68,15 +68,25 @@ def test_aggregate_modes_on_ragged_mask(mode: str, expected: float) -> None:
 
 def test_aggregate_norm_length_and_errors() -> None:
     # 6 / 10 and 5 / 10 -> 0.55
-    assert aggregate(LOSS_MAT, RAGGED, "seq-mean-token-sum-norm", norm_length=10).item() == pytest.approx(0.55)
-    with pytest.raises(ValueError, match=r"unknown loss aggregation mode 'token_mean'\. Did you mean 'token-mean'\?"):
+    assert aggregate(LOSS_MAT, RAGGED, "seq-mean-token-sum-norm", norm_length=10).item() == pytest.approx(
+        0.55
+    )
+    with pytest.raises(
+        ValueError, match=r"unknown loss aggregation mode 'token_mean'\. Did you mean 'token-mean'\?"
+    ):
         aggregate(LOSS_MAT, RAGGED, "token_mean")
     with pytest.raises(ValueError, match=r"same shape \(B, T\)"):
         aggregate(LOSS_MAT, RAGGED[:, :2], "token-mean")
-    assert set(AGG_MODES) == {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"}
+    assert set(AGG_MODES) == {
+        "token-mean",
+        "seq-mean-token-mean",
+        "seq-mean-token-sum",
+        "seq-mean-token-sum-norm",
+    }
 
 
 # ---------------------------------------------------------------- the clipped policy loss
+
 
 def one_token(ratio: float, adv: float, **kw) -> tuple[float, float, dict]:
     """Loss and d loss / d logp for a single token with the given ratio and advantage."""
@@ -196,12 +206,14 @@ def test_policy_loss_argument_errors() -> None:
 
 def test_token_level_advantages() -> None:
     # (B, T) advantages: ratio 1 -> per-token loss -A; token-mean of [-1, 3] over the mask = 1
-    loss, _ = policy_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([[1.0, -3.0, 100.0]]),
-                          torch.tensor([[1, 1, 0]]))
+    loss, _ = policy_loss(
+        torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([[1.0, -3.0, 100.0]]), torch.tensor([[1, 1, 0]])
+    )
     assert loss.item() == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- KL
+
 
 def test_kl_estimators_known_points() -> None:
     lp, ref = torch.log(torch.tensor([[0.5, 0.25, 0.3]])), torch.log(torch.tensor([[0.25, 0.5, 0.3]]))
@@ -235,7 +247,9 @@ def test_kl_in_reward() -> None:
     kl = torch.tensor([[0.5, 0.25, 9.0], [1.0, 1.0, 1.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     # outcome rewards: 1 - 0.1 * 0.75 = 0.925 ; 0 - 0.1 * 3 = -0.3
-    torch.testing.assert_close(kl_in_reward(torch.tensor([1.0, 0.0]), kl, 0.1, mask), torch.tensor([0.925, -0.3]))
+    torch.testing.assert_close(
+        kl_in_reward(torch.tensor([1.0, 0.0]), kl, 0.1, mask), torch.tensor([0.925, -0.3])
+    )
     # token-level rewards
     r = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     torch.testing.assert_close(
@@ -245,6 +259,7 @@ def test_kl_in_reward() -> None:
 
 
 # ---------------------------------------------------------------- log-probs and entropy
+
 
 def test_token_logprobs_matches_cross_entropy() -> None:
     torch.manual_seed(0)
@@ -259,7 +274,9 @@ def test_token_logprobs_matches_cross_entropy() -> None:
     (g_got,) = torch.autograd.grad(token_logprobs(logits, tokens, chunk_size=2).sum(), logits)
     torch.testing.assert_close(g_got, g_ref)
     # temperature divides the logits
-    ref_t = -F.cross_entropy((logits / 0.7).reshape(-1, 11), tokens.reshape(-1), reduction="none").reshape(3, 5)
+    ref_t = -F.cross_entropy((logits / 0.7).reshape(-1, 11), tokens.reshape(-1), reduction="none").reshape(
+        3, 5
+    )
     torch.testing.assert_close(token_logprobs(logits, tokens, temperature=0.7), ref_t)
 
 
@@ -279,7 +296,9 @@ def test_token_logprobs_low_precision_and_errors() -> None:
 
 def test_entropy_known_answers() -> None:
     # uniform over V: log V, whatever the constant logit
-    torch.testing.assert_close(entropy_from_logits(torch.full((2, 3, 7), 5.0)), torch.full((2, 3), math.log(7)))
+    torch.testing.assert_close(
+        entropy_from_logits(torch.full((2, 3, 7), 5.0)), torch.full((2, 3), math.log(7))
+    )
     # one certain token (huge logit gap): entropy 0, and no nan from the large values
     z = torch.tensor([[[1e4, 0.0, 0.0]]])
     assert entropy_from_logits(z).item() == pytest.approx(0.0, abs=1e-6)
@@ -300,10 +319,16 @@ def test_entropy_matches_categorical_reference() -> None:
 
 # ---------------------------------------------------------------- LossConfig and compute_loss
 
+
 def test_loss_config_defaults_cite_the_reference() -> None:
     cfg = LossConfig()
     assert (cfg.estimator, cfg.policy_loss, cfg.clip_low, cfg.clip_high, cfg.agg) == (
-        "grpo", "ppo-clip", 0.2, None, "token-mean")
+        "grpo",
+        "ppo-clip",
+        0.2,
+        None,
+        "token-mean",
+    )
     assert (cfg.kl_coef, cfg.kl_kind, cfg.adv_eps, cfg.entropy_coef) == (0.001, "k3", 1e-6, 0.0)
     assert LossConfig.from_algorithm("grpo") == cfg
     assert cfg.estimator_call_kwargs() == {"eps": 1e-6}
@@ -311,15 +336,23 @@ def test_loss_config_defaults_cite_the_reference() -> None:
 
 def test_loss_config_from_algorithm() -> None:
     dapo = LossConfig.from_algorithm("dapo")
-    assert (dapo.algo, dapo.estimator, dapo.clip_low, dapo.clip_high, dapo.kl_coef, dapo.mask_zero_variance) == (
-        "dapo", "grpo", 0.2, 0.28, 0.0, True)
+    assert (
+        dapo.algo,
+        dapo.estimator,
+        dapo.clip_low,
+        dapo.clip_high,
+        dapo.kl_coef,
+        dapo.mask_zero_variance,
+    ) == ("dapo", "grpo", 0.2, 0.28, 0.0, True)
     dr = LossConfig.from_algorithm("drgrpo")
     assert (dr.estimator, dr.agg) == ("drgrpo", "seq-mean-token-sum-norm")
     assert LossConfig.from_algorithm("reinforce").policy_loss == "reinforce"
     assert LossConfig.from_algorithm("rloo").estimator == "rloo"
     # explicit settings win over the algorithm's
     assert LossConfig.from_algorithm("dapo", kl_coef=0.01).kl_coef == 0.01
-    with pytest.raises(ValueError, match=r"unknown LossConfig field 'clip_hihg' in overrides\. Did you mean 'clip_high'\?"):
+    with pytest.raises(
+        ValueError, match=r"unknown LossConfig field 'clip_hihg' in overrides\. Did you mean 'clip_high'\?"
+    ):
         LossConfig.from_algorithm("grpo", clip_hihg=0.3)
     with pytest.raises(KeyError, match="Did you mean 'dapo'"):
         LossConfig.from_algorithm("dapoo")
@@ -356,7 +389,7 @@ def test_compute_loss_combines_terms_known_answer() -> None:
     expected = -1.0 + 0.001 * (0.5 + LN2 - 1) / 2 - 0.01 * 2
     assert loss.item() == pytest.approx(expected, abs=1e-7)
     assert stats["policy_loss"] == pytest.approx(-1.0)
-    assert stats["kl_loss"] == pytest.approx((0.5 + LN2 - 1) / 2)
+    assert stats["kl"] == pytest.approx((0.5 + LN2 - 1) / 2)
     assert stats["entropy"] == pytest.approx(2.0)
     assert stats["tokens"] == 2.0 and stats["loss"] == pytest.approx(expected, abs=1e-7)
     loss.backward()
@@ -369,8 +402,8 @@ def test_compute_loss_requires_ref_logp_for_kl() -> None:
         compute_loss(batch, LossConfig())
     # KL in the reward or switched off: no reference needed
     compute_loss(batch, LossConfig(kl_in_reward=True))
-    loss, stats = compute_loss(batch, LossConfig(kl_coef=0.0))
-    assert "kl_loss" not in stats
+    _, stats = compute_loss(batch, LossConfig(kl_coef=0.0))
+    assert "kl" not in stats
     with pytest.raises(KeyError, match="entropy"):
         compute_loss(batch, LossConfig(kl_coef=0.0, entropy_coef=0.1))
     with pytest.raises(KeyError, match=r"batch\['advantages'\]"):
@@ -388,11 +421,24 @@ def test_sample_mask_drops_whole_sequences() -> None:
     for agg in AGG_MODES:
         cfg = LossConfig(agg=agg)
         full, _ = compute_loss(
-            {"logp": logp, "old_logp": old, "ref_logp": ref, "advantages": adv, "mask": mask, "sample_mask": keep}, cfg
+            {
+                "logp": logp,
+                "old_logp": old,
+                "ref_logp": ref,
+                "advantages": adv,
+                "mask": mask,
+                "sample_mask": keep,
+            },
+            cfg,
         )
         kept, _ = compute_loss(
-            {"logp": logp[keep], "old_logp": old[keep], "ref_logp": ref[keep], "advantages": adv[keep],
-             "mask": mask[keep]},
+            {
+                "logp": logp[keep],
+                "old_logp": old[keep],
+                "ref_logp": ref[keep],
+                "advantages": adv[keep],
+                "mask": mask[keep],
+            },
             cfg,
         )
         torch.testing.assert_close(full, kept)
@@ -408,8 +454,9 @@ def test_compute_loss_uses_a_registered_policy_loss() -> None:
     POLICY_LOSSES.register("_scaled", scaled)
     try:
         cfg = LossConfig(policy_loss="_scaled", kl_coef=0.0, loss_kwargs={"scale": 3.0})
-        loss, _ = compute_loss({"logp": torch.full((1, 2), -1.0), "advantages": torch.ones(1), "mask": torch.ones(1, 2)},
-                               cfg)
+        loss, _ = compute_loss(
+            {"logp": torch.full((1, 2), -1.0), "advantages": torch.ones(1), "mask": torch.ones(1, 2)}, cfg
+        )
         assert loss.item() == pytest.approx(3.0)  # 3 * mean(-1 * -1)
         assert seen["scale"] == 3.0 and seen["clip_low"] == 0.2 and seen["agg"] == "token-mean"
     finally:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import doctest
 
+import promptr1.agents.masks as masks_mod
 import pytest
 import torch
-
-import promptr1.agents.masks as masks_mod
 from promptr1.agents.losses import policy_loss, token_logprobs
 from promptr1.agents.masks import build_action_mask, pad_sequences
 

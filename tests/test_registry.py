@@ -7,10 +7,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import promptr1.agents.registry as registry_mod
 import pytest
 import torch
-
-import promptr1.agents.registry as registry_mod
 from promptr1.agents.advantages import compute_advantages
 from promptr1.agents.losses import LossConfig, compute_loss, policy_loss
 from promptr1.agents.registry import (
@@ -76,7 +75,12 @@ def test_builtins() -> None:
     dapo = get_algorithm("dapo")
     assert (dapo.estimator, dapo.loss) == ("grpo", "ppo-clip")
     assert dict(dapo.defaults) == {
-        "clip_low": 0.2, "clip_high": 0.28, "agg": "token-mean", "kl_coef": 0.0, "mask_zero_variance": True}
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "agg": "token-mean",
+        "kl_coef": 0.0,
+        "mask_zero_variance": True,
+    }
     with pytest.raises(TypeError):
         dapo.defaults["kl_coef"] = 1.0  # read-only
 
@@ -114,8 +118,11 @@ def median_algorithm() -> Iterator[None]:
 
     register_algorithm(
         "median-rl",
-        AlgoSpec(estimator="median-baseline", loss="clipped-reinforce",
-                 defaults={"kl_coef": 0.0, "loss_kwargs": {"max_adv": 0.5}}),
+        AlgoSpec(
+            estimator="median-baseline",
+            loss="clipped-reinforce",
+            defaults={"kl_coef": 0.0, "loss_kwargs": {"max_adv": 0.5}},
+        ),
     )
     yield
     ALGORITHMS.unregister("median-rl")
@@ -128,7 +135,9 @@ def test_user_defined_algorithm_end_to_end(median_algorithm: None) -> None:
     assert (cfg.estimator, cfg.policy_loss, cfg.kl_coef) == ("median-baseline", "clipped-reinforce", 0.0)
     rewards = torch.tensor([0.0, 1.0, 5.0, 2.0, 2.0, 3.0])
     ids = torch.tensor([0, 0, 0, 1, 1, 1])
-    adv, keep = compute_advantages(rewards, ids, estimator=cfg.estimator, mask_zero_variance=cfg.mask_zero_variance)
+    adv, keep = compute_advantages(
+        rewards, ids, estimator=cfg.estimator, mask_zero_variance=cfg.mask_zero_variance
+    )
     # medians 1 and 2 -> [-1, 0, 4, 0, 0, 1]
     assert adv.tolist() == [-1.0, 0.0, 4.0, 0.0, 0.0, 1.0] and keep.all()
     logp = torch.full((6, 2), -2.0, requires_grad=True)
@@ -148,7 +157,9 @@ def test_builtins_load_whatever_is_imported_first(first: str) -> None:
         "from promptr1.agents.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, ALGORITHMS;"
         "print(ADVANTAGE_ESTIMATORS.names(), POLICY_LOSSES.names(), ALGORITHMS.names())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == (
         "['drgrpo', 'grpo', 'reinforce', 'rloo'] ['ppo-clip', 'reinforce'] "

@@ -264,7 +264,8 @@ def _render_multihop(world: World, chain: list[Fact]) -> str:
 
     for i, f in enumerate(chain[:-1]):
         template = pick(RELATIONS[f.relation].phrases, 3 * i)
-        np_, clause_final = template.format(s=np_), not template.endswith("{s}")
+        np_ = template.format(s=np_)
+        clause_final = clause_final or not template.endswith("{s}")  # "the mayor of <clause>" still ends in it
     return pick(RELATIONS[chain[-1].relation].questions, 20).format(s=np_)
 
 

@@ -23,7 +23,7 @@ exactly as generated) and the gold answers:
 of the reference (see its description and ``docs/reward.md``).
 
 >>> turns = [
-...     "<think>I need the capital.</think><interaction_prompt>What is the capital of France?</interaction_prompt>",
+...     "<think>I need the capital.</think><interaction_prompt>Capital of France?</interaction_prompt>",
 ...     "<think>It said Paris.</think><answer>Paris</answer>",
 ... ]
 >>> reference_score(turns, ["Paris"])
@@ -45,7 +45,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
-from .metrics import _as_golds, _f1_and_em, exact_match, extract_answer, numeric_match, substring_match, token_f1
+from .metrics import (
+    _as_golds,
+    _f1_and_em,
+    exact_match,
+    extract_answer,
+    numeric_match,
+    substring_match,
+    token_f1,
+)
 
 __all__ = [
     "ANSWER_METRICS",
@@ -115,7 +123,9 @@ class _Registry(Mapping[str, T], Generic[T]):
         if not isinstance(name, str) or not name:
             raise TypeError(f"a {self._kind} needs a non-empty str name; got {name!r}.")
         if name in self._items and not overwrite:
-            raise ValueError(f"{self._kind} {name!r} is already registered; pass overwrite=True to replace it.")
+            raise ValueError(
+                f"{self._kind} {name!r} is already registered; pass overwrite=True to replace it."
+            )
         self._items[name] = item
 
 
@@ -150,7 +160,7 @@ def _combine_faithful(fmt: float, answer: float, has_answer: bool) -> tuple[floa
 def _combine_answer_gated(fmt: float, answer: float, has_answer: bool) -> tuple[float, bool]:
     if has_answer:
         return min(1.0, max(-1.0, -1.0 + fmt + answer)), True
-    # No answer: at most -0.5, below any answered episode (whose format is at least 0.5).
+    # No answer: at most -0.5, never above an answered episode (whose format is at least 0.5).
     return -1.0 + fmt / 2.0, False
 
 
@@ -189,8 +199,10 @@ def register_reward_variant(
     >>> unregister_reward_variant("answer_only")
     """
     if not callable(combine):
-        raise TypeError(f"combine must be callable (format, answer, has_answer) -> (total, answer_counted); "
-                        f"got {type(combine).__name__}.")
+        raise TypeError(
+            f"combine must be callable (format, answer, has_answer) -> (total, answer_counted); "
+            f"got {type(combine).__name__}."
+        )
     variant = RewardVariant(name, combine, description)
     REWARD_VARIANTS._register(name, variant, overwrite=overwrite)
     return variant
@@ -223,7 +235,9 @@ ANSWER_METRICS: _Registry[Callable[[str, Any], float]] = _Registry(
 # The reference pattern for an intermediate turn, verbatim. Python's `$` also matches just
 # before one trailing "\n". The tag-count gate below runs first, so this pattern has a single
 # way to match and stays linear.
-_PROMPT_TURN = re.compile(r"^<think>(.*?)</think>(\s*)<interaction_prompt>(.*?)</interaction_prompt>$", re.DOTALL)
+_PROMPT_TURN = re.compile(
+    r"^<think>(.*?)</think>(\s*)<interaction_prompt>(.*?)</interaction_prompt>$", re.DOTALL
+)
 _PROMPT_TAGS = ("<think>", "</think>", "<interaction_prompt>", "</interaction_prompt>")
 
 
@@ -331,7 +345,9 @@ def _check_turns(turns: object) -> Sequence[str]:
         turns = list(turns)
     for i, turn in enumerate(turns):
         if not isinstance(turn, str):
-            raise TypeError(f"turn #{i} must be a str (the text the agent generated); got {type(turn).__name__}.")
+            raise TypeError(
+                f"turn #{i} must be a str (the text the agent generated); got {type(turn).__name__}."
+            )
     return turns
 
 
@@ -364,7 +380,7 @@ def compute_reward(
     Traceback (most recent call last):
     ...
     promptr1.rewards.dual.UnknownNameError: unknown reward variant 'faithfull'. Did you mean 'faithful'? Expected one of: answer_gated, faithful.
-    """  # noqa: E501
+    """
     turns = _check_turns(turns)
     golds = _as_golds(answers)
     spec = variant if isinstance(variant, RewardVariant) else REWARD_VARIANTS[variant]

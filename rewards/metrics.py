@@ -22,7 +22,6 @@ import string
 from collections.abc import Iterable
 from fractions import Fraction
 from numbers import Real
-from typing import Union
 
 __all__ = [
     "Golds",
@@ -36,7 +35,7 @@ __all__ = [
     "token_f1",
 ]
 
-Golds = Union[str, Iterable[str]]
+Golds = str | Iterable[str]
 
 # ---------------------------------------------------------------------------------------------
 # SQuAD normalisation
@@ -63,7 +62,9 @@ def normalize_answer(s: str) -> str:
     'zoë 東京'
     """
     if not isinstance(s, str):
-        raise TypeError(f"normalize_answer expects a str; got {type(s).__name__}. Convert it with str() first.")
+        raise TypeError(
+            f"normalize_answer expects a str; got {type(s).__name__}. Convert it with str() first."
+        )
     text = s.lower().translate(_PUNCTUATION)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
@@ -357,9 +358,7 @@ def math_equal(pred: str, gold: str) -> bool:
     True
     """
     if not isinstance(pred, str) or not isinstance(gold, str):
-        raise TypeError(
-            f"math_equal expects two str; got {type(pred).__name__} and {type(gold).__name__}."
-        )
+        raise TypeError(f"math_equal expects two str; got {type(pred).__name__} and {type(gold).__name__}.")
     p, g = _strip_math(pred), _strip_math(gold)
     pn, gn = _parse_stripped(p), _parse_stripped(g)
     if pn is not None and gn is not None:

@@ -1,30 +1,44 @@
 """Run the doctests of the library's modules (rewards, metrics and estimators are documented by example).
 
-Other areas add their modules to ``MODULES``: the module's dotted name and whether it must
-contain at least one example.
+Every module of the packages in ``PACKAGES`` is collected automatically; ``MODULES`` adds single
+modules. A module in ``NEEDS_EXAMPLES`` must contain at least one example. Other areas extend
+these lists.
 """
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import pkgutil
 
 import pytest
 
-MODULES: list[tuple[str, bool]] = [
-    ("promptr1.rewards", True),
-    ("promptr1.rewards.metrics", True),
-    ("promptr1.rewards.dual", True),
-    ("promptr1.llm_backends", True),
-    ("promptr1.llm_backends.base", True),
-    ("promptr1.llm_backends.scripted", True),
-]
+PACKAGES = ["promptr1.rewards"]
+MODULES = ["promptr1.llm_backends", "promptr1.llm_backends.base", "promptr1.llm_backends.scripted"]
+NEEDS_EXAMPLES = {
+    "promptr1.rewards",
+    "promptr1.rewards.metrics",
+    "promptr1.rewards.dual",
+    "promptr1.llm_backends",
+    "promptr1.llm_backends.base",
+    "promptr1.llm_backends.scripted",
+}
 
 
-@pytest.mark.parametrize("name, needs_examples", MODULES, ids=[m[0] for m in MODULES])
-def test_doctests(name: str, needs_examples: bool) -> None:
+def _modules() -> list[str]:
+    names = set(MODULES)
+    for package in PACKAGES:
+        names.add(package)
+        path = importlib.import_module(package).__path__
+        names.update(f"{package}.{info.name}" for info in pkgutil.iter_modules(path))
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_doctests(name: str) -> None:
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(module, optionflags=flags, verbose=False)
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {name} (run python -m doctest -v on it)"
-    if needs_examples:
+    if name in NEEDS_EXAMPLES:
         assert result.attempted > 0, f"{name} has no doctest; add a >>> example to its public functions"

@@ -18,7 +18,6 @@ import string
 import time
 
 import pytest
-
 from promptr1.rewards import (
     ANSWER_METRICS,
     REWARD_VARIANTS,
@@ -33,7 +32,8 @@ from promptr1.rewards import (
 )
 
 P = "<think>I should ask.</think><interaction_prompt>What is the capital of France?</interaction_prompt>"
-P_JSON = '<think>ask</think><interaction_prompt>{"name": "prompt", "arguments": {"prompt": "q"}}</interaction_prompt>'
+TOOL_CALL = '{"name": "prompt", "arguments": {"prompt": "What is the capital of France?"}}'
+P_JSON = "<think>ask</think><interaction_prompt>" + TOOL_CALL + "</interaction_prompt>"
 
 
 def F(answer: str) -> str:
@@ -66,44 +66,124 @@ CASES = [
     # ---- empty / whitespace-only / duplicated answers
     ("empty answer", [P, F("")], "Paris", 0.4, 0.0, -0.6),
     ("whitespace-only answer", [P, F(" \n\t ")], "Paris", 0.4, 0.0, -0.6),
-    ("first answer empty, second not", [P, "<think>t</think><answer></answer><answer>Paris</answer>"], "Paris",
-     0.4, 0.0, -0.6),
-    ("two answers, first counts", [P, "<think>t</think><answer>Paris</answer><answer>Lyon</answer>"], "Paris",
-     1.0, 1.0, 1.0),
-    ("two answers, first wrong", [P, "<think>t</think><answer>Lyon</answer><answer>Paris</answer>"], "Paris",
-     1.0, 0.0, 0.0),
+    (
+        "first answer empty, second not",
+        [P, "<think>t</think><answer></answer><answer>Paris</answer>"],
+        "Paris",
+        0.4,
+        0.0,
+        -0.6,
+    ),
+    (
+        "two answers, first counts",
+        [P, "<think>t</think><answer>Paris</answer><answer>Lyon</answer>"],
+        "Paris",
+        1.0,
+        1.0,
+        1.0,
+    ),
+    (
+        "two answers, first wrong",
+        [P, "<think>t</think><answer>Lyon</answer><answer>Paris</answer>"],
+        "Paris",
+        1.0,
+        0.0,
+        0.0,
+    ),
     ("answer never closed", [P, "<think>t</think><answer>Paris"], "Paris", 0.4, 0.0, -0.6),
     ("answer close without open", [P, "<think>t</think>Paris</answer>"], "Paris", 0.4, 0.0, -0.6),
     ("upper-case answer tags", [P, "<think>t</think><ANSWER>Paris</ANSWER>"], "Paris", 0.4, 0.0, -0.6),
     # ---- malformed intermediate turns (0 for the turn)
-    ("duplicated think", ["<think>a</think><think>b</think><interaction_prompt>q</interaction_prompt>", F("Paris")],
-     "Paris", 0.6, 1.0, -0.4),
-    ("nested think", ["<think><think>a</think></think><interaction_prompt>q</interaction_prompt>", F("Paris")],
-     "Paris", 0.6, 1.0, -0.4),
-    ("unbalanced think", ["<think>a<interaction_prompt>q</interaction_prompt>", F("Paris")], "Paris",
-     0.6, 1.0, -0.4),
+    (
+        "duplicated think",
+        ["<think>a</think><think>b</think><interaction_prompt>q</interaction_prompt>", F("Paris")],
+        "Paris",
+        0.6,
+        1.0,
+        -0.4,
+    ),
+    (
+        "nested think",
+        ["<think><think>a</think></think><interaction_prompt>q</interaction_prompt>", F("Paris")],
+        "Paris",
+        0.6,
+        1.0,
+        -0.4,
+    ),
+    (
+        "unbalanced think",
+        ["<think>a<interaction_prompt>q</interaction_prompt>", F("Paris")],
+        "Paris",
+        0.6,
+        1.0,
+        -0.4,
+    ),
     ("unclosed prompt", ["<think>a</think><interaction_prompt>q", F("Paris")], "Paris", 0.6, 1.0, -0.4),
-    ("two prompts in one turn",
-     ["<think>a</think><interaction_prompt>q</interaction_prompt><interaction_prompt>r</interaction_prompt>",
-      F("Paris")], "Paris", 0.6, 1.0, -0.4),
-    ("prompt before think", ["<interaction_prompt>q</interaction_prompt><think>a</think>", F("Paris")], "Paris",
-     0.6, 1.0, -0.4),
-    ("text between think and prompt", ["<think>a</think>so<interaction_prompt>q</interaction_prompt>", F("Paris")],
-     "Paris", 0.6, 1.0, -0.4),
+    (
+        "two prompts in one turn",
+        [
+            "<think>a</think><interaction_prompt>q</interaction_prompt>"
+            + "<interaction_prompt>r</interaction_prompt>",
+            F("Paris"),
+        ],
+        "Paris",
+        0.6,
+        1.0,
+        -0.4,
+    ),
+    (
+        "prompt before think",
+        ["<interaction_prompt>q</interaction_prompt><think>a</think>", F("Paris")],
+        "Paris",
+        0.6,
+        1.0,
+        -0.4,
+    ),
+    (
+        "text between think and prompt",
+        ["<think>a</think>so<interaction_prompt>q</interaction_prompt>", F("Paris")],
+        "Paris",
+        0.6,
+        1.0,
+        -0.4,
+    ),
     ("leading space", [" " + P, F("Paris")], "Paris", 0.6, 1.0, -0.4),
     ("leading newline", ["\n" + P, F("Paris")], "Paris", 0.6, 1.0, -0.4),
     ("text after prompt", [P + " ok", F("Paris")], "Paris", 0.6, 1.0, -0.4),
     ("answer instead of a prompt", [F("Paris"), F("Paris")], "Paris", 0.6, 1.0, -0.4),
-    ("answer tag inside a prompt turn is fine",
-     ["<think><answer>x</answer></think><interaction_prompt>q</interaction_prompt>", F("Paris")], "Paris",
-     1.0, 1.0, 1.0),
+    (
+        "answer tag inside a prompt turn is fine",
+        ["<think><answer>x</answer></think><interaction_prompt>q</interaction_prompt>", F("Paris")],
+        "Paris",
+        1.0,
+        1.0,
+        1.0,
+    ),
     # ---- whitespace between and around tags
-    ("newlines between think and prompt", ["<think>a</think>\n\n <interaction_prompt>q</interaction_prompt>",
-     F("Paris")], "Paris", 1.0, 1.0, 1.0),
-    ("no-break space between tags (\\s is Unicode)", ["<think>a</think>\u00a0<interaction_prompt>q</interaction_prompt>",
-     F("Paris")], "Paris", 1.0, 1.0, 1.0),
-    ("zero-width space between tags is not \\s", ["<think>a</think>\u200b<interaction_prompt>q</interaction_prompt>",
-     F("Paris")], "Paris", 0.6, 1.0, -0.4),
+    (
+        "newlines between think and prompt",
+        ["<think>a</think>\n\n <interaction_prompt>q</interaction_prompt>", F("Paris")],
+        "Paris",
+        1.0,
+        1.0,
+        1.0,
+    ),
+    (
+        "no-break space between tags (\\s is Unicode)",
+        ["<think>a</think>\u00a0<interaction_prompt>q</interaction_prompt>", F("Paris")],
+        "Paris",
+        1.0,
+        1.0,
+        1.0,
+    ),
+    (
+        "zero-width space between tags is not \\s",
+        ["<think>a</think>\u200b<interaction_prompt>q</interaction_prompt>", F("Paris")],
+        "Paris",
+        0.6,
+        1.0,
+        -0.4,
+    ),
     ("prompt turn + one trailing newline ($ quirk)", [P + "\n", F("Paris")], "Paris", 1.0, 1.0, 1.0),
     ("prompt turn + two trailing newlines", [P + "\n\n", F("Paris")], "Paris", 0.6, 1.0, -0.4),
     ("prompt turn + trailing CRLF", [P + "\r\n", F("Paris")], "Paris", 0.6, 1.0, -0.4),
@@ -112,11 +192,23 @@ CASES = [
     ("final + two trailing newlines", [P, F("Paris") + "\n\n"], "Paris", 0.9, 1.0, -0.1),
     ("final with text after answer", [P, F("Paris") + " done"], "Paris", 0.9, 1.0, -0.1),
     ("final with text before think", [P, "So: " + F("Paris")], "Paris", 0.9, 1.0, -0.1),
-    ("final with text between think and answer", [P, "<think>t</think> so: <answer>Paris</answer>"], "Paris",
-     1.0, 1.0, 1.0),
+    (
+        "final with text between think and answer",
+        [P, "<think>t</think> so: <answer>Paris</answer>"],
+        "Paris",
+        1.0,
+        1.0,
+        1.0,
+    ),
     ("final with whitespace inside answer", [P, F("\n  Paris  \n")], "Paris", 1.0, 1.0, 1.0),
-    ("final with two thinks (no counts on the last turn)", [P, "<think>a</think><think>b</think><answer>Paris</answer>"],
-     "Paris", 1.0, 1.0, 1.0),
+    (
+        "final with two thinks (no counts on the last turn)",
+        [P, "<think>a</think><think>b</think><answer>Paris</answer>"],
+        "Paris",
+        1.0,
+        1.0,
+        1.0,
+    ),
     ("final: answer before think", [P, "<answer>Paris</answer><think>t</think>"], "Paris", 0.9, 1.0, -0.1),
     # ---- gold answers
     ("several golds", [P, F("NYC")], ["New York City", "NYC"], 1.0, 1.0, 1.0),
@@ -128,7 +220,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("turns, golds, fmt, answer, total", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    "turns, golds, fmt, answer, total", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_faithful_known_answers(turns, golds, fmt: float, answer: float, total: float) -> None:
     r = compute_reward(turns, golds)
     assert r.format == pytest.approx(fmt, abs=1e-12)
@@ -216,7 +310,7 @@ def test_answer_gated_fixes_the_quirks() -> None:
     honest = [F("Paris")]
     stalling = [P, P, P, P]
     assert reference_score(stalling, "Paris") > reference_score(honest, "Paris")  # the quirk
-    gated = lambda turns: compute_reward(turns, "Paris", variant="answer_gated").total  # noqa: E731
+    gated = lambda turns: compute_reward(turns, "Paris", variant="answer_gated").total
     assert gated(honest) > gated(stalling)
     assert gated([F("Lyon")]) > gated(stalling)  # any answer beats no answer
     assert gated([P, F("Paris")]) > gated(honest)  # consulting the large LLM still pays
@@ -266,7 +360,9 @@ def test_turns_may_be_any_iterable() -> None:
 
 
 def test_registries_answer_with_did_you_mean() -> None:
-    with pytest.raises(UnknownNameError, match=r"unknown reward variant 'faithfull'\. Did you mean 'faithful'\?"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown reward variant 'faithfull'\. Did you mean 'faithful'\?"
+    ):
         compute_reward([P], "x", variant="faithfull")
     with pytest.raises(ValueError, match=r"Did you mean 'answer_gated'\?"):
         compute_reward([P], "x", variant="answer-gated")
@@ -329,7 +425,9 @@ def test_blocks_from_chatml_scores_a_transcript() -> None:
 )
 def test_blocks_from_chatml_edge_cases(text: str, expected: list[str]) -> None:
     assert blocks_from_chatml(text) == expected
-    assert blocks_from_chatml(text) == re.findall(r"<\|im_start\|>assistant\n(.*?)<\|im_end\|>", text, re.DOTALL)
+    assert blocks_from_chatml(text) == re.findall(
+        r"<\|im_start\|>assistant\n(.*?)<\|im_end\|>", text, re.DOTALL
+    )
 
 
 # ------------------------------------------------------------------------ linear time on junk
@@ -359,7 +457,9 @@ def test_degenerate_long_turns_are_fast(final: str) -> None:
 
 _REF_BLOCKS = re.compile(r"<\|im_start\|>assistant\n(.*?)<\|im_end\|>", re.DOTALL)
 _REF_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_REF_PROMPT = re.compile(r"^<think>(.*?)</think>(\s*)<interaction_prompt>(.*?)</interaction_prompt>$", re.DOTALL)
+_REF_PROMPT = re.compile(
+    r"^<think>(.*?)</think>(\s*)<interaction_prompt>(.*?)</interaction_prompt>$", re.DOTALL
+)
 _REF_FINAL = re.compile(r"^<think>(.*?)</think>(.*?)<answer>(.*?)</answer>$", re.DOTALL)
 
 
@@ -389,8 +489,10 @@ def _ref_score(transcript: str, golds) -> tuple[float, float]:
     answer = 0.0
     if blocks:
         for b in blocks[:-1]:
-            tags_once = all(b.count(t) == 1 for t in ("<think>", "</think>", "<interaction_prompt>",
-                                                      "</interaction_prompt>"))
+            tags_once = all(
+                b.count(t) == 1
+                for t in ("<think>", "</think>", "<interaction_prompt>", "</interaction_prompt>")
+            )
             if tags_once and _REF_PROMPT.search(b):
                 fmt += 0.4
         last = blocks[-1]
@@ -409,9 +511,27 @@ def _ref_score(transcript: str, golds) -> tuple[float, float]:
 
 
 _FRAGMENTS = [
-    "<think>", "</think>", "<interaction_prompt>", "</interaction_prompt>", "<answer>", "</answer>",
-    "Paris", "paris.", "the", "Lyon", "France", " ", "\n", "\t", "\u00a0", "x", "", "<think", "answer>",
-    '{"name": "prompt"}', "<|im_end|>",
+    "<think>",
+    "</think>",
+    "<interaction_prompt>",
+    "</interaction_prompt>",
+    "<answer>",
+    "</answer>",
+    "Paris",
+    "paris.",
+    "the",
+    "Lyon",
+    "France",
+    " ",
+    "\n",
+    "\t",
+    "\u00a0",
+    "x",
+    "",
+    "<think",
+    "answer>",
+    '{"name": "prompt"}',
+    "<|im_end|>",
 ]
 _WORDS = ["Paris", "paris.", "the", "Lyon", "France", " ", "\n", "x", ""]
 _SHAPES = [
@@ -430,8 +550,13 @@ def _random_turn(rng: random.Random, last: bool) -> str:
 
     # Mostly the shape the position calls for (a prompt turn, or a final answer), else any shape.
     shape = rng.choice(_SHAPES) if rng.random() < 0.3 else _SHAPES[1] if last else _SHAPES[0]
-    return shape.format(a=junk(), b=junk(), c=junk(), ws=rng.choice(["", " ", "\n", "\u00a0", "x"]),
-                        tail=rng.choice(["", "", "\n", "\n\n", " ", junk()]))
+    return shape.format(
+        a=junk(),
+        b=junk(),
+        c=junk(),
+        ws=rng.choice(["", " ", "\n", "\u00a0", "x"]),
+        tail=rng.choice(["", "", "\n", "\n\n", " ", junk()]),
+    )
 
 
 def test_matches_reference_restatement_on_random_transcripts() -> None:

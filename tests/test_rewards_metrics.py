@@ -6,7 +6,6 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-
 from promptr1.rewards.metrics import (
     exact_match,
     extract_answer,

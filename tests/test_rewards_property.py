@@ -6,16 +6,30 @@ import math
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from promptr1.rewards import (
+    ANSWER_METRICS,
+    REWARD_VARIANTS,
+    blocks_from_chatml,
+    compute_reward,
+    extract_answer,
+)
 
-from promptr1.rewards import ANSWER_METRICS, REWARD_VARIANTS, blocks_from_chatml, compute_reward, extract_answer
-
-TAGS = ["<think>", "</think>", "<interaction_prompt>", "</interaction_prompt>", "<answer>", "</answer>",
-        "<|im_start|>assistant\n", "<|im_end|>"]
+TAGS = [
+    "<think>",
+    "</think>",
+    "<interaction_prompt>",
+    "</interaction_prompt>",
+    "<answer>",
+    "</answer>",
+    "<|im_start|>assistant\n",
+    "<|im_end|>",
+]
 
 # Arbitrary Unicode, control characters and lone surrogates included.
 any_text = st.text(st.characters(exclude_categories=()), max_size=200)
-tagged_text = st.lists(st.one_of(st.sampled_from(TAGS), any_text, st.sampled_from(["\n", " ", "\x00", "Paris"])),
-                       max_size=12).map("".join)
+tagged_text = st.lists(
+    st.one_of(st.sampled_from(TAGS), any_text, st.sampled_from(["\n", " ", "\x00", "Paris"])), max_size=12
+).map("".join)
 
 
 @st.composite
@@ -30,7 +44,9 @@ turns_strategy = st.lists(st.one_of(tagged_text, any_text), max_size=6) | st.lis
 golds_strategy = st.one_of(any_text, st.lists(any_text, max_size=4), st.lists(tagged_text, max_size=2))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(turns=turns_strategy, golds=golds_strategy)
 def test_reward_total_in_range_for_any_text(turns: list[str], golds) -> None:
     for variant in REWARD_VARIANTS:
@@ -41,7 +57,9 @@ def test_reward_total_in_range_for_any_text(turns: list[str], golds) -> None:
             assert 0.0 <= r.format <= 1.0
             assert 0.0 <= r.answer <= 1.0
             assert r.format == min(r.format_raw, 1.0)
-            parts = r.format_prompt_turns + r.format_answer_tag + r.format_answer_nonempty + r.format_think_answer
+            parts = (
+                r.format_prompt_turns + r.format_answer_tag + r.format_answer_nonempty + r.format_think_answer
+            )
             assert math.isclose(parts, r.format_raw, abs_tol=1e-9)
             assert r.has_answer is bool(r.answer_text)
             if variant == "faithful":
@@ -49,7 +67,9 @@ def test_reward_total_in_range_for_any_text(turns: list[str], golds) -> None:
                 assert r.total == expected
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(text=st.one_of(tagged_text, any_text, long_text()))
 def test_text_helpers_never_raise(text: str) -> None:
     answer = extract_answer(text)

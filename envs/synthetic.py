@@ -160,13 +160,15 @@ _COMPANY_SUFFIXES = ("Corp", "Labs", "Group", "Systems", "Industries", "Holdings
 # Words of our templates, and common English or real-world words of the same shape: an invented
 # name must never be one of them (the expert would see an entity where the agent meant a word).
 _RESERVED = frozenset(
-    "a an and are at born by city company corp country does employer for founded founder group holdings in "
-    "industries is labs located mayor of person place systems the then was what where which who works "
-    "after baker banner below better bonus butter corner dinner finger later lemon linen lower major "
-    "manor melon menu meter minor minus model money motor never number other over paper pilot radar "
-    "rumor salon sister solar sugar super tenor tiger total tutor under unit value visa vitamin water "
-    "finland poland iceland thailand holland ireland latvia tanzania kenya nigeria korea china india "
-    "peru cuba mali togo chad iran iraq oman laos nepal tibet rome paris berlin madrid lima kiev oslo".split()
+    (  # noqa: SIM905 (a word list reads better as one string)
+        "a an and are at born by city company corp country does employer for founded founder group holdings in "
+        "industries is labs located mayor of person place systems the then was what where which who works "
+        "after baker banner below better bonus butter corner dinner finger later lemon linen lower major "
+        "manor melon menu meter minor minus model money motor never number other over paper pilot radar "
+        "rumor salon sister solar sugar super tenor tiger total tutor under unit value visa vitamin water "
+        "finland poland iceland thailand holland ireland latvia tanzania kenya nigeria korea china india "
+        "peru cuba mali togo chad iran iraq oman laos nepal tibet rome paris berlin madrid lima kiev oslo"
+    ).split()
 ) | {n.lower() for n in _NAMES}
 
 
@@ -403,7 +405,7 @@ class SyntheticTasks(Sequence):
             resolved.append(_KIND_ALIASES[key])
         if not resolved:
             raise ValueError(f"kinds must name at least one of {', '.join(KINDS)}.")
-        hops = tuple(sorted(set(int(h) for h in hops)))
+        hops = tuple(sorted({int(h) for h in hops}))
         if not hops or not set(hops) <= {2, 3}:
             raise ValueError(f"hops must be a non-empty subset of (2, 3), got {hops!r}.")
         n = (1000 if split == "train" else 200) if n is None else int(n)

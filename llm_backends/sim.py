@@ -4,19 +4,22 @@ A STAND-IN FOR DEMOS AND TESTS, NOT A LANGUAGE MODEL. It plays the large LLM aga
 :mod:`promptr1.envs.synthetic` so that prompting skill matters and can be learned on a laptop:
 it answers correctly only when a prompt asks one explicit thing, and vaguely or wrongly otherwise.
 
-How it reads a chat (only the last user message, plus the previous reply to resolve pronouns):
+How it reads a chat: only the last user message, plus the previous reply (its own last message)
+to resolve a pronoun. Everything else in the history is ignored.
 
 1. Longer than ``max_prompt_chars`` (4,000): "a lot of text" (vague).
-2. The *focus* is the last sentence ending with ``?``, or the whole prompt when there is none.
-   If the focus names a relation of the world (keywords in ``RELATIONS``: born, country/located,
-   capital, mayor, founded/founder, employer/works for, headquartered):
+2. The *focus* is the last sentence ending with ``?`` that names a relation, an entity or a number,
+   or the whole prompt when there is none. If the focus names a relation of the world (keywords in
+   ``RELATIONS``: born/birthplace, country/located, capital, mayor, founded/founder,
+   employer/work for/work at, headquartered; "that country", "this city" are references, not keywords):
 
    * exactly one relation and exactly one entity of the right type: the fact, e.g.
-     ``Vantrel Corp was founded by Mira Osk.``;
+     ``Vantrel Corp was founded by Mira Osk.`` An entity is named by its full name or any one of
+     its name words (``Mira``, ``Osk``, ``Vantrel``), in any case;
    * one relation, no such entity but a pronoun (he, she, it, that city, ...): the entity is the
      last one of the right type in the earlier part of the prompt, else in the previous reply;
    * two or more relations (a multi-hop question pasted whole) or two subjects: a vague reply or
-     a plausible wrong entity (chosen from a hash of the prompt; see ``vague_style``).
+     a plausible wrong entity of a matching type (chosen from a hash of the prompt; ``vague_style``).
 3. Else one well-formed arithmetic expression (in the focus, or anywhere when the focus has
    none): ``12 * 4 = 48.`` Several: "one at a time"; malformed: says so. Digits and ``+ - * / ( )``,
    also ``x``/``×``/``÷`` and the words plus, minus, times, multiplied by, divided by.
@@ -343,7 +346,7 @@ class SimExpert(BaseBackend):
                     break
         if not subjects:
             if names:
-                return f"I don't know that about {sorted(names)[0]}.", "type_mismatch"
+                return f"I don't know that about {min(names)}.", "type_mismatch"
             return "Who or what do you mean? Please name it.", "no_entity"
         s = subjects[0]
         text = rel.fact.format(s=s, o=self.world.lookup(s, rel.name))

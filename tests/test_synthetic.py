@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import operator
 import re
 
 import pytest
-
 from promptr1.envs.synthetic import (
     RELATIONS,
     SyntheticTasks,
@@ -54,7 +55,7 @@ def test_every_name_token_is_unique_and_not_a_template_word():
 
 
 def test_world_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         make_world(0).seed = 5  # type: ignore[misc]
 
 
@@ -125,7 +126,7 @@ def test_multihop_meta_is_a_chain_of_world_facts():
     for t in SyntheticTasks("train", n=300, kinds="multihop"):
         hops = t.meta["hops"]
         assert t.meta["kind"] == "multihop" and len(hops) == t.meta["n_hops"] in (2, 3)
-        for a, b in zip(hops, hops[1:]):
+        for a, b in itertools.pairwise(hops):
             assert a["object"] == b["subject"]
         for h in hops:
             assert world.lookup(h["subject"], h["relation"]) == h["object"]

@@ -515,13 +515,19 @@ class FakeOpenAIServer:
         try:
             return await self._dispatch(conn, req, rec)
         finally:
-            with self._lock:
+            self._finish(rec)
+
+    def _finish(self, rec: RequestRecord) -> None:
+        """Stop counting ``rec`` as in flight (once), before its response leaves."""
+        with self._lock:
+            if rec.finished_s is None:
+                rec.finished_s = time.monotonic()
                 self._in_flight -= 1
-            rec.finished_s = time.monotonic()
 
     def _send(self, conn: _HTTPConnection, rec: RequestRecord, status: int, payload: Any, keep: bool,
               headers: Mapping[str, str] = (), raw: bytes | None = None) -> bool:
         rec.status = status
+        self._finish(rec)
         conn.send(_response_bytes(status, payload, keep, headers, raw))
         return keep
 
@@ -565,6 +571,7 @@ class FakeOpenAIServer:
             rec.client_disconnected = True
             return False
         if fault == "drop":
+            self._finish(rec)
             conn.transport.abort()
             return False
         if fault is not None and fault.isdigit():

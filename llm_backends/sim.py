@@ -300,6 +300,12 @@ class SimExpert(BaseBackend):
         # Every name token (first name, surname, company stem) is unique in a world: one token names one entity.
         self._token_to_entity = {tok.lower(): e for e in self.world.entities for tok in e.tokens}
 
+    def __reduce__(self):  # picklable (vector-env workers): rebuild from the arguments, not the thread lock
+        return (type(self), (self.world.seed, self.world, self.vague_style, self.max_prompt_chars))
+
+    def __repr__(self) -> str:
+        return f"SimExpert(world_seed={self.world.seed}, vague_style={self.vague_style!r})"
+
     # ------------------------------------------------------------------ helpers
     def _entities(self, text: str) -> list[tuple[int, Any]]:
         """``(position, entity)`` for every mention, in order."""

@@ -46,6 +46,16 @@ def test_async_twin_gives_the_same_reply(sim):
     assert asyncio.run(sim.acomplete(msgs)).text == sim.complete(msgs).text == "(3 + 5) * 2 = 16."
 
 
+def test_pickles_and_keeps_its_world(sim):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(SimExpert(world_seed=2, vague_style="wrong")))
+    assert clone.world == make_world(2) and clone.vague_style == "wrong"
+    task = SyntheticTasks("train", world_seed=2, n=1, kinds="multihop")[0]
+    assert contains(ask(clone, task.meta["hops"][0]["question"]), task.meta["hops"][0]["object"])
+    assert repr(clone) == "SimExpert(world_seed=2, vague_style='wrong')"
+
+
 def test_bad_arguments_are_explained():
     with pytest.raises(ValueError, match="vague_style"):
         SimExpert(vague_style="rude")

@@ -84,8 +84,8 @@ def _play_episode(env, turns: Iterator[str], *, seed: int, task_index: int | Non
                   interactive: bool) -> dict:
     options = {"task_index": task_index} if task_index is not None else None
     obs, info = env.reset(seed=seed, options=options)
-    if not as_json:
-        print(obs if interactive else f"[question] {env.task.question}")
+    if not as_json and interactive:
+        print(obs)
         print()
     reward, done, step_info = 0.0, False, info
     for turn in turns:

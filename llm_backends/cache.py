@@ -247,15 +247,17 @@ class CachedBackend(BaseBackend):
         self._stats_lock = threading.Lock()
         self._stats: Counter = Counter()
 
+    # A copy (e.g. in a subprocess worker) opens its own connections and counts its own calls.
     def __getstate__(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("_loop_thread", "_loop_lock", "_stats_lock")}
-        return d
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_loop_thread", "_loop_lock", "_stats_lock", "_stats")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._loop_thread = None
         self._loop_lock = threading.Lock()
         self._stats_lock = threading.Lock()
+        self._stats = Counter()
 
     def __repr__(self) -> str:
         return f"CachedBackend({self.inner!r}, path={self.path!r}, mode={self.mode!r})"

@@ -32,6 +32,7 @@ shared by backends (and sync callers) living on different loops and threads.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import deque
@@ -227,6 +228,7 @@ class SharedLimiter:
         self._init_state()
 
     def _init_state(self) -> None:
+        self._pid = os.getpid()
         self._sem = CrossLoopSemaphore(self.max_concurrency)
         self._req_bucket = (
             TokenBucket(self.rpm / 60.0, max(1.0, self.rpm / 60.0 * self.burst_s)) if self.rpm else None
@@ -268,6 +270,8 @@ class SharedLimiter:
     @asynccontextmanager
     async def slot(self, tokens: int = 0) -> AsyncIterator[_Slot]:
         """Wait until one request of about ``tokens`` tokens may go; hold a concurrency slot meanwhile."""
+        if self._pid != os.getpid():  # a forked child: the parent's permits and waiters are not ours
+            self._init_state()
         await self._sem.acquire()
         try:
             if self._req_bucket is not None:

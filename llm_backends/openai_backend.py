@@ -31,6 +31,7 @@ import re
 import threading
 import time
 import urllib.parse
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -248,6 +249,25 @@ def _httpx_limits(max_concurrency: int):
     return None  # pragma: no cover
 
 
+def _shutdown_loop_thread(lt: _LoopThread) -> None:
+    """Stop a backend's loop thread and release its executor threads (best effort, idempotent)."""
+    loop = lt.loop
+    if loop.is_closed():
+        return
+    lt.stop()
+    thread = getattr(lt, "_thread", None)
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout=2)
+    if not loop.is_running():
+        coro = loop.shutdown_default_executor()
+        try:
+            loop.run_until_complete(coro)
+        except Exception as e:  # pragma: no cover - best effort (e.g. at interpreter exit)
+            log.debug("could not shut down the backend loop's executor: %r", e)
+            coro.close()
+        loop.close()
+
+
 class _AttemptError(Exception):
     """One failed attempt (internal; turned into :class:`EnvLLMError` when we give up)."""
 
@@ -390,6 +410,8 @@ class OpenAIBackend(BaseBackend):
                 self._loop_thread = _LoopThread()
                 self._pid = os.getpid()
                 self._client = None
+                # a forgotten backend does not leave its loop thread running forever
+                weakref.finalize(self, _shutdown_loop_thread, self._loop_thread)
             return self._loop_thread.loop
 
     def _get_client(self):
@@ -413,7 +435,10 @@ class OpenAIBackend(BaseBackend):
             except Exception:  # pragma: no cover - closing is best effort
                 pass
         self._client = None
-        super().close()
+        with self._loop_lock:
+            if lt is not None and self._pid == os.getpid():
+                _shutdown_loop_thread(lt)
+            self._loop_thread = None
 
     def __enter__(self) -> OpenAIBackend:
         return self

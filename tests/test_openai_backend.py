@@ -24,7 +24,7 @@ import pytest
 from promptr1.llm_backends import make_backend
 from promptr1.llm_backends.base import EnvLLMError
 from promptr1.llm_backends.fake_server import FakeOpenAIServer
-from promptr1.llm_backends.limits import SharedLimiter
+from promptr1.llm_backends.limits import CrossLoopSemaphore, SharedLimiter, TokenBucket
 from promptr1.llm_backends.openai_backend import OpenAIBackend
 
 MSGS = [{"role": "system", "content": "You are helpful"}, {"role": "user", "content": "one two three four"}]
@@ -468,3 +468,89 @@ def test_real_llama_cpp_server_with_smollm2():
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# --- the shared limiter on its own -----------------------------------------------------------
+def test_token_bucket_paces_reservations_fifo():
+    now = [0.0]
+    b = TokenBucket(rate_per_s=4.0, capacity=2.0, clock=lambda: now[0])
+    assert [b.reserve(1) for _ in range(4)] == [0.0, 0.0, 0.25, 0.5]
+    now[0] = 1.0  # a second later 4 units have refilled the debt of 2: the bucket holds 2 again
+    assert b.level == pytest.approx(2.0)
+    assert b.reserve(5) == pytest.approx(0.75)  # larger than the bucket: goes into debt, waits
+    with pytest.raises(ValueError):
+        TokenBucket(0, 1)
+
+
+def test_limiter_tpm_refund_lets_the_next_request_go_sooner():
+    lim = SharedLimiter(max_concurrency=4, tpm=60 * 100)  # 100 tokens/s, bucket of 100
+
+    async def main():
+        async with lim.slot(tokens=100) as slot:
+            slot.report_tokens(10)  # the call used far less than estimated
+        t0 = time.monotonic()
+        async with lim.slot(tokens=80):
+            pass
+        return time.monotonic() - t0
+
+    assert asyncio.run(main()) < 0.1  # without the refund it would wait ~0.8 s
+
+
+def test_semaphore_cancelled_waiters_do_not_leak_permits():
+    sem = CrossLoopSemaphore(2)
+
+    async def main():
+        await sem.acquire()
+        await sem.acquire()
+        waiters = [asyncio.ensure_future(sem.acquire()) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        for w in waiters[:3]:
+            w.cancel()
+        sem.release()
+        sem.release()
+        await asyncio.sleep(0.01)
+        assert [w.done() and not w.cancelled() for w in waiters[3:]] == [True, True]
+        sem.release()
+        sem.release()
+
+    asyncio.run(main())
+    assert sem.available == 2 and sem.waiting == 0
+
+
+def test_semaphore_shared_by_two_loops_in_two_threads():
+    sem = CrossLoopSemaphore(3)
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0}
+
+    async def job():
+        await sem.acquire()
+        try:
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            await asyncio.sleep(0.005)
+            with lock:
+                state["now"] -= 1
+        finally:
+            sem.release()
+
+    def run():
+        async def main():
+            await asyncio.gather(*(job() for _ in range(40)))
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert state["max"] == 3 and sem.available == 3
+
+
+def test_limiter_validation_and_pickle():
+    with pytest.raises(ValueError, match="rpm"):
+        SharedLimiter(rpm=0)
+    with pytest.raises(ValueError, match="max_concurrency"):
+        SharedLimiter(max_concurrency=0)
+    lim = pickle.loads(pickle.dumps(SharedLimiter(5, rpm=60, tpm=1000)))
+    assert (lim.max_concurrency, lim.rpm, lim.tpm) == (5, 60, 1000) and lim.stats()["acquired"] == 0

@@ -291,6 +291,16 @@ class Episode:
     env_error: str | None = None
     episode_stats: dict[str, Any] = field(default_factory=dict)
     gen_tokens: int = 0
+    segments: list[tuple[list[int], bool]] = field(default_factory=list)
+    """``(token_ids, is_agent)`` in order: the input of :func:`promptr1.agents.masks.build_action_mask`."""
+
+    def add(self, ids: Sequence[int], is_agent: bool, logps: Sequence[float] | None = None) -> None:
+        """Append a segment: agent tokens (with their sampler log-probs) or context tokens."""
+        ids = list(ids)
+        self.segments.append((ids, bool(is_agent)))
+        self.ids += ids
+        self.mask += [int(bool(is_agent))] * len(ids)
+        self.logp += list(logps) if logps is not None else [0.0] * len(ids)
 
     @property
     def num_action_tokens(self) -> int:
@@ -352,9 +362,7 @@ async def arun_episodes(
         _, info = env.reset(seed=None if seed is None else seed + i, options={"task": task})
         ep = Episode(task=task, group=int(g))
         ep.messages = [dict(m) for m in info["messages"]]
-        ep.ids = framer.prompt_ids(ep.messages)
-        ep.mask = [0] * len(ep.ids)
-        ep.logp = [0.0] * len(ep.ids)
+        ep.add(framer.prompt_ids(ep.messages), False)
         ep.prompt_len = len(ep.ids)
         if ep.prompt_len >= cfg.max_seq_len:
             raise ValueError(
@@ -380,9 +388,7 @@ async def arun_episodes(
         for k, s, b in zip(active, sampled, budget):
             ids, lps = s.ids[:b], s.logps[:b]  # a shorter budget than the batch's: cut
             ep = episodes[k]
-            ep.ids += ids
-            ep.mask += [1] * len(ids)
-            ep.logp += lps
+            ep.add(ids, True, lps)
             ep.gen_tokens += len(ids)
             s.ids, s.logps = ids, lps
             texts.append(tokenizer.decode(ids, skip_special_tokens=True))
@@ -413,9 +419,7 @@ async def arun_episodes(
                 ep.reward = OVERFLOW_REWARD
                 ep.components = {"total": OVERFLOW_REWARD, "overflow": True}
                 continue
-            ep.ids += reply_ids
-            ep.mask += [0] * len(reply_ids)
-            ep.logp += [0.0] * len(reply_ids)
+            ep.add(reply_ids, False)
     return episodes
 
 
@@ -425,19 +429,11 @@ def collate_episodes(episodes: Sequence[Episode], pad_id: int) -> dict[str, torc
     ``action_mask[b, t] = 1`` when token ``t`` was sampled by the agent; ``old_logp[b, t]`` is
     its log-prob given tokens ``< t`` (the first token is never an action).
     """
-    T = max(len(e.ids) for e in episodes)
-    B = len(episodes)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    attention = torch.zeros((B, T), dtype=torch.long)
-    action = torch.zeros((B, T), dtype=torch.float32)
-    old = torch.zeros((B, T), dtype=torch.float32)
-    for b, e in enumerate(episodes):
-        n = len(e.ids)
-        input_ids[b, :n] = torch.as_tensor(e.ids)
-        attention[b, :n] = 1
-        action[b, :n] = torch.as_tensor(e.mask, dtype=torch.float32)
-        old[b, :n] = torch.as_tensor(e.logp, dtype=torch.float32)
-    return {"input_ids": input_ids, "attention_mask": attention, "action_mask": action, "old_logp": old}
+    from promptr1.agents.masks import build_action_mask, pad_sequences
+
+    input_ids, action, attention = build_action_mask([e.segments for e in episodes], pad_id=pad_id)  # (B, T)
+    old = pad_sequences([e.logp for e in episodes], pad_to=input_ids.shape[1], dtype=torch.float32)  # (B, T)
+    return {"input_ids": input_ids, "attention_mask": attention, "action_mask": action.float(), "old_logp": old}
 
 
 def token_logprobs_from_model(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,

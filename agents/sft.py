@@ -1,0 +1,143 @@
+"""Supervised warm-start on demonstrations of the turn protocol (``promptr1 sft``).
+
+A demonstration is a list of well-formed agent turns (:func:`promptr1.envs.synthetic.demonstration`).
+Each is *played through the environment* so that the env LLM's real replies sit between the
+turns, framed exactly as in RL rollouts (:class:`~promptr1.agents.rollout.ChatFramer`): the
+training sequence has the same layout as a rollout, and only the agent's tokens carry loss.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from promptr1.agents.config import SFTConfig, config_to_dict
+from promptr1.agents.rollout import ChatFramer, collate_episodes, Episode
+
+__all__ = ["build_sft_example", "run_sft", "sft_examples"]
+
+
+def build_sft_example(env: Any, task: Any, turns: Sequence[str], framer: ChatFramer,
+                      eos_ids: Sequence[int] = ()) -> Episode:
+    """Play ``turns`` in ``env`` on ``task``; return the token sequence with agent tokens masked in."""
+    _, info = env.reset(options={"task": task})
+    ep = Episode(task=task, group=0)
+    ep.messages = [dict(m) for m in info["messages"]]
+    ep.add(framer.prompt_ids(ep.messages), False)
+    ep.prompt_len = len(ep.ids)
+    for turn in turns:
+        ep.add(framer.encode(turn), True)
+        obs, reward, terminated, truncated, info = env.step(turn)
+        history = ep.messages
+        ep.messages = history + [{"role": "assistant", "content": turn}]
+        ep.turns += 1
+        if terminated or truncated:
+            ep.reward = float(reward)
+            ep.components = dict(info.get("reward_components") or {})
+            ep.env_error = info.get("env_error")
+            break
+        reply = framer.encode(framer.reply_text(history, turn, obs, False))
+        ep.messages.append({"role": "user", "content": obs})
+        ep.add(reply, False)
+    return ep
+
+
+def sft_examples(tasks: Sequence[Any], env_factory: Callable[[], Any], framer: ChatFramer,
+                 demo: Callable[[Any], list[str]], *, max_seq_len: int) -> list[Episode]:
+    """Demonstration episodes for ``tasks`` (those longer than ``max_seq_len`` or failing are skipped)."""
+    env = env_factory()
+    out = []
+    for t in tasks:
+        ep = build_sft_example(env, t, demo(t), framer)
+        if ep.env_error is None and len(ep.ids) <= max_seq_len:
+            out.append(ep)
+    return out
+
+
+def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: Sequence[Any] | None = None,
+            env_llm: Any = None, demo: Callable[[Any], list[str]] | None = None,
+            log: Callable[[str], None] = print) -> pathlib.Path:
+    """Fine-tune on demonstrations; save the model (HF format) to ``cfg.output_dir``; return the folder."""
+    from accelerate import Accelerator
+
+    from promptr1.agents.trainer import load_policy, seed_everything
+    from promptr1.envs.collab_env import PromptCollabEnv
+    from promptr1.envs.tasks import load_tasks
+    from promptr1.llm_backends import make_backend
+
+    seed_everything(cfg.seed)
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if (not cfg.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else "no"
+    acc = Accelerator(cpu=cfg.cpu, mixed_precision=mp)
+    if model is None:
+        model, tokenizer = load_policy(cfg.model)
+    framer = ChatFramer(tokenizer)
+    if demo is None:
+        from promptr1.envs.synthetic import demonstration as demo  # type: ignore[no-redef]
+    tasks = list(tasks) if tasks is not None else list(load_tasks(cfg.tasks, split="train"))
+    backend = env_llm if env_llm is not None else make_backend(cfg.env_llm)
+    n_needed = cfg.steps * cfg.batch_size
+    pool = [tasks[i % len(tasks)] for i in range(min(n_needed, len(tasks)))]
+    t0 = time.perf_counter()
+    examples = sft_examples(pool, lambda: PromptCollabEnv(task=tasks, env_llm=backend, max_turns=cfg.max_turns),
+                            framer, demo, max_seq_len=cfg.max_seq_len)
+    if not examples:
+        raise ValueError("no usable demonstrations: every one failed in the env or exceeded max_seq_len.")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=max(1, cfg.steps // 10),
+                              num_training_steps=max(cfg.steps, 1))
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    model.train()
+    rng = np.random.default_rng(cfg.seed)
+    order: list[int] = []
+    bar = None
+    if cfg.progress and acc.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="sft", unit="step", dynamic_ncols=True)
+    losses = []
+    for step in range(cfg.steps):
+        if len(order) < cfg.batch_size:
+            order += rng.permutation(len(examples)).tolist()
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        batch = collate_episodes([examples[i] for i in idx], tokenizer.pad_token_id)
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        with acc.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        from promptr1.agents.losses import token_logprobs
+
+        logp = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])  # (B, T-1)
+        mask = batch["action_mask"][:, 1:]  # (B, T-1)
+        loss = -(logp * mask).sum() / mask.sum().clamp(min=1)  # token-mean NLL of agent tokens
+        acc.backward(loss)
+        if cfg.max_grad_norm > 0:
+            acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if bar is not None:
+            bar.set_postfix(nll=f"{loss.item():.3f}", refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    out = pathlib.Path(cfg.output_dir)
+    if acc.is_main_process:
+        from promptr1.agents.checkpoint import write_checkpoint
+
+        final = write_checkpoint(out, cfg.steps, model=acc.unwrap_model(model), tokenizer=tokenizer, optimizer=None,
+                                 scheduler=None, trainer_state={"kind": "sft", "config": config_to_dict(cfg),
+                                                                "final_nll": losses[-1] if losses else math.nan})
+    acc.wait_for_everyone()
+    log(f"sft: {cfg.steps} steps on {len(examples)} demonstrations in {time.perf_counter() - t0:.1f}s; "
+        f"NLL {losses[0]:.3f} -> {np.mean(losses[-5:]):.3f}; saved {out}")
+    return out

@@ -1,0 +1,196 @@
+"""Token-in/token-out rollouts on the tiny model with a real (trained) tokenizer and chat template."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from promptr1.agents.rollout import (  # noqa: E402
+    ChatFramer,
+    RolloutConfig,
+    TemplateError,
+    collate_episodes,
+    run_episodes,
+    sample_turns,
+)
+from promptr1.envs.tasks import Task  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from promptr1.llm_backends.tiny_model import tiny_model_path
+
+    path = tiny_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model.eval()
+    return model, tok
+
+
+class ReplyEnv:
+    """A stand-in env: replies 'reply N' (wrapped) and truncates after ``max_turns`` agent turns."""
+
+    def __init__(self, max_turns: int = 3, fail_on_turn: int | None = None):
+        self.max_turns, self.fail_on_turn = max_turns, fail_on_turn
+        self.actions: list[str] = []
+
+    def reset(self, seed=None, options=None):
+        self.task, self.t, self.actions = options["task"], 0, []
+        msgs = [{"role": "system", "content": "You ask the big model."}, {"role": "user", "content": self.task.prompt}]
+        return self.task.prompt, {"messages": msgs}
+
+    def step(self, action):
+        self.t += 1
+        self.actions.append(action)
+        if self.fail_on_turn == self.t:
+            return "", 0.0, False, True, {"env_error": "timeout: simulated", "reward_components": {"total": 0.0}}
+        if self.t >= self.max_turns:
+            r = float(len(action) % 3) - 1.0
+            return "", r, False, True, {"env_error": None, "reward_components": {"total": r}}
+        return f"<interaction_response>reply {self.t}</interaction_response>", 0.0, False, False, {"env_error": None}
+
+
+TASK = Task(question="What is the capital of the country where Nile flows?", answers=("Cairo",), id="t0")
+
+
+def _runs(mask):
+    """Maximal runs of equal values: [(value, start, end)]."""
+    out, start = [], 0
+    for i in range(1, len(mask) + 1):
+        if i == len(mask) or mask[i] != mask[start]:
+            out.append((mask[start], start, i))
+            start = i
+    return out
+
+
+def test_three_turn_episode_layout_and_action_mask(tiny):
+    model, tok = tiny
+    env = ReplyEnv(max_turns=3)
+    ep = run_episodes(model, tok, [env], [TASK], [0], RolloutConfig(max_new_tokens=12, max_seq_len=2048),
+                      generator=torch.Generator().manual_seed(0))[0]
+    assert ep.turns == 3 and ep.done and ep.truncated
+    runs = _runs(ep.mask)
+    agent_runs = [(s, e) for v, s, e in runs if v == 1]
+    assert len(agent_runs) == 3  # three agent turns, separated by context
+    assert [v for v, _, _ in runs] == [0, 1, 0, 1, 0, 1]
+    # Agent segments decode to exactly the texts the env received (decoded once, never re-encoded).
+    for (s, e), action in zip(agent_runs, env.actions):
+        assert tok.decode(ep.ids[s:e], skip_special_tokens=True) == action
+    # Context segments are the chat template's own rendering: the whole sequence up to the last agent
+    # turn equals apply_chat_template of the conversation with the generation prompt.
+    framer = ChatFramer(tok)
+    last_start = agent_runs[-1][0]
+    rendered = framer.render(ep.messages[:-1], True)
+    assert tok.decode(ep.ids[:last_start]) == rendered
+    # Replies sit in user turns with loss mask 0
+    for k in (1, 2):
+        v, s, e = runs[2 * k]
+        assert v == 0 and f"reply {k}" in tok.decode(ep.ids[s:e])
+    # The collated batch carries the same mask, and old log-probs only on agent tokens
+    batch = collate_episodes([ep], tok.pad_token_id)
+    assert batch["action_mask"][0].tolist() == [float(m) for m in ep.mask]
+    assert (batch["old_logp"][0][batch["action_mask"][0] == 0] == 0).all()
+    assert (batch["old_logp"][0][batch["action_mask"][0] == 1] < 0).all()
+
+
+def test_sampler_logprobs_match_transformers_loss(tiny):
+    """Our per-token log-probs equal the per-token cross-entropy behind transformers' own loss."""
+    model, tok = tiny
+    env = ReplyEnv(max_turns=2)
+    ep = run_episodes(model, tok, [env], [TASK], [0], RolloutConfig(max_new_tokens=10, max_seq_len=2048),
+                      generator=torch.Generator().manual_seed(1))[0]
+    ids = torch.tensor([ep.ids])
+    labels = torch.full_like(ids, -100)
+    act = torch.tensor([ep.mask]).bool()
+    labels[act] = ids[act]
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=labels).loss  # mean NLL over the agent tokens
+        logits = model(input_ids=ids).logits[0, :-1]
+    per_token = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")  # (T-1,)
+    ours = torch.tensor(ep.logp)[act[0]]
+    theirs = -per_token[act[0, 1:]]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(-ours.mean(), loss, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_left_padded_sampling_equals_one_by_one(tiny):
+    model, tok = tiny
+    prompts = [tok("Question: a b c")["input_ids"], tok("Question: what is the longest river in the world")["input_ids"]]
+    batched = sample_turns(model, tok, prompts, max_new_tokens=8, temperature=0.0, stop_strings=())
+    for p, b in zip(prompts, batched):
+        single = sample_turns(model, tok, [p], max_new_tokens=8, temperature=0.0, stop_strings=())[0]
+        assert single.ids == b.ids
+        torch.testing.assert_close(torch.tensor(single.logps), torch.tensor(b.logps), atol=1e-4, rtol=1e-4)
+
+
+def test_same_generator_seed_same_rollout(tiny):
+    model, tok = tiny
+    outs = []
+    for _ in range(2):
+        ep = run_episodes(model, tok, [ReplyEnv(2)], [TASK], [0], RolloutConfig(max_new_tokens=10),
+                          generator=torch.Generator().manual_seed(7))[0]
+        outs.append(ep.ids)
+    assert outs[0] == outs[1]
+
+
+def test_stop_string_ends_the_turn(tiny):
+    model, tok = tiny
+    prompt = tok("<think>x</think><interaction_prompt>hi")["input_ids"]
+
+    class Forced(torch.nn.Module):
+        """Wraps the model and forces the continuation '</interaction_prompt> more text'."""
+
+        def __init__(self, inner, forced):
+            super().__init__()
+            self.inner, self.forced, self.i = inner, forced, 0
+
+        def forward(self, **kw):
+            out = self.inner(**kw)
+            tok_id = self.forced[min(self.i, len(self.forced) - 1)]
+            self.i += 1
+            out.logits[:, -1, :] = -1e4
+            out.logits[:, -1, tok_id] = 0.0
+            return out
+
+    forced = tok("</interaction_prompt> more text", add_special_tokens=False)["input_ids"]
+    s = sample_turns(Forced(model, forced), tok, [prompt], max_new_tokens=20)[0]
+    assert s.stop == "string"
+    assert tok.decode(s.ids).endswith("</interaction_prompt>")
+
+
+def test_env_errors_are_flagged(tiny):
+    model, tok = tiny
+    eps = run_episodes(model, tok, [ReplyEnv(3, fail_on_turn=2), ReplyEnv(3)], [TASK, TASK], [0, 0],
+                       RolloutConfig(max_new_tokens=6), generator=torch.Generator().manual_seed(0))
+    assert eps[0].env_error and eps[0].turns == 2
+    assert eps[1].env_error is None and eps[1].turns == 3
+
+
+def test_overflowing_episode_is_cut_with_lowest_reward(tiny):
+    model, tok = tiny
+    framer = ChatFramer(tok)
+    n_prompt = len(framer.prompt_ids([{"role": "system", "content": "You ask the big model."},
+                                      {"role": "user", "content": TASK.prompt}]))
+    ep = run_episodes(model, tok, [ReplyEnv(5)], [TASK], [0],
+                      RolloutConfig(max_new_tokens=8, max_seq_len=n_prompt + 20),
+                      generator=torch.Generator().manual_seed(0))[0]
+    assert ep.overflow and ep.reward == -1.0 and len(ep.ids) <= n_prompt + 20
+
+
+def test_template_that_rewrites_history_is_rejected(tiny):
+    _, tok = tiny
+    import copy
+
+    bad = copy.deepcopy(tok)
+    # A template that drops earlier assistant turns (as some reasoning-model templates do)
+    bad.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}"
+        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(TemplateError, match="prefix"):
+        ChatFramer(bad)

@@ -61,6 +61,10 @@ SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed", "stop")
 DEFAULT_COMPLETION_ESTIMATE = 256
 #: An attempt needs at least this much time left before the deadline to be worth starting.
 MIN_ATTEMPT_S = 0.05
+#: In-flight requests per HTTP client before another client (connection pool) is added: httpx's
+#: pool scans all its connections on every request, so many small pools beat one large one.
+REQUESTS_PER_CLIENT = 16
+MAX_CLIENTS = 16
 
 PriceSpec = "tuple[float, float] | Mapping[str, tuple[float, float]] | None"
 
@@ -234,16 +238,15 @@ def _is_openai_host(url: str) -> bool:
     return host == "api.openai.com" or host.endswith(".openai.com")
 
 
-def _httpx_limits(max_concurrency: int):
-    """An httpx ``Limits`` sized for the concurrency bound (whichever httpx the SDK uses), or None."""
+def _httpx_limits(max_connections: int, keepalive: int):
+    """An httpx ``Limits`` (whichever httpx the SDK uses), or None."""
     for name in ("httpx2", "httpx"):
         try:
             mod = __import__(name)
         except ImportError:
             continue
         try:
-            return mod.Limits(max_connections=max(100, 2 * max_concurrency),
-                              max_keepalive_connections=max(20, max_concurrency))
+            return mod.Limits(max_connections=max_connections, max_keepalive_connections=keepalive)
         except Exception:  # pragma: no cover - unexpected httpx API
             return None
     return None  # pragma: no cover
@@ -380,7 +383,8 @@ class OpenAIBackend(BaseBackend):
         self._loop_thread = None
         self._loop_lock = threading.Lock()
         self._pid = os.getpid()
-        self._client = None
+        self._clients: list = []
+        self._client_load: list[int] = []
         self._rng = random.Random(self.seed)
         self._stats_lock = threading.Lock()
         self._stats: Counter = Counter()
@@ -389,7 +393,7 @@ class OpenAIBackend(BaseBackend):
         self._warned_keys: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        drop = {"_loop_thread", "_loop_lock", "_client", "_rng", "_stats_lock", "_stats", "_fail_kinds",
+        drop = {"_loop_thread", "_loop_lock", "_clients", "_client_load", "_rng", "_stats_lock", "_stats", "_fail_kinds",
                 "_error_kinds", "_warned_keys", "_pid"}
         return {k: v for k, v in self.__dict__.items() if k not in drop}
 
@@ -409,32 +413,44 @@ class OpenAIBackend(BaseBackend):
             if self._loop_thread is None or self._pid != os.getpid():  # first use, or we are a forked child
                 self._loop_thread = _LoopThread()
                 self._pid = os.getpid()
-                self._client = None
+                self._clients, self._client_load = [], []
                 # a forgotten backend does not leave its loop thread running forever
                 weakref.finalize(self, _shutdown_loop_thread, self._loop_thread)
             return self._loop_thread.loop
 
-    def _get_client(self):
-        if self._client is None:
-            kwargs = dict(self._client_kwargs)
-            if "http_client" not in kwargs:
-                limits = _httpx_limits(self.limiter.max_concurrency)
-                if limits is not None:
-                    kwargs["http_client"] = openai.DefaultAsyncHttpxClient(limits=limits)
-            self._client = openai.AsyncOpenAI(
-                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s, **kwargs
-            )
-        return self._client
+    def _new_client(self, n_clients: int):
+        kwargs = dict(self._client_kwargs)
+        if "http_client" not in kwargs:
+            maxc = self.limiter.max_concurrency
+            limits = _httpx_limits(max(maxc, 10), max(8, 2 * math.ceil(maxc / n_clients)))
+            if limits is not None:
+                kwargs["http_client"] = openai.DefaultAsyncHttpxClient(limits=limits)
+        return openai.AsyncOpenAI(
+            api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s, **kwargs
+        )
+
+    def _acquire_client(self) -> int:
+        """Index of the least-loaded HTTP client (created on first use, on the backend's loop)."""
+        if not self._clients:
+            shared = "http_client" in self._client_kwargs  # a user's client cannot be duplicated
+            n = 1 if shared else min(MAX_CLIENTS, max(1, math.ceil(self.limiter.max_concurrency / REQUESTS_PER_CLIENT)))
+            self._clients = [self._new_client(n) for _ in range(n)]
+            self._client_load = [0] * n
+        i = min(range(len(self._clients)), key=self._client_load.__getitem__)
+        self._client_load[i] += 1
+        return i
 
     def close(self) -> None:
-        """Close the HTTP client and stop the backend's loop thread."""
-        lt, client = self._loop_thread, self._client
-        if lt is not None and client is not None and self._pid == os.getpid():
+        """Close the HTTP clients and stop the backend's loop thread."""
+        lt, clients = self._loop_thread, list(self._clients)
+        if lt is not None and clients and self._pid == os.getpid() and not lt.loop.is_closed():
+            async def _close_all():
+                await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
             try:
-                asyncio.run_coroutine_threadsafe(client.close(), lt.loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(_close_all(), lt.loop).result(timeout=5)
             except Exception:  # pragma: no cover - closing is best effort
                 pass
-        self._client = None
+        self._clients, self._client_load = [], []
         with self._loop_lock:
             if lt is not None and self._pid == os.getpid():
                 _shutdown_loop_thread(lt)
@@ -622,7 +638,8 @@ class OpenAIBackend(BaseBackend):
             per_try = min(self.timeout_s, remaining)
             cut = remaining < self.timeout_s
             timeout_kind = "deadline" if cut else "timeout"
-            client = self._get_client()
+            ci = self._acquire_client()
+            client = self._clients[ci]
             t0 = time.monotonic()
             try:
                 raw = await asyncio.wait_for(
@@ -651,6 +668,9 @@ class OpenAIBackend(BaseBackend):
             except (openai.OpenAIError, OSError, ValueError, RuntimeError) as e:  # anything else the stack throws
                 raise _AttemptError("error", f"{type(e).__name__}: {scrub_secrets(str(e), [self._api_key], limit=300)}",
                                     retryable=False) from None
+            finally:
+                if self._clients and client is self._clients[ci]:
+                    self._client_load[ci] -= 1
             seconds = time.monotonic() - t0
             try:
                 payload = json.loads(body)

@@ -241,4 +241,4 @@ def test_measures_concurrency_and_scales_to_hundreds_of_connections():
     assert stats["requests"] == n and stats["in_flight"] == 0
     # all requests overlapped at the server (it does not serialize), and it says so
     assert stats["max_in_flight"] >= 0.9 * n
-    assert elapsed < 3.0
+    assert elapsed < 5.0  # 200 x 0.3 s served concurrently, not one after another (60 s)

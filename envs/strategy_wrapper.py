@@ -1,0 +1,506 @@
+"""Strategy-level view of :class:`PromptCollabEnv`: one action picks a prompting strategy for the next turn.
+
+:class:`StrategyWrapper` exposes the text environment in spaces that stable-baselines3 accepts:
+
+* **action**: ``Discrete(K)``; action ``k`` picks ``strategies[k]``, which deterministically writes a
+  whole protocol turn (``<think>..</think><interaction_prompt>..</interaction_prompt>`` or
+  ``<think>..</think><answer>..</answer>``) and steps the inner environment with it.
+* **observation**: ``Box(-1, 1, (3 * d + T + K + 1,), float32)``: the embeddings (dimension ``d``) of
+  the question, of the environment LLM's last reply and of the next sub-question of the
+  decomposition plan (zeros when the plan is finished), a one-hot of the turn index (``T`` =
+  ``max_turns``) and a one-hot of the previous action (the extra slot means "none yet").
+* **reward**: the inner environment's reward, passed through (sparse: at the last turn).
+
+What each built-in strategy reads: the question TEXT, the previous prompt and reply, and the
+decomposition plan built from those. Never the gold answers, never ``Task.meta``.
+
+=================  ===================================================================================
+``direct``         asks the question as written.
+``explain``        asks the model to explain the facts or steps it needs, then the question.
+``decompose``      asks the next sub-question of a plan built from the question text
+                   (:class:`Decomposition`); when the plan is finished, it asks the whole question again.
+``verify``         asks the model to double-check its last answer by repeating the previous prompt
+                   (on the first turn: the question with a request to verify each fact).
+``final``          commits: ``<answer>`` holds the answer extracted from the last reply
+                   (:func:`extract_answer`); the episode ends.
+=================  ===================================================================================
+
+User templates (``extra_templates``) are ``str.format`` strings with the fields ``{question}``,
+``{last_reply}``, ``{last_prompt}``, ``{subquestion}`` (the plan's next sub-question, or the
+question when the plan is finished), ``{candidate}`` (the answer :func:`extract_answer` sees in
+the last reply) and ``{turn}``. A template that starts with ``answer:`` writes a final
+``<answer>`` turn with the rest of the template; any other writes an ``<interaction_prompt>``.
+A reply to a prompt that asked ``{subquestion}`` advances the plan, whoever asked it.
+
+The decomposition heuristics are generic for two question shapes, and read only the text:
+
+* nested noun phrases ("In which country was the founder of Vantrel Corp born?"): the named
+  entity is the run of capitalised words that does not start the sentence; the innermost phrase
+  is the one opened by the nearest ``the`` before it (ending at the entity after ``of``, or running
+  to the end of the question for a relative clause: ``the city where X was born``,
+  ``the company X works for``). Ask ``What is <phrase>?``, put the entity the reply names in place
+  of the phrase, repeat until no phrase is left, then ask what is left.
+* word problems with numbers: each sentence becomes an operation by keyword (``each`` ×,
+  ``more``/``gets``/``finds`` +, ``gives away``/``loses`` −, ``equally``/``shares`` ÷), asked one at a
+  time as ``What is A op B?`` with ``A`` the number the previous reply gave.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from promptr1.envs.embedders import Embedder, make_embedder
+
+__all__ = [
+    "BUILTIN_STRATEGIES",
+    "Decomposition",
+    "StrategyWrapper",
+    "extract_answer",
+    "find_entity",
+    "innermost_phrase",
+    "parse_word_problem",
+]
+
+BUILTIN_STRATEGIES: tuple[str, ...] = ("direct", "explain", "decompose", "verify", "final")
+
+# --------------------------------------------------------------------------- text heuristics
+# Capitalised words that start sentences in replies and questions without naming anything.
+_FUNCTION_WORDS = frozenset(
+    "a an and are as at be but by can could did do does for from hard he her his how i if in is it its "
+    "let maybe may might my no not of on or our perhaps please possibly probably roughly she so sure that "
+    "the their then there these they this those to was we what when where which who whom whose why will "
+    "would yes you your".split()
+)
+_CAP_RUN_RE = re.compile(r"\b[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*")
+_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_RELATIVE_RE = re.compile(r"\b(?:where|who|whom|which|that|whose)\b", re.IGNORECASE)
+
+
+def _name_runs(text: str) -> list[tuple[int, int]]:
+    """Spans of capitalised word runs that name something (a leading function word is dropped).
+
+    >>> t = "In which country was the founder of Vantrel Corp born?"
+    >>> [t[a:b] for a, b in _name_runs(t)]
+    ['Vantrel Corp']
+    >>> r = "The mayor of Sansu is Kiro Tan."
+    >>> [r[a:b] for a, b in _name_runs(r)]
+    ['Sansu', 'Kiro Tan']
+    """
+    out = []
+    for m in _CAP_RUN_RE.finditer(text):
+        start, words = m.start(), m.group(0).split()
+        while words and words[0].lower() in _FUNCTION_WORDS:
+            start = text.index(words[1], start + len(words[0])) if len(words) > 1 else m.end()
+            words = words[1:]
+        if words:
+            out.append((start, m.end()))
+    return out
+
+
+def find_entity(question: str) -> str | None:
+    """The last name in ``question`` (a run of capitalised words that is not a function word).
+
+    >>> find_entity("Who is the mayor of the capital of the country of Lastel?")
+    'Lastel'
+    >>> find_entity("What is the capital?") is None
+    True
+    """
+    runs = _name_runs(question)
+    return question[runs[-1][0]:runs[-1][1]] if runs else None
+
+
+def innermost_phrase(question: str) -> str | None:
+    """The innermost ``the ...`` noun phrase around the question's entity, or ``None``.
+
+    >>> innermost_phrase("In which country was the founder of Vantrel Corp born?")
+    'the founder of Vantrel Corp'
+    >>> innermost_phrase("In which country is the city where Mira Osk was born?")
+    'the city where Mira Osk was born'
+    >>> innermost_phrase("What is the birthplace of the founder of the company Lekfe Pulruk works for?")
+    'the company Lekfe Pulruk works for'
+    >>> innermost_phrase("Which company does the person who founded Bronkri Holdings work for?")
+    'the person who founded Bronkri Holdings'
+    >>> innermost_phrase("In which country is Vorla?") is None
+    True
+    """
+    entity = find_entity(question)
+    if entity is None:
+        return None
+    e_start = question.rfind(entity)
+    e_end = e_start + len(entity)
+    m = None
+    for m in re.finditer(r"\bthe\b", question[:e_start], flags=re.IGNORECASE):
+        pass
+    if m is None:
+        return None
+    head = question[m.start():e_start].split()
+    # X is an object ("the founder of X", "the person who founded X"): the phrase ends at X. X is the subject
+    # of a relative clause ("the city where X was born", "the company X works for"): the clause runs on.
+    x_is_object = head[-1].lower() == "of" or (
+        any(_RELATIVE_RE.fullmatch(w) for w in head) and not _RELATIVE_RE.fullmatch(head[-1]))
+    if x_is_object:
+        end = e_end
+    else:
+        end = len(question.rstrip().rstrip("?.!").rstrip())
+        end = max(end, e_end)
+    return question[m.start():end].strip()
+
+
+def extract_answer(reply: str, prompt: str = "") -> str:
+    """The answer a reply gives: the last name it mentions that ``prompt`` did not, else its last number.
+
+    >>> extract_answer("Vantrel Corp was founded by Mira Osk.", "Who founded Vantrel Corp?")
+    'Mira Osk'
+    >>> extract_answer("10 * 6 = 60.", "What is 10 * 6?")
+    '60'
+    >>> extract_answer("I am not sure. Could you be more specific?", "What is it?")
+    ''
+    """
+    known = {prompt[a:b].lower() for a, b in _name_runs(prompt)}
+    names = [reply[a:b] for a, b in _name_runs(reply) if reply[a:b].lower() not in known]
+    if names:
+        return names[-1]
+    numbers = _NUMBER_RE.findall(reply)
+    return numbers[-1] if numbers else ""
+
+
+_PLUS = re.compile(r"\b(?:more|gets?|got|finds?|found|buys?|bought|receives?|received|adds?|earns?|gains?)\b", re.I)
+_MINUS = re.compile(r"\b(?:gives? away|gave away|loses?|lost|eats?|ate|spends?|spent|sells?|sold|uses?)\b", re.I)
+_DIVIDE = re.compile(r"\b(?:equally|shares?|split|splits|divides?)\b", re.I)
+_TIMES = re.compile(r"\b(?:each|every|per)\b", re.I)
+
+
+def parse_word_problem(question: str) -> tuple[str, list[tuple[str, str]]] | None:
+    """``(start, [(op, number), ...])`` for a word problem, read sentence by sentence; ``None`` if none.
+
+    >>> parse_word_problem("Pia has 10 jars with 6 shells in each jar. Then Pia loses 4 shells. How many?")
+    ('10', [('*', '6'), ('-', '4')])
+    >>> parse_word_problem("Ana has 38 apples. Ana shares them equally among 7 friends. How many?")
+    ('38', [('/', '7')])
+    >>> parse_word_problem("Who founded Vantrel Corp?") is None
+    True
+    """
+    sentences = [s for s in re.split(r"(?<=[.?!])\s+", question.strip()) if s]
+    start: str | None = None
+    steps: list[tuple[str, str]] = []
+    for sentence in sentences:
+        nums = _NUMBER_RE.findall(sentence)
+        if not nums:
+            continue
+        if start is None:
+            start = nums[0]
+            if len(nums) >= 2 and _TIMES.search(sentence):
+                steps.append(("*", nums[1]))
+            continue
+        if _DIVIDE.search(sentence):
+            op = "/"
+        elif _MINUS.search(sentence):
+            op = "-"
+        elif _TIMES.search(sentence):
+            op = "*"
+        elif _PLUS.search(sentence):
+            op = "+"
+        else:
+            continue
+        steps.append((op, nums[-1]))
+    if start is None:
+        return None
+    return start, steps
+
+
+_DONE_WORDS = frozenset("what who which where is was are the a an of in does did do".split())
+
+
+@dataclass
+class Decomposition:
+    """A plan of one-fact (or one-operation) sub-questions built from the question text only.
+
+    ``next_subquestion`` is ``None`` once the plan is finished; :meth:`advance` consumes a reply.
+
+    >>> d = Decomposition("In which country was the founder of Vantrel Corp born?")
+    >>> d.next_subquestion
+    'What is the founder of Vantrel Corp?'
+    >>> d.advance("Vantrel Corp was founded by Mira Osk."); d.next_subquestion
+    'In which country was Mira Osk born?'
+    >>> d.advance("Mira Osk was born in Vorla, in Dremland."); d.next_subquestion is None, d.answer
+    (True, 'Dremland')
+    >>> a = Decomposition("Ben has 3 boxes with 4 cards in each box. Then Ben gets 2 more cards. How many?")
+    >>> a.next_subquestion
+    'What is 3 * 4?'
+    >>> a.advance("3 * 4 = 12."); a.next_subquestion
+    'What is 12 + 2?'
+    >>> a.advance("12 + 2 = 14."); a.next_subquestion is None, a.answer
+    (True, '14')
+    """
+
+    question: str
+    kind: str = field(init=False)
+    residual: str = field(init=False)
+    answer: str = field(init=False, default="")
+    _value: str = field(init=False, default="")
+    _steps: list[tuple[str, str]] = field(init=False, default_factory=list)
+    _phrase: str | None = field(init=False, default=None)
+    _done: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.residual = self.question.strip()
+        parsed = parse_word_problem(self.question) if any(ch.isdigit() for ch in self.question) else None
+        if parsed is not None:
+            self.kind = "arith"
+            self._value, self._steps = parsed
+            self._done = not self._steps
+            self.answer = self._value if self._done else ""
+        else:
+            self.kind = "entity"
+            self._done = find_entity(self.question) is None
+        self._plan_next()
+
+    def _plan_next(self) -> None:
+        self._phrase = None
+        if self._done:
+            self.next_subquestion: str | None = None
+            return
+        if self.kind == "arith":
+            op, b = self._steps[0]
+            self.next_subquestion = f"What is {self._value} {op} {b}?"
+            return
+        phrase = innermost_phrase(self.residual)
+        if phrase is not None:
+            self._phrase = phrase
+            self.next_subquestion = f"What is {phrase}?"
+        else:
+            self.next_subquestion = self.residual if self.residual.endswith("?") else self.residual + "?"
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def advance(self, reply: str) -> None:
+        """Consume the reply to :attr:`next_subquestion`; a reply with no usable answer changes nothing."""
+        if self._done or self.next_subquestion is None:
+            return
+        found = extract_answer(reply, self.next_subquestion)
+        if not found:
+            return
+        if self.kind == "arith":
+            if not _NUMBER_RE.fullmatch(found):
+                return
+            self._value = found
+            self._steps.pop(0)
+            self._done = not self._steps
+        elif self._phrase is not None:
+            self.residual = self.residual.replace(self._phrase, found, 1)
+            rest = re.findall(r"[^\W\d_]+", self.residual.replace(found, " ").lower())
+            self._done = all(w in _DONE_WORDS for w in rest)  # "What is Krosa?": nothing left to ask
+        else:
+            self._done = True
+        if self._done:
+            self.answer = found
+        self._plan_next()
+
+
+# --------------------------------------------------------------------------- the wrapper
+def _turn(think: str, prompt: str) -> str:
+    return f"<think>{think}</think><interaction_prompt>{prompt}</interaction_prompt>"
+
+
+def _final(think: str, answer: str) -> str:
+    return f"<think>{think}</think><answer>{answer}</answer>"
+
+
+class StrategyWrapper(gym.Env):
+    """Choose a prompting strategy per turn over a text :class:`~promptr1.envs.collab_env.PromptCollabEnv`.
+
+    Args:
+        env: the text environment (its reward passes through unchanged).
+        strategies: names of built-in strategies, in action order (default: all of
+            :data:`BUILTIN_STRATEGIES`).
+        embedder: ``"hashing"`` (default, fast), ``"minilm"``, ``"auto"`` or an object with
+            ``encode(list[str])`` and ``dim`` (see :mod:`promptr1.envs.embedders`).
+        extra_templates: user strategies appended after the built-ins: a mapping ``name -> template``
+            or a list of templates (named ``template0``, ...); see the module docstring for fields.
+        max_turns: overrides ``env.max_turns`` (the length of the turn one-hot).
+
+    See the module docstring for the spaces and what each strategy reads.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        env: Any,
+        strategies: Sequence[str] | None = None,
+        embedder: str | Embedder = "hashing",
+        extra_templates: Mapping[str, str] | Sequence[str] | None = None,
+        max_turns: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
+        self.env = env
+        if max_turns is not None:
+            if not isinstance(max_turns, int) or max_turns < 1:
+                raise ValueError(f"max_turns must be a positive int or None, got {max_turns!r}.")
+            env.max_turns = max_turns
+        self.max_turns = int(getattr(env, "max_turns", 5))
+        names = list(BUILTIN_STRATEGIES if strategies is None else strategies)
+        for n in names:
+            if n not in BUILTIN_STRATEGIES:
+                import difflib
+
+                hint = difflib.get_close_matches(n, BUILTIN_STRATEGIES, n=1)
+                raise ValueError(f"unknown strategy {n!r}." + (f" Did you mean {hint[0]!r}?" if hint else "")
+                                 + f" Built-in strategies: {', '.join(BUILTIN_STRATEGIES)}; add your own with "
+                                 "extra_templates={'name': 'template with {question}'}.")
+        self.templates: dict[str, str] = {}
+        if extra_templates is not None:
+            items = (extra_templates.items() if isinstance(extra_templates, Mapping)
+                     else ((f"template{i}", t) for i, t in enumerate(extra_templates)))
+            for name, template in items:
+                if not isinstance(template, str) or not template.strip():
+                    raise ValueError(f"template {name!r} must be a non-empty str, got {template!r}.")
+                fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+                unknown = fields - {"question", "last_reply", "last_prompt", "subquestion", "candidate", "turn"}
+                if unknown:
+                    raise ValueError(f"template {name!r} uses unknown field(s) {sorted(unknown)}; available: "
+                                     "question, last_reply, last_prompt, subquestion, candidate, turn.")
+                if name in names or name in self.templates:
+                    raise ValueError(f"strategy name {name!r} is used twice; give every template its own name.")
+                self.templates[name] = template
+        self.strategy_names: tuple[str, ...] = (*names, *self.templates)
+        if not self.strategy_names:
+            raise ValueError("a StrategyWrapper needs at least one strategy.")
+        self.embedder: Embedder = make_embedder(embedder)
+        self.render_mode = render_mode
+
+        k, d = len(self.strategy_names), int(self.embedder.dim)
+        self.action_space = spaces.Discrete(k)
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(3 * d + self.max_turns + k + 1,), dtype=np.float32)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = 4096
+        self._clear()
+
+    # ------------------------------------------------------------------ state
+    def _clear(self) -> None:
+        self.question = ""
+        self.last_prompt = ""
+        self.last_reply = ""
+        self.turn = 0
+        self.last_action: int | None = None
+        self.plan: Decomposition | None = None
+        self._done = True
+
+    def _embed(self, text: str) -> np.ndarray:
+        if not text:
+            return np.zeros(self.embedder.dim, dtype=np.float32)
+        vec = self._cache.get(text)
+        if vec is None:
+            vec = np.asarray(self.embedder.encode([text])[0], dtype=np.float32)
+            self._cache[text] = vec
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(text)
+        return vec
+
+    def _obs(self) -> np.ndarray:
+        k = len(self.strategy_names)
+        turn = np.zeros(self.max_turns, dtype=np.float32)
+        turn[min(self.turn, self.max_turns - 1)] = 1.0
+        last = np.zeros(k + 1, dtype=np.float32)
+        last[k if self.last_action is None else self.last_action] = 1.0
+        sub = self.plan.next_subquestion if self.plan is not None else None
+        obs = np.concatenate([self._embed(self.question), self._embed(self.last_reply), self._embed(sub or ""), turn, last])
+        return np.clip(obs, -1.0, 1.0).astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ strategies
+    def candidate(self) -> str:
+        """The answer the ``final`` strategy would commit now."""
+        return extract_answer(self.last_reply, self.last_prompt)
+
+    def render_turn(self, action: int) -> tuple[str, bool]:
+        """The protocol turn that strategy ``action`` writes now, and whether it asks the plan's sub-question."""
+        name = self.strategy_names[action]
+        q = self.question
+        sub = self.plan.next_subquestion if self.plan is not None else None
+        if name == "direct":
+            return _turn("I will ask the question as it is.", q), False
+        if name == "explain":
+            return _turn("I will ask for an explanation first.",
+                         f"First explain the facts or steps needed, then answer. {q}"), False
+        if name == "decompose":
+            if sub is None:
+                return _turn("The sub-questions are answered; I will ask the whole question.", q), False
+            return _turn("I will ask one sub-question.", sub), True
+        if name == "verify":
+            if not self.last_prompt:
+                return _turn("I will ask and request a check.", f"Check each fact or step you use. {q}"), False
+            return _turn("I will ask for a double-check.", f"Please double-check your last answer. {self.last_prompt}"), False
+        if name == "final":
+            cand = self.candidate()
+            return _final(f"The last reply was: {self.last_reply}" if self.last_reply else "No reply yet.",
+                          cand or "unknown"), False
+        template = self.templates[name]
+        values = {"question": q, "last_reply": self.last_reply, "last_prompt": self.last_prompt,
+                  "subquestion": sub or q, "candidate": self.candidate(), "turn": self.turn}
+        text = template.format(**values)
+        if text.startswith("answer:"):
+            return _final(f"Strategy {name}.", text[len("answer:"):].strip()), False
+        return _turn(f"Strategy {name}.", text), "{subquestion}" in template and sub is not None
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        _, info = self.env.reset(seed=seed, options=options)
+        self._clear()
+        task = getattr(self.env, "task", None)
+        self.question = task.question if task is not None else str(info.get("question", ""))
+        self.plan = Decomposition(self.question)
+        self._done = False
+        info = dict(info)
+        info["strategies"] = self.strategy_names
+        return self._obs(), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._done:
+            raise RuntimeError("step() called on a finished episode (or before reset()). Call reset() first.")
+        if np.ndim(action) != 0 or not self.action_space.contains(int(action)) or int(action) != action:
+            raise ValueError(f"action must be one int in [0, {self.action_space.n}) naming a strategy "
+                             f"{self.strategy_names}, got {action!r}.")
+        action = int(action)
+        text, asked_sub = self.render_turn(action)
+        obs_text, reward, terminated, truncated, info = self.env.step(text)
+        info = dict(info)
+        info["strategy"] = self.strategy_names[action]
+        info["agent_turn"] = text
+        self.turn += 1
+        self.last_action = action
+        if terminated or truncated:
+            self._done = True
+        else:
+            prompt = info.get("parsed_prompt") or ""
+            reply = obs_text
+            if reply.startswith("<interaction_response>") and reply.endswith("</interaction_response>"):
+                reply = reply[len("<interaction_response>"):-len("</interaction_response>")]
+            self.last_prompt, self.last_reply = prompt, reply
+            if asked_sub and self.plan is not None:
+                self.plan.advance(reply)
+        return self._obs(), float(reward), bool(terminated), bool(truncated), info
+
+    def render(self) -> str | None:
+        return self.env.render() if hasattr(self.env, "render") else None
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __repr__(self) -> str:
+        return f"StrategyWrapper(strategies={self.strategy_names}, embedder={self.embedder!r})"

@@ -43,8 +43,8 @@ from .base import BaseBackend, Completion, EnvLLMError, Message, _LoopThread, va
 from .limits import SharedLimiter, estimate_tokens
 
 __all__ = [
-    "OpenAIBackend",
     "SAMPLING_KEYS",
+    "OpenAIBackend",
     "backoff_delay",
     "cost_usd",
     "parse_chat_payload",

@@ -9,7 +9,6 @@ import sqlite3
 import threading
 
 import pytest
-
 from promptr1.llm_backends.base import BaseBackend, Completion, EnvLLMError
 from promptr1.llm_backends.cache import CachedBackend, ResponseCache, cache_key
 from promptr1.llm_backends.scripted import ScriptedBackend

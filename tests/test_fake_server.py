@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from promptr1.llm_backends.fake_server import FakeOpenAIServer, constant, lognormal, uniform
 
 CHAT = "/v1/chat/completions"
@@ -31,7 +30,7 @@ def _post(srv: FakeOpenAIServer, body: bytes, *, timeout: float = 5.0, conn: htt
 def test_chat_echo_usage_and_models_route():
     with FakeOpenAIServer(model="fake-x") as srv:
         assert srv.base_url == f"http://127.0.0.1:{srv.port}/v1"
-        status, headers, raw = _post(srv, _body("one two three", max_tokens=50))
+        status, _, raw = _post(srv, _body("one two three", max_tokens=50))
         data = json.loads(raw)
         assert status == 200
         assert data["choices"][0]["message"] == {"role": "assistant", "content": "one two three"}
@@ -152,7 +151,7 @@ def test_constructor_validation():
     with pytest.raises(ValueError, match="schedule"):
         FakeOpenAIServer(schedule=["500", "bogus"])
     with pytest.raises(RuntimeError, match="not running"):
-        FakeOpenAIServer().base_url
+        _ = FakeOpenAIServer().base_url
 
 
 def test_constant_latency_is_applied():

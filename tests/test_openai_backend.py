@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from promptr1.llm_backends import make_backend
 from promptr1.llm_backends.base import EnvLLMError
 from promptr1.llm_backends.fake_server import FakeOpenAIServer

@@ -69,7 +69,7 @@ def _resolve_device(device: Any) -> Any:
         from accelerate import PartialState
 
         return torch.device(PartialState().device)
-    except Exception:  # pragma: no cover - accelerate missing or not initialisable
+    except Exception:  # noqa: BLE001 - accelerate missing or not initialisable
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -291,7 +291,9 @@ class HFBackend(BaseBackend):
                 )
             )
             return fut
-        req = _Request(ids, max_new, temperature, top_p, seed, base is not None, stop, time.perf_counter(), fut)
+        req = _Request(
+            ids, max_new, temperature, top_p, seed, base is not None, stop, time.perf_counter(), fut
+        )
         self._ensure_worker()
         self._queue.put(req)
         return fut
@@ -299,7 +301,9 @@ class HFBackend(BaseBackend):
     def _ensure_worker(self) -> None:
         with self._worker_lock:
             if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._worker_loop, name="promptr1-hf-batcher", daemon=True)
+                self._worker = threading.Thread(
+                    target=self._worker_loop, name="promptr1-hf-batcher", daemon=True
+                )
                 self._worker.start()
 
     # ------------------------------------------------------------------ batching worker
@@ -491,7 +495,9 @@ def _is_oom(exc: BaseException) -> bool:
     import torch
 
     oom_types = tuple(
-        t for t in (getattr(torch.cuda, "OutOfMemoryError", None), getattr(torch, "OutOfMemoryError", None)) if t
+        t
+        for t in (getattr(torch.cuda, "OutOfMemoryError", None), getattr(torch, "OutOfMemoryError", None))
+        if t
     )
     return isinstance(exc, (MemoryError, *oom_types)) or "out of memory" in str(exc).lower()
 

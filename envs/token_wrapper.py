@@ -30,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["DEFAULT_STOP_STRINGS", "TokenWrapper", "load_tokenizer"]
+__all__ = ["DEFAULT_STOP_STRINGS", "TokenWrapper", "load_tokenizer", "vocab_from_texts"]
 
 #: Closing tags that end an agent turn (design.md §2).
 DEFAULT_STOP_STRINGS: tuple[str, ...] = ("</interaction_prompt>", "</answer>")
@@ -52,6 +52,20 @@ def load_tokenizer(tokenizer: Any = None) -> Any:
             f"got {type(tokenizer).__name__}."
         )
     return tokenizer
+
+
+def vocab_from_texts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """The sorted distinct token ids of ``texts``: a small vocabulary in which those texts can be written.
+
+    >>> class Chars:  # a toy tokenizer: one token per character
+    ...     def encode(self, text, add_special_tokens=False): return [ord(c) for c in text]
+    >>> vocab_from_texts(Chars(), ["aba", "c"])
+    [97, 98, 99]
+    """
+    ids: set[int] = set()
+    for text in texts:
+        ids.update(int(t) for t in tokenizer.encode(text, add_special_tokens=False))
+    return sorted(ids)
 
 
 def _resolve_vocab(tokenizer: Any, vocab: Sequence[int | str] | None, eos_id: int) -> list[int]:

@@ -24,10 +24,10 @@ DEFAULT_SAMPLE_CHARSET = string.ascii_letters + string.digits + string.punctuati
 class UnicodeText(Text):
     """Any Unicode text of length ``min_length..max_length`` (in code points).
 
-    >>> space = UnicodeText(max_length=20)
+    >>> space = UnicodeText(max_length=21)
     >>> space.contains("<think>ok</think> 東京!")
     True
-    >>> space.contains("x" * 21), space.contains(b"bytes")
+    >>> space.contains("x" * 22), space.contains(b"bytes")
     (False, False)
     """
 

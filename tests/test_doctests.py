@@ -13,8 +13,9 @@ import pkgutil
 
 import pytest
 
-PACKAGES = ["promptr1.rewards"]
-MODULES = ["promptr1.llm_backends", "promptr1.llm_backends.base", "promptr1.llm_backends.scripted"]
+PACKAGES = ["promptr1.rewards", "promptr1.envs", "promptr1.llm_backends"]
+MODULES = ["promptr1.play", "promptr1.agents.advantages", "promptr1.agents.losses", "promptr1.agents.registry",
+           "promptr1.agents.masks"]
 NEEDS_EXAMPLES = {
     "promptr1.rewards",
     "promptr1.rewards.metrics",
@@ -22,6 +23,10 @@ NEEDS_EXAMPLES = {
     "promptr1.llm_backends",
     "promptr1.llm_backends.base",
     "promptr1.llm_backends.scripted",
+    "promptr1.envs.protocol",
+    "promptr1.envs.spaces",
+    "promptr1.envs.tasks",
+    "promptr1.play",
 }
 
 

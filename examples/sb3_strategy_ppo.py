@@ -27,6 +27,9 @@ import numpy as np
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.strategy_wrapper import StrategyWrapper
 
+#: Where SB3 writes TensorBoard logs: beside the GRPO trainer's ``runs/promptr1``.
+DEFAULT_LOGDIR = "runs/sb3"
+
 Policy = Callable[[np.ndarray, StrategyWrapper], int]
 
 
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--embedder", default="hashing", help="hashing (fast), minilm or auto")
-    p.add_argument("--logdir", default="runs/sb3", help="TensorBoard folder ('' for none)")
+    p.add_argument("--logdir", default=DEFAULT_LOGDIR, help="TensorBoard folder ('' for none)")
     args = p.parse_args(argv)
     res = run(args.algo, args.steps, args.seed, args.episodes, args.embedder, args.logdir or None)
     print(f"{res['algo'].upper()} on the strategy wrapper, {res['steps']} steps in {res['train_s']:.0f}s; "

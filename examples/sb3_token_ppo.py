@@ -18,6 +18,9 @@ from typing import Any
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.token_wrapper import TokenWrapper, load_tokenizer, vocab_from_texts
 
+#: Where SB3 writes TensorBoard logs: beside the GRPO trainer's ``runs/promptr1``.
+DEFAULT_LOGDIR = "runs/sb3"
+
 #: Texts whose tokens make up the action vocabulary.
 VOCAB_TEXTS = (
     "<think>I will ask.</think>",
@@ -36,7 +39,7 @@ def make_env(split: str = "train", window: int = 32, max_turn_tokens: int = 24, 
                         vocab=vocab_from_texts(tok, VOCAB_TEXTS))
 
 
-def run(steps: int = 512, seed: int = 0, logdir: str | None = "runs/sb3", n_envs: int = 2) -> Any:
+def run(steps: int = 512, seed: int = 0, logdir: str | None = DEFAULT_LOGDIR, n_envs: int = 2) -> Any:
     """Train PPO for ``steps`` tokens; TensorBoard logs go to ``logdir/token-ppo_N``."""
     import torch
     from stable_baselines3 import PPO
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> Any:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--logdir", default="runs/sb3", help="TensorBoard folder ('' for none)")
+    p.add_argument("--logdir", default=DEFAULT_LOGDIR, help="TensorBoard folder ('' for none)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     model = run(args.steps, args.seed, args.logdir or None)

@@ -86,8 +86,16 @@ COT_INSTRUCTION = (
 )
 
 #: Config fields that shape an episode; a resumed run must use the same values.
-_EPISODE_FIELDS = ("max_turns", "max_response_chars", "env_temperature", "env_max_tokens", "agent_max_new_tokens",
-                   "agent_temperature", "embedder", "seed")
+_EPISODE_FIELDS = (
+    "max_turns",
+    "max_response_chars",
+    "env_temperature",
+    "env_max_tokens",
+    "agent_max_new_tokens",
+    "agent_temperature",
+    "embedder",
+    "seed",
+)
 
 
 # ============================================================================= configuration
@@ -164,10 +172,10 @@ def parse_method(text: str) -> MethodSpec:
     MethodSpec(kind='agent', model='runs/x/checkpoint-final', label='agent:runs/x/checkpoint-final')
     >>> parse_method("trained=agent:runs/x").label
     'trained'
-    >>> parse_method("cott")
+    >>> parse_method("cott")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown method 'cott'. Expected 'direct', 'cot' or 'agent:MODEL' (optionally 'LABEL=...'). Did you mean 'cot'?
+    ValueError: unknown method 'cott'. Expected 'direct', 'cot' or 'agent:MODEL' ... Did you mean 'cot'?
     """
     label, sep, body = text.partition("=")
     if not sep:
@@ -181,13 +189,17 @@ def parse_method(text: str) -> MethodSpec:
     import difflib
 
     hint = difflib.get_close_matches(body, ["direct", "cot", "agent:smollm2"], n=1)
-    raise ValueError(f"unknown method {text!r}. Expected 'direct', 'cot' or 'agent:MODEL' (optionally 'LABEL=...')."
-                     + (f" Did you mean {hint[0]!r}?" if hint else ""))
+    raise ValueError(
+        f"unknown method {text!r}. Expected 'direct', 'cot' or 'agent:MODEL' (optionally 'LABEL=...')."
+        + (f" Did you mean {hint[0]!r}?" if hint else "")
+    )
 
 
 # ============================================================================= predictions and metrics
 
-_ANSWER_MARK = re.compile(r"^[ \t]*\**[ \t]*(?:final[ \t]+)?answer[ \t]*\**[ \t]*[:：]", re.IGNORECASE | re.MULTILINE)
+_ANSWER_MARK = re.compile(
+    r"^[ \t]*\**[ \t]*(?:final[ \t]+)?answer[ \t]*\**[ \t]*[:：]", re.IGNORECASE | re.MULTILINE
+)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
@@ -214,7 +226,7 @@ def extract_prediction(reply: str, ability: str, *, cot: bool = False) -> str:
     if cot or ability == "math":
         marks = list(_ANSWER_MARK.finditer(text))
         if marks:  # text answers run to the end of the reply; others end with their line
-            rest = text[marks[-1].end():]
+            rest = text[marks[-1].end() :]
             rest = rest if ability == "text" else rest.split("\n", 1)[0]
             if rest.strip(" *"):
                 text = rest.strip(" *\n")
@@ -276,7 +288,9 @@ class ScriptedAgentPolicy:
 
     def __init__(self, script: Sequence[str] | Callable[[list[dict[str, str]]], str]) -> None:
         if not callable(script) and len(script) == 0:
-            raise ValueError("ScriptedAgentPolicy needs at least one turn, e.g. ['<think>.</think><answer>x</answer>'].")
+            raise ValueError(
+                "ScriptedAgentPolicy needs at least one turn, e.g. ['<think>.</think><answer>x</answer>']."
+            )
         self.script = script
         self.calls = 0
 
@@ -292,7 +306,7 @@ class ScriptedAgentPolicy:
         return out
 
     @classmethod
-    def relay(cls) -> "ScriptedAgentPolicy":
+    def relay(cls) -> ScriptedAgentPolicy:
         """Turn 1 sends the question (the first user message without its instruction); turn 2 answers
         with the env LLM's reply."""
 
@@ -328,8 +342,10 @@ def _resolve_model_dir(spec: str) -> str:
         except ImportError:
             latest = None
         if latest is None:
-            raise FileNotFoundError(f"agent model folder {spec!r} has no config.json and no checkpoint; expected an "
-                                    "HF model folder, a checkpoint-N folder, or a training output_dir.")
+            raise FileNotFoundError(
+                f"agent model folder {spec!r} has no config.json and no checkpoint; expected an "
+                "HF model folder, a checkpoint-N folder, or a training output_dir."
+            )
         return str(latest)
     return spec
 
@@ -345,9 +361,18 @@ class HFAgentPolicy:
 
     stop_strings: tuple[str, ...] = ("</interaction_prompt>", "</answer>")
 
-    def __init__(self, model: Any = "smollm2", tokenizer: Any = None, *, max_new_tokens: int = 256,
-                 temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 8, device: str | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: Any = "smollm2",
+        tokenizer: Any = None,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        batch_size: int = 8,
+        device: str | None = None,
+        seed: int = 0,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -361,7 +386,9 @@ class HFAgentPolicy:
         else:
             self.name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
         if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(f"the agent tokenizer of {self.name!r} has no chat template; expected an instruct model.")
+            raise ValueError(
+                f"the agent tokenizer of {self.name!r} has no chat template; expected an instruct model."
+            )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -378,31 +405,50 @@ class HFAgentPolicy:
     def act(self, batch_of_chats: list[list[dict[str, str]]]) -> list[str]:
         out: list[str] = []
         for start in range(0, len(batch_of_chats), self.batch_size):
-            out.extend(self._generate(batch_of_chats[start:start + self.batch_size]))
+            out.extend(self._generate(batch_of_chats[start : start + self.batch_size]))
         return out
 
     def _generate(self, chats: list[list[dict[str, str]]]) -> list[str]:
         import torch
 
-        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-                    if self.temperature > 0 else {"do_sample": False})
+        texts = [
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
+        ]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.device
+        )
+        sampling = (
+            {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            if self.temperature > 0
+            else {"do_sample": False}
+        )
         with torch.no_grad():
-            ids = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, stop_strings=list(self.stop_strings),
-                                      tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id, **sampling)
-        replies = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            ids = self.model.generate(
+                **enc,
+                max_new_tokens=self.max_new_tokens,
+                stop_strings=list(self.stop_strings),
+                tokenizer=self.tokenizer,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+        replies = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         return [self._cut(r) for r in replies]
 
     def _cut(self, text: str) -> str:
         ends = [text.find(s) + len(s) for s in self.stop_strings if s in text]
-        return text[:min(ends)] if ends else text
+        return text[: min(ends)] if ends else text
 
 
 def load_agent_policy(spec: str, cfg: HarnessConfig) -> AgentPolicy:
     """An :class:`HFAgentPolicy` for ``agent:MODEL``'s ``MODEL``, with the config's decoding settings."""
-    return HFAgentPolicy(spec, max_new_tokens=cfg.agent_max_new_tokens, temperature=cfg.agent_temperature,
-                         batch_size=cfg.agent_batch_size, device=cfg.device, seed=cfg.seed)
+    return HFAgentPolicy(
+        spec,
+        max_new_tokens=cfg.agent_max_new_tokens,
+        temperature=cfg.agent_temperature,
+        batch_size=cfg.agent_batch_size,
+        device=cfg.device,
+        seed=cfg.seed,
+    )
 
 
 # ============================================================================= the run
@@ -447,9 +493,17 @@ class _Job:
         return (self.dataset, self.method.label, self.env_llm, self.index)
 
     def record(self, **fields: Any) -> dict[str, Any]:
-        return {"dataset": self.dataset, "method": self.method.label, "env_llm": self.env_llm, "index": self.index,
-                "task_id": self.task.id, "ability": self.task.ability, "question": self.task.question,
-                "gold": list(self.task.answers), **fields}
+        return {
+            "dataset": self.dataset,
+            "method": self.method.label,
+            "env_llm": self.env_llm,
+            "index": self.index,
+            "task_id": self.task.id,
+            "ability": self.task.ability,
+            "question": self.task.question,
+            "gold": list(self.task.answers),
+            **fields,
+        }
 
 
 def _record_key(r: Mapping[str, Any]) -> tuple[str, str, str, int]:
@@ -482,8 +536,16 @@ class _Run:
         return self._embedder
 
     def finish(self, job: _Job, prediction: str, error: str | None, **fields: Any) -> None:
-        metrics = {} if error else score_prediction(prediction, job.task.answers, job.task.ability,
-                                                    self.embedder if job.task.ability == "text" else None)
+        metrics = (
+            {}
+            if error
+            else score_prediction(
+                prediction,
+                job.task.answers,
+                job.task.ability,
+                self.embedder if job.task.ability == "text" else None,
+            )
+        )
         rec = job.record(prediction=prediction, metrics=metrics, env_error=error, **fields)
         append_jsonl(self.jsonl, rec)
         self.new_records.append(rec)
@@ -512,10 +574,19 @@ class _Run:
                 cost = float(c.cost_usd or 0.0) if c else 0.0
                 self.budget.settle(cached=bool(c and c.cached), cost=cost)
                 pred = "" if error else extract_prediction(reply, job.task.ability, cot=cot)
-                self.finish(job, pred, error, turns=[*messages, {"role": "assistant", "content": reply}],
-                            num_turns=1, env_llm_calls=1, latency_s=time.perf_counter() - t0,
-                            env_llm_latency_s=c.latency_s if c else 0.0,
-                            tokens=(c.prompt_tokens + c.completion_tokens) if c else 0, cost_usd=cost, reward=None)
+                self.finish(
+                    job,
+                    pred,
+                    error,
+                    turns=[*messages, {"role": "assistant", "content": reply}],
+                    num_turns=1,
+                    env_llm_calls=1,
+                    latency_s=time.perf_counter() - t0,
+                    env_llm_latency_s=c.latency_s if c else 0.0,
+                    tokens=(c.prompt_tokens + c.completion_tokens) if c else 0,
+                    cost_usd=cost,
+                    reward=None,
+                )
 
         await asyncio.gather(*(one(j) for j in jobs))
 
@@ -529,16 +600,25 @@ class _Run:
         waiting: list[tuple[_Job, Any, float]] = []
         inflight: dict[asyncio.Future, tuple[_Job, Any, float, bool, float]] = {}
         while True:
-            while todo and len(waiting) + len(inflight) < self.cfg.concurrency and self.budget.stop_reason is None:
+            while (
+                todo
+                and len(waiting) + len(inflight) < self.cfg.concurrency
+                and self.budget.stop_reason is None
+            ):
                 job = todo.popleft()
-                env = PromptCollabEnv(task=job.task, env_llm=self.backends[job.env_llm], max_turns=self.cfg.max_turns,
-                                      max_response_chars=self.cfg.max_response_chars, sampling=self.sampling)
+                env = PromptCollabEnv(
+                    task=job.task,
+                    env_llm=self.backends[job.env_llm],
+                    max_turns=self.cfg.max_turns,
+                    max_response_chars=self.cfg.max_response_chars,
+                    sampling=self.sampling,
+                )
                 env.reset(seed=self.cfg.seed, options={"task": job.task})
                 waiting.append((job, env, time.perf_counter()))
             if not waiting and not inflight:
                 break
             if waiting:
-                batch, waiting = waiting[: self.cfg.agent_batch_size], waiting[self.cfg.agent_batch_size:]
+                batch, waiting = waiting[: self.cfg.agent_batch_size], waiting[self.cfg.agent_batch_size :]
                 chats = [[dict(m) for m in env.messages] for _, env, _ in batch]
                 actions = await asyncio.to_thread(policy.act, chats)
                 if len(actions) != len(batch):
@@ -551,22 +631,32 @@ class _Run:
                     task = asyncio.ensure_future(env.astep(action))
                     inflight[task] = (job, env, t0, calls, env.episode_stats["env_llm_cost_usd"])
             if inflight:
-                done, _ = await asyncio.wait(list(inflight), timeout=0 if waiting else None,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    list(inflight), timeout=0 if waiting else None, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
                     job, env, t0, calls, cost_before = inflight.pop(task)
                     _, _, terminated, truncated, info = task.result()
                     if calls:
-                        self.budget.settle(cached=bool(info.get("env_llm_cached")),
-                                           cost=env.episode_stats["env_llm_cost_usd"] - cost_before)
+                        self.budget.settle(
+                            cached=bool(info.get("env_llm_cached")),
+                            cost=env.episode_stats["env_llm_cost_usd"] - cost_before,
+                        )
                     if terminated or truncated:
                         ep = info.get("episode", {})
-                        self.finish(job, info.get("answer") or "", info.get("env_error"),
-                                    turns=[dict(m) for m in env.messages], num_turns=env.turn,
-                                    env_llm_calls=ep.get("env_llm_calls", 0), latency_s=time.perf_counter() - t0,
-                                    env_llm_latency_s=ep.get("env_llm_latency_s", 0.0),
-                                    tokens=ep.get("env_llm_tokens", 0), cost_usd=ep.get("env_llm_cost_usd", 0.0),
-                                    reward=info.get("reward_components", {}).get("total"))
+                        self.finish(
+                            job,
+                            info.get("answer") or "",
+                            info.get("env_error"),
+                            turns=[dict(m) for m in env.messages],
+                            num_turns=env.turn,
+                            env_llm_calls=ep.get("env_llm_calls", 0),
+                            latency_s=time.perf_counter() - t0,
+                            env_llm_latency_s=ep.get("env_llm_latency_s", 0.0),
+                            tokens=ep.get("env_llm_tokens", 0),
+                            cost_usd=ep.get("env_llm_cost_usd", 0.0),
+                            reward=info.get("reward_components", {}).get("total"),
+                        )
                     else:
                         waiting.append((job, env, t0))
 
@@ -592,16 +682,25 @@ class EvalResult:
         """True when some planned episodes have no record (budget stop, or a crash)."""
         return len(self.records) < self.planned
 
-    def score(self, dataset: str, method: str, metric: str | None = None, env_llm: str | None = None) -> float:
+    def score(
+        self, dataset: str, method: str, metric: str | None = None, env_llm: str | None = None
+    ) -> float:
         """Mean of ``metric`` (default: the dataset's primary one) for one dataset and method."""
         for row in self.rows:
-            if row.dataset == dataset and row.method == method and (env_llm is None or row.env_llm == env_llm):
+            if (
+                row.dataset == dataset
+                and row.method == method
+                and (env_llm is None or row.env_llm == env_llm)
+            ):
                 return row.metrics[metric or row.primary][0]
-        raise KeyError(f"no result for dataset={dataset!r}, method={method!r}, env_llm={env_llm!r}; "
-                       f"have {sorted({(r.dataset, r.method, r.env_llm) for r in self.rows})}.")
+        raise KeyError(
+            f"no result for dataset={dataset!r}, method={method!r}, env_llm={env_llm!r}; "
+            f"have {sorted({(r.dataset, r.method, r.env_llm) for r in self.rows})}."
+        )
 
     def scalars(self, prefix: str = "eval") -> dict[str, float]:
         """Flat ``{key: value}``: ``eval/<dataset>/<metric>/<method>@<env>`` and ``eval/average/...``."""
+
         def clean(s: str) -> str:
             return re.sub(r"[^A-Za-z0-9_.\-@]+", "_", s)
 
@@ -626,8 +725,10 @@ class EvalResult:
             elif callable(sink):
                 sink(key, value)
             else:
-                raise TypeError(f"log_to needs a SummaryWriter, a logger with record(), or a function; "
-                                f"got {type(sink).__name__}.")
+                raise TypeError(
+                    f"log_to needs a SummaryWriter, a logger with record(), or a function; "
+                    f"got {type(sink).__name__}."
+                )
         return values
 
 
@@ -645,8 +746,10 @@ def _check_resume(cfg: HarnessConfig, out: Path) -> None:
         diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
         if diff:
             what = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
-            raise ValueError(f"{out} holds transcripts made with {what}; resuming would mix settings. Use another "
-                             "output_dir, or overwrite=True (--overwrite) to start afresh.")
+            raise ValueError(
+                f"{out} holds transcripts made with {what}; resuming would mix settings. Use another "
+                "output_dir, or overwrite=True (--overwrite) to start afresh."
+            )
     path.write_text(json.dumps(mine, indent=2))
 
 
@@ -671,8 +774,12 @@ def _run_coro(coro: Any) -> Any:
     return box.get("r")
 
 
-def run_evaluation(cfg: HarnessConfig, *, agents: Mapping[str, AgentPolicy] | None = None,
-                   backends: Mapping[str, LLMBackend] | None = None) -> EvalResult:
+def run_evaluation(
+    cfg: HarnessConfig,
+    *,
+    agents: Mapping[str, AgentPolicy] | None = None,
+    backends: Mapping[str, LLMBackend] | None = None,
+) -> EvalResult:
     """Run (or resume) the evaluation ``cfg`` describes and write its report.
 
     ``agents``: policies by name, used for ``agent:NAME`` instead of loading ``NAME`` (e.g. the
@@ -692,14 +799,23 @@ def run_evaluation(cfg: HarnessConfig, *, agents: Mapping[str, AgentPolicy] | No
         n = len(tasks) if cfg.limit is None else min(cfg.limit, len(tasks))
         datasets.append((_dataset_name(spec), [tasks[i] for i in range(n)]))
     if len({d for d, _ in datasets}) != len(datasets):
-        raise ValueError(f"two task files share a name in {cfg.tasks}; rename one (reports key datasets by file stem).")
+        raise ValueError(
+            f"two task files share a name in {cfg.tasks}; rename one (reports key datasets by file stem)."
+        )
 
-    plan = [_Job(ds, i, t, m, e) for m in methods for e in cfg.env_llms for ds, tasks in datasets
-            for i, t in enumerate(tasks)]
+    plan = [
+        _Job(ds, i, t, m, e)
+        for m in methods
+        for e in cfg.env_llms
+        for ds, tasks in datasets
+        for i, t in enumerate(tasks)
+    ]
     old = {_record_key(r): r for r in read_jsonl(out / "transcripts.jsonl")}  # the last record of a key wins
     todo = [j for j in plan if j.key not in old or old[j.key].get("env_error")]
 
-    env_backends = {e: _build_backend(e, cfg, backends) for e in cfg.env_llms if any(j.env_llm == e for j in todo)}
+    env_backends = {
+        e: _build_backend(e, cfg, backends) for e in cfg.env_llms if any(j.env_llm == e for j in todo)
+    }
     run = _Run(cfg, env_backends, out)
 
     async def main() -> None:
@@ -726,8 +842,9 @@ def run_evaluation(cfg: HarnessConfig, *, agents: Mapping[str, AgentPolicy] | No
     records = [latest[j.key] for j in plan if j.key in latest]
     rows = summarize(records)
     averages = average_rows(rows)
-    result = EvalResult(rows, averages, records, len(plan), run.budget.stop_reason, run.budget.calls,
-                        run.budget.cost)
+    result = EvalResult(
+        rows, averages, records, len(plan), run.budget.stop_reason, run.budget.calls, run.budget.cost
+    )
     _write_outputs(result, cfg, out)
     return result
 
@@ -741,16 +858,24 @@ def _write_outputs(result: EvalResult, cfg: HarnessConfig, out: Path) -> None:
         status = f"complete: {result.planned} episodes"
     if n_err:
         status += f"; {n_err} env-LLM failures (not scored; a re-run retries them)"
-    notes = [f"env LLMs: {', '.join(f'`{e}`' for e in cfg.env_llms)}; methods: "
-             f"{', '.join(f'`{m}`' for m in cfg.methods)}; max_turns={cfg.max_turns}",
-             f"this run: {result.calls} uncached env-LLM calls, ${result.cost_usd:.4f}"]
+    notes = [
+        f"env LLMs: {', '.join(f'`{e}`' for e in cfg.env_llms)}",
+        f"methods: {', '.join(f'`{m}`' for m in cfg.methods)}",
+        f"max_turns={cfg.max_turns}; SSim embedder: {cfg.embedder}",
+        f"this run: {result.calls} uncached env-LLM calls, ${result.cost_usd:.4f}",
+    ]
     md = render_markdown(result.rows, result.averages, status=status, notes=notes)
     result.paths["report"] = out / "report.md"
     result.paths["report"].write_text(md, encoding="utf-8")
     result.paths["transcripts"] = out / "transcripts.jsonl"
-    summary = {"status": status, "partial": result.partial, "planned": result.planned,
-               "finished": len(result.records), "rows": [asdict(r) for r in result.rows],
-               "averages": [asdict(a) for a in result.averages]}
+    summary = {
+        "status": status,
+        "partial": result.partial,
+        "planned": result.planned,
+        "finished": len(result.records),
+        "rows": [asdict(r) for r in result.rows],
+        "averages": [asdict(a) for a in result.averages],
+    }
     result.paths["summary"] = out / "summary.json"
     result.paths["summary"].write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     if cfg.chart and result.rows:
@@ -761,11 +886,22 @@ def _parser() -> argparse.ArgumentParser:
     d = HarnessConfig()
     p = argparse.ArgumentParser(
         prog="promptr1 eval",
-        description="Evaluate direct, CoT and agent methods on task files, with a Markdown/JSONL/PNG report.")
-    p.add_argument("tasks", nargs="+", help="task files (.parquet in the Prompt-R1 schema, .jsonl) or synthetic:test")
-    p.add_argument("--methods", nargs="+", default=d.methods, help="direct, cot, agent:MODEL, LABEL=agent:MODEL")
-    p.add_argument("--env-llm", "--env-llms", dest="env_llms", nargs="+", default=d.env_llms,
-                   help="env LLM specs; several give transfer rows")
+        description="Evaluate direct, CoT and agent methods on task files, with a Markdown/JSONL/PNG report.",
+    )
+    p.add_argument(
+        "tasks", nargs="+", help="task files (.parquet in the Prompt-R1 schema, .jsonl) or synthetic:test"
+    )
+    p.add_argument(
+        "--methods", nargs="+", default=d.methods, help="direct, cot, agent:MODEL, LABEL=agent:MODEL"
+    )
+    p.add_argument(
+        "--env-llm",
+        "--env-llms",
+        dest="env_llms",
+        nargs="+",
+        default=d.env_llms,
+        help="env LLM specs; several give transfer rows",
+    )
     p.add_argument("--out", "--output-dir", dest="output_dir", default=d.output_dir)
     p.add_argument("--limit", type=int, default=None, help="first N questions per dataset")
     p.add_argument("--max-turns", type=int, default=d.max_turns)
@@ -797,5 +933,8 @@ def harness_main(argv: Sequence[str]) -> int:
     cfg = HarnessConfig(**args)
     result = run_evaluation(cfg)
     print(result.paths["report"].read_text(encoding="utf-8"))
-    print(f"transcripts: {result.paths['transcripts']}" + (f"\nchart: {result.paths['chart']}" if "chart" in result.paths else ""))
+    print(
+        f"transcripts: {result.paths['transcripts']}"
+        + (f"\nchart: {result.paths['chart']}" if "chart" in result.paths else "")
+    )
     return 3 if result.partial else 0

@@ -66,8 +66,10 @@ def wilson_ci(successes: float, n: int, z: float = _Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def mean_ci(values: Sequence[float], z: float = _Z95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: Wilson's interval if every value is 0 or 1, else mean ± z·SE.
+def mean_ci(
+    values: Sequence[float], z: float = _Z95, bounds: tuple[float, float] = (0.0, 1.0)
+) -> tuple[float, float, float]:
+    """``(mean, low, high)``: Wilson's interval if all values are 0 or 1, else mean ± z·SE within ``bounds``.
 
     >>> mean_ci([1, 0, 1, 1])[0]
     0.75
@@ -87,7 +89,7 @@ def mean_ci(values: Sequence[float], z: float = _Z95) -> tuple[float, float, flo
         return mean, mean, mean
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = z * math.sqrt(var / n)
-    return mean, mean - half, mean + half
+    return mean, max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -148,7 +150,7 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[ScoreRow]:
         row = ScoreRow(dataset, ability, method, env_llm, n=len(ok), errors=len(recs) - len(ok))
         for name in METRICS.get(ability, ("em", "f1")):
             vals = [float(r["metrics"][name]) for r in ok if name in r.get("metrics", {})]
-            row.metrics[name] = mean_ci(vals)
+            row.metrics[name] = mean_ci(vals, bounds=(-1.0, 1.0) if name == "ssim" else (0.0, 1.0))
             if len(vals) > 1:
                 m = sum(vals) / len(vals)
                 row.se[name] = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1) / len(vals))
@@ -195,8 +197,14 @@ def _cell(stat: tuple[float, float, float] | None) -> str:
     return f"{_pct(mean)} [{_pct(lo)}, {_pct(hi)}]"
 
 
-def render_markdown(rows: Sequence[ScoreRow], averages: Sequence[AverageRow], *, title: str = "Prompt-R1 evaluation",
-                    status: str = "complete", notes: Sequence[str] = ()) -> str:
+def render_markdown(
+    rows: Sequence[ScoreRow],
+    averages: Sequence[AverageRow],
+    *,
+    title: str = "Prompt-R1 evaluation",
+    status: str = "complete",
+    notes: Sequence[str] = (),
+) -> str:
     """The report: a dataset × metric by method @ env-LLM table, the averages, and the costs.
 
     Cells read ``mean [95% CI low, high]`` in percent; ``n`` is the number of scored episodes.
@@ -215,9 +223,15 @@ def render_markdown(rows: Sequence[ScoreRow], averages: Sequence[AverageRow], *,
     lines += [f"- {n}" for n in notes]
     if notes:
         lines.append("")
-    lines += ["## Scores", "",
-              "Percent, `mean [95% CI]`; EM and F1 for QA, EM with numeric equivalence for math, "
-              "SSim (MiniLM cosine) for text. `n` = scored episodes; env-LLM failures are not scored.", ""]
+    lines += [
+        "## Scores",
+        "",
+        (
+            "Percent, `mean [95% CI]`; EM and F1 for QA, EM with numeric equivalence for math, SSim (cosine "
+            "of sentence embeddings) for text. `n` = scored episodes; env-LLM failures are not scored."
+        ),
+        "",
+    ]
     header = "| dataset | metric | n | " + " | ".join(f"`{c}`" for c in columns) + " |"
     lines += [header, "|" + "---|" * (3 + len(columns))]
     for ds in datasets:
@@ -227,26 +241,43 @@ def render_markdown(rows: Sequence[ScoreRow], averages: Sequence[AverageRow], *,
         n_text = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
         for name in METRICS.get(first.ability, ("em", "f1")):
             cells = [_cell(r.metrics.get(name)) if r is not None else "–" for r in ds_rows]
-            lines.append(f"| {ds} ({first.ability}) | {_METRIC_TITLES.get(name, name)} | {n_text} | "
-                         + " | ".join(cells) + " |")
+            lines.append(
+                f"| {ds} ({first.ability}) | {_METRIC_TITLES.get(name, name)} | {n_text} | "
+                + " | ".join(cells)
+                + " |"
+            )
     avg = {f"{a.method} @ {a.env_llm}": a for a in averages}
     if avg:
         cells = []
         for c in columns:
             a = avg.get(c)
-            cells.append("–" if a is None else f"**{_pct(a.mean)}** ± {_pct(a.half_width)} ({a.datasets} sets, {a.episodes} ep.)")
+            cells.append(
+                "–"
+                if a is None
+                else f"**{_pct(a.mean)}** ± {_pct(a.half_width)} ({a.datasets} sets, {a.episodes} ep.)"
+            )
         lines.append("| **average** | primary | | " + " | ".join(cells) + " |")
-        lines += ["", "Average: mean over datasets of the primary metric (F1 for QA, EM for math, SSim for text)."]
+        lines += [
+            "",
+            "Average: mean over datasets of the primary metric (F1 QA, EM math, SSim text) ± 95% half-width.",
+        ]
 
-    lines += ["", "## Cost", "", "| method @ env LLM | episodes | env errors | env-LLM calls | tokens | cost (USD) "
-              "| mean latency (s) | mean turns |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "| method @ env LLM | episodes | env errors | env-LLM calls | tokens | cost (USD) | latency (s) | turns |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in columns:
         rs = [r for r in rows if r.column == c]
         n = sum(r.n + r.errors for r in rs)
         lat = sum(r.latency_s * (r.n + r.errors) for r in rs) / max(n, 1)
         turns = sum(r.turns * (r.n + r.errors) for r in rs) / max(n, 1)
-        lines.append(f"| `{c}` | {n} | {sum(r.errors for r in rs)} | {sum(r.calls for r in rs)} | "
-                     f"{sum(r.tokens for r in rs)} | {sum(r.cost_usd for r in rs):.4f} | {lat:.2f} | {turns:.2f} |")
+        lines.append(
+            f"| `{c}` | {n} | {sum(r.errors for r in rs)} | {sum(r.calls for r in rs)} | "
+            f"{sum(r.tokens for r in rs)} | {sum(r.cost_usd for r in rs):.4f} | {lat:.2f} | {turns:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -281,8 +312,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- chart
 
 
-def write_chart(rows: Sequence[ScoreRow], averages: Sequence[AverageRow], path: str | os.PathLike, *,
-                title: str = "Prompt-R1 evaluation (primary metric, 95% CI)") -> Path:
+def write_chart(
+    rows: Sequence[ScoreRow],
+    averages: Sequence[AverageRow],
+    path: str | os.PathLike,
+    *,
+    title: str = "Prompt-R1 evaluation (primary metric, 95% CI)",
+) -> Path:
     """A grouped bar chart: one group per dataset (and the average), one bar per method @ env LLM."""
     import matplotlib
 
@@ -299,8 +335,10 @@ def write_chart(rows: Sequence[ScoreRow], averages: Sequence[AverageRow], path: 
     index = {(r.dataset, r.column): r for r in rows}
     avg = {f"{a.method} @ {a.env_llm}": a for a in averages}
     groups = datasets + (["average"] if avg else [])
+    primary = {r.dataset: r.primary for r in rows}
     width = 0.8 / max(len(columns), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(columns)) ** 0.5 + 2), 4.5))
+    fig_w = max(6.0, min(14.0, 0.9 * len(groups) + 0.25 * len(groups) * len(columns)))
+    fig, ax = plt.subplots(figsize=(fig_w, 4.8))
     for j, col in enumerate(columns):
         heights, lows, highs = [], [], []
         for g in groups:
@@ -316,12 +354,16 @@ def write_chart(rows: Sequence[ScoreRow], averages: Sequence[AverageRow], path: 
         xs = [i + (j - (len(columns) - 1) / 2) * width for i in range(len(groups))]
         ax.bar(xs, heights, width, yerr=[lows, highs], capsize=2, label=col)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([g if g == "average" else f"{g}\n({PRIMARY_METRIC.get(index[(g, next(c for c in columns if (g, c) in index))].ability, 'f1')})"
-                        for g in groups], fontsize=8)
+    ax.set_xticklabels(
+        [g if g == "average" else f"{g}\n({_METRIC_TITLES.get(primary[g], primary[g])})" for g in groups],
+        fontsize=8,
+    )
     ax.set_ylabel("score (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(
+        fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(columns), 3), frameon=False
+    )
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

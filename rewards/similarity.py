@@ -69,21 +69,25 @@ def _resolve(embedder: Embedder | str | None) -> Embedder:
         return default_embedder(embedder or "minilm")
     if not callable(getattr(embedder, "encode", None)):
         raise TypeError(
-            f"embedder must have encode(list[str]) -> np.ndarray (e.g. promptr1.envs.embedders.MiniLMEmbedder), "
+            "embedder must have encode(list[str]) -> np.ndarray, like promptr1.envs.embedders.HashingEmbedder; "
             f"got {type(embedder).__name__}."
         )
     return embedder
 
 
-def ssim_batch(preds: Sequence[str], golds: Sequence[Golds], embedder: Embedder | str | None = None) -> list[float]:
+def ssim_batch(
+    preds: Sequence[str], golds: Sequence[Golds], embedder: Embedder | str | None = None
+) -> list[float]:
     """SSim of each prediction against its own gold references, with one ``encode`` call.
 
     ``preds[i]`` is scored against every text in ``golds[i]``; the best cosine counts. Empty
     predictions score 0.0 without being embedded; an item with no gold scores 0.0.
     """
     if len(preds) != len(golds):
-        raise ValueError(f"ssim_batch needs one gold list per prediction; got {len(preds)} predictions "
-                         f"and {len(golds)} gold lists.")
+        raise ValueError(
+            f"ssim_batch needs one gold list per prediction; got {len(preds)} predictions "
+            f"and {len(golds)} gold lists."
+        )
     gold_lists = [_as_golds(g) for g in golds]
     for i, p in enumerate(preds):
         if not isinstance(p, str):

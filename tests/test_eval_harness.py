@@ -95,9 +95,16 @@ def expected(name: str) -> dict[str, float]:
 
 
 def config(tmp_path, **kw) -> HarnessConfig:
-    base = dict(tasks=[str(DATA / f"{s}.parquet") for s in SETS], methods=["direct", "cot", "agent:relay"],
-                env_llms=["oracle"], output_dir=str(tmp_path / "eval"), limit=LIMIT, embedder="hashing",
-                max_response_chars=20_000, concurrency=8)
+    base = dict(
+        tasks=[str(DATA / f"{s}.parquet") for s in SETS],
+        methods=["direct", "cot", "agent:relay"],
+        env_llms=["oracle"],
+        output_dir=str(tmp_path / "eval"),
+        limit=LIMIT,
+        embedder="hashing",
+        max_response_chars=20_000,
+        concurrency=8,
+    )
     base.update(kw)
     return HarnessConfig(**base)
 
@@ -147,8 +154,20 @@ def test_outputs_written(full):
     lines = full.paths["transcripts"].read_text().splitlines()
     assert len(lines) == full.planned
     rec = json.loads(lines[0])
-    for key in ("dataset", "method", "env_llm", "question", "gold", "turns", "prediction", "metrics", "env_error",
-                "latency_s", "tokens", "cost_usd"):
+    for key in (
+        "dataset",
+        "method",
+        "env_llm",
+        "question",
+        "gold",
+        "turns",
+        "prediction",
+        "metrics",
+        "env_error",
+        "latency_s",
+        "tokens",
+        "cost_usd",
+    ):
         assert key in rec
     agent = next(json.loads(x) for x in lines if json.loads(x)["method"] == "agent:relay")
     assert [m["role"] for m in agent["turns"]] == ["system", "user", "assistant", "user", "assistant"]
@@ -168,9 +187,11 @@ def test_budget_stop_then_resume_gives_the_uninterrupted_report(tmp_path, full):
     final = run(config(tmp_path))
     assert not final.partial
     assert final.calls == full.planned - len(second.records)  # finished keys were skipped
-    table = lambda r: r.paths["report"].read_text().split("## Scores")[1].split("## Cost")[0]  # noqa: E731
+    table = lambda r: r.paths["report"].read_text().split("## Scores")[1].split("## Cost")[0]
     assert table(final) == table(full)
-    assert [(r.dataset, r.method, r.metrics) for r in final.rows] == [(r.dataset, r.method, r.metrics) for r in full.rows]
+    assert [(r.dataset, r.method, r.metrics) for r in final.rows] == [
+        (r.dataset, r.method, r.metrics) for r in full.rows
+    ]
 
 
 def test_max_cost_stops_cleanly(tmp_path):
@@ -196,8 +217,12 @@ def test_env_errors_are_not_scored_and_are_retried(tmp_path):
 
 def test_transfer_rows_and_log_to(tmp_path):
     every = [t for s in SETS[:1] for t in tasks_of(s)]
-    cfg = config(tmp_path, tasks=[str(DATA / "hotpot.parquet")], methods=["trained=agent:relay"],
-                 env_llms=["oracle", "other"])
+    cfg = config(
+        tmp_path,
+        tasks=[str(DATA / "hotpot.parquet")],
+        methods=["trained=agent:relay"],
+        env_llms=["oracle", "other"],
+    )
     res = run(cfg, backends={"oracle": Oracle(every), "other": Oracle(every)})
     assert {(r.method, r.env_llm) for r in res.rows} == {("trained", "oracle"), ("trained", "other")}
     logged: dict[str, float] = {}
@@ -222,27 +247,61 @@ def test_resume_refuses_changed_episode_settings(tmp_path):
     run(cfg)
     with pytest.raises(ValueError, match="max_turns=5 .now 3"):
         run(config(tmp_path, tasks=[str(DATA / "hotpot.parquet")], methods=["direct"], limit=2, max_turns=3))
-    res = run(config(tmp_path, tasks=[str(DATA / "hotpot.parquet")], methods=["direct"], limit=2, max_turns=3,
-                     overwrite=True))
+    res = run(
+        config(
+            tmp_path,
+            tasks=[str(DATA / "hotpot.parquet")],
+            methods=["direct"],
+            limit=2,
+            max_turns=3,
+            overwrite=True,
+        )
+    )
     assert res.calls == 2
 
 
 def test_jsonl_tasks_and_cli(tmp_path, capsys):
     path = tmp_path / "mine.jsonl"
-    rows = [{"question": "What is 6 * 7?", "answers": ["42"], "data_source": "arith"},
-            {"question": "Capital of France?", "answers": ["Paris"]}]
+    rows = [
+        {"question": "What is 6 * 7?", "answers": ["42"], "data_source": "arith"},
+        {"question": "Capital of France?", "answers": ["Paris"]},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "cli"
-    code = harness_main([str(path), "--methods", "direct", "--env-llm", "echo", "--out", str(out),
-                         "--embedder", "hashing", "--no-chart"])
+    code = harness_main(
+        [
+            str(path),
+            "--methods",
+            "direct",
+            "--env-llm",
+            "echo",
+            "--out",
+            str(out),
+            "--embedder",
+            "hashing",
+            "--no-chart",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| mine (" in printed and "`direct @ echo`" in printed
     recs = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
     assert [r["prediction"] for r in recs] == ["7", "You said: Capital of France?"]  # math: last number
     assert not (out / "chart.png").exists()
-    code = harness_main([str(path), "--methods", "direct", "--env-llm", "echo", "--out", str(tmp_path / "b"),
-                         "--max-calls", "1", "--no-chart"])
+    code = harness_main(
+        [
+            str(path),
+            "--methods",
+            "direct",
+            "--env-llm",
+            "echo",
+            "--out",
+            str(tmp_path / "b"),
+            "--max-calls",
+            "1",
+            "--no-chart",
+        ]
+    )
     assert code == 3
 
 
@@ -273,13 +332,47 @@ def test_smollm2_as_env_llm_on_a_few_questions(tmp_path):
         smollm2_gguf_path()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-    cfg = HarnessConfig(tasks=[str(DATA / "hotpot.parquet"), str(DATA / "gsm8k.parquet")],
-                        methods=["direct", "cot", "agent:relay"], env_llms=["smollm2"],
-                        output_dir=str(tmp_path / "smol"), limit=3, env_max_tokens=64, embedder="hashing",
-                        concurrency=4)
+    cfg = HarnessConfig(
+        tasks=[str(DATA / "hotpot.parquet"), str(DATA / "gsm8k.parquet")],
+        methods=["direct", "cot", "agent:relay"],
+        env_llms=["smollm2"],
+        output_dir=str(tmp_path / "smol"),
+        limit=1,
+        env_max_tokens=32,
+        embedder="hashing",
+        concurrency=2,
+    )
     res = run_evaluation(cfg, agents={"relay": ScriptedAgentPolicy.relay()})
-    assert not res.partial and len(res.records) == 18
-    assert all(r["env_error"] is None for r in res.records)
-    assert all(r["turns"][-1]["content"] or r["method"] == "agent:relay" for r in res.records)
+    assert not res.partial and len(res.records) == 6
+    assert all(r["env_error"] is None and r["env_llm_calls"] == 1 for r in res.records)
+    replies = [r["turns"][-2 if r["method"] == "agent:relay" else -1]["content"] for r in res.records]
+    assert all(reply.strip() for reply in replies)  # SmolLM2 said something
     assert all(0.0 <= v <= 1.0 for r in res.records for v in r["metrics"].values())
     assert res.paths["report"].is_file() and res.paths["chart"].is_file()
+
+
+def test_hf_agent_policy_with_the_tiny_model(tmp_path):
+    from promptr1.agents.eval_harness import HFAgentPolicy
+
+    policy = HFAgentPolicy("tiny", max_new_tokens=16, batch_size=2, device="cpu")
+    chats = [[{"role": "user", "content": f"Question {i}: what is {i} + 1?"}] for i in range(3)]
+    turns = policy.act(chats)  # two batches: 2 + 1
+    assert len(turns) == 3 and all(isinstance(t, str) for t in turns)
+    assert policy.act(chats) == turns  # greedy: deterministic
+    for t in turns:  # output ends at the first stop string, if one was produced
+        ends = [t.find(s) + len(s) for s in HFAgentPolicy.stop_strings if s in t]
+        assert not ends or min(ends) == len(t)
+    cfg = HarnessConfig(
+        tasks=[str(DATA / "PopQA.parquet")],
+        methods=["agent:tiny"],
+        env_llms=["echo"],
+        output_dir=str(tmp_path / "tiny"),
+        limit=2,
+        max_turns=2,
+        agent_max_new_tokens=16,
+        embedder="hashing",
+        chart=False,
+    )
+    res = run_evaluation(cfg, agents={"tiny": policy})
+    assert not res.partial and len(res.records) == 2
+    assert all(1 <= r["num_turns"] <= 2 and r["turns"][2]["role"] == "assistant" for r in res.records)

@@ -347,11 +347,14 @@ class StrategyWrapper(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
         self.env = env
+        base = getattr(env, "unwrapped", env)  # gym.make() adds wrappers that do not forward attributes
         if max_turns is not None:
             if not isinstance(max_turns, int) or max_turns < 1:
                 raise ValueError(f"max_turns must be a positive int or None, got {max_turns!r}.")
-            env.max_turns = max_turns
-        self.max_turns = int(getattr(env, "max_turns", 5))
+            base.max_turns = max_turns
+        if not isinstance(getattr(base, "max_turns", None), int):
+            raise TypeError(f"StrategyWrapper expects a PromptCollabEnv (or a wrapper of one), got {type(env).__name__}.")
+        self.max_turns = base.max_turns
         names = list(BUILTIN_STRATEGIES if strategies is None else strategies)
         for n in names:
             if n not in BUILTIN_STRATEGIES:
@@ -462,8 +465,7 @@ class StrategyWrapper(gym.Env):
         super().reset(seed=seed)
         _, info = self.env.reset(seed=seed, options=options)
         self._clear()
-        task = getattr(self.env, "task", None)
-        self.question = task.question if task is not None else str(info.get("question", ""))
+        self.question = getattr(self.env, "unwrapped", self.env).task.question
         self.plan = Decomposition(self.question)
         self._done = False
         info = dict(info)

@@ -286,3 +286,17 @@ def test_module_doctests():
     for mod in (e, s, t):
         res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert res.failed == 0 and res.attempted > 0, mod.__name__
+
+
+def test_wraps_an_env_from_gym_make():
+    import gymnasium as gym
+
+    import promptr1  # noqa: F401  (registers PromptR1-v0)
+
+    env = StrategyWrapper(gym.make("PromptR1-v0", task="synthetic:test", env_llm="sim", max_turns=4),
+                          embedder=HashingEmbedder(16))
+    assert env.max_turns == 4 and env.observation_space.shape == (3 * 16 + 4 + 6,)
+    env.reset(seed=0)
+    assert env.question and env.plan.next_subquestion
+    with pytest.raises(TypeError, match="PromptCollabEnv"):
+        StrategyWrapper(object())

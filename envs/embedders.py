@@ -169,8 +169,7 @@ _LOAD_LOCK = threading.Lock()
 @lru_cache(maxsize=4)
 def _load_minilm(folder: str, device: str) -> tuple[Any, Any]:
     """Tokenizer and model, loaded once per (folder, device) and shared by every embedder."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # local_files_only: never touches the network (no need to set HF_HUB_OFFLINE for the whole process)
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -927,11 +928,18 @@ def _parser() -> argparse.ArgumentParser:
 def harness_main(argv: Sequence[str]) -> int:
     """``promptr1 eval TASKS... [--methods ...] [--env-llm ...] ...``; prints the report.
 
-    Exit code 0 when complete, 3 when stopped early by ``--max-calls``/``--max-cost`` (partial).
+    Exit code 0 when complete, 3 when stopped early by ``--max-calls``/``--max-cost`` (partial),
+    2 for a usage error (bad option, missing task file, unknown method or env LLM).
     """
-    args = vars(_parser().parse_args(list(argv)))
-    cfg = HarnessConfig(**args)
-    result = run_evaluation(cfg)
+    try:
+        args = vars(_parser().parse_args(list(argv)))
+    except SystemExit as exc:  # --help, or argparse's own usage error
+        return int(exc.code or 0)
+    try:
+        result = run_evaluation(HarnessConfig(**args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"promptr1 eval: {exc}", file=sys.stderr)
+        return 2
     print(result.paths["report"].read_text(encoding="utf-8"))
     print(
         f"transcripts: {result.paths['transcripts']}"

@@ -303,6 +303,11 @@ def test_jsonl_tasks_and_cli(tmp_path, capsys):
         ]
     )
     assert code == 3
+    assert harness_main([str(path), "--methods", "dirct"]) == 2
+    assert "Did you mean 'direct'" in capsys.readouterr().err
+    assert harness_main([str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "c")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert harness_main(["--help"]) == 0
 
 
 def test_empty_prediction_scores_zero():

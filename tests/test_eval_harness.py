@@ -381,3 +381,24 @@ def test_hf_agent_policy_with_the_tiny_model(tmp_path):
     res = run_evaluation(cfg, agents={"tiny": policy})
     assert not res.partial and len(res.records) == 2
     assert all(1 <= r["num_turns"] <= 2 and r["turns"][2]["role"] == "assistant" for r in res.records)
+
+
+class Down(BaseBackend):
+    """The oracle's name, but every call fails: only a cache can answer."""
+
+    name = "oracle"
+
+    def complete(self, messages, **sampling):
+        raise EnvLLMError("endpoint down", kind="connection")
+
+
+def test_cache_replays_env_llm_calls(tmp_path):
+    cache = str(tmp_path / "cache.sqlite")
+    kw = dict(tasks=[str(DATA / "hotpot.parquet")], methods=["direct", "agent:relay"], cache=cache)
+    first = run(config(tmp_path, **kw), backends={"oracle": Oracle(tasks_of("hotpot"))})
+    assert first.calls == 2 * LIMIT
+    kw["output_dir"] = str(tmp_path / "again")
+    second = run(config(tmp_path, cache_mode="replay", **kw), backends={"oracle": Down()})
+    assert second.calls == 0 and not second.partial
+    assert all(r["env_error"] is None for r in second.records)
+    assert [r.metrics for r in second.rows] == [r.metrics for r in first.rows]

@@ -890,8 +890,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Evaluate direct, CoT and agent methods on task files, with a Markdown/JSONL/PNG report.",
     )
     p.add_argument(
-        "tasks", nargs="+", help="task files (.parquet in the Prompt-R1 schema, .jsonl) or synthetic:test"
+        "tasks", nargs="*", help="task files (.parquet in the Prompt-R1 schema, .jsonl) or synthetic:test"
     )
+    p.add_argument("--tasks", dest="more_tasks", nargs="+", default=[], help="task files (same as positional)")
     p.add_argument(
         "--methods", nargs="+", default=d.methods, help="direct, cot, agent:MODEL, LABEL=agent:MODEL"
     )
@@ -935,6 +936,10 @@ def harness_main(argv: Sequence[str]) -> int:
         args = vars(_parser().parse_args(list(argv)))
     except SystemExit as exc:  # --help, or argparse's own usage error
         return int(exc.code or 0)
+    args["tasks"] = args["tasks"] + args.pop("more_tasks")
+    if not args["tasks"]:
+        print("promptr1 eval: give at least one task file (TASKS... or --tasks FILE...).", file=sys.stderr)
+        return 2
     try:
         result = run_evaluation(HarnessConfig(**args))
     except (ValueError, FileNotFoundError) as exc:

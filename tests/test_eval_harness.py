@@ -308,6 +308,10 @@ def test_jsonl_tasks_and_cli(tmp_path, capsys):
     assert harness_main([str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "c")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert harness_main(["--help"]) == 0
+    assert harness_main(["--methods", "direct"]) == 2
+    more = ["--methods", "cot", "--env-llm", "echo", "--out", str(out), "--no-chart", "--embedder", "hashing"]
+    code = harness_main(["--tasks", str(path), *more])
+    assert code == 0 and len((out / "transcripts.jsonl").read_text().splitlines()) == 4  # resumed: direct + cot
 
 
 def test_empty_prediction_scores_zero():

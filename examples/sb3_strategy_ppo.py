@@ -7,7 +7,7 @@ answers only explicit one-fact or one-operation questions. No single fixed plan 
 policy that reads the dialogue beats every fixed one.
 
     python examples/sb3_strategy_ppo.py                 # PPO, ~30 s on a laptop CPU
-    python examples/sb3_strategy_ppo.py --algo dqn --steps 30000
+    python examples/sb3_strategy_ppo.py --algo dqn --steps 50000
 
 It prints the mean reward on held-out episodes (``synthetic:test``) of: uniform random actions,
 the best fixed strategy (``strategy s for k turns, then final``, best over s and k, chosen on the
@@ -91,8 +91,9 @@ def train(algo: str = "ppo", steps: int = 16_000, seed: int = 0, embedder: Any =
     elif algo == "a2c":
         model = A2C("MlpPolicy", venv, n_steps=8, learning_rate=1e-3, ent_coef=0.01, **common)
     elif algo == "dqn":
-        model = DQN("MlpPolicy", venv, learning_rate=5e-4, buffer_size=20_000, learning_starts=500,
-                    exploration_fraction=0.3, target_update_interval=500, train_freq=4, **common)
+        model = DQN("MlpPolicy", venv, learning_rate=5e-4, buffer_size=50_000, learning_starts=1000, batch_size=64,
+                    exploration_fraction=0.2, exploration_final_eps=0.02, target_update_interval=1000, train_freq=4,
+                    **common)
     else:
         raise ValueError(f"algo must be 'ppo', 'a2c' or 'dqn', got {algo!r}.")
     model.learn(total_timesteps=steps, tb_log_name=f"strategy-{algo}")

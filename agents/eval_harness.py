@@ -892,7 +892,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "tasks", nargs="*", help="task files (.parquet in the Prompt-R1 schema, .jsonl) or synthetic:test"
     )
-    p.add_argument("--tasks", dest="more_tasks", nargs="+", default=[], help="task files (same as positional)")
+    p.add_argument(
+        "--tasks", dest="more_tasks", nargs="+", default=[], help="task files (same as positional)"
+    )
     p.add_argument(
         "--methods", nargs="+", default=d.methods, help="direct, cot, agent:MODEL, LABEL=agent:MODEL"
     )

@@ -311,7 +311,9 @@ def test_jsonl_tasks_and_cli(tmp_path, capsys):
     assert harness_main(["--methods", "direct"]) == 2
     more = ["--methods", "cot", "--env-llm", "echo", "--out", str(out), "--no-chart", "--embedder", "hashing"]
     code = harness_main(["--tasks", str(path), *more])
-    assert code == 0 and len((out / "transcripts.jsonl").read_text().splitlines()) == 4  # resumed: direct + cot
+    assert (
+        code == 0 and len((out / "transcripts.jsonl").read_text().splitlines()) == 4
+    )  # resumed: direct + cot
 
 
 def test_empty_prediction_scores_zero():

@@ -266,7 +266,7 @@ def render_markdown(
         "",
         "## Cost",
         "",
-        "| method @ env LLM | episodes | env errors | env-LLM calls | tokens | cost (USD) | latency (s) | turns |",
+        "| method @ env LLM | episodes | env errors | env-LLM calls | tokens | USD | latency (s) | turns |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in columns:

@@ -15,7 +15,7 @@ import pytest
 
 PACKAGES = ["promptr1.rewards", "promptr1.envs", "promptr1.llm_backends"]
 MODULES = ["promptr1.play", "promptr1.agents.advantages", "promptr1.agents.losses", "promptr1.agents.registry",
-           "promptr1.agents.masks"]
+           "promptr1.agents.masks", "promptr1.agents.eval_harness", "promptr1.agents.report"]
 NEEDS_EXAMPLES = {
     "promptr1.rewards",
     "promptr1.rewards.metrics",

@@ -421,7 +421,7 @@ def _smollm2_gguf() -> Path | None:
 
 
 @pytest.mark.slow
-def test_real_llama_cpp_server_with_smollm2():
+def test_real_llama_cpp_server_with_smollm2(tmp_path):
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama_cpp is not installed; see docs/backends-openai.md for the build command")
     gguf = _smollm2_gguf()
@@ -430,17 +430,19 @@ def test_real_llama_cpp_server_with_smollm2():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    log_path = tmp_path / "llama_server.log"  # a file, not a pipe: the server logs hundreds of KB
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
          "--n_ctx", "2048"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         base = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+                pytest.fail(f"llama_cpp.server exited: {log_path.read_text(errors='replace')[-2000:]}")
             try:
                 urllib.request.urlopen(base + "/models", timeout=2).read()
                 break
@@ -466,6 +468,7 @@ def test_real_llama_cpp_server_with_smollm2():
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log_file.close()
 
 
 # --- the shared limiter on its own -----------------------------------------------------------

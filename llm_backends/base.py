@@ -53,7 +53,7 @@ class EnvLLMError(RuntimeError):
     """The environment LLM failed to produce a usable reply.
 
     ``kind`` is a short machine-readable reason (``"timeout"``, ``"rate_limit"``,
-    ``"server_error"``, ``"connection"``, ``"empty_reply"``, ``"bad_request"``,
+    ``"server_error"``, ``"connection"``, ``"empty_reply"``, ``"malformed_reply"``, ``"bad_request"``,
     ``"deadline"``, ``"replay_miss"``, ``"error"``); ``attempts`` is how many calls were made.
     """
 
@@ -165,6 +165,22 @@ class BaseBackend:
         if type(self).complete is BaseBackend.complete:
             raise TypeError(f"{type(self).__name__} must implement complete() or acomplete().")
         return await asyncio.to_thread(self.complete, messages, **sampling)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Locks and the private loop thread are process-local: a pickled backend (e.g. sent to a
+        # subprocess vector-env worker) gets fresh ones.
+        state = self.__dict__.copy()
+        state.pop("_loop_thread", None)
+        state.pop("_loop_lock", None)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._loop_thread = None
+        self._loop_lock = threading.Lock()
+        if "_lock" not in state and hasattr(type(self), "_needs_lock"):
+            self._lock = threading.Lock()
 
     def close(self) -> None:
         lt = getattr(self, "_loop_thread", None)

@@ -26,6 +26,7 @@ class ScriptedBackend(BaseBackend):
 
     name = "scripted"
     deterministic = True
+    _needs_lock = True
 
     def __init__(
         self,

@@ -284,3 +284,12 @@ def test_check_env_through_gym_make_with_passive_checker():
     obs, r, term, trunc, info = env.step(GOOD_PROMPT)
     assert obs.startswith("<interaction_response>You said: ")
     check_env(env.unwrapped)
+
+
+def test_backends_pickle_for_subprocess_workers():
+    import pickle
+
+    b = pickle.loads(pickle.dumps(ScriptedBackend(["a", "b"])))
+    assert b.complete([{"role": "user", "content": "x"}]).text == "a"
+    assert b.calls and b.calls[0][0]["content"] == "x"
+    assert pickle.loads(pickle.dumps(EchoBackend())).complete([{"role": "user", "content": "y"}]).text == "You said: y"

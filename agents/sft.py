@@ -111,12 +111,11 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
         idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
         batch = collate_episodes([examples[i] for i in idx], tokenizer.pad_token_id)
         batch = {k: v.to(acc.device) for k, v in batch.items()}
-        with acc.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        from promptr1.agents.losses import token_logprobs
+        from promptr1.agents.trainer import sequence_logprobs
 
-        logp = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])  # (B, T-1)
-        mask = batch["action_mask"][:, 1:]  # (B, T-1)
+        logp, _ = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["action_mask"],
+                                    autocast=acc.autocast)  # (B, T)
+        mask = batch["action_mask"]  # (B, T)
         loss = -(logp * mask).sum() / mask.sum().clamp(min=1)  # token-mean NLL of agent tokens
         acc.backward(loss)
         if cfg.max_grad_norm > 0:

@@ -150,6 +150,36 @@ def _num(x: Any, default: float = float("nan")) -> float:
         return default
 
 
+def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
+                      *, temperature: float = 1.0, with_entropy: bool = False,
+                      autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log p(token_t | tokens_<t)`` as ``(B, T)`` (0 where not computed), and optionally the entropy.
+
+    Logits are only computed from the position before the batch's first action token on
+    (``logits_to_keep``): the prompt's logits are never needed, which saves memory and time
+    with large vocabularies.
+    """
+    from promptr1.agents.losses import entropy_from_logits, token_logprobs
+
+    B, T = input_ids.shape
+    act_cols = action_mask.bool().any(0).nonzero()
+    start = max(int(act_cols[0].item()) - 1, 0) if act_cols.numel() else 0
+    keep = torch.arange(start, T - 1, device=input_ids.device)  # positions whose logits predict t+1
+    ctx = autocast() if autocast is not None else _nullcontext()
+    with ctx:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                       logits_to_keep=keep).logits  # (B, T-1-start, V)
+    tgt = input_ids[:, start + 1:]  # (B, T-1-start)
+    lp = token_logprobs(logits, tgt, temperature=temperature)
+    logp = lp.new_zeros(B, T)
+    logp = torch.cat([logp[:, : start + 1], lp], dim=1)  # (B, T)
+    ent = None
+    if with_entropy:
+        e = entropy_from_logits(logits, temperature=temperature)
+        ent = torch.cat([e.new_zeros(B, start + 1), e], dim=1)  # (B, T)
+    return logp, ent
+
+
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -330,20 +360,10 @@ class GRPOTrainer:
         return episodes, timings
 
     def _logprobs(self, model: Any, batch: dict[str, torch.Tensor], *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from promptr1.agents.losses import entropy_from_logits, token_logprobs
-
-        with self.accelerator.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits  # (b, T, V)
-        T = self.rollout_cfg.temperature if self.rollout_cfg.temperature > 0 else 1.0
-        logp = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:], temperature=T)  # (b, T-1)
-        zero = logp.new_zeros(logp.shape[0], 1)
-        logp = torch.cat([zero, logp], dim=1)  # (b, T): aligned with the token positions
-        ent = None
-        if with_entropy:
-            ent = entropy_from_logits(logits[:, :-1], temperature=T)
-            ent = torch.cat([zero, ent], dim=1)
-        return logp, ent
+        """Per-token log-probs (and entropies) ``(b, T)`` aligned to token positions; 0 before the first action."""
+        T_rollout = self.rollout_cfg.temperature if self.rollout_cfg.temperature > 0 else 1.0
+        return sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["action_mask"],
+                                 temperature=T_rollout, with_entropy=with_entropy, autocast=self.accelerator.autocast)
 
     def _micro_batches(self, idx: list[int]) -> list[list[int]]:
         m = max(1, self.cfg.micro_batch_size)

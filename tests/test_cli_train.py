@@ -1,0 +1,70 @@
+"""``promptr1 train/eval/chat/sft`` on the tiny model (smoke tests through the real dispatcher)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from promptr1.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_path():
+    from promptr1.llm_backends.tiny_model import tiny_model_path
+
+    return str(tiny_model_path())
+
+
+FAST = ["--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "6", "--max-turns", "2",
+        "--progress", "false", "--max-seq-len", "768"]
+
+
+def test_train_one_step_writes_checkpoint_and_logs(tmp_path, tiny_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--model", tiny_path, "--steps", "1", "--output-dir", str(out), *FAST])
+    assert rc == 0
+    latest = (out / "latest").read_text().strip()
+    state = json.loads((out / latest / "trainer_state.json").read_text())
+    assert state["step"] == 1
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert "checkpoint" in capsys.readouterr().out
+
+
+def test_train_with_yaml_and_bad_key(tmp_path, tiny_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {tiny_path}\nsteps: 1\n")
+    rc = main(["train", "--config", str(cfg), "--stepz", "2"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--stepz" in err and "--steps" in err
+
+
+def test_train_help_lists_options(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--group-size" in out and "--kl-coef" in out
+
+
+def test_eval_and_chat_on_tiny(tmp_path, tiny_path, capsys):
+    rc = main(["eval", "--model", tiny_path, "--episodes", "3", "--max-new-tokens", "6", "--max-turns", "2",
+               "--batch-size", "3"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for col in ("reward", "answer F1", "EM", "format rate", "turns", "episodes"):
+        assert col in out
+    rc = main(["chat", "Where was Brukmo Doldrak born?", "--model", tiny_path, "--max-new-tokens", "6",
+               "--max-turns", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "[agent]" in out and "answer:" in out
+
+
+def test_sft_then_train_from_it(tmp_path, tiny_path):
+    out = tmp_path / "sft"
+    rc = main(["sft", "--model", tiny_path, "--steps", "2", "--batch-size", "2", "--max-turns", "4",
+               "--output-dir", str(out), "--progress", "false"])
+    assert rc == 0
+    assert (out / "latest").is_file()
+    rc = main(["train", "--model", str(out), "--steps", "1", "--output-dir", str(tmp_path / "rl"), *FAST])
+    assert rc == 0

@@ -1,0 +1,156 @@
+"""GRPOTrainer on the tiny model: parameters move, seeding reproduces, resume equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+
+from promptr1.agents.config import GRPOConfig  # noqa: E402
+from promptr1.agents.trainer import GRPOTrainer  # noqa: E402
+from promptr1.envs.tasks import Task  # noqa: E402
+
+TASKS = [Task(question=f"What is {i} plus {i}?", answers=(str(2 * i),), id=f"q{i}") for i in range(6)]
+
+
+class LengthRewardEnv:
+    """Stand-in env: two turns; the reward depends on the agent's text, so groups have variance."""
+
+    def __init__(self, max_turns: int = 2):
+        self.max_turns = max_turns
+
+    def reset(self, seed=None, options=None):
+        self.task, self.t = options["task"], 0
+        return self.task.prompt, {"messages": [{"role": "system", "content": "sys"},
+                                               {"role": "user", "content": self.task.prompt}]}
+
+    def step(self, action):
+        self.t += 1
+        if self.t >= self.max_turns:
+            r = (len(action) % 5) / 2.0 - 1.0
+            comps = {"total": r, "format": 0.0, "f1": 0.0, "em": 0.0}
+            return "", r, False, True, {"env_error": None, "reward_components": comps, "episode": {"env_llm_calls": 1}}
+        return "<interaction_response>ok</interaction_response>", 0.0, False, False, {"env_error": None}
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-exact comparisons need a fixed reduction order: one intra-op thread (MKL may vary the count under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_cfg(tmp_path, **kw):
+    from promptr1.llm_backends.tiny_model import tiny_model_path
+
+    base = dict(model=str(tiny_model_path()), steps=2, batch_questions=2, group_size=3, max_new_tokens=8,
+                max_seq_len=512, max_turns=2, lr=1e-3, seed=3, deterministic=True, progress=False,
+                output_dir=str(tmp_path / "run"), num_transcripts=1, micro_batch_size=4, minibatches=2, kl_coef=0.01)
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+def make_trainer(cfg):
+    return GRPOTrainer(cfg, tasks=TASKS, env_factory=LengthRewardEnv)
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_one_step_changes_parameters_and_logs(tmp_path):
+    tr = make_trainer(make_cfg(tmp_path, steps=1))
+    before = _params(tr.unwrapped_model)
+    m = tr.train_step()
+    after = _params(tr.unwrapped_model)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2
+    for key in ("reward/mean", "losses/policy_loss", "losses/kl", "losses/entropy", "losses/clip_frac",
+                "losses/grad_norm", "rollout/turns_mean", "time/generate_s", "time/update_s", "time/env_wait_s",
+                "rollout/logp_mismatch_max"):
+        assert key in m, key
+    assert m["rollout/logp_mismatch_max"] < 1e-3  # sampler and training forward agree
+    assert m["rollout/turns_mean"] == 2.0
+
+
+def test_same_seed_same_metrics(tmp_path, one_thread):
+    runs = []
+    for i in range(2):
+        tr = make_trainer(make_cfg(tmp_path / str(i), steps=1))
+        m = tr.train_step()
+        runs.append({k: v for k, v in m.items() if not k.startswith("time/")})
+    assert runs[0] == runs[1]
+
+
+def test_resume_equals_uninterrupted(tmp_path, one_thread):
+    full = make_trainer(make_cfg(tmp_path / "full", steps=2))
+    hist_full = full.train()
+    w_full = _params(full.unwrapped_model)
+
+    cfg = make_cfg(tmp_path / "split", steps=2)
+    first = make_trainer(cfg)
+    first.train(steps=1)  # writes checkpoint-000001
+    del first
+    second = make_trainer(dataclasses.replace(cfg, resume="auto"))
+    assert second.step == 1 and second.cursor == 2
+    hist_second = second.train()
+    w_split = _params(second.unwrapped_model)
+    for k in w_full:
+        torch.testing.assert_close(w_full[k], w_split[k], rtol=0, atol=1e-6)
+    a = {k: v for k, v in hist_full[-1].items() if not k.startswith("time/")}
+    b = {k: v for k, v in hist_second[-1].items() if not k.startswith("time/")}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-5), k
+
+
+def test_checkpoint_loads_with_from_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tr = make_trainer(make_cfg(tmp_path, steps=1))
+    tr.train()
+    latest = (tmp_path / "run" / "latest").read_text().strip()
+    m = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / latest)
+    sd = tr.unwrapped_model.state_dict()
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, sd[k])
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_env_errors_leave_their_group(tmp_path):
+    class Flaky(LengthRewardEnv):
+        def step(self, action):
+            if "q0" == self.task.id:
+                return "", 0.0, False, True, {"env_error": "rate_limit: simulated", "reward_components": {}}
+            return super().step(action)
+
+    cfg = make_cfg(tmp_path, steps=1, batch_questions=3)
+    tr = GRPOTrainer(cfg, tasks=TASKS, env_factory=Flaky)
+    tr.cursor = 0
+    order = tr._question_order(0)
+    m = tr.train_step()
+    n_err = 3 * sum(TASKS[i].id == "q0" for i in order[:3])
+    assert m["env_llm/errors"] == n_err
+    assert m["rollout/kept_fraction"] == pytest.approx(1 - n_err / 9, abs=1e-6) or n_err == 0
+
+
+def test_unknown_algo_is_answered_with_choices(tmp_path):
+    with pytest.raises((KeyError, ValueError), match="grpo"):
+        make_trainer(make_cfg(tmp_path, algo="grpp"))
+
+
+def test_lora_without_peft_fails_clearly(tmp_path):
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="peft"):
+            make_trainer(make_cfg(tmp_path, lora_r=4))
+    else:
+        tr = make_trainer(make_cfg(tmp_path, lora_r=4, steps=1))
+        m = tr.train_step()
+        assert "losses/kl" in m

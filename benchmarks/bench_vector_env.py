@@ -5,13 +5,14 @@ latency drawn from a long-tailed lognormal (median 200 ms by default). For each 
 run C sub-envs with the backend limited to C requests in flight, and print:
 
 * ideal       C / (mean latency x calls per episode)
-* ours        the async API (``submit``/``collect``): each episode moves on when its own reply lands
+* ours        the async API (``submit``/``collect``): each episode moves on when its own reply lands;
+  steady state: every sub-env always busy, episodes ending inside the measured window counted
 * barrier     the batch ``step()`` of the same vector env: every turn waits for the slowest call
   (what the reference's rollout does)
 
 Target (issue 3): ours >= 80% of ideal at C = 32, and faster than the barrier under a long tail.
 
-    python benchmarks/bench_vector_env.py [--median-ms 200 --sigma 0.6 --episodes-per-env 6]
+    python benchmarks/bench_vector_env.py [--median-ms 200 --sigma 0.6 --duration 8]
 """
 
 from __future__ import annotations
@@ -40,44 +41,61 @@ def _venv(base_url: str, c: int) -> PromptCollabVectorEnv:
     return PromptCollabVectorEnv(num_envs=c, env_llm=backend, task=[Task("q?", ("gold",))])
 
 
-def run_async(base_url: str, c: int, episodes: int) -> float:
+def run_async(base_url: str, c: int, duration_s: float, warmup_s: float) -> float:
+    """Steady-state episodes/s: every sub-env always busy; count episodes that end inside the window."""
     venv = _venv(base_url, c)
     try:
-        started = finished = 0
+        seed = 0
         turn = {}
-        t0 = time.perf_counter()
-        for i in range(c):
-            venv.reset_one(i, seed=started)
-            started += 1
+
+        def start(i: int) -> None:
+            nonlocal seed
+            venv.reset_one(i, seed=seed)
+            seed += 1
             turn[i] = 0
             venv.submit(i, TURNS[0])
-        while finished < episodes:
-            for res in venv.collect(timeout=60):
+
+        for i in range(c):
+            start(i)
+        t0 = time.perf_counter()
+        window_start, window_end = t0 + warmup_s, t0 + warmup_s + duration_s
+        counted = 0
+        while True:
+            now = time.perf_counter()
+            if now >= window_end:
+                break
+            for res in venv.collect(timeout=window_end - now):
                 if res.done:
-                    finished += 1
-                    if started < episodes:
-                        venv.reset_one(res.index, seed=started)
-                        started += 1
-                        turn[res.index] = 0
-                        venv.submit(res.index, TURNS[0])
+                    if window_start <= time.perf_counter() < window_end:
+                        counted += 1
+                    start(res.index)
                 else:
                     turn[res.index] += 1
                     venv.submit(res.index, TURNS[turn[res.index]])
-        return episodes / (time.perf_counter() - t0)
+        venv.collect(timeout=60, min_ready=len(venv.in_flight))  # let in-flight calls land before closing
+        return counted / duration_s
     finally:
         venv.close()
 
 
-def run_barrier(base_url: str, c: int, episodes: int) -> float:
+def run_barrier(base_url: str, c: int, duration_s: float, warmup_s: float) -> float:
+    """Per-turn barrier: all C episodes step together and every turn waits for the slowest call."""
     venv = _venv(base_url, c)
     try:
-        rounds = math.ceil(episodes / c)
         t0 = time.perf_counter()
-        for r in range(rounds):
+        window_start, window_end = t0 + warmup_s, t0 + warmup_s + duration_s
+        episodes, r = 0, 0
+        measure_t0 = None
+        while time.perf_counter() < window_end:
+            if measure_t0 is None and time.perf_counter() >= window_start:
+                measure_t0, episodes = time.perf_counter(), 0
             venv.reset(seed=r * c)
+            r += 1
             for t in TURNS:
                 venv.step([t] * c)
-        return rounds * c / (time.perf_counter() - t0)
+            episodes += c
+        elapsed = time.perf_counter() - (measure_t0 or t0)
+        return episodes / elapsed
     finally:
         venv.close()
 
@@ -108,7 +126,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--median-ms", type=float, default=200.0)
     ap.add_argument("--sigma", type=float, default=0.6, help="lognormal sigma (0 = constant latency)")
-    ap.add_argument("--episodes-per-env", type=int, default=6)
+    ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     args = ap.parse_args()
     median = args.median_ms / 1000
@@ -118,10 +137,9 @@ def main() -> None:
     print(f"{'C':>5}{'ideal ep/s':>12}{'ours ep/s':>11}{'% ideal':>9}{'barrier ep/s':>14}{'ours/barrier':>14}")
     with server_process(median, args.sigma) as base_url:
         for c in args.concurrency:
-            episodes = max(20, c * args.episodes_per_env)
             ideal = c / (mean * CALLS_PER_EPISODE)
-            ours = run_async(base_url, c, episodes)
-            barrier = run_barrier(base_url, c, episodes)
+            ours = run_async(base_url, c, args.duration, args.warmup)
+            barrier = run_barrier(base_url, c, args.duration, args.warmup)
             print(f"{c:>5}{ideal:>12.1f}{ours:>11.1f}{100 * ours / ideal:>8.0f}%{barrier:>14.1f}{ours / barrier:>13.2f}x",
                   flush=True)
 

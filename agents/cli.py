@@ -164,7 +164,7 @@ def _final_eval(cfg: GRPOConfig, base_model: str, sft_model: str, trained_model:
     base, base_tok = load_policy(base_model)
     results.append(evaluate_policy(base, base_tok, tasks, cfg.env_llm, name="untrained", **kw))
     del base
-    if sft_model != base_model:
+    if sft_model != base_model and cfg.eval_warm_start:
         sft, sft_tok = load_policy(sft_model)
         results.append(evaluate_policy(sft, sft_tok, tasks, cfg.env_llm, name="after SFT", **kw))
         del sft

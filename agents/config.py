@@ -145,6 +145,8 @@ class GRPOConfig:
     sft_batch_size: int = 8
     eval_episodes: int = 0
     """After training, evaluate untrained vs trained on this many held-out episodes (0: skip)."""
+    eval_warm_start: bool = True
+    """Also evaluate the policy right after the SFT warm-start (separates SFT's gain from RL's)."""
 
 
 @dataclass

@@ -34,7 +34,7 @@ Unknown names are answered with a "did you mean":
 ...     ADVANTAGE_ESTIMATORS.get("grpoo")
 ... except KeyError as err:
 ...     print(err)
-unknown advantage estimator 'grpoo'. Did you mean 'grpo'? Available: 'drgrpo', 'grpo', 'reinforce', 'rloo'.
+unknown advantage estimator 'grpoo'. Did you mean 'grpo'? Available: 'drgrpo', 'grpo', ...
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from promptr1.agents.registry import (
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(registry_mod)
+    result = doctest.testmod(registry_mod, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -55,13 +55,13 @@ def test_registry_register_get_names() -> None:
 def test_unknown_name_message() -> None:
     with pytest.raises(UnknownNameError) as info:
         ADVANTAGE_ESTIMATORS.get("grpoo")
-    assert str(info.value) == (
-        "unknown advantage estimator 'grpoo'. Did you mean 'grpo'? "
-        "Available: 'drgrpo', 'grpo', 'reinforce', 'rloo'."
-    )
+    # other tests (and user plug-ins) may have registered more names: check the built-ins are listed
+    msg = str(info.value)
+    assert msg.startswith("unknown advantage estimator 'grpoo'. Did you mean 'grpo'? Available: ")
+    assert all(f"'{n}'" in msg for n in ("drgrpo", "grpo", "reinforce", "rloo"))
     # it is both a KeyError and a ValueError
     assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
-    with pytest.raises(KeyError, match=r"^unknown policy loss 'xyz'\. Available: 'ppo-clip', 'reinforce'\.$"):
+    with pytest.raises(KeyError, match=r"^unknown policy loss 'xyz'\. Available: .*'ppo-clip'.*'reinforce'"):
         POLICY_LOSSES.get("xyz")
     with pytest.raises(ValueError, match=r"unknown widget 'a'\. Available: \(none\)\."):
         Registry("widget").get("a")

@@ -67,6 +67,8 @@ class GRPOConfig:
     # --- the algorithm
     algo: str = "grpo"
     """Registered algorithm: grpo, drgrpo, rloo, reinforce, dapo, or one you registered."""
+    plugins: str = ""
+    """Comma-separated modules imported first (e.g. ones that call register_algorithm)."""
     steps: int = 20
     """Optimizer-side training steps (each: rollouts, then the update)."""
     batch_questions: int = 4

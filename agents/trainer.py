@@ -63,6 +63,19 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
             torch.backends.cudnn.deterministic = True
 
 
+def import_plugins(spec: str) -> None:
+    """Import the comma-separated modules in ``spec`` (they register algorithms, losses, backends)."""
+    import importlib
+
+    for name in (m.strip() for m in spec.split(",")):
+        if name:
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                raise ImportError(f"plugins: cannot import {name!r} ({exc}); give importable module names, "
+                                  "e.g. --plugins my_project.algos") from exc
+
+
 def derived_seed(*parts: Any) -> int:
     """A stable 63-bit seed from any parts (step, rank, purpose...).
 
@@ -212,6 +225,7 @@ class GRPOTrainer:
         from accelerate import Accelerator
 
         self.cfg = cfg
+        import_plugins(cfg.plugins)
         seed_everything(cfg.seed, cfg.deterministic)
         self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=_resolve_mixed_precision(cfg))
         self.loss_cfg = _loss_config(cfg)

@@ -68,3 +68,14 @@ def test_sft_then_train_from_it(tmp_path, tiny_path):
     assert (out / "latest").is_file()
     rc = main(["train", "--model", str(out), "--steps", "1", "--output-dir", str(tmp_path / "rl"), *FAST])
     assert rc == 0
+
+
+@pytest.mark.slow
+def test_real_llm_environment_preset(tmp_path, tiny_path):
+    """Training against a real local LLM (SmolLM2-135M-Instruct in process) as the environment."""
+    pytest.importorskip("gguf")
+    out = tmp_path / "real"
+    rc = main(["train", "--model", tiny_path, "--env-llm", "smollm2", "--tasks", "synthetic", "--steps", "1",
+               "--output-dir", str(out), *FAST])
+    assert rc == 0
+    assert (out / "latest").is_file()

@@ -154,3 +154,24 @@ def test_lora_without_peft_fails_clearly(tmp_path):
         tr = make_trainer(make_cfg(tmp_path, lora_r=4, steps=1))
         m = tr.train_step()
         assert "losses/kl" in m
+
+
+def test_user_registered_algorithm_via_plugin(tmp_path, monkeypatch):
+    plugin = tmp_path / "my_algo_plugin.py"
+    plugin.write_text(
+        "from promptr1.agents.registry import AlgoSpec, register_advantage_estimator, register_algorithm, ALGORITHMS\n"
+        "CALLS = []\n"
+        "if 'sign-test' not in ALGORITHMS:\n"
+        "    @register_advantage_estimator('sign-test')\n"
+        "    def sign(rewards, group_ids, **kw):\n"
+        "        CALLS.append(len(rewards))\n"
+        "        return (rewards - rewards.mean()).sign()\n"
+        "    register_algorithm('sign-test', AlgoSpec('sign-test', 'ppo-clip', {'kl_coef': 0.0}))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tr = make_trainer(make_cfg(tmp_path, steps=1, algo="sign-test", plugins="my_algo_plugin", kl_coef=0.001))
+    assert tr.ref_model is None  # the algorithm's default kl_coef=0 skips the reference model
+    tr.train_step()
+    import my_algo_plugin
+
+    assert my_algo_plugin.CALLS == [6]

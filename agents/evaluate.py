@@ -66,13 +66,13 @@ def _fmt(mean: float, half: float) -> str:
 
 def format_table(results: Sequence[EvalResult]) -> str:
     """A plain-text table, one row per result (mean ± 95% CI half-width)."""
-    head = f"{'model':<22} {'episodes':>8}  {'reward':>16}  {'answer F1':>16}  {'EM':>16}  {'format rate':>16}  {'turns':>14}"
+    head = f"{'model':<22} {'episodes':>8}  {'reward':>16}  {'answer F1':>16}  {'EM':>16}  {'format rate':>16}  {'turns':>14}  {'time':>6}"
     lines = [head, "-" * len(head)]
     for r in results:
         s = r.summary()
         lines.append(
             f"{r.name:<22} {r.n:>8}  {_fmt(*s['reward']):>16}  {_fmt(*s['f1']):>16}  {_fmt(*s['em']):>16}  "
-            f"{_fmt(*s['format']):>16}  {_fmt(*s['turns']):>14}"
+            f"{_fmt(*s['format']):>16}  {_fmt(*s['turns']):>14}  {r.seconds:>5.0f}s"
         )
         if r.env_errors:
             lines.append(f"{'':<22} ({r.env_errors} episodes dropped: env LLM errors)")

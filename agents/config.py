@@ -9,10 +9,11 @@ arguments learns visibly on a 2-core CPU in a few minutes.
 >>> cfg = load_config(GRPOConfig, overrides=["--steps", "3", "--lr=2e-5"])
 >>> cfg.steps, cfg.lr
 (3, 2e-05)
->>> load_config(GRPOConfig, overrides=["--stpes", "3"])
-Traceback (most recent call last):
-...
-promptr1.agents.config.ConfigError: unknown option '--stpes' for GRPOConfig. Did you mean '--steps'? Run with --help to list the valid options.
+>>> try:
+...     load_config(GRPOConfig, overrides=["--stpes", "3"])
+... except ConfigError as exc:
+...     print(exc)
+unknown option '--stpes' for GRPOConfig. Did you mean '--steps'? Run with --help to list the valid options.
 """
 
 from __future__ import annotations

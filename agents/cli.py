@@ -197,8 +197,29 @@ def sft_main(argv: Sequence[str]) -> int:
 # ----------------------------------------------------------------------------- eval / chat
 
 
+_HARNESS_FLAGS = ("--methods", "--env-llms", "--max-calls", "--max-cost", "--cache", "--out", "--limit")
+
+
+def _wants_harness(argv: Sequence[str]) -> bool:
+    """Task files given positionally, or any harness-only option: the paper-style evaluation harness."""
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):
+        return True
+    return any(a.split("=")[0] in _HARNESS_FLAGS for a in argv)
+
+
 def eval_main(argv: Sequence[str]) -> int:
-    """``promptr1 eval``: a checkpoint or base model on a task file (or ``synthetic``) and an env LLM."""
+    """``promptr1 eval``: a checkpoint or base model on a task file (or ``synthetic``) and an env LLM.
+
+    With task files given positionally (``promptr1 eval hotpot.parquet gsm8k.parquet --methods direct cot
+    agent:runs/x``) or any of the harness options (``--methods``, ``--max-calls``, ``--max-cost``,
+    ``--cache``, ``--out``, ...), it runs the evaluation harness instead (baselines, several datasets,
+    Markdown/JSONL/PNG report): see :mod:`promptr1.agents.eval_harness`.
+    """
+    if _wants_harness(argv):
+        from promptr1.agents.eval_harness import harness_main
+
+        return harness_main(argv)
     try:
         cfg = _parse(EvalConfig, argv, "eval")
     except ConfigError as exc:

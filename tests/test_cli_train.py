@@ -79,3 +79,24 @@ def test_real_llm_environment_preset(tmp_path, tiny_path):
                "--output-dir", str(out), *FAST])
     assert rc == 0
     assert (out / "latest").is_file()
+
+
+def test_eval_with_task_files_runs_the_harness(tmp_path):
+    """`promptr1 eval FILE --methods direct` goes to the evaluation harness and writes its report."""
+    import json as _json
+
+    from promptr1.cli import main as cli_main
+
+    tasks = tmp_path / "qa.jsonl"
+    tasks.write_text("\n".join(_json.dumps({"question": f"Say the word w{i}", "answers": [f"You said: Say the word w{i}"]})
+                               for i in range(3)) + "\n", encoding="utf-8")
+    out = tmp_path / "report"
+    rc = cli_main(["eval", str(tasks), "--methods", "direct", "--env-llm", "echo", "--out", str(out),
+                   "--embedder", "hashing", "--no-chart"])
+    assert rc == 0
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "direct" in report
+    records = [_json.loads(l) for l in (out / "transcripts.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 3
+    # the echo backend repeats the question, which is the gold answer by construction
+    assert all(r["method"] == "direct" and r["metrics"]["em"] == 1.0 for r in records)

@@ -64,11 +64,22 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def import_plugins(spec: str) -> None:
-    """Import the comma-separated modules in ``spec`` (they register algorithms, losses, backends)."""
+    """Import the comma-separated modules or ``.py`` files in ``spec`` (they register algorithms, losses, backends)."""
     import importlib
+    import importlib.util
+    import sys
 
     for name in (m.strip() for m in spec.split(",")):
-        if name:
+        if name.endswith(".py"):
+            path = pathlib.Path(name)
+            if not path.is_file():
+                raise ImportError(f"plugins: no such file {name!r}; give a .py file or an importable module name.")
+            mod_name = f"promptr1_plugin_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            module_spec.loader.exec_module(module)
+        elif name:
             try:
                 importlib.import_module(name)
             except ImportError as exc:

@@ -10,7 +10,7 @@ Run it (it registers the names, then hands over to the trainer's ``promptr1 trai
 
     python examples/custom_reinforce.py --model tiny --steps 2 --cpu true
 
-or, where the CLI loads plug-ins: ``promptr1 train --plugin examples/custom_reinforce.py --algo reinforce-loo``.
+or as a plug-in of the CLI: ``promptr1 train --plugins examples/custom_reinforce.py --algo reinforce-loo``.
 """
 
 from __future__ import annotations

@@ -268,6 +268,14 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     stop_strings: tuple[str, ...] = DEFAULT_STOP_STRINGS
+    #: Episodes advance independently: an episode whose env-LLM reply has landed joins the next
+    #: generation batch without waiting for slower calls of other episodes. False = a barrier per
+    #: turn (every generation round waits for all env calls), which keeps batch composition, and so
+    #: seeded sampling, independent of timing: the trainer uses it in deterministic mode.
+    independent: bool = True
+    #: With ``independent``: how long to let more replies land before generating for those ready
+    #: (larger batches for fast env LLMs; a slow call never holds the others back longer than this).
+    batch_wait_s: float = 0.05
 
 
 @dataclass
@@ -371,10 +379,58 @@ async def arun_episodes(
             )
         episodes.append(ep)
 
-    while True:
-        active = [k for k, ep in enumerate(episodes) if not ep.done]
-        if not active:
-            break
+    def apply(k: int, s: Any, text: str, result: tuple) -> None:
+        """Record env step ``result`` of episode ``k``; leaves it done or waiting for its next turn."""
+        obs, reward, terminated, truncated, info = result
+        ep = episodes[k]
+        ep.turns += 1
+        history = ep.messages
+        ep.messages = history + [{"role": "assistant", "content": text}]
+        if terminated or truncated:
+            ep.done, ep.terminated, ep.truncated = True, bool(terminated), bool(truncated)
+            ep.reward = float(reward)
+            ep.components = dict(info.get("reward_components") or {})
+            ep.env_error = info.get("env_error")
+            ep.episode_stats = dict(info.get("episode") or {})
+            return
+        ended_with_eos = bool(s.ids) and s.ids[-1] in eos_ids
+        frame = framer.reply_text(history, text, obs, ended_with_eos)
+        reply_ids = framer.encode(frame)
+        ep.messages.append({"role": "user", "content": obs})
+        if len(ep.ids) + len(reply_ids) + 1 >= cfg.max_seq_len:
+            # No room for another agent turn: end the episode here with the lowest reward.
+            ep.done, ep.truncated, ep.overflow = True, True, True
+            ep.reward = OVERFLOW_REWARD
+            ep.components = {"total": OVERFLOW_REWARD, "overflow": True}
+            return
+        ep.add(reply_ids, False)
+
+    async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, tuple]:
+        return k, s, text, await _env_step(envs[k], text)
+
+    ready = list(range(len(episodes)))  # episodes waiting for their next agent turn
+    pending: set[asyncio.Task] = set()  # env steps in flight
+    while ready or pending:
+        if pending and (not ready or cfg.independent):
+            # Without a barrier, wait briefly for more replies; with one, wait for all of them.
+            t0 = time.perf_counter()
+            if not cfg.independent:
+                done, pending = await asyncio.wait(pending)
+            else:
+                timeout = None if not ready else cfg.batch_wait_s
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if ready or done:  # let replies that land within the window join this batch
+                    more, pending = (await asyncio.wait(pending, timeout=cfg.batch_wait_s)) if pending else (set(), set())
+                    done |= more
+            timings["env_s"] += time.perf_counter() - t0
+            for task in sorted(done, key=lambda t: t.result()[0]):  # stable order: episode index
+                k, s, text, result = task.result()
+                apply(k, s, text, result)
+                if not episodes[k].done:
+                    ready.append(k)
+        if not ready:
+            continue
+        active, ready = sorted(ready), []
         t0 = time.perf_counter()
         budget = [min(cfg.max_new_tokens, cfg.max_seq_len - len(episodes[k].ids)) for k in active]
         sampled = sample_turns(
@@ -383,43 +439,14 @@ async def arun_episodes(
             stop_strings=cfg.stop_strings, eos_token_ids=eos_ids, generator=generator,
         )
         timings["generate_s"] += time.perf_counter() - t0
-
-        texts: list[str] = []
         for k, s, b in zip(active, sampled, budget):
             ids, lps = s.ids[:b], s.logps[:b]  # a shorter budget than the batch's: cut
             ep = episodes[k]
             ep.add(ids, True, lps)
             ep.gen_tokens += len(ids)
             s.ids, s.logps = ids, lps
-            texts.append(tokenizer.decode(ids, skip_special_tokens=True))
-
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*[_env_step(envs[k], txt) for k, txt in zip(active, texts)])
-        timings["env_s"] += time.perf_counter() - t0
-
-        for k, s, text, (obs, reward, terminated, truncated, info) in zip(active, sampled, texts, results):
-            ep = episodes[k]
-            ep.turns += 1
-            history = ep.messages
-            ep.messages = history + [{"role": "assistant", "content": text}]
-            if terminated or truncated:
-                ep.done, ep.terminated, ep.truncated = True, bool(terminated), bool(truncated)
-                ep.reward = float(reward)
-                ep.components = dict(info.get("reward_components") or {})
-                ep.env_error = info.get("env_error")
-                ep.episode_stats = dict(info.get("episode") or {})
-                continue
-            ended_with_eos = bool(s.ids) and s.ids[-1] in eos_ids
-            frame = framer.reply_text(history, text, obs, ended_with_eos)
-            reply_ids = framer.encode(frame)
-            ep.messages.append({"role": "user", "content": obs})
-            if len(ep.ids) + len(reply_ids) + 1 >= cfg.max_seq_len:
-                # No room for another agent turn: end the episode here with the lowest reward.
-                ep.done, ep.truncated, ep.overflow = True, True, True
-                ep.reward = OVERFLOW_REWARD
-                ep.components = {"total": OVERFLOW_REWARD, "overflow": True}
-                continue
-            ep.add(reply_ids, False)
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            pending.add(asyncio.ensure_future(env_call(k, s, text)))
     return episodes
 
 

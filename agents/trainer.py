@@ -283,8 +283,11 @@ class GRPOTrainer:
             self.envs = [env_factory() for _ in range(n_env)]
         else:
             self.envs = [PromptCollabEnv(task=self.tasks, env_llm=self.env_llm, **kw) for _ in range(n_env)]
+        # Deterministic runs keep a barrier per turn so that batch composition (and so seeded sampling)
+        # never depends on env-LLM timing; otherwise episodes advance independently.
         self.rollout_cfg = RolloutConfig(max_new_tokens=cfg.max_new_tokens, max_seq_len=cfg.max_seq_len,
-                                         temperature=cfg.temperature, top_p=cfg.top_p)
+                                         temperature=cfg.temperature, top_p=cfg.top_p,
+                                         independent=not cfg.deterministic)
 
         if resume_from is not None:
             self._load_state(resume_from)

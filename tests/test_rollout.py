@@ -194,3 +194,38 @@ def test_template_that_rewrites_history_is_rejected(tiny):
     )
     with pytest.raises(TemplateError, match="prefix"):
         ChatFramer(bad)
+
+
+class SlowReplyEnv(ReplyEnv):
+    """ReplyEnv whose async step sleeps ``delay`` seconds; records when each step finished."""
+
+    def __init__(self, delay: float, log: list, name: str, max_turns: int = 3):
+        super().__init__(max_turns=max_turns)
+        self.delay, self.log, self.name = delay, log, name
+
+    async def astep(self, action):
+        import asyncio
+        import time
+
+        await asyncio.sleep(self.delay)
+        out = self.step(action)
+        self.log.append((self.name, self.t, time.perf_counter()))
+        return out
+
+
+@pytest.mark.parametrize("independent", [True, False])
+def test_fast_episodes_do_not_wait_for_a_slow_env_call(tiny, independent):
+    """Without a barrier, the fast episodes play all their turns while the slow one's first reply is pending."""
+    model, tok = tiny
+    log: list = []
+    envs = [SlowReplyEnv(1.0, log, "slow"), SlowReplyEnv(0.0, log, "fast-a"), SlowReplyEnv(0.0, log, "fast-b")]
+    cfg = RolloutConfig(max_new_tokens=6, max_seq_len=2048, independent=independent, batch_wait_s=0.02)
+    eps = run_episodes(model, tok, envs, [TASK] * 3, [0, 0, 0], cfg, generator=torch.Generator().manual_seed(0))
+    assert all(ep.done and ep.turns == 3 for ep in eps)
+    first_slow = next(t for name, turn, t in log if name == "slow" and turn == 1)
+    fast_done = max(t for name, turn, t in log if name != "slow")
+    if independent:
+        assert fast_done < first_slow  # every fast turn ended before the slow call's first reply
+    else:
+        fast_turn2 = min(t for name, turn, t in log if name != "slow" and turn == 2)
+        assert fast_turn2 > first_slow  # the barrier held turn 2 of the fast episodes back

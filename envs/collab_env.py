@@ -29,7 +29,7 @@ from promptr1.envs.protocol import ParsedTurn, parse_turn, wrap_response
 from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, make_backend
-from promptr1.rewards import compute_reward
+from promptr1.rewards import ANSWER_METRICS, REWARD_VARIANTS, compute_reward
 
 __all__ = ["DEFAULT_AGENT_SYSTEM_PROMPT", "DEFAULT_ENV_SYSTEM_PROMPT", "PromptCollabEnv"]
 
@@ -105,8 +105,9 @@ class PromptCollabEnv(gym.Env):
             raise ValueError(f"task_order must be 'random' or 'sequential', got {task_order!r}.")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
-        # Validate the reward options now rather than at the end of the first episode.
-        compute_reward([], ["x"], variant=reward_variant, answer_metric=answer_metric)
+        # Validate the reward options now rather than at the end of the first episode (did-you-mean errors).
+        REWARD_VARIANTS[reward_variant]
+        ANSWER_METRICS[answer_metric]
 
         self.tasks = load_tasks(task, split=split)
         if len(self.tasks) == 0:

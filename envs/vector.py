@@ -18,8 +18,6 @@ So no episode waits for another episode's slow call (the reference code waits at
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.llm_backends import LLMBackend, make_backend
+from promptr1.llm_backends.base import _LoopThread
 
 __all__ = ["PromptCollabVectorEnv", "StepResult", "make_vector_env"]
 
@@ -49,21 +48,6 @@ class StepResult:
     @property
     def done(self) -> bool:
         return self.terminated or self.truncated
-
-
-class _Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="promptr1-vector-loop", daemon=True)
-        self.thread.start()
-
-    def submit(self, coro) -> Future:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=5)
 
 
 class PromptCollabVectorEnv(VectorEnv):
@@ -88,7 +72,7 @@ class PromptCollabVectorEnv(VectorEnv):
         self.observation_space = TupleSpace([self.single_observation_space] * num_envs)
         self.action_space = TupleSpace([self.single_action_space] * num_envs)
         self.render_mode = env_kwargs.get("render_mode")
-        self._loop = _Loop()
+        self._loop = _LoopThread("promptr1-vector-loop")
         self._autoreset = np.zeros(num_envs, dtype=bool)
         self._inflight: dict[int, Future] = {}
         self._seeds_rng: np.random.Generator | None = None
@@ -191,7 +175,7 @@ class PromptCollabVectorEnv(VectorEnv):
         for fut in self._inflight.values():
             fut.cancel()
         self._inflight.clear()
-        self._loop.stop()
+        self._loop.stop(join_timeout=5)
         close = getattr(self.backend, "close", None)
         if callable(close):
             close()

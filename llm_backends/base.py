@@ -13,6 +13,7 @@ agent as if the large LLM had said it (design.md section 6).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,17 +124,23 @@ class _LoopThread:
     path of an async-native backend must always use the same loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "promptr1-backend-loop") -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="promptr1-backend-loop", daemon=True)
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
-    def run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+    def submit(self, coro) -> "concurrent.futures.Future":
+        """Schedule ``coro`` on the loop; returns a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def stop(self) -> None:
+    def run(self, coro):
+        return self.submit(coro).result()
+
+    def stop(self, join_timeout: float | None = None) -> None:
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
+        if join_timeout is not None:
+            self._thread.join(timeout=join_timeout)
 
 
 class BaseBackend:

@@ -157,19 +157,22 @@ def _final_eval(cfg: GRPOConfig, base_model: str, sft_model: str, trained_model:
     from promptr1.agents.evaluate import evaluate_policy, format_table
     from promptr1.agents.trainer import load_policy
 
+    from promptr1.llm_backends import make_backend
+
     tasks = _eval_tasks(cfg.eval_tasks or cfg.tasks, "test")
+    backend = make_backend(cfg.env_llm)  # one env LLM for every row (an in-process model loads once)
     kw = dict(episodes=cfg.eval_episodes, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
               max_seq_len=cfg.max_seq_len, temperature=0.0, batch_size=32, seed=cfg.seed + 1)
     results = []
     base, base_tok = load_policy(base_model)
-    results.append(evaluate_policy(base, base_tok, tasks, cfg.env_llm, name="untrained", **kw))
+    results.append(evaluate_policy(base, base_tok, tasks, backend, name="untrained", **kw))
     del base
     if sft_model != base_model and cfg.eval_warm_start:
         sft, sft_tok = load_policy(sft_model)
-        results.append(evaluate_policy(sft, sft_tok, tasks, cfg.env_llm, name="after SFT", **kw))
+        results.append(evaluate_policy(sft, sft_tok, tasks, backend, name="after SFT", **kw))
         del sft
     trained_model.eval()
-    results.append(evaluate_policy(trained_model, tokenizer, tasks, cfg.env_llm, name="trained (GRPO)", **kw))
+    results.append(evaluate_policy(trained_model, tokenizer, tasks, backend, name="trained (GRPO)", **kw))
     print(f"\nheld-out evaluation ({cfg.eval_episodes} episodes, greedy, env LLM {cfg.env_llm!r}; mean ± 95% CI):")
     print(format_table(results), flush=True)
     (out / "eval.json").write_text(json.dumps(

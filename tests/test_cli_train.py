@@ -100,3 +100,15 @@ def test_eval_with_task_files_runs_the_harness(tmp_path):
     assert len(records) == 3
     # the echo backend repeats the question, which is the gold answer by construction
     assert all(r["method"] == "direct" and r["metrics"]["em"] == 1.0 for r in records)
+
+
+def test_train_then_held_out_eval_prints_both_rows(tmp_path, tiny_path, capsys):
+    """The quickstart's final step: untrained and trained rows on held-out episodes, saved to eval.json."""
+    out = tmp_path / "run"
+    rc = main(["train", "--model", tiny_path, "--steps", "1", "--output-dir", str(out), "--eval-episodes", "4", *FAST])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "held-out evaluation (4 episodes" in printed
+    assert "untrained" in printed and "trained (GRPO)" in printed
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["untrained"]["episodes"] == 4 and saved["trained (GRPO)"]["episodes"] == 4

@@ -104,7 +104,7 @@ def run_training(cfg: GRPOConfig) -> int:
     """The whole ``promptr1 train`` pipeline for a parsed config."""
     import torch
 
-    from promptr1.agents.trainer import GRPOTrainer, resolve_model_path
+    from promptr1.agents.trainer import GRPOTrainer
 
     t_start = time.perf_counter()
     out = pathlib.Path(cfg.output_dir)
@@ -155,7 +155,7 @@ def _eval_tasks(spec: str, split: str = "test") -> list[Any]:
 def _final_eval(cfg: GRPOConfig, base_model: str, sft_model: str, trained_model: Any, tokenizer: Any,
                 out: pathlib.Path) -> None:
     from promptr1.agents.evaluate import evaluate_policy, format_table
-    from promptr1.agents.trainer import load_policy
+    from promptr1.agents.models import load_policy
 
     from promptr1.llm_backends import make_backend
 
@@ -230,7 +230,7 @@ def eval_main(argv: Sequence[str]) -> int:
     if cfg is None:
         return 0
     from promptr1.agents.evaluate import evaluate_policy, format_table
-    from promptr1.agents.trainer import load_policy, resolve_model_path
+    from promptr1.agents.models import load_policy, resolve_model_path
 
     model, tok = load_policy(cfg.model)
     model.eval()
@@ -258,7 +258,7 @@ def chat_main(argv: Sequence[str]) -> int:
     if not cfg.question.strip():
         return _die(ConfigError("give a question: promptr1 chat \"Who directed ...?\" (or --question TEXT)."), "chat")
     from promptr1.agents.rollout import RolloutConfig, run_episodes
-    from promptr1.agents.trainer import load_policy
+    from promptr1.agents.models import load_policy
     from promptr1.envs.collab_env import PromptCollabEnv
     from promptr1.envs.tasks import Task
 

@@ -313,9 +313,9 @@ class ScriptedAgentPolicy:
 
         def step(chat: list[dict[str, str]]) -> str:
             if not any(m["role"] == "assistant" for m in chat):
-                from promptr1.envs.tasks import _split_prompt
+                from promptr1.envs.tasks import split_prompt
 
-                question, _ = _split_prompt(next(m["content"] for m in chat if m["role"] == "user"))
+                question, _ = split_prompt(next(m["content"] for m in chat if m["role"] == "user"))
                 return f"<think>Ask the expert.</think><interaction_prompt>{question}</interaction_prompt>"
             reply = chat[-1]["content"]
             reply = reply.removeprefix("<interaction_response>").removesuffix("</interaction_response>")
@@ -331,7 +331,7 @@ def _resolve_model_dir(spec: str) -> str:
 
         return str(smollm2_model_dir())
     if spec == "tiny":
-        from promptr1.llm_backends.tiny_model import tiny_model_path
+        from promptr1.testing.tiny_model import tiny_model_path
 
         return str(tiny_model_path())
     path = Path(spec).expanduser()

@@ -34,17 +34,17 @@ Unknown names are answered with a "did you mean":
 ...     ADVANTAGE_ESTIMATORS.get("grpoo")
 ... except KeyError as err:
 ...     print(err)
-unknown advantage estimator 'grpoo'. Did you mean 'grpo'? Available: 'drgrpo', 'grpo', ...
+unknown advantage estimator 'grpoo'. Did you mean 'grpo'? Expected one of: drgrpo, grpo, ...
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar, overload
+from typing import Any
+
+from promptr1.registry import Registry, UnknownNameError
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -58,121 +58,6 @@ __all__ = [
     "register_algorithm",
     "register_policy_loss",
 ]
-
-T = TypeVar("T")
-
-
-class UnknownNameError(KeyError, ValueError):
-    """Raised by :meth:`Registry.get` for a name that is not registered.
-
-    It is both a ``KeyError`` (a failed lookup) and a ``ValueError`` (a bad option value, which is what a
-    command-line parser wants); ``str()`` gives the plain message, without ``KeyError``'s quotes.
-    """
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class Registry(Generic[T]):
-    """A named collection of objects of one kind (``kind`` is used in error messages only).
-
-    ``loaders`` are modules imported on the first lookup, so the built-in entries they register are present
-    without an import cycle between this module and the modules that define them.
-
-    >>> colors = Registry("color")
-    >>> colors.register("red", 0xFF0000)
-    16711680
-    >>> @colors.register("green")
-    ... def green():
-    ...     return 0x00FF00
-    >>> colors.names()
-    ['green', 'red']
-    >>> try:
-    ...     colors.get("gren")
-    ... except KeyError as err:
-    ...     print(err)
-    unknown color 'gren'. Did you mean 'green'? Available: 'green', 'red'.
-    """
-
-    def __init__(self, kind: str, *, loaders: tuple[str, ...] = ()) -> None:
-        self.kind = kind
-        self._entries: dict[str, T] = {}
-        self._loaders = loaders
-        self._loaded = not loaders
-
-    def _load_builtins(self) -> None:
-        if not self._loaded:
-            self._loaded = True  # set first: the loader modules call register() on this registry
-            for module in self._loaders:
-                importlib.import_module(module)
-
-    @overload
-    def register(self, name: str, obj: None = None, *, overwrite: bool = False) -> Callable[[T], T]: ...
-
-    @overload
-    def register(self, name: str, obj: T, *, overwrite: bool = False) -> T: ...
-
-    def register(self, name: str, obj: T | None = None, *, overwrite: bool = False) -> T | Callable[[T], T]:
-        """Register ``obj`` under ``name``; without ``obj``, return a decorator that does it.
-
-        Registering a name twice is an error unless ``overwrite=True`` (so two plug-ins cannot silently
-        shadow each other). Returns ``obj`` unchanged.
-        """
-        if not isinstance(name, str) or not name.strip():
-            raise TypeError(f"a {self.kind} name must be a non-empty string; got {name!r}.")
-        name = name.strip()
-
-        def _add(o: T) -> T:
-            self._load_builtins()
-            if name in self._entries and not overwrite and self._entries[name] is not o:
-                raise ValueError(
-                    f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it "
-                    "or choose another name."
-                )
-            self._entries[name] = o
-            return o
-
-        if obj is None:
-            return _add
-        return _add(obj)
-
-    def get(self, name: str) -> T:
-        """Return the object registered under ``name``, or raise :class:`UnknownNameError` with a hint."""
-        self._load_builtins()
-        try:
-            return self._entries[name]
-        except (KeyError, TypeError):
-            pass
-        names = self.names()
-        hint = difflib.get_close_matches(str(name), names, n=1)
-        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-        available = ", ".join(repr(n) for n in names) or "(none)"
-        raise UnknownNameError(f"unknown {self.kind} {name!r}.{did_you_mean} Available: {available}.")
-
-    def names(self) -> list[str]:
-        """Sorted registered names."""
-        self._load_builtins()
-        return sorted(self._entries)
-
-    def unregister(self, name: str) -> T:
-        """Remove and return an entry (useful in tests)."""
-        obj = self.get(name)
-        del self._entries[name]
-        return obj
-
-    def __contains__(self, name: object) -> bool:
-        self._load_builtins()
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self.names())
-
-    def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, names={self.names()})"
-
 
 @dataclass(frozen=True)
 class AlgoSpec:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -461,33 +461,3 @@ def collate_episodes(episodes: Sequence[Episode], pad_id: int) -> dict[str, torc
     input_ids, action, attention = build_action_mask([e.segments for e in episodes], pad_id=pad_id)  # (B, T)
     old = pad_sequences([e.logp for e in episodes], pad_to=input_ids.shape[1], dtype=torch.float32)  # (B, T)
     return {"input_ids": input_ids, "attention_mask": attention, "action_mask": action.float(), "old_logp": old}
-
-
-def token_logprobs_from_model(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                              temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs ``(B, T)`` aligned to token positions (position 0 is 0) and entropy.
-
-    ``logp[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`` under ``logits / temperature``.
-    Right padding means position ids are plain ``arange``.
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
-    logits = logits[:, :-1].float()
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    logz = torch.logsumexp(logits, dim=-1)  # (B, T-1)
-    tgt = logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-    logp = tgt - logz
-    probs = torch.softmax(logits, dim=-1)
-    entropy = logz - (probs * logits).sum(-1)  # (B, T-1)
-    zero = torch.zeros_like(logp[:, :1])
-    return torch.cat([zero, logp], dim=1), torch.cat([zero, entropy], dim=1)
-
-
-def make_env_factory(**env_kwargs: Any) -> Callable[[], Any]:
-    """A factory of :class:`~promptr1.envs.collab_env.PromptCollabEnv` sharing one env LLM."""
-    from promptr1.envs.collab_env import PromptCollabEnv
-
-    def factory() -> Any:
-        return PromptCollabEnv(**env_kwargs)
-
-    return factory

@@ -66,7 +66,8 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     """Fine-tune on demonstrations; save the model (HF format) to ``cfg.output_dir``; return the folder."""
     from accelerate import Accelerator
 
-    from promptr1.agents.trainer import load_policy, seed_everything
+    from promptr1.agents.models import load_policy
+    from promptr1.agents.seeding import seed_everything
     from promptr1.envs.collab_env import PromptCollabEnv
     from promptr1.envs.tasks import load_tasks
     from promptr1.llm_backends import make_backend
@@ -111,7 +112,7 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
         idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
         batch = collate_episodes([examples[i] for i in idx], tokenizer.pad_token_id)
         batch = {k: v.to(acc.device) for k, v in batch.items()}
-        from promptr1.agents.trainer import sequence_logprobs
+        from promptr1.agents.models import sequence_logprobs
 
         logp, _ = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["action_mask"],
                                     autocast=acc.autocast)  # (B, T)

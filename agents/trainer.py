@@ -17,12 +17,9 @@ through accelerate's own config). Seeding happens in one place (:func:`seed_ever
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import contextlib
 import math
-import os
 import pathlib
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -41,92 +38,16 @@ from promptr1.agents.checkpoint import (
     write_checkpoint_files,
 )
 from promptr1.agents.config import GRPOConfig, config_to_dict
-from promptr1.agents.logging import Callback, CallbackList, Logger
+from promptr1.agents.logger import Callback, CallbackList, Logger
+from promptr1.agents.models import load_policy, resolve_model_path, sequence_logprobs
+from promptr1.agents.seeding import derived_seed, seed_everything
+from promptr1.plugins import import_plugins
 from promptr1.agents.rollout import ChatFramer, Episode, RolloutConfig, collate_episodes, run_episodes
 
-__all__ = ["GRPOTrainer", "load_policy", "resolve_model_path", "seed_everything"]
+__all__ = ["GRPOTrainer"]
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """The one place where the global RNGs are seeded (python, numpy, torch, CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        if torch.backends.cudnn.is_available():
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-
-
-def import_plugins(spec: str) -> None:
-    """Import the comma-separated modules or ``.py`` files in ``spec`` (they register algorithms, losses, backends)."""
-    import importlib
-    import importlib.util
-    import sys
-
-    for name in (m.strip() for m in spec.split(",")):
-        if name.endswith(".py"):
-            path = pathlib.Path(name)
-            if not path.is_file():
-                raise ImportError(f"plugins: no such file {name!r}; give a .py file or an importable module name.")
-            mod_name = f"promptr1_plugin_{path.stem}"
-            module_spec = importlib.util.spec_from_file_location(mod_name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[mod_name] = module
-            module_spec.loader.exec_module(module)
-        elif name:
-            try:
-                importlib.import_module(name)
-            except ImportError as exc:
-                raise ImportError(f"plugins: cannot import {name!r} ({exc}); give importable module names, "
-                                  "e.g. --plugins my_project.algos") from exc
-
-
-def derived_seed(*parts: Any) -> int:
-    """A stable 63-bit seed from any parts (step, rank, purpose...).
-
-    >>> derived_seed(0, "rollout", 3) == derived_seed(0, "rollout", 3)
-    True
-    """
-    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-def resolve_model_path(name: str) -> str:
-    """``smollm2`` -> the cached SmolLM2-135M-Instruct folder; ``tiny`` -> the tiny test model;
-    a training output folder -> its latest checkpoint; anything else is passed through."""
-    if name == "smollm2":
-        from promptr1.llm_backends.smollm2 import smollm2_model_dir
-
-        return str(smollm2_model_dir())
-    if name == "tiny":
-        from promptr1.llm_backends.tiny_model import tiny_model_path
-
-        return str(tiny_model_path())
-    p = pathlib.Path(name)
-    if p.is_dir() and not (p / "config.json").exists():
-        ckpt = find_latest_checkpoint(p)
-        if ckpt is not None:
-            return str(ckpt)
-    return name
-
-
-def load_policy(name: str, *, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer (left padding off: we pad by hand)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    return model, tokenizer
 
 
 def _resolve_mixed_precision(cfg: GRPOConfig) -> str:
@@ -174,36 +95,6 @@ def _num(x: Any, default: float = float("nan")) -> float:
         return default
 
 
-def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
-                      *, temperature: float = 1.0, with_entropy: bool = False,
-                      autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``log p(token_t | tokens_<t)`` as ``(B, T)`` (0 where not computed), and optionally the entropy.
-
-    Logits are only computed from the position before the batch's first action token on
-    (``logits_to_keep``): the prompt's logits are never needed, which saves memory and time
-    with large vocabularies.
-    """
-    from promptr1.agents.losses import entropy_from_logits, token_logprobs
-
-    B, T = input_ids.shape
-    act_cols = action_mask.bool().any(0).nonzero()
-    start = max(int(act_cols[0].item()) - 1, 0) if act_cols.numel() else 0
-    keep = torch.arange(start, T - 1, device=input_ids.device)  # positions whose logits predict t+1
-    ctx = autocast() if autocast is not None else _nullcontext()
-    with ctx:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                       logits_to_keep=keep).logits  # (B, T-1-start, V)
-    tgt = input_ids[:, start + 1:]  # (B, T-1-start)
-    lp = token_logprobs(logits, tgt, temperature=temperature)
-    logp = lp.new_zeros(B, T)
-    logp = torch.cat([logp[:, : start + 1], lp], dim=1)  # (B, T)
-    ent = None
-    if with_entropy:
-        e = entropy_from_logits(logits, temperature=temperature)
-        ent = torch.cat([e.new_zeros(B, start + 1), e], dim=1)  # (B, T)
-    return logp, ent
-
-
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -218,7 +109,7 @@ class GRPOTrainer:
         env_kwargs: extra keyword arguments for every :class:`PromptCollabEnv`.
         env_factory: a zero-argument callable returning an env (anything with ``reset(seed, options)``
             and ``step``/``astep`` like :class:`PromptCollabEnv`); replaces the default envs.
-        callbacks: :class:`~promptr1.agents.logging.Callback` objects.
+        callbacks: :class:`~promptr1.agents.logger.Callback` objects.
     """
 
     def __init__(
@@ -482,7 +373,7 @@ class GRPOTrainer:
                     else:
                         weight = sub_seqs / seqs if seqs > 0 else 0.0
                     last = j == len(micro) - 1
-                    ctx = acc.no_sync(self.model) if (not last and acc.num_processes > 1) else _nullcontext()
+                    ctx = acc.no_sync(self.model) if (not last and acc.num_processes > 1) else contextlib.nullcontext()
                     with ctx:
                         logp, ent = self._logprobs(self.model, sub, with_entropy=need_entropy)
                         loss_batch = {"logp": logp, "mask": sub["action_mask"], "advantages": sub["advantages"],
@@ -671,15 +562,3 @@ class GRPOTrainer:
         rng = folder / f"rng_state_rank{self.accelerator.process_index}.pt"
         if rng.exists():
             restore_rng_state(torch.load(rng, weights_only=False))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def config_replace(cfg: GRPOConfig, **changes: Any) -> GRPOConfig:
-    return dataclasses.replace(cfg, **changes)

@@ -1,6 +1,6 @@
 """One GRPO step (rollout + update): promptr1's GRPOTrainer vs TRL's GRPOTrainer, same work.
 
-Same tiny model (``promptr1.llm_backends.tiny_model``), same prompts, same number of questions,
+Same tiny model (``promptr1.testing.tiny_model``), same prompts, same number of questions,
 group size, completion length, temperature, one update epoch, no KL (so neither builds a
 reference model), same reward function of the completion text. Single-turn episodes, because
 TRL's trainer is single-turn. Each trainer runs ``--warmup`` steps first (not timed), then
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from promptr1.llm_backends.tiny_model import tiny_model_path
+    from promptr1.testing.tiny_model import tiny_model_path
 
     path = str(tiny_model_path())
     ours = bench_ours(args, path)

@@ -25,7 +25,7 @@ import time
 
 from promptr1.envs.tasks import Task
 from promptr1.envs.vector import PromptCollabVectorEnv
-from promptr1.llm_backends.fake_server import FakeOpenAIServer, lognormal
+from promptr1.testing.fake_server import FakeOpenAIServer, lognormal
 from promptr1.llm_backends.openai_backend import OpenAIBackend
 
 TURNS = [

@@ -58,7 +58,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from promptr1.envs.embedders import Embedder, make_embedder
+from promptr1.rewards.embedders import Embedder, make_embedder
 
 __all__ = [
     "BUILTIN_STRATEGIES",
@@ -325,7 +325,7 @@ class StrategyWrapper(gym.Env):
         strategies: names of built-in strategies, in action order (default: all of
             :data:`BUILTIN_STRATEGIES`).
         embedder: ``"hashing"`` (default, fast), ``"minilm"``, ``"auto"`` or an object with
-            ``encode(list[str])`` and ``dim`` (see :mod:`promptr1.envs.embedders`).
+            ``encode(list[str])`` and ``dim`` (see :mod:`promptr1.rewards.embedders`).
         extra_templates: user strategies appended after the built-ins: a mapping ``name -> template``
             or a list of templates (named ``template0``, ...); see the module docstring for fields.
         max_turns: overrides ``env.max_turns`` (the length of the turn one-hot).

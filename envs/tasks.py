@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from promptr1.registry import Registry
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
+    "TASK_SOURCES",
     "ListTaskSource",
     "Task",
     "TaskSource",
@@ -22,6 +25,7 @@ __all__ = [
     "load_jsonl",
     "load_parquet",
     "load_tasks",
+    "split_prompt",
 ]
 
 # Our own wording of the protocol instruction used when a task source has none (the official
@@ -118,7 +122,7 @@ def infer_ability(data_source: str, ability: str = "") -> str:
     return "qa"
 
 
-def _split_prompt(content: str) -> tuple[str, str]:
+def split_prompt(content: str) -> tuple[str, str]:
     """Split an official first message into (question, instruction); recomposes exactly."""
     body = content[len("Question: "):] if content.startswith("Question: ") else content
     cut = body.find(_REF_INSTRUCTION_START)
@@ -143,7 +147,7 @@ def _task_from_official_row(row: Mapping, index: int, name: str) -> Task:
         raise ValueError(f"{name} row {index}: 'prompt' is empty; expected a chat list with a user message.")
     user = [m for m in prompt if m.get("role") == "user"]
     content = (user[-1] if user else prompt[-1])["content"]
-    question, instruction = _split_prompt(content)
+    question, instruction = split_prompt(content)
     rm = row.get("reward_model") or {}
     answers = _answers_list(rm.get("ground_truth") if isinstance(rm, Mapping) else None)
     if not answers:
@@ -225,6 +229,13 @@ def load_jsonl(path: str | os.PathLike) -> ListTaskSource:
     return ListTaskSource(tasks, name=path.name)
 
 
+#: Named task sources: ``load_tasks("NAME[:ARGS]")`` calls ``TASK_SOURCES["NAME"](ARGS, split=, seed=)``.
+#: File paths (``.parquet``, ``.jsonl``) are recognised by their suffix instead.
+TASK_SOURCES: Registry[Callable[..., Sequence[Task]]] = Registry(
+    "task source", {"synthetic": "promptr1.envs.synthetic.world:load_synthetic"}
+)
+
+
 def load_tasks(spec, *, split: str = "train", seed: int = 0) -> Sequence[Task]:
     """Resolve a ``task=`` argument into an indexable collection of tasks.
 
@@ -236,15 +247,9 @@ def load_tasks(spec, *, split: str = "train", seed: int = 0) -> Sequence[Task]:
         return ListTaskSource([spec], name=spec.id or "task")
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
-        if text.startswith("synthetic"):
-            from promptr1.envs.synthetic import SyntheticTasks
-
-            parts = text.split(":")
-            sp = parts[1] if len(parts) > 1 and parts[1] else split
-            kwargs = {}
-            if len(parts) > 2 and parts[2]:
-                kwargs["kinds"] = tuple(parts[2].split(","))
-            return SyntheticTasks(split=sp, **kwargs)
+        scheme, _, rest = text.partition(":")
+        if scheme in TASK_SOURCES and not Path(text).suffix:
+            return TASK_SOURCES.get(scheme)(rest, split=split, seed=seed)
         suffix = Path(text).suffix.lower()
         if suffix == ".parquet":
             return load_parquet(text)

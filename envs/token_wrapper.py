@@ -36,19 +36,23 @@ __all__ = ["DEFAULT_STOP_STRINGS", "TokenWrapper", "load_tokenizer", "vocab_from
 DEFAULT_STOP_STRINGS: tuple[str, ...] = ("</interaction_prompt>", "</answer>")
 
 
-def load_tokenizer(tokenizer: Any = None) -> Any:
-    """A Hugging Face tokenizer: passed through, loaded from a folder path, or (``None``) the tiny test model's."""
+def load_tokenizer(tokenizer: Any) -> Any:
+    """A Hugging Face tokenizer: passed through, or loaded from a folder, an HF id or a short model name
+    (``smollm2``; ``tiny`` is the random test model's small vocabulary)."""
     if tokenizer is None:
-        from promptr1.llm_backends.tiny_model import tiny_model_path
-
-        tokenizer = tiny_model_path()
+        raise TypeError(
+            "load_tokenizer needs a tokenizer: a Hugging Face tokenizer, a folder, or a model name such as "
+            "'smollm2' (or 'tiny', the test model's small vocabulary)."
+        )
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+        from promptr1.llm_backends.model_cache import model_folder
+
+        return AutoTokenizer.from_pretrained(model_folder(os.fspath(tokenizer)))
     if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
         raise TypeError(
-            f"tokenizer must be a Hugging Face tokenizer, a folder path, or None (the tiny model's); "
+            f"tokenizer must be a Hugging Face tokenizer, a folder path or a model name; "
             f"got {type(tokenizer).__name__}."
         )
     return tokenizer
@@ -106,7 +110,7 @@ class TokenWrapper(gym.Env):
     Args:
         env: the text environment (any env with ``str`` observations and actions).
         tokenizer: a Hugging Face tokenizer, a folder path, or ``None`` for the tiny test model's
-            (:func:`promptr1.llm_backends.tiny_model.tiny_model_path`).
+            (:func:`promptr1.testing.tiny_model.tiny_model_path`).
         window: how many trailing token symbols the observation holds.
         max_turn_tokens: a turn is sent after this many tokens even without a stop.
         vocab: token ids or token strings the agent may emit (default: the whole vocabulary).
@@ -122,7 +126,7 @@ class TokenWrapper(gym.Env):
     def __init__(
         self,
         env: gym.Env,
-        tokenizer: Any = None,
+        tokenizer: Any,
         *,
         window: int = 32,
         max_turn_tokens: int = 64,

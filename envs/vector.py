@@ -29,7 +29,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.llm_backends import LLMBackend, make_backend
-from promptr1.llm_backends.base import _LoopThread
+from promptr1.llm_backends.base import LoopThread
 
 __all__ = ["PromptCollabVectorEnv", "StepResult", "make_vector_env"]
 
@@ -72,7 +72,7 @@ class PromptCollabVectorEnv(VectorEnv):
         self.observation_space = TupleSpace([self.single_observation_space] * num_envs)
         self.action_space = TupleSpace([self.single_action_space] * num_envs)
         self.render_mode = env_kwargs.get("render_mode")
-        self._loop = _LoopThread("promptr1-vector-loop")
+        self._loop = LoopThread("promptr1-vector-loop")
         self._autoreset = np.zeros(num_envs, dtype=bool)
         self._inflight: dict[int, Future] = {}
         self._seeds_rng: np.random.Generator | None = None

@@ -31,7 +31,7 @@ VOCAB_TEXTS = (
 
 
 def make_env(split: str = "train", window: int = 32, max_turn_tokens: int = 24, max_turns: int = 2,
-             tokenizer: Any = None) -> TokenWrapper:
+             tokenizer: Any = "tiny") -> TokenWrapper:
     """The token-level env over ``synthetic:<split>`` with the ``sim`` expert and a small vocabulary."""
     tok = load_tokenizer(tokenizer)
     inner = PromptCollabEnv(task=f"synthetic:{split}", env_llm="sim", max_turns=max_turns)
@@ -46,7 +46,7 @@ def run(steps: int = 512, seed: int = 0, logdir: str | None = DEFAULT_LOGDIR, n_
     from stable_baselines3.common.env_util import make_vec_env
 
     torch.set_num_threads(1)
-    tok = load_tokenizer(None)  # load once, share across the sub-envs
+    tok = load_tokenizer("tiny")  # load once, share across the sub-envs
     venv = make_vec_env(lambda: make_env("train", tokenizer=tok), n_envs=n_envs, seed=seed)
     model = PPO("MlpPolicy", venv, n_steps=64, batch_size=64, n_epochs=2, learning_rate=3e-4, ent_coef=0.01,
                 seed=seed, device="cpu", verbose=0, tensorboard_log=logdir)

@@ -15,13 +15,12 @@ Specs accepted by :func:`make_backend` (and by ``gym.make("PromptR1-v0", env_llm
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import Any, Callable
 
 from .base import BaseBackend, Completion, EnvLLMError, LLMBackend, Message, validate_messages
 
 __all__ = [
+    "BACKENDS",
     "BaseBackend",
     "Completion",
     "EnvLLMError",
@@ -33,37 +32,40 @@ __all__ = [
     "validate_messages",
 ]
 
-# name -> "module:attribute" (imported lazily so `import promptr1` stays light) or a factory.
-_REGISTRY: dict[str, str | Callable[..., LLMBackend]] = {
-    "sim": "promptr1.llm_backends.sim:SimExpert",
-    "scripted": "promptr1.llm_backends.scripted:ScriptedBackend",
-    "echo": "promptr1.llm_backends.scripted:EchoBackend",
-    "openai": "promptr1.llm_backends.openai_backend:OpenAIBackend",
-    "hf": "promptr1.llm_backends.hf_backend:HFBackend",
-    "smollm2": "promptr1.llm_backends.hf_backend:smollm2_backend",
-}
+from promptr1.registry import Registry
+
+#: Env-LLM specs by name. Entries are lazy ``"module:attribute"`` references, imported on first use so
+#: that ``import promptr1`` stays light. ``sim`` lives with the synthetic world it answers about;
+#: ``scripted`` and ``echo`` are test doubles from :mod:`promptr1.testing`.
+BACKENDS: Registry[Callable[..., LLMBackend]] = Registry(
+    "env_llm",
+    {
+        "sim": "promptr1.envs.synthetic.expert:SimExpert",
+        "scripted": "promptr1.testing.scripted:ScriptedBackend",
+        "echo": "promptr1.testing.scripted:EchoBackend",
+        "openai": "promptr1.llm_backends.openai_backend:OpenAIBackend",
+        "hf": "promptr1.llm_backends.hf_backend:HFBackend",
+        "smollm2": "promptr1.llm_backends.hf_backend:smollm2_backend",
+    },
+    display={"openai": "openai:MODEL", "hf": "hf:ID_OR_PATH"},
+    extra="(or an LLMBackend instance)",
+)
+
+#: Specs that need an argument after the colon.
+_NEEDS_ARG = ("openai", "hf")
 
 
 def register_backend(name: str, factory: str | Callable[..., LLMBackend], *, overwrite: bool = False) -> None:
     """Make ``name`` (or ``name:ARG``) usable as an ``env_llm`` spec.
 
-    ``factory`` is called as ``factory(**kwargs)`` for ``name`` and ``factory(ARG, **kwargs)``
-    for ``name:ARG``.
+    ``factory`` (a callable, or a lazy ``"module:attribute"`` string) is called as ``factory(**kwargs)``
+    for ``name`` and ``factory(ARG, **kwargs)`` for ``name:ARG``.
     """
-    if not overwrite and name in _REGISTRY:
-        raise ValueError(f"backend {name!r} is already registered; pass overwrite=True to replace it.")
-    _REGISTRY[name] = factory
+    BACKENDS.register(name, factory, overwrite=overwrite)
 
 
 def available_backends() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _resolve(target: str | Callable[..., LLMBackend]) -> Callable[..., LLMBackend]:
-    if callable(target):
-        return target
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return BACKENDS.names()
 
 
 def make_backend(spec: str | LLMBackend, **kwargs: Any) -> LLMBackend:
@@ -74,7 +76,7 @@ def make_backend(spec: str | LLMBackend, **kwargs: Any) -> LLMBackend:
     >>> make_backend("gpt4")
     Traceback (most recent call last):
     ...
-    ValueError: unknown env_llm 'gpt4'. Expected one of: echo, hf:ID_OR_PATH, openai:MODEL, scripted, sim, smollm2 (or an LLMBackend instance).
+    promptr1.registry.UnknownNameError: unknown env_llm 'gpt4'. Expected one of: echo, hf:ID_OR_PATH, openai:MODEL, scripted, sim, smollm2 (or an LLMBackend instance).
     """
     if not isinstance(spec, str):
         if isinstance(spec, LLMBackend):
@@ -87,19 +89,9 @@ def make_backend(spec: str | LLMBackend, **kwargs: Any) -> LLMBackend:
         )
     name, sep, arg = spec.partition(":")
     name = name.strip().lower()
-    if name not in _REGISTRY:
-        shown = []
-        for n in sorted(_REGISTRY):
-            shown.append({"openai": "openai:MODEL", "hf": "hf:ID_OR_PATH"}.get(n, n))
-        hint = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(
-            f"unknown env_llm {spec!r}.{did_you_mean} Expected one of: {', '.join(shown)} "
-            "(or an LLMBackend instance)."
-            if did_you_mean
-            else f"unknown env_llm {spec!r}. Expected one of: {', '.join(shown)} (or an LLMBackend instance)."
-        )
-    if name in ("openai", "hf") and not arg:
+    if name not in BACKENDS:
+        raise BACKENDS.unknown(spec)
+    if name in _NEEDS_ARG and not arg:
         raise ValueError(f"env_llm {spec!r} needs a model: write '{name}:MODEL', e.g. 'openai:gpt-4o-mini'.")
-    factory = _resolve(_REGISTRY[name])
+    factory = BACKENDS.get(name)
     return factory(arg, **kwargs) if sep else factory(**kwargs)

@@ -117,7 +117,7 @@ def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     return out
 
 
-class _LoopThread:
+class LoopThread:
     """A private event loop on a daemon thread, for running coroutines from sync code.
 
     Async clients (httpx, openai) bind to the loop they were first used on, so the sync
@@ -157,7 +157,7 @@ class BaseBackend:
     deterministic: bool = False
 
     def __init__(self) -> None:
-        self._loop_thread: _LoopThread | None = None
+        self._loop_thread: LoopThread | None = None
         self._loop_lock = threading.Lock()
 
     def complete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
@@ -165,7 +165,7 @@ class BaseBackend:
             raise TypeError(f"{type(self).__name__} must implement complete() or acomplete().")
         with self._loop_lock:
             if getattr(self, "_loop_thread", None) is None:
-                self._loop_thread = _LoopThread()
+                self._loop_thread = LoopThread()
         return self._loop_thread.run(self.acomplete(messages, **sampling))
 
     async def acomplete(self, messages: Sequence[Message], **sampling: Any) -> Completion:

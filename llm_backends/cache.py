@@ -20,7 +20,7 @@ Failed calls (:class:`EnvLLMError`) are never stored. A hit returns the stored r
 replay makes runs repeatable, it does not re-sample.
 
 >>> import os, tempfile
->>> from promptr1.llm_backends.scripted import ScriptedBackend
+>>> from promptr1.testing.scripted import ScriptedBackend
 >>> path = os.path.join(tempfile.mkdtemp(), "calls.sqlite")
 >>> live = CachedBackend(ScriptedBackend(["Paris"]), path, mode="record")
 >>> live.complete([{"role": "user", "content": "Capital of France?"}], temperature=0.0).text

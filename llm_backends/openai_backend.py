@@ -39,7 +39,7 @@ from typing import Any
 import openai
 from tenacity import AsyncRetrying, retry_if_exception
 
-from .base import BaseBackend, Completion, EnvLLMError, Message, _LoopThread, validate_messages
+from .base import BaseBackend, Completion, EnvLLMError, Message, LoopThread, validate_messages
 from .limits import SharedLimiter, estimate_tokens
 
 __all__ = [
@@ -252,7 +252,7 @@ def _httpx_limits(max_connections: int, keepalive: int):
     return None  # pragma: no cover
 
 
-def _shutdown_loop_thread(lt: _LoopThread) -> None:
+def _shutdown_loop_thread(lt: LoopThread) -> None:
     """Stop a backend's loop thread and release its executor threads (best effort, idempotent)."""
     loop = lt.loop
     if loop.is_closed():
@@ -411,7 +411,7 @@ class OpenAIBackend(BaseBackend):
     def _io_loop(self) -> asyncio.AbstractEventLoop:
         with self._loop_lock:
             if self._loop_thread is None or self._pid != os.getpid():  # first use, or we are a forked child
-                self._loop_thread = _LoopThread()
+                self._loop_thread = LoopThread()
                 self._pid = os.getpid()
                 self._clients, self._client_load = [], []
                 # a forgotten backend does not leave its loop thread running forever

@@ -21,7 +21,7 @@ import os
 import pathlib
 from typing import Any
 
-from .tiny_model import atomic_build_dir, default_cache_dir
+from .model_cache import atomic_build_dir, default_cache_dir
 
 __all__ = [
     "GGUF_FILENAME",

@@ -39,11 +39,12 @@ of the reference (see its description and ``docs/reward.md``).
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Generic, TypeVar
+from typing import Any
+
+from promptr1.registry import Registry, UnknownNameError
 
 from .metrics import (
     _as_golds,
@@ -78,56 +79,6 @@ FORMAT_CAP = 1.0
 # ---------------------------------------------------------------------------------------------
 # Registries that answer an unknown name with "did you mean"
 # ---------------------------------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-class UnknownNameError(KeyError, ValueError):
-    """An unknown name was looked up in a registry (both a KeyError and a ValueError)."""
-
-    def __str__(self) -> str:  # KeyError would show the message quoted
-        return str(self.args[0]) if self.args else ""
-
-
-class _Registry(Mapping[str, T], Generic[T]):
-    def __init__(self, kind: str, items: Mapping[str, T] | None = None):
-        self._kind = kind
-        self._items: dict[str, T] = dict(items or {})
-
-    def __getitem__(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except (KeyError, TypeError):
-            pass
-        if not isinstance(name, str):
-            raise UnknownNameError(
-                f"{self._kind} must be named by a str; got {type(name).__name__}. "
-                f"Expected one of: {', '.join(sorted(self._items))}."
-            )
-        hint = difflib.get_close_matches(name.strip().lower(), list(self._items), n=1, cutoff=0.5)
-        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise UnknownNameError(
-            f"unknown {self._kind} {name!r}.{did_you_mean} Expected one of: {', '.join(sorted(self._items))}."
-        )
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._kind!r}, {sorted(self._items)})"
-
-    def _register(self, name: str, item: T, *, overwrite: bool = False) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"a {self._kind} needs a non-empty str name; got {name!r}.")
-        if name in self._items and not overwrite:
-            raise ValueError(
-                f"{self._kind} {name!r} is already registered; pass overwrite=True to replace it."
-            )
-        self._items[name] = item
-
 
 # ---------------------------------------------------------------------------------------------
 # Variants: how format, answer and has_answer combine into the total
@@ -164,28 +115,24 @@ def _combine_answer_gated(fmt: float, answer: float, has_answer: bool) -> tuple[
     return -1.0 + fmt / 2.0, False
 
 
-REWARD_VARIANTS: _Registry[RewardVariant] = _Registry("reward variant")
-REWARD_VARIANTS._register(
-    "faithful",
-    RewardVariant(
-        "faithful",
-        _combine_faithful,
-        "The reference's total: -1 + format + answer if format reached its cap 1.0, else -1 + format.",
-    ),
+REWARD_VARIANTS: Registry[RewardVariant] = Registry(
+    "reward variant",
+    {
+        "faithful": RewardVariant(
+            "faithful",
+            _combine_faithful,
+            "The reference's total: -1 + format + answer if format reached its cap 1.0, else -1 + format.",
+        ),
+        "answer_gated": RewardVariant(
+            "answer_gated",
+            _combine_answer_gated,
+            "The answer counts whenever the last turn has a non-empty answer: -1 + format + answer "
+            "clamped into [-1, 1]; without an answer -1 + format / 2 (at most -0.5). Fixes two quirks "
+            "of the reference: well-formed prompt turns with no answer scoring 0 (above an honest "
+            "single-turn answer), and a direct answer scoring at most -0.4 however right it is.",
+        ),
+    },
 )
-REWARD_VARIANTS._register(
-    "answer_gated",
-    RewardVariant(
-        "answer_gated",
-        _combine_answer_gated,
-        "The answer counts whenever the last turn has a non-empty answer: -1 + format + answer "
-        "clamped into [-1, 1]; without an answer -1 + format / 2 (at most -0.5). Fixes two quirks "
-        "of the reference: well-formed prompt turns with no answer scoring 0 (above an honest "
-        "single-turn answer), and a direct answer scoring at most -0.4 however right it is.",
-    ),
-)
-
-_BUILTIN_VARIANTS = frozenset(REWARD_VARIANTS)
 
 
 def register_reward_variant(
@@ -204,7 +151,7 @@ def register_reward_variant(
             f"got {type(combine).__name__}."
         )
     variant = RewardVariant(name, combine, description)
-    REWARD_VARIANTS._register(name, variant, overwrite=overwrite)
+    REWARD_VARIANTS.register(name, variant, overwrite=overwrite)
     return variant
 
 
@@ -216,15 +163,12 @@ def unregister_reward_variant(name: str) -> None:
     ...
     ValueError: reward variant 'faithful' is built in and cannot be removed.
     """
-    if name in _BUILTIN_VARIANTS:
-        raise ValueError(f"reward variant {name!r} is built in and cannot be removed.")
-    REWARD_VARIANTS[name]  # raises UnknownNameError with a hint
-    del REWARD_VARIANTS._items[name]
+    REWARD_VARIANTS.unregister(name)
 
 
 #: What feeds the answer term: ``f1`` (the reference), ``em``, ``subem`` (substring), ``math``
 #: (numeric equivalence, 1/0; see :func:`promptr1.rewards.metrics.math_equal`).
-ANSWER_METRICS: _Registry[Callable[[str, Any], float]] = _Registry(
+ANSWER_METRICS: Registry[Callable[[str, Any], float]] = Registry(
     "answer metric", {"f1": token_f1, "em": exact_match, "subem": substring_match, "math": numeric_match}
 )
 
@@ -379,7 +323,7 @@ def compute_reward(
     >>> compute_reward([], "Paris", variant="faithfull")
     Traceback (most recent call last):
     ...
-    promptr1.rewards.dual.UnknownNameError: unknown reward variant 'faithfull'. Did you mean 'faithful'? Expected one of: answer_gated, faithful.
+    promptr1.registry.UnknownNameError: unknown reward variant 'faithfull'. Did you mean 'faithful'? Expected one of: answer_gated, faithful.
     """
     turns = _check_turns(turns)
     golds = _as_golds(answers)

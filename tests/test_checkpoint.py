@@ -24,7 +24,7 @@ from promptr1.agents.checkpoint import (
 def tiny():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from promptr1.llm_backends.tiny_model import tiny_model_path
+    from promptr1.testing.tiny_model import tiny_model_path
 
     p = tiny_model_path()
     return AutoModelForCausalLM.from_pretrained(p), AutoTokenizer.from_pretrained(p)
@@ -72,7 +72,7 @@ def test_resaving_the_same_step_replaces_it(tmp_path, tiny):
 
 
 def test_writer_killed_at_random_moments_never_corrupts_latest(tmp_path, tiny):
-    from promptr1.llm_backends.tiny_model import tiny_model_path
+    from promptr1.testing.tiny_model import tiny_model_path
 
     script = textwrap.dedent(f"""
         import torch

@@ -11,7 +11,7 @@ from promptr1.cli import main
 
 @pytest.fixture(scope="module")
 def tiny_path():
-    from promptr1.llm_backends.tiny_model import tiny_model_path
+    from promptr1.testing.tiny_model import tiny_model_path
 
     return str(tiny_model_path())
 

@@ -21,7 +21,7 @@ WORKER = textwrap.dedent('''
     from promptr1.agents.config import GRPOConfig
     from promptr1.agents.trainer import GRPOTrainer
     from promptr1.envs.tasks import Task
-    from promptr1.llm_backends.tiny_model import tiny_model_path
+    from promptr1.testing.tiny_model import tiny_model_path
 
     class Env:
         def reset(self, seed=None, options=None):

@@ -22,7 +22,7 @@ NEEDS_EXAMPLES = {
     "promptr1.rewards.dual",
     "promptr1.llm_backends",
     "promptr1.llm_backends.base",
-    "promptr1.llm_backends.scripted",
+    "promptr1.testing.scripted",
     "promptr1.envs.protocol",
     "promptr1.envs.spaces",
     "promptr1.envs.tasks",

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from promptr1.envs.embedders import (
+from promptr1.rewards.embedders import (
     HashingEmbedder,
     MiniLMEmbedder,
     cosine_similarity,
@@ -30,7 +30,7 @@ def test_hashing_shape_dtype_norm_and_determinism():
 
 
 def test_hashing_same_across_processes():
-    code = ("from promptr1.envs.embedders import HashingEmbedder;"
+    code = ("from promptr1.rewards.embedders import HashingEmbedder;"
             "print(HashingEmbedder(64).encode(['born in Dremland'])[0].round(6).tolist())")
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             for _ in range(2)}
@@ -93,7 +93,7 @@ def test_cosine_similarity_known_values():
 def test_missing_minilm_wheel_error_names_the_package(monkeypatch):
     import importlib.util
 
-    import promptr1.envs.embedders as mod
+    import promptr1.rewards.embedders as mod
 
     real = importlib.util.find_spec
     monkeypatch.setattr(mod.importlib.util, "find_spec",

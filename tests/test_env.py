@@ -17,7 +17,7 @@ import promptr1  # noqa: F401  (registers PromptR1-v0)
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.tasks import Task
 from promptr1.llm_backends import EnvLLMError
-from promptr1.llm_backends.scripted import EchoBackend, ScriptedBackend
+from promptr1.testing.scripted import EchoBackend, ScriptedBackend
 
 TASKS = [
     Task("What is the capital of Dremland?", ("Vorla",), id="t0"),

@@ -13,7 +13,7 @@ import pytest
 
 from promptr1.envs.tasks import Task
 from promptr1.envs.vector import PromptCollabVectorEnv
-from promptr1.llm_backends.fake_server import FakeOpenAIServer
+from promptr1.testing.fake_server import FakeOpenAIServer
 from promptr1.llm_backends.openai_backend import OpenAIBackend
 
 FAULTS = ("429", "500", "503", "drop", "empty", "badjson")

@@ -25,7 +25,7 @@ from promptr1.agents.eval_harness import (
     run_evaluation,
     score_prediction,
 )
-from promptr1.envs.embedders import HashingEmbedder
+from promptr1.rewards.embedders import HashingEmbedder
 from promptr1.envs.tasks import load_tasks
 from promptr1.llm_backends import Completion, EnvLLMError
 from promptr1.llm_backends.base import BaseBackend

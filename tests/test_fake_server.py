@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from promptr1.llm_backends.fake_server import FakeOpenAIServer, constant, lognormal, uniform
+from promptr1.testing.fake_server import FakeOpenAIServer, constant, lognormal, uniform
 
 CHAT = "/v1/chat/completions"
 

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from promptr1.llm_backends import EnvLLMError, LLMBackend, make_backend
 from promptr1.llm_backends.hf_backend import HFBackend, request_seed
-from promptr1.llm_backends.tiny_model import build_tiny_model
+from promptr1.testing.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from promptr1.llm_backends import make_backend
 from promptr1.llm_backends.base import EnvLLMError
-from promptr1.llm_backends.fake_server import FakeOpenAIServer
+from promptr1.testing.fake_server import FakeOpenAIServer
 from promptr1.llm_backends.limits import CrossLoopSemaphore, SharedLimiter, TokenBucket
 from promptr1.llm_backends.openai_backend import OpenAIBackend
 
@@ -353,7 +353,7 @@ def test_error_text_from_server_is_scrubbed():
     with FakeOpenAIServer(api_key="x") as srv:
         # a server that echoes the key back in its error message
         srv_reply = {"error": {"message": leak}}
-        import promptr1.llm_backends.fake_server as fs
+        import promptr1.testing.fake_server as fs
 
         orig = fs._response_bytes
 

@@ -371,7 +371,7 @@ def test_registries_answer_with_did_you_mean() -> None:
     with pytest.raises(UnknownNameError, match="Expected one of: answer_gated, faithful"):
         REWARD_VARIANTS["zzz"]
     assert "faithful" in REWARD_VARIANTS and "zzz" not in REWARD_VARIANTS
-    assert REWARD_VARIANTS.get("zzz") is None
+    assert REWARD_VARIANTS.get("zzz", None) is None
     assert set(ANSWER_METRICS) == {"f1", "em", "subem", "math"}
 
 

@@ -22,7 +22,7 @@ from promptr1.envs.tasks import Task  # noqa: E402
 def tiny():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from promptr1.llm_backends.tiny_model import tiny_model_path
+    from promptr1.testing.tiny_model import tiny_model_path
 
     path = tiny_model_path()
     tok = AutoTokenizer.from_pretrained(path)

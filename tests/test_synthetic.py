@@ -16,7 +16,7 @@ from promptr1.envs.synthetic import (
     make_world,
 )
 from promptr1.envs.tasks import Task
-from promptr1.llm_backends.sim import SimExpert
+from promptr1.envs.synthetic.expert import SimExpert
 
 _TURN_RE = re.compile(r"^<think>[^<]+</think><interaction_prompt>([^<]+)</interaction_prompt>$")
 _FINAL_RE = re.compile(r"^<think>[^<]+</think><answer>([^<]+)</answer>$")

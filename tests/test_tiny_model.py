@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from promptr1.llm_backends.tiny_model import (
+from promptr1.testing.tiny_model import (
     PROTOCOL_TAGS,
     atomic_build_dir,
     build_tiny_model,
@@ -173,7 +173,7 @@ def test_tiny_model_path_builds_once(tmp_path, tiny):
 def test_tiny_model_path_uses_env_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("PROMPTR1_CACHE", str(tmp_path))
     calls = []
-    import promptr1.llm_backends.tiny_model as tm
+    import promptr1.testing.tiny_model as tm
 
     monkeypatch.setattr(
         tm, "build_tiny_model", lambda p, **kw: calls.append(p) or (p / "config.json").write_text("{}")

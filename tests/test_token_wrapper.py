@@ -12,7 +12,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.tasks import Task
 from promptr1.envs.token_wrapper import TokenWrapper, load_tokenizer, vocab_from_texts
-from promptr1.llm_backends.scripted import ScriptedBackend
+from promptr1.testing.scripted import ScriptedBackend
 
 TASK = Task("What is the capital of Dremland?", ("Vorla",), id="t0")
 PROMPT_TURN = "<think>ask</think><interaction_prompt>What is the capital of Dremland?</interaction_prompt>"
@@ -21,7 +21,7 @@ ANSWER_TURN = "<think>ok</think><answer>Vorla</answer>"
 
 @pytest.fixture(scope="module")
 def tok():
-    return load_tokenizer(None)
+    return load_tokenizer("tiny")
 
 
 def make(tok, replies=("Dremland's capital is Vorla.",), **kw):

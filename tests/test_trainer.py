@@ -46,7 +46,7 @@ def one_thread():
 
 
 def make_cfg(tmp_path, **kw):
-    from promptr1.llm_backends.tiny_model import tiny_model_path
+    from promptr1.testing.tiny_model import tiny_model_path
 
     base = dict(model=str(tiny_model_path()), steps=2, batch_questions=2, group_size=3, max_new_tokens=8,
                 max_seq_len=512, max_turns=2, lr=1e-3, seed=3, deterministic=True, progress=False,

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import BaseBackend, Completion, EnvLLMError, Message, validate_messages
+from promptr1.llm_backends.base import BaseBackend, Completion, EnvLLMError, Message, validate_messages
 
 __all__ = ["EchoBackend", "ScriptedBackend"]
 

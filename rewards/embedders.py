@@ -20,12 +20,14 @@ import importlib.util
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from promptr1.registry import Registry
 
 __all__ = [
     "Embedder",
@@ -33,6 +35,7 @@ __all__ = [
     "MiniLMEmbedder",
     "MINILM_PACKAGE",
     "cosine_similarity",
+    "EMBEDDERS",
     "make_embedder",
     "minilm_available",
     "minilm_model_dir",
@@ -237,6 +240,24 @@ class MiniLMEmbedder:
 
 
 # --------------------------------------------------------------------------- helpers
+def _auto_embedder(**kwargs: Any) -> Embedder:
+    return MiniLMEmbedder(**kwargs) if minilm_available() else HashingEmbedder(**kwargs)
+
+
+#: Embedders by name (``all-minilm-l6-v2`` and ``minilm-l6`` are aliases of ``minilm``).
+EMBEDDERS: Registry[Callable[..., Embedder]] = Registry(
+    "embedder",
+    {
+        "minilm": MiniLMEmbedder,
+        "all-minilm-l6-v2": MiniLMEmbedder,
+        "minilm-l6": MiniLMEmbedder,
+        "hashing": HashingEmbedder,
+        "auto": _auto_embedder,
+    },
+    extra="(or an object with encode() and dim)",
+)
+
+
 def make_embedder(spec: str | Embedder = "auto", **kwargs: Any) -> Embedder:
     """An embedder by name: ``"minilm"``, ``"hashing"`` or ``"auto"`` (MiniLM if installed, else hashing).
 
@@ -247,22 +268,13 @@ def make_embedder(spec: str | Embedder = "auto", **kwargs: Any) -> Embedder:
     >>> make_embedder("bert")
     Traceback (most recent call last):
     ...
-    ValueError: unknown embedder 'bert'; expected 'minilm', 'hashing', 'auto', or an object with encode() and dim.
+    promptr1.registry.UnknownNameError: unknown embedder 'bert'. Expected one of: all-minilm-l6-v2, auto, hashing, minilm, minilm-l6 (or an object with encode() and dim).
     """
     if not isinstance(spec, str):
         if hasattr(spec, "encode") and hasattr(spec, "dim"):
             return spec
         raise TypeError(f"embedder must be a name or an object with encode() and dim, got {type(spec).__name__}.")
-    key = spec.strip().lower()
-    if key in ("minilm", "all-minilm-l6-v2", "minilm-l6"):
-        return MiniLMEmbedder(**kwargs)
-    if key == "hashing":
-        return HashingEmbedder(**kwargs)
-    if key == "auto":
-        return MiniLMEmbedder(**kwargs) if minilm_available() else HashingEmbedder(**kwargs)
-    raise ValueError(
-        f"unknown embedder {spec!r}; expected 'minilm', 'hashing', 'auto', or an object with encode() and dim."
-    )
+    return EMBEDDERS.get(spec.strip().lower())(**kwargs)
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:

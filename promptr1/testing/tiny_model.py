@@ -13,7 +13,7 @@ tokens, pad and eos ids, left/right padding, ``generate`` and gradients all beha
 real Qwen2 checkpoint, a few hundred times faster. :func:`tiny_model_path` builds it once into
 a cache folder and returns that folder.
 
-Cache location (shared with :mod:`promptr1.llm_backends.smollm2`): ``$PROMPTR1_CACHE`` if set,
+Cache location (:func:`promptr1.llm_backends.model_cache.default_cache_dir`, shared with SmolLM2): ``$PROMPTR1_CACHE`` if set,
 else ``$XDG_CACHE_HOME/promptr1``, else ``~/.cache/promptr1``.
 """
 
@@ -23,19 +23,16 @@ import json
 import os
 import pathlib
 import random
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+
+from promptr1.llm_backends.model_cache import atomic_build_dir, default_cache_dir
 
 __all__ = [
     "CHATML_TEMPLATE",
     "PROTOCOL_TAGS",
     "SPECIAL_TOKENS",
     "TINY_MODEL_VERSION",
-    "atomic_build_dir",
     "build_tiny_model",
-    "default_cache_dir",
     "tiny_model_path",
 ]
 
@@ -69,81 +66,6 @@ CHATML_TEMPLATE = (
     "{{- '<|im_start|>assistant\\n' }}"
     "{%- endif %}"
 )
-
-_MARKER = "promptr1_build.json"
-
-
-# --------------------------------------------------------------------------- cache helpers
-
-
-def default_cache_dir() -> pathlib.Path:
-    """The folder holding promptr1's converted and generated models.
-
-    ``$PROMPTR1_CACHE`` wins; otherwise ``$XDG_CACHE_HOME/promptr1``; otherwise
-    ``~/.cache/promptr1``.
-
-    >>> import os
-    >>> old = os.environ.get("PROMPTR1_CACHE")
-    >>> os.environ["PROMPTR1_CACHE"] = "/tmp/somewhere"
-    >>> str(default_cache_dir())
-    '/tmp/somewhere'
-    >>> _ = os.environ.pop("PROMPTR1_CACHE") if old is None else os.environ.update(PROMPTR1_CACHE=old)
-    """
-    env = os.environ.get("PROMPTR1_CACHE")
-    if env:
-        return pathlib.Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
-    return base / "promptr1"
-
-
-def _read_marker(folder: pathlib.Path) -> dict | None:
-    try:
-        return json.loads((folder / _MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def atomic_build_dir(
-    target: pathlib.Path, build: Callable[[pathlib.Path], None], *, marker: dict
-) -> pathlib.Path:
-    """Return ``target``, building it first with ``build(tmp_folder)`` unless it is up to date.
-
-    The folder counts as up to date when its marker file equals ``marker``. The build writes
-    into a fresh temporary folder next to ``target`` which is then renamed into place, so a
-    reader never sees a half-written folder and two processes racing to build it both end up
-    with one complete copy (the loser's copy is discarded).
-    """
-    target = pathlib.Path(target)
-    if _read_marker(target) == marker:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it ordinary folder permissions
-    try:
-        build(tmp)
-        (tmp / _MARKER).write_text(json.dumps(marker, sort_keys=True))
-        if target.exists() and _read_marker(target) != marker:
-            # Stale or broken copy: move it aside (atomic), then delete it.
-            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            try:
-                os.rename(target, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            except OSError:
-                pass  # someone else replaced it meanwhile
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process won the race; keep theirs if it is complete.
-            if _read_marker(target) != marker:
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
 
 # --------------------------------------------------------------------------- corpus
 

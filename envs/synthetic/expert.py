@@ -39,7 +39,9 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from .base import BaseBackend, Completion, Message, validate_messages
+from promptr1.llm_backends.base import BaseBackend, Completion, Message, validate_messages
+
+from .world import RELATIONS, make_world, stable_hash
 
 __all__ = ["SimExpert", "evaluate_expression", "find_expressions", "format_number"]
 
@@ -288,7 +290,6 @@ class SimExpert(BaseBackend):
     def __init__(self, world_seed: int = 0, world: Any = None, vague_style: str = "mixed",
                  max_prompt_chars: int = 4000) -> None:
         super().__init__()
-        from promptr1.envs.synthetic import RELATIONS, make_world  # lazy: avoids an import cycle
 
         if vague_style not in ("mixed", "vague", "wrong"):
             raise ValueError(f"vague_style must be 'mixed', 'vague' or 'wrong', got {vague_style!r}.")
@@ -394,8 +395,6 @@ class SimExpert(BaseBackend):
     # ------------------------------------------------------------------ the reply
     def reply(self, messages: Sequence[Message]) -> tuple[str, str]:
         """``(reply_text, intent)`` for a chat; ``intent`` names the rule that fired."""
-        from promptr1.envs.synthetic import stable_hash
-
         msgs = validate_messages(messages)
         prompt = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), "")
         last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=len(msgs))

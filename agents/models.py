@@ -1,0 +1,74 @@
+"""Agent models: one resolver from a name to a folder, one loader, one log-prob forward.
+
+A model name is a registered short name (``smollm2``, the offline SmolLM2-135M-Instruct; ``tiny``, the
+random test model), a training run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face
+id or folder. Training, SFT and evaluation all load through :func:`load_policy`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+from typing import Any
+
+import torch
+
+from promptr1.agents.checkpoint import find_latest_checkpoint
+from promptr1.llm_backends.model_cache import MODELS, model_folder
+
+__all__ = ["MODELS", "load_policy", "resolve_model_path", "sequence_logprobs"]
+
+def resolve_model_path(name: str) -> str:
+    """``smollm2`` -> the cached SmolLM2-135M-Instruct folder; ``tiny`` -> the tiny test model;
+    a training output folder -> its latest checkpoint; anything else is passed through."""
+    if name in MODELS:
+        return model_folder(name)
+    p = pathlib.Path(name)
+    if p.is_dir() and not (p / "config.json").exists():
+        ckpt = find_latest_checkpoint(p)
+        if ckpt is not None:
+            return str(ckpt)
+    return name
+
+
+def load_policy(name: str, *, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer (left padding off: we pad by hand)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model, tokenizer
+
+
+def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
+                      *, temperature: float = 1.0, with_entropy: bool = False,
+                      autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log p(token_t | tokens_<t)`` as ``(B, T)`` (0 where not computed), and optionally the entropy.
+
+    Logits are only computed from the position before the batch's first action token on
+    (``logits_to_keep``): the prompt's logits are never needed, which saves memory and time
+    with large vocabularies.
+    """
+    from promptr1.agents.losses import entropy_from_logits, token_logprobs
+
+    B, T = input_ids.shape
+    act_cols = action_mask.bool().any(0).nonzero()
+    start = max(int(act_cols[0].item()) - 1, 0) if act_cols.numel() else 0
+    keep = torch.arange(start, T - 1, device=input_ids.device)  # positions whose logits predict t+1
+    ctx = autocast() if autocast is not None else contextlib.nullcontext()
+    with ctx:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                       logits_to_keep=keep).logits  # (B, T-1-start, V)
+    tgt = input_ids[:, start + 1:]  # (B, T-1-start)
+    lp = token_logprobs(logits, tgt, temperature=temperature)
+    logp = lp.new_zeros(B, T)
+    logp = torch.cat([logp[:, : start + 1], lp], dim=1)  # (B, T)
+    ent = None
+    if with_entropy:
+        e = entropy_from_logits(logits, temperature=temperature)
+        ent = torch.cat([e.new_zeros(B, start + 1), e], dim=1)  # (B, T)
+    return logp, ent

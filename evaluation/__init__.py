@@ -1,0 +1,1 @@
+"""The evaluation wing (being assembled)."""

@@ -157,8 +157,8 @@ def policy_loss(
     advantages: Tensor,
     mask: Tensor,
     *,
-    clip_low: float = 0.2,
-    clip_high: float | None = None,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
     dual_clip_c: float | None = None,
     agg: str = "token-mean",
     norm_length: int | None = None,
@@ -166,9 +166,9 @@ def policy_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate, with DAPO's clip-higher and the dual clip of Ye et al. 2020 (arXiv 1912.09729).
 
-    Per token: ``max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))``; with ``dual_clip_c``, tokens
+    Per token: ``max(-A * ratio, -A * clip(ratio, 1 - clip_eps, 1 + clip_eps_high))``; with ``dual_clip_c``, tokens
     with ``A < 0`` are further capped at ``-A * dual_clip_c`` so a huge ratio cannot blow up the loss.
-    ``clip_high=None`` means ``clip_low`` (symmetric PPO); DAPO uses 0.2 / 0.28.
+    ``clip_eps_high=None`` means ``clip_eps`` (symmetric PPO); DAPO uses 0.2 / 0.28.
 
     Returns ``(loss, stats)`` where stats has ``policy_loss``, ``clip_frac`` (tokens whose clipped term was
     taken), ``dual_clip_frac``, ``approx_kl`` (k3 of old vs new, as CleanRL logs), ``approx_kl_k1``
@@ -180,11 +180,11 @@ def policy_loss(
     (-1.2, 1.0)
     """
     _check_pair(logp, old_logp, "old_logp")
-    if not 0.0 <= clip_low < 1.0:
-        raise ValueError(f"clip_low must be in [0, 1) (PPO uses 0.2); got {clip_low}.")
-    clip_high = clip_low if clip_high is None else clip_high
-    if clip_high < 0.0:
-        raise ValueError(f"clip_high must be >= 0 (DAPO uses 0.28); got {clip_high}.")
+    if not 0.0 <= clip_eps < 1.0:
+        raise ValueError(f"clip_eps must be in [0, 1) (PPO uses 0.2); got {clip_eps}.")
+    clip_eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    if clip_eps_high < 0.0:
+        raise ValueError(f"clip_eps_high must be >= 0 (DAPO uses 0.28); got {clip_eps_high}.")
     if dual_clip_c is not None and dual_clip_c <= 1.0:
         raise ValueError(
             f"dual_clip_c must be > 1 (the dual-clip paper uses 3); got {dual_clip_c}. Use None to disable."
@@ -200,7 +200,7 @@ def policy_loss(
 
     # Clipped surrogate: take the pessimistic (larger) of the two losses
     pg_loss1 = -adv * ratio  # (B, T)
-    pg_loss2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)  # (B, T)
+    pg_loss2 = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps_high)  # (B, T)
     pg_loss_mat = torch.maximum(pg_loss1, pg_loss2)  # (B, T)
 
     # Dual clip: for negative advantages, never let the loss exceed -A * c
@@ -405,19 +405,19 @@ class LossConfig:
     """Drop episodes of groups whose rewards are all equal (DAPO: on)."""
     policy_loss: str = "ppo-clip"
     """Policy loss, a name in ``POLICY_LOSSES``."""
-    clip_low: float = 0.2
-    """PPO clip: ratio lower bound ``1 - clip_low`` [ref: 0.2]."""
-    clip_high: float | None = None
-    """Ratio upper bound ``1 + clip_high``; None = ``clip_low`` (DAPO clip-higher: 0.28)."""
+    clip_eps: float = 0.2
+    """PPO clip: ratio lower bound ``1 - clip_eps`` [ref: 0.2]."""
+    clip_eps_high: float | None = None
+    """Ratio upper bound ``1 + clip_eps_high``; None = ``clip_eps`` (DAPO clip-higher: 0.28)."""
     dual_clip_c: float | None = None
     """Dual-clip bound for negative advantages (e.g. 3.0); None disables it."""
-    agg: str = "token-mean"
+    loss_agg: str = "token-mean"
     """Loss aggregation, one of ``AGG_MODES`` [ref: token-mean]."""
     norm_length: int | None = None
     """Constant length for ``seq-mean-token-sum-norm`` (None: the batch's T)."""
     kl_coef: float = 0.001
     """Coefficient of the KL to the frozen reference [ref: 0.001]; 0 disables it."""
-    kl_kind: str = "k3"
+    kl_estimator: str = "k3"
     """KL estimator, one of ``k1``, ``k2``, ``k3`` (``low_var_kl``), ``abs`` [ref: k3]."""
     kl_in_reward: bool = False
     """Put the KL into the rewards (the trainer calls :func:`kl_in_reward`) instead of the loss."""
@@ -427,14 +427,14 @@ class LossConfig:
     """Extra keyword arguments for a user-registered policy loss."""
 
     def __post_init__(self) -> None:
-        if self.agg not in AGG_MODES:
-            raise _unknown("loss aggregation mode (agg)", self.agg, AGG_MODES)
-        if self.kl_kind not in KL_KINDS:
-            raise _unknown("KL estimator (kl_kind)", self.kl_kind, list(KL_KINDS))
-        if not 0.0 <= self.clip_low < 1.0:
-            raise ValueError(f"clip_low must be in [0, 1) (PPO uses 0.2); got {self.clip_low}.")
-        if self.clip_high is not None and self.clip_high < 0:
-            raise ValueError(f"clip_high must be >= 0 or None; got {self.clip_high}.")
+        if self.loss_agg not in AGG_MODES:
+            raise _unknown("loss aggregation mode (loss_agg)", self.loss_agg, AGG_MODES)
+        if self.kl_estimator not in KL_KINDS:
+            raise _unknown("KL estimator (kl_estimator)", self.kl_estimator, list(KL_KINDS))
+        if not 0.0 <= self.clip_eps < 1.0:
+            raise ValueError(f"clip_eps must be in [0, 1) (PPO uses 0.2); got {self.clip_eps}.")
+        if self.clip_eps_high is not None and self.clip_eps_high < 0:
+            raise ValueError(f"clip_eps_high must be >= 0 or None; got {self.clip_eps_high}.")
         if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
             raise ValueError(f"dual_clip_c must be > 1 (e.g. 3.0) or None; got {self.dual_clip_c}.")
         if self.kl_coef < 0:
@@ -447,7 +447,7 @@ class LossConfig:
         """Defaults, then the algorithm's ``AlgoSpec.defaults``, then ``overrides``.
 
         >>> cfg = LossConfig.from_algorithm("dapo")
-        >>> cfg.clip_high, cfg.kl_coef, cfg.mask_zero_variance
+        >>> cfg.clip_eps_high, cfg.kl_coef, cfg.mask_zero_variance
         (0.28, 0.0, True)
         """
         spec = get_algorithm(name)
@@ -517,10 +517,10 @@ def compute_loss(
         old_logp,
         advantages,
         mask,
-        clip_low=cfg.clip_low,
-        clip_high=cfg.clip_high,
+        clip_eps=cfg.clip_eps,
+        clip_eps_high=cfg.clip_eps_high,
         dual_clip_c=cfg.dual_clip_c,
-        agg=cfg.agg,
+        agg=cfg.loss_agg,
         norm_length=cfg.norm_length,
         **cfg.loss_kwargs,
     )
@@ -535,13 +535,13 @@ def compute_loss(
                 "provide it, set kl_coef=0, or set kl_in_reward=True."
             )
         kl_loss = aggregate(
-            kl_penalty(logp, ref_logp, cfg.kl_kind), mask, cfg.agg, norm_length=cfg.norm_length
+            kl_penalty(logp, ref_logp, cfg.kl_estimator), mask, cfg.loss_agg, norm_length=cfg.norm_length
         )
         loss = loss + cfg.kl_coef * kl_loss
         stats["kl"] = kl_loss.item()
     elif ref_logp is not None:
         with torch.no_grad():
-            stats["kl"] = aggregate(kl_penalty(logp, ref_logp, cfg.kl_kind), mask, cfg.agg).item()
+            stats["kl"] = aggregate(kl_penalty(logp, ref_logp, cfg.kl_estimator), mask, cfg.loss_agg).item()
 
     # Entropy bonus
     entropy = batch.get("entropy")
@@ -551,7 +551,7 @@ def compute_loss(
                 f"entropy_coef={cfg.entropy_coef} needs batch['entropy'] (entropy_from_logits of the policy "
                 "logits, with grad); provide it or set entropy_coef=0."
             )
-        ent = aggregate(entropy, mask, cfg.agg, norm_length=cfg.norm_length)
+        ent = aggregate(entropy, mask, cfg.loss_agg, norm_length=cfg.norm_length)
         loss = loss - cfg.entropy_coef * ent
         stats["entropy"] = ent.item()
     elif entropy is not None:

@@ -63,8 +63,8 @@ __all__ = [
 class AlgoSpec:
     """What ``--algo NAME`` selects: an advantage estimator, a policy loss and default overrides.
 
-    ``defaults`` overrides fields of :class:`promptr1.agents.losses.LossConfig` (e.g. ``clip_high``,
-    ``kl_coef``, ``agg``, ``mask_zero_variance``); explicit user settings override ``defaults`` in turn.
+    ``defaults`` overrides fields of :class:`promptr1.agents.losses.LossConfig` (e.g. ``clip_eps_high``,
+    ``kl_coef``, ``loss_agg``, ``mask_zero_variance``); explicit user settings override ``defaults`` in turn.
     """
 
     estimator: str
@@ -93,7 +93,7 @@ def register_advantage_estimator(
 def register_policy_loss(name: str, fn: Callable[..., Any] | None = None, *, overwrite: bool = False) -> Any:
     """Register ``fn(logp, old_logp, advantages, mask, **kwargs) -> (loss, stats)``; a decorator without ``fn``.
 
-    ``compute_loss`` calls it with the keyword arguments ``clip_low``, ``clip_high``, ``dual_clip_c``,
+    ``compute_loss`` calls it with the keyword arguments ``clip_eps``, ``clip_eps_high``, ``dual_clip_c``,
     ``agg`` and ``norm_length`` plus ``LossConfig.loss_kwargs``; accept ``**kwargs`` for those you ignore.
     """
     return POLICY_LOSSES.register(name, fn, overwrite=overwrite)
@@ -130,7 +130,7 @@ register_algorithm("grpo", AlgoSpec("grpo", "ppo-clip", {}, "GRPO: (r - mean_g) 
 register_algorithm(
     "drgrpo",
     AlgoSpec(
-        "drgrpo", "ppo-clip", {"agg": "seq-mean-token-sum-norm"}, "Dr.GRPO: r - mean_g, constant-length norm"
+        "drgrpo", "ppo-clip", {"loss_agg": "seq-mean-token-sum-norm"}, "Dr.GRPO: r - mean_g, constant-length norm"
     ),
 )
 register_algorithm(
@@ -144,7 +144,7 @@ register_algorithm(
     AlgoSpec(
         "grpo",
         "ppo-clip",
-        {"clip_low": 0.2, "clip_high": 0.28, "agg": "token-mean", "kl_coef": 0.0, "mask_zero_variance": True},
+        {"clip_eps": 0.2, "clip_eps_high": 0.28, "loss_agg": "token-mean", "kl_coef": 0.0, "mask_zero_variance": True},
         "DAPO: clip-higher, token-mean, no KL, zero-variance groups masked",
     ),
 )

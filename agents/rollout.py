@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from promptr1.tags import STOP_STRINGS
+
 __all__ = [
     "DEFAULT_STOP_STRINGS",
     "ChatFramer",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 #: An agent turn ends at the closing tag of a request or of an answer (or at the EOS token).
-DEFAULT_STOP_STRINGS: tuple[str, ...] = ("</interaction_prompt>", "</answer>")
+DEFAULT_STOP_STRINGS: tuple[str, ...] = STOP_STRINGS
 
 #: Reward given to an episode cut short because it outgrew ``max_seq_len`` (the lowest reward).
 OVERFLOW_REWARD = -1.0

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from promptr1.agents.config import SFTConfig, config_to_dict
+from promptr1.agents.config import SFTConfig
+from promptr1.config import config_to_dict
 from promptr1.agents.rollout import ChatFramer, collate_episodes, Episode
 
 __all__ = ["build_sft_example", "run_sft", "sft_examples"]
@@ -87,7 +88,7 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     n_needed = cfg.steps * cfg.batch_size
     pool = [tasks[i % len(tasks)] for i in range(min(n_needed, len(tasks)))]
     t0 = time.perf_counter()
-    examples = sft_examples(pool, lambda: PromptCollabEnv(task=tasks, env_llm=backend, max_turns=cfg.max_turns),
+    examples = sft_examples(pool, lambda: PromptCollabEnv(task=tasks, env_llm=backend, **cfg.env_kwargs()),
                             framer, demo, max_seq_len=cfg.max_seq_len)
     if not examples:
         raise ValueError("no usable demonstrations: every one failed in the env or exceeded max_seq_len.")

@@ -37,7 +37,8 @@ from promptr1.agents.checkpoint import (
     temp_dir_for,
     write_checkpoint_files,
 )
-from promptr1.agents.config import GRPOConfig, config_to_dict
+from promptr1.agents.config import GRPOConfig
+from promptr1.config import config_to_dict
 from promptr1.agents.logger import Callback, CallbackList, Logger
 from promptr1.agents.models import load_policy, resolve_model_path, sequence_logprobs
 from promptr1.agents.seeding import derived_seed, seed_everything
@@ -59,33 +60,6 @@ def _resolve_mixed_precision(cfg: GRPOConfig) -> str:
     if not cfg.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "no"
-
-
-def _loss_config(cfg: GRPOConfig):
-    """LossConfig from ``--algo``'s defaults, overridden by the options the user actually changed."""
-    from promptr1.agents.losses import LossConfig
-
-    base = GRPOConfig()
-    mapping = {
-        "clip_eps": "clip_low",
-        "clip_eps_high": "clip_high",
-        "kl_coef": "kl_coef",
-        "kl_estimator": "kl_kind",
-        "entropy_coef": "entropy_coef",
-        "loss_agg": "agg",
-    }
-    overrides: dict[str, Any] = {}
-    for ours, theirs in mapping.items():
-        value = getattr(cfg, ours)
-        if value != getattr(base, ours):
-            if ours == "clip_eps_high" and value == 0:
-                continue
-            if ours == "loss_agg" and not value:
-                continue
-            overrides[theirs] = value
-    if cfg.kl_coef == 0:
-        overrides["kl_coef"] = 0.0
-    return LossConfig.from_algorithm(cfg.algo, **overrides)
 
 
 def _num(x: Any, default: float = float("nan")) -> float:
@@ -130,7 +104,7 @@ class GRPOTrainer:
         import_plugins(cfg.plugins)
         seed_everything(cfg.seed, cfg.deterministic)
         self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=_resolve_mixed_precision(cfg))
-        self.loss_cfg = _loss_config(cfg)
+        self.loss_cfg = cfg.loss_config()
         self.callbacks = CallbackList(list(callbacks))
         self.step = 0
         self.cursor = 0  # questions consumed (all processes together)
@@ -168,8 +142,7 @@ class GRPOTrainer:
             raise ValueError(f"no training tasks in {cfg.tasks!r}.")
         self.env_llm = env_llm if env_llm is not None else (make_backend(cfg.env_llm) if env_factory is None else None)
         n_env = cfg.batch_questions * cfg.group_size
-        kw = dict(max_turns=cfg.max_turns, max_response_chars=cfg.max_response_chars,
-                  reward_variant=cfg.reward_variant, **(env_kwargs or {}))
+        kw = {**cfg.env_kwargs(), **(env_kwargs or {})}
         if env_factory is not None:
             self.envs = [env_factory() for _ in range(n_env)]
         else:
@@ -308,7 +281,7 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         """Rollouts, advantages and the update for one step; returns the step's metrics."""
         from promptr1.agents.advantages import compute_advantages
-        from promptr1.agents.losses import compute_loss
+        from promptr1.agents.losses import compute_loss, kl_in_reward, kl_penalty
 
         cfg, acc = self.cfg, self.accelerator
         rec: dict[str, float] = {}
@@ -317,21 +290,10 @@ class GRPOTrainer:
         episodes, timings = self.collect(questions)
         self.callbacks.on_rollout_end(self, episodes)
 
-        # --- rewards and advantages (groups never straddle processes)
+        batch = collate_episodes(episodes, self.tokenizer.pad_token_id)
         rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)  # (N,)
         groups = torch.tensor([e.group for e in episodes])
         ok = torch.tensor([e.env_error is None for e in episodes])  # (N,) env failures leave their group
-        adv = torch.zeros_like(rewards)
-        keep = torch.zeros_like(ok)
-        if ok.any():
-            _, g_local = torch.unique(groups[ok], return_inverse=True)
-            a, k = compute_advantages(rewards[ok], g_local, estimator=self.loss_cfg.estimator,
-                                      mask_zero_variance=self.loss_cfg.mask_zero_variance,
-                                      **self.loss_cfg.estimator_call_kwargs())
-            adv[ok], keep[ok] = a.float(), k
-        batch = collate_episodes(episodes, self.tokenizer.pad_token_id)
-        batch["advantages"] = adv
-        batch["sample_mask"] = keep
 
         # --- old and reference log-probs (no grad)
         t_upd = time.perf_counter()
@@ -348,6 +310,24 @@ class GRPOTrainer:
         elif self.loss_cfg.kl_coef > 0 and cfg.lora_r > 0:
             with self.unwrapped_model.disable_adapter():
                 batch["ref_logp"] = self._no_grad_logprobs(self.model, batch)
+        if self.loss_cfg.kl_in_reward and "ref_logp" in batch:
+            # KL of the sampling policy to the reference, summed over each episode's agent tokens
+            kl = kl_penalty(batch["old_logp"], batch["ref_logp"], self.loss_cfg.kl_estimator)  # (N, T)
+            penalized = kl_in_reward(rewards, kl, self.loss_cfg.kl_coef, batch["action_mask"])  # (N,)
+            rec["reward/kl_penalty"] = (rewards - penalized)[ok].mean().item() if ok.any() else 0.0
+            rewards = penalized
+
+        # --- advantages (groups never straddle processes)
+        adv = torch.zeros_like(rewards)
+        keep = torch.zeros_like(ok)
+        if ok.any():
+            _, g_local = torch.unique(groups[ok], return_inverse=True)
+            a, k = compute_advantages(rewards[ok], g_local, estimator=self.loss_cfg.estimator,
+                                      mask_zero_variance=self.loss_cfg.mask_zero_variance,
+                                      **self.loss_cfg.estimator_call_kwargs())
+            adv[ok], keep[ok] = a.float(), k
+        batch["advantages"] = adv
+        batch["sample_mask"] = keep
 
         # --- the update
         self.model.train()
@@ -368,7 +348,7 @@ class GRPOTrainer:
                     sub = self._slice(batch, rows)
                     sub_tokens = (sub["action_mask"] * sub["sample_mask"][:, None]).sum().item()
                     sub_seqs = ((sub["action_mask"].sum(-1) > 0) & sub["sample_mask"]).sum().item()
-                    if self.loss_cfg.agg == "token-mean":
+                    if self.loss_cfg.loss_agg == "token-mean":
                         weight = sub_tokens / eff if eff > 0 else 0.0
                     else:
                         weight = sub_seqs / seqs if seqs > 0 else 0.0

@@ -13,11 +13,22 @@ import json
 import re
 from dataclasses import dataclass
 
+from promptr1.tags import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    PROMPT_CLOSE,
+    PROMPT_OPEN,
+    RESPONSE_CLOSE,
+    RESPONSE_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+)
+
 __all__ = ["ParsedTurn", "parse_turn", "wrap_response", "extract_prompt"]
 
-_PROMPT_RE = re.compile(r"<interaction_prompt>(.*?)</interaction_prompt>", re.DOTALL)
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_PROMPT_RE = re.compile(re.escape(PROMPT_OPEN) + "(.*?)" + re.escape(PROMPT_CLOSE), re.DOTALL)
+_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + "(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
+_THINK_RE = re.compile(re.escape(THINK_OPEN) + "(.*?)" + re.escape(THINK_CLOSE), re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -89,4 +100,4 @@ def wrap_response(reply: str, max_chars: int) -> str:
     >>> wrap_response("Paris is the capital.", 5)
     '<interaction_response>Paris</interaction_response>'
     """
-    return "<interaction_response>" + reply[:max_chars] + "</interaction_response>"
+    return RESPONSE_OPEN + reply[:max_chars] + RESPONSE_CLOSE

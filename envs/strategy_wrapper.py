@@ -59,6 +59,7 @@ import numpy as np
 from gymnasium import spaces
 
 from promptr1.rewards.embedders import Embedder, make_embedder
+from promptr1.tags import RESPONSE_CLOSE, RESPONSE_OPEN, answer_turn, prompt_turn
 
 __all__ = [
     "BUILTIN_STRATEGIES",
@@ -310,11 +311,11 @@ class Decomposition:
 
 # --------------------------------------------------------------------------- the wrapper
 def _turn(think: str, prompt: str) -> str:
-    return f"<think>{think}</think><interaction_prompt>{prompt}</interaction_prompt>"
+    return prompt_turn(think, prompt)
 
 
 def _final(think: str, answer: str) -> str:
-    return f"<think>{think}</think><answer>{answer}</answer>"
+    return answer_turn(think, answer)
 
 
 class StrategyWrapper(gym.Env):
@@ -491,8 +492,8 @@ class StrategyWrapper(gym.Env):
         else:
             prompt = info.get("parsed_prompt") or ""
             reply = obs_text
-            if reply.startswith("<interaction_response>") and reply.endswith("</interaction_response>"):
-                reply = reply[len("<interaction_response>"):-len("</interaction_response>")]
+            if reply.startswith(RESPONSE_OPEN) and reply.endswith(RESPONSE_CLOSE):
+                reply = reply[len(RESPONSE_OPEN):-len(RESPONSE_CLOSE)]
             self.last_prompt, self.last_reply = prompt, reply
             if asked_sub and self.plan is not None:
                 self.plan.advance(reply)

@@ -262,8 +262,11 @@ def load_tasks(spec, *, split: str = "train", seed: int = 0) -> Sequence[Task]:
     if isinstance(spec, Sequence) and len(spec) > 0 and all(isinstance(t, Task) for t in spec):
         return spec if hasattr(spec, "__getitem__") else ListTaskSource(list(spec))
     if isinstance(spec, Iterable):
+        parts = list(spec)
+        if len(parts) == 1:
+            return load_tasks(parts[0], split=split, seed=seed)
         merged: list[Task] = []
-        for part in spec:
+        for part in parts:
             merged.extend(load_tasks(part, split=split, seed=seed))
-        return ListTaskSource(merged, name="+".join(str(p) for p in spec))
+        return ListTaskSource(merged, name="+".join(str(p) for p in parts))
     raise TypeError(f"task must be a Task, a list of tasks, 'synthetic', or a file path; got {type(spec).__name__}.")

@@ -30,10 +30,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from promptr1.tags import STOP_STRINGS
+
 __all__ = ["DEFAULT_STOP_STRINGS", "TokenWrapper", "load_tokenizer", "vocab_from_texts"]
 
 #: Closing tags that end an agent turn (design.md §2).
-DEFAULT_STOP_STRINGS: tuple[str, ...] = ("</interaction_prompt>", "</answer>")
+DEFAULT_STOP_STRINGS: tuple[str, ...] = STOP_STRINGS
 
 
 def load_tokenizer(tokenizer: Any) -> Any:

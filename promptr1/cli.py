@@ -13,10 +13,10 @@ from collections.abc import Sequence
 # name -> ("module:function", one-line help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("promptr1.play:main", "play the agent yourself (or from a file of turns) against an env LLM"),
-    "train": ("promptr1.agents.cli:train_main", "train the agent with GRPO (default: CPU quickstart)"),
-    "sft": ("promptr1.agents.cli:sft_main", "supervised warm-start on generated demonstrations"),
-    "eval": ("promptr1.agents.cli:eval_main", "evaluate a checkpoint or base model on task files"),
-    "chat": ("promptr1.agents.cli:chat_main", "ask one question, see the multi-turn transcript and answer"),
+    "train": ("promptr1.pipeline:train_main", "train the agent with GRPO (default: CPU quickstart)"),
+    "sft": ("promptr1.pipeline:sft_main", "supervised warm-start on generated demonstrations"),
+    "eval": ("promptr1.evaluation.cli:eval_main", "evaluate a checkpoint or base model on task files"),
+    "chat": ("promptr1.evaluation.cli:chat_main", "ask one question, see the multi-turn transcript and answer"),
 }
 
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from promptr1.registry import Registry, UnknownNameError
+from promptr1.tags import ANSWER_CLOSE, ANSWER_OPEN, PROMPT_CLOSE, PROMPT_OPEN, THINK_CLOSE, THINK_OPEN
 
 from .metrics import (
     _as_golds,
@@ -182,7 +183,7 @@ ANSWER_METRICS: Registry[Callable[[str, Any], float]] = Registry(
 _PROMPT_TURN = re.compile(
     r"^<think>(.*?)</think>(\s*)<interaction_prompt>(.*?)</interaction_prompt>$", re.DOTALL
 )
-_PROMPT_TAGS = ("<think>", "</think>", "<interaction_prompt>", "</interaction_prompt>")
+_PROMPT_TAGS = (THINK_OPEN, THINK_CLOSE, PROMPT_OPEN, PROMPT_CLOSE)
 
 
 def _is_prompt_turn(block: str) -> bool:
@@ -192,7 +193,7 @@ def _is_prompt_turn(block: str) -> bool:
     return _PROMPT_TURN.search(block) is not None
 
 
-_THINK, _END_THINK, _ANSWER, _END_ANSWER = "<think>", "</think>", "<answer>", "</answer>"
+_THINK, _END_THINK, _ANSWER, _END_ANSWER = THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE
 
 
 def _is_think_answer(block: str) -> bool:

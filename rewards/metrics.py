@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from fractions import Fraction
 from numbers import Real
 
+from promptr1.tags import ANSWER_CLOSE, ANSWER_OPEN
+
 __all__ = [
     "Golds",
     "exact_match",
@@ -200,7 +202,7 @@ def substring_match(pred: str, golds: Golds) -> float:
 # Answer extraction
 # ---------------------------------------------------------------------------------------------
 
-_OPEN, _CLOSE = "<answer>", "</answer>"
+_OPEN, _CLOSE = ANSWER_OPEN, ANSWER_CLOSE
 
 
 def extract_answer(text: str) -> str | None:

@@ -110,7 +110,7 @@ def one_token(ratio: float, adv: float, **kw) -> tuple[float, float, dict]:
     ],
 )
 def test_ppo_clip_known_answers(ratio: float, adv: float, loss: float, grad: float, clipped: float) -> None:
-    got_loss, got_grad, stats = one_token(ratio, adv, clip_low=0.2)
+    got_loss, got_grad, stats = one_token(ratio, adv, clip_eps=0.2)
     assert got_loss == pytest.approx(loss, abs=1e-6)
     assert got_grad == pytest.approx(grad, abs=1e-6)
     assert stats["clip_frac"] == clipped
@@ -127,7 +127,7 @@ def test_ppo_clip_known_answers(ratio: float, adv: float, loss: float, grad: flo
     ],
 )
 def test_dual_clip(ratio: float, adv: float, loss: float, grad: float, dual: float) -> None:
-    got_loss, got_grad, stats = one_token(ratio, adv, clip_low=0.2, dual_clip_c=3.0)
+    got_loss, got_grad, stats = one_token(ratio, adv, clip_eps=0.2, dual_clip_c=3.0)
     assert got_loss == pytest.approx(loss, abs=1e-5)
     assert got_grad == pytest.approx(grad, abs=1e-5)
     assert stats["dual_clip_frac"] == dual
@@ -137,11 +137,11 @@ def test_dual_clip(ratio: float, adv: float, loss: float, grad: float, dual: flo
 
 def test_clip_higher() -> None:
     # symmetric 0.2: ratio 1.25 with A > 0 is clipped to 1.2; clip-higher 0.28 lets it through
-    assert one_token(1.25, 1.0, clip_low=0.2)[0] == pytest.approx(-1.2)
-    assert one_token(1.25, 1.0, clip_low=0.2, clip_high=0.28)[0] == pytest.approx(-1.25)
-    assert one_token(1.5, 1.0, clip_low=0.2, clip_high=0.28)[0] == pytest.approx(-1.28)
-    # the lower bound is still 1 - clip_low: A < 0, ratio 0.7 -> max(0.7, 0.8) = 0.8
-    assert one_token(0.7, -1.0, clip_low=0.2, clip_high=0.28)[0] == pytest.approx(0.8)
+    assert one_token(1.25, 1.0, clip_eps=0.2)[0] == pytest.approx(-1.2)
+    assert one_token(1.25, 1.0, clip_eps=0.2, clip_eps_high=0.28)[0] == pytest.approx(-1.25)
+    assert one_token(1.5, 1.0, clip_eps=0.2, clip_eps_high=0.28)[0] == pytest.approx(-1.28)
+    # the lower bound is still 1 - clip_eps: A < 0, ratio 0.7 -> max(0.7, 0.8) = 0.8
+    assert one_token(0.7, -1.0, clip_eps=0.2, clip_eps_high=0.28)[0] == pytest.approx(0.8)
 
 
 def test_policy_loss_batch_stats_and_gradient() -> None:
@@ -194,8 +194,8 @@ def test_reinforce_gradient_equals_ppo_on_policy() -> None:
 
 def test_policy_loss_argument_errors() -> None:
     x = torch.zeros(1, 2)
-    with pytest.raises(ValueError, match="clip_low"):
-        policy_loss(x, x, torch.zeros(1), torch.ones(1, 2), clip_low=1.5)
+    with pytest.raises(ValueError, match="clip_eps"):
+        policy_loss(x, x, torch.zeros(1), torch.ones(1, 2), clip_eps=1.5)
     with pytest.raises(ValueError, match="dual_clip_c must be > 1"):
         policy_loss(x, x, torch.zeros(1), torch.ones(1, 2), dual_clip_c=0.5)
     with pytest.raises(ValueError, match=r"advantages must have shape \(B,\)"):
@@ -322,14 +322,14 @@ def test_entropy_matches_categorical_reference() -> None:
 
 def test_loss_config_defaults_cite_the_reference() -> None:
     cfg = LossConfig()
-    assert (cfg.estimator, cfg.policy_loss, cfg.clip_low, cfg.clip_high, cfg.agg) == (
+    assert (cfg.estimator, cfg.policy_loss, cfg.clip_eps, cfg.clip_eps_high, cfg.loss_agg) == (
         "grpo",
         "ppo-clip",
         0.2,
         None,
         "token-mean",
     )
-    assert (cfg.kl_coef, cfg.kl_kind, cfg.adv_eps, cfg.entropy_coef) == (0.001, "k3", 1e-6, 0.0)
+    assert (cfg.kl_coef, cfg.kl_estimator, cfg.adv_eps, cfg.entropy_coef) == (0.001, "k3", 1e-6, 0.0)
     assert LossConfig.from_algorithm("grpo") == cfg
     assert cfg.estimator_call_kwargs() == {"eps": 1e-6}
 
@@ -339,19 +339,19 @@ def test_loss_config_from_algorithm() -> None:
     assert (
         dapo.algo,
         dapo.estimator,
-        dapo.clip_low,
-        dapo.clip_high,
+        dapo.clip_eps,
+        dapo.clip_eps_high,
         dapo.kl_coef,
         dapo.mask_zero_variance,
     ) == ("dapo", "grpo", 0.2, 0.28, 0.0, True)
     dr = LossConfig.from_algorithm("drgrpo")
-    assert (dr.estimator, dr.agg) == ("drgrpo", "seq-mean-token-sum-norm")
+    assert (dr.estimator, dr.loss_agg) == ("drgrpo", "seq-mean-token-sum-norm")
     assert LossConfig.from_algorithm("reinforce").policy_loss == "reinforce"
     assert LossConfig.from_algorithm("rloo").estimator == "rloo"
     # explicit settings win over the algorithm's
     assert LossConfig.from_algorithm("dapo", kl_coef=0.01).kl_coef == 0.01
     with pytest.raises(
-        ValueError, match=r"unknown LossConfig field 'clip_hihg' in overrides\. Did you mean 'clip_high'\?"
+        ValueError, match=r"unknown LossConfig field 'clip_hihg' in overrides\. Did you mean 'clip_eps_high'\?"
     ):
         LossConfig.from_algorithm("grpo", clip_hihg=0.3)
     with pytest.raises(KeyError, match="Did you mean 'dapo'"):
@@ -360,9 +360,9 @@ def test_loss_config_from_algorithm() -> None:
 
 def test_loss_config_validation() -> None:
     with pytest.raises(ValueError, match="Did you mean 'seq-mean-token-mean'"):
-        LossConfig(agg="seq-mean-token-maen")
+        LossConfig(loss_agg="seq-mean-token-maen")
     with pytest.raises(ValueError, match="Did you mean 'k3'"):
-        LossConfig(kl_kind="k33")
+        LossConfig(kl_estimator="k33")
     with pytest.raises(ValueError, match="kl_coef"):
         LossConfig(kl_coef=-1.0)
     with pytest.raises(ValueError, match="dual_clip_c"):
@@ -458,6 +458,6 @@ def test_compute_loss_uses_a_registered_policy_loss() -> None:
             {"logp": torch.full((1, 2), -1.0), "advantages": torch.ones(1), "mask": torch.ones(1, 2)}, cfg
         )
         assert loss.item() == pytest.approx(3.0)  # 3 * mean(-1 * -1)
-        assert seen["scale"] == 3.0 and seen["clip_low"] == 0.2 and seen["agg"] == "token-mean"
+        assert seen["scale"] == 3.0 and seen["clip_eps"] == 0.2 and seen["agg"] == "token-mean"
     finally:
         POLICY_LOSSES.unregister("_scaled")

@@ -75,9 +75,9 @@ def test_builtins() -> None:
     dapo = get_algorithm("dapo")
     assert (dapo.estimator, dapo.loss) == ("grpo", "ppo-clip")
     assert dict(dapo.defaults) == {
-        "clip_low": 0.2,
-        "clip_high": 0.28,
-        "agg": "token-mean",
+        "clip_eps": 0.2,
+        "clip_eps_high": 0.28,
+        "loss_agg": "token-mean",
         "kl_coef": 0.0,
         "mask_zero_variance": True,
     }

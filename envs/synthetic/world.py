@@ -28,6 +28,7 @@ from functools import lru_cache
 from typing import Any
 
 from promptr1.envs.tasks import DEFAULT_INSTRUCTION, Task
+from promptr1.tags import answer_turn, prompt_turn
 
 __all__ = [
     "KINDS",
@@ -452,7 +453,7 @@ class SyntheticTasks(Sequence):
 # --------------------------------------------------------------------------- demonstrations
 def _turn(think: str, prompt: str, json_calls: bool) -> str:
     inner = json.dumps({"name": "prompt", "arguments": {"prompt": prompt}}) if json_calls else prompt
-    return f"<think>{think}</think><interaction_prompt>{inner}</interaction_prompt>"
+    return prompt_turn(think, inner)
 
 
 def demonstration(task: Task, *, json_calls: bool = False) -> list[str]:
@@ -484,7 +485,7 @@ def demonstration(task: Task, *, json_calls: bool = False) -> list[str]:
     else:
         raise ValueError(f"demonstration() needs a synthetic task (meta['kind'] 'multihop' or 'arith'), got "
                          f"task {task.id!r} with meta kind {kind!r}.")
-    turns.append(f"<think>{said}</think><answer>{task.answers[0]}</answer>")
+    turns.append(answer_turn(said, task.answers[0]))
     return turns
 
 

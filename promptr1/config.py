@@ -1,0 +1,353 @@
+"""Settings: one documented dataclass per command, loadable from YAML and overridable from argv.
+
+Every setting is declared once, under one name, with its default and the default's source ("ref" =
+the Prompt-R1 paper and its official code). :class:`RunSettings` holds the settings that training,
+the warm start and evaluation share; each command's config subclasses it and adds its own
+(:class:`promptr1.agents.config.GRPOConfig`, :class:`promptr1.agents.config.SFTConfig`,
+:class:`promptr1.evaluation.config.EvalConfig`). A setting whose default depends on the chosen
+algorithm is ``None`` until the user gives it, so an explicit value always wins.
+
+Values come from the field defaults, then a YAML file, then ``--key value`` options; list settings
+take several values (``--tasks a.parquet b.parquet``) or a YAML list.
+
+>>> cfg = load_config(RunSettings, overrides=["--max-turns", "3", "--tasks", "a.jsonl", "b.jsonl"])
+>>> cfg.max_turns, cfg.tasks
+(3, ['a.jsonl', 'b.jsonl'])
+>>> try:
+...     load_config(RunSettings, overrides=["--max-trns", "3"])
+... except ConfigError as exc:
+...     print(exc)
+unknown option '--max-trns' for RunSettings. Did you mean '--max-turns'? Run with --help to list the valid options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import pathlib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+__all__ = [
+    "ConfigError",
+    "RunSettings",
+    "bundled_config",
+    "parse_command",
+    "config_help",
+    "config_to_dict",
+    "load_config",
+    "parse_overrides",
+]
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that the command does not accept."""
+
+
+@dataclass
+class RunSettings:
+    """Settings shared by ``promptr1 train``, ``sft``, ``eval`` and ``chat``."""
+
+    # --- who plays
+    model: str = "smollm2"
+    """Agent policy: ``smollm2`` (offline SmolLM2-135M-Instruct), ``tiny`` (random test model), an HF id or
+    folder, or a training run folder (its latest checkpoint)."""
+    env_llm: str = "sim"
+    """Environment LLM spec (``sim``, ``smollm2``, ``openai:MODEL``, ``hf:PATH``...)."""
+    tasks: list[str] = field(default_factory=lambda: ["synthetic"])
+    """Task sources: ``synthetic`` (bundled) or parquet/JSONL files. Training concatenates them; evaluation
+    reports each as its own dataset."""
+
+    # --- the episode
+    max_turns: int = 5
+    """Agent turns per episode (ref: 5)."""
+    max_response_chars: int = 2048
+    """Env-LLM reply truncation in characters (ref: 2048)."""
+    reward_variant: str = "faithful"
+    """Reward variant (``faithful`` is the reference's; ``answer_gated`` fixes its quirks)."""
+    env_temperature: float = 0.0
+    """Env-LLM sampling temperature (0: greedy, so that replies are reproducible)."""
+    env_max_tokens: int = 512
+    """Env-LLM reply budget in tokens."""
+
+    # --- agent decoding
+    max_new_tokens: int = 256
+    """Agent tokens per turn (ref: 1,024; smaller so that CPU runs stay short)."""
+    max_seq_len: int = 4096
+    """Token budget of a whole episode: prompt, turns and replies (ref: 8,192)."""
+    temperature: float = 1.0
+    """Agent sampling temperature (ref: 1.0 in training); 0 decodes greedily."""
+    top_p: float = 1.0
+    """Agent nucleus sampling (ref: 1.0 in training)."""
+
+    # --- systems and outputs
+    seed: int = 0
+    cpu: bool = False
+    """Force the CPU even when an accelerator is present."""
+    output_dir: str = "runs/promptr1"
+    plugins: str = ""
+    """Comma-separated modules or .py files imported first (they register algorithms, backends, ...)."""
+    progress: bool = True
+    """Show a console progress bar."""
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~promptr1.envs.collab_env.PromptCollabEnv` for these settings: every
+        env of a run (SFT demonstrations, training, evaluation) is built from the same ones."""
+        return {
+            "max_turns": self.max_turns,
+            "max_response_chars": self.max_response_chars,
+            "reward_variant": self.reward_variant,
+            "sampling": {"temperature": self.env_temperature, "max_tokens": self.env_max_tokens},
+        }
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _is_list(tp: Any) -> bool:
+    return typing.get_origin(tp) in (list, Sequence, tuple)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's type.
+
+    >>> _coerce("3", int, "steps"), _coerce("no", bool, "cpu"), _coerce("1e-5", float, "lr")
+    (3, False, 1e-05)
+    """
+    origin = typing.get_origin(tp)
+    if _is_list(tp):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        (item_tp,) = typing.get_args(tp)[:1] or (str,)
+        out: list[Any] = []
+        for item in items:
+            if isinstance(item, str) and item_tp is str:
+                out.extend(p for p in (s.strip() for s in item.split(",")) if p) if "," in item else out.append(item)
+            else:
+                out.append(_coerce(item, item_tp, key))
+        return out
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        tp = args[0]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on", "y"):
+            return True
+        if s in ("0", "false", "no", "off", "n"):
+            return False
+        raise ConfigError(f"option '--{key}' expects true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"option '--{key}' expects an integer, got {value!r}.")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option '--{key}' expects an integer, got {value!r}.") from None
+        if f != int(f):
+            raise ConfigError(f"option '--{key}' expects an integer, got {value!r}.")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option '--{key}' expects a number, got {value!r}.") from None
+    if tp is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def _unknown_key_error(cls: type, key: str) -> ConfigError:
+    names = [f.name for f in fields(cls)]
+    hint = difflib.get_close_matches(key.replace("-", "_"), names, n=1)
+    msg = f"unknown option '--{key}' for {cls.__name__}."
+    if hint:
+        msg += f" Did you mean '--{hint[0].replace('_', '-')}'?"
+    msg += " Run with --help to list the valid options."
+    return ConfigError(msg)
+
+
+def parse_overrides(cls: type, argv: Sequence[str]) -> dict[str, Any]:
+    """Parse ``--key value`` / ``--key=value`` / bare ``--flag`` (booleans) into typed values.
+
+    >>> parse_overrides(RunSettings, ["--cpu", "--max-turns", "8", "--tasks", "a.jsonl,b.jsonl"])
+    {'cpu': True, 'max_turns': 8, 'tasks': ['a.jsonl', 'b.jsonl']}
+    """
+    types_ = _field_types(cls)
+    out: dict[str, Any] = {}
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("--"):
+            raise ConfigError(
+                f"expected an option like '--key value', got {tok!r}. Options are written --name value."
+            )
+        body = tok[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+            i += 1
+        else:
+            key = body
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            name = key.replace("-", "_")
+            if types_.get(name) is bool and (nxt is None or nxt.startswith("--")):
+                value, i = "true", i + 1
+            elif name in types_ and _is_list(types_[name]):
+                j = i + 1
+                while j < len(argv) and not argv[j].startswith("--"):
+                    j += 1
+                if j == i + 1:
+                    raise ConfigError(f"option '--{key}' needs one or more values, e.g. '--{key} A B'.")
+                value, i = argv[i + 1 : j], j
+            elif nxt is None:
+                raise ConfigError(f"option '--{key}' needs a value, e.g. '--{key} VALUE'.")
+            else:
+                value, i = nxt, i + 2
+        name = key.replace("-", "_")
+        if name not in types_:
+            raise _unknown_key_error(cls, key)
+        out[name] = _coerce(value, types_[name], name)
+    return out
+
+
+def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> C:
+    """Build ``cls`` from defaults, then a YAML file (if given), then ``--key value`` overrides."""
+    values: dict[str, Any] = {}
+    types_ = _field_types(cls)
+    if path:
+        import yaml
+
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value, got {type(data).__name__}.")
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in types_:
+                err = _unknown_key_error(cls, str(key))
+                raise ConfigError(f"in {str(path)!r}: {err}")
+            values[name] = _coerce(value, types_[name], name)
+    values.update(parse_overrides(cls, overrides))
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def bundled_config(name: str) -> pathlib.Path | None:
+    """Path of a config shipped in ``promptr1/configs`` (``quickstart`` -> quickstart.yaml), if any."""
+    from importlib import resources
+
+    stem = name[:-5] if name.endswith(".yaml") else name
+    try:
+        p = resources.files("promptr1") / "configs" / f"{stem}.yaml"
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return pathlib.Path(str(p)) if p.is_file() else None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a plain dict (for YAML dumps and TensorBoard hparams)."""
+    return dataclasses.asdict(cfg)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal right after a field) read from the source."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's documentation of a field wins
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name):
+                if isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+                    if isinstance(b.value.value, str):
+                        docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
+def config_help(cls: type) -> str:
+    """A table of options, defaults and their documentation."""
+    docs = _field_docs(cls)
+    lines = [f"options ({cls.__name__}; also accepted as keys of a YAML file given with --config FILE):"]
+    for f in fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        shown = "(algorithm's)" if default is None and f.name in getattr(cls, "ALGORITHM_SETTINGS", ()) else repr(default)
+        line = f"  --{f.name.replace('_', '-'):<24} {shown:<18} {docs.get(f.name, '')}"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    argv = list(argv)
+    path = None
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a value: a YAML file or a bundled name such as 'quickstart'.")
+            path, i = argv[i + 1], i + 2
+        elif a.startswith("--config="):
+            path, i = a.split("=", 1)[1], i + 1
+        else:
+            rest.append(a)
+            i += 1
+    if path is not None and not pathlib.Path(path).is_file():
+        bundled = bundled_config(path)
+        if bundled is None:
+            raise ConfigError(f"--config {path!r}: no such file, and no bundled config of that name (try 'quickstart').")
+        path = str(bundled)
+    return path, rest
+
+
+def parse_command(cls: type[C], argv: Sequence[str], prog: str, *, default_config: str | None = None,
+                  positional: str | None = None) -> C | None:
+    """Parse a sub-command's arguments into ``cls``; ``None`` after printing ``--help``.
+
+    ``--config FILE.yaml`` (or a bundled name) is read first, then ``--key value`` options. Leading
+    arguments that are not options are the values of the list setting ``positional`` (e.g. task files).
+    Raises :class:`ConfigError` for anything it cannot accept.
+    """
+    argv = list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        usage = f"usage: promptr1 {prog} " + (f"[{positional.upper()} ...] " if positional else "")
+        print(usage + "[--config FILE.yaml] [--key value ...]\n")
+        print(config_help(cls))
+        return None
+    lead: list[str] = []
+    if positional:
+        while argv and not argv[0].startswith("-"):
+            lead.append(argv.pop(0))
+    path, rest = _split_config(argv)
+    if path is None and default_config is not None:
+        path = str(bundled_config(default_config) or "") or None
+    if lead:
+        rest = [f"--{positional.replace('_', '-')}", *lead, *rest]
+    return load_config(cls, path, rest)

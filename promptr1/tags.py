@@ -1,0 +1,45 @@
+"""The tags of the Prompt-R1 turn protocol (design.md section 2), defined once for every layer.
+
+An intermediate agent turn is ``<think>...</think><interaction_prompt>...</interaction_prompt>``; the
+large LLM's reply comes back as ``<interaction_response>...</interaction_response>``; a final turn is
+``<think>...</think><answer>...</answer>``. Generation of an agent turn stops at :data:`STOP_STRINGS`.
+
+>>> prompt_turn("I need the capital.", "Capital of France?")
+'<think>I need the capital.</think><interaction_prompt>Capital of France?</interaction_prompt>'
+>>> answer_turn("It said Paris.", "Paris")
+'<think>It said Paris.</think><answer>Paris</answer>'
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ANSWER_CLOSE",
+    "ANSWER_OPEN",
+    "PROMPT_CLOSE",
+    "PROMPT_OPEN",
+    "RESPONSE_CLOSE",
+    "RESPONSE_OPEN",
+    "STOP_STRINGS",
+    "THINK_CLOSE",
+    "THINK_OPEN",
+    "answer_turn",
+    "prompt_turn",
+]
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+PROMPT_OPEN, PROMPT_CLOSE = "<interaction_prompt>", "</interaction_prompt>"
+RESPONSE_OPEN, RESPONSE_CLOSE = "<interaction_response>", "</interaction_response>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+#: An agent turn ends at the closing tag of a request or of an answer (or at the end-of-turn token).
+STOP_STRINGS: tuple[str, ...] = (PROMPT_CLOSE, ANSWER_CLOSE)
+
+
+def prompt_turn(think: str, prompt: str) -> str:
+    """An intermediate turn: reasoning, then one request for the large LLM."""
+    return f"{THINK_OPEN}{think}{THINK_CLOSE}{PROMPT_OPEN}{prompt}{PROMPT_CLOSE}"
+
+
+def answer_turn(think: str, answer: str) -> str:
+    """A final turn: reasoning, then the answer."""
+    return f"{THINK_OPEN}{think}{THINK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"

@@ -1,0 +1,148 @@
+"""The package's layers only point down, test doubles stay out of the library, and imports form no cycle.
+
+Every ``import`` statement of every library module is read from the source (module level and inside
+functions alike, so a "lazy" import counts too) and checked against the layer map of design.md section 4:
+
+    0  promptr1 (root), promptr1.registry, promptr1.config, promptr1.plugins, promptr1.tags
+    1  promptr1.rewards, promptr1.llm_backends           (never import envs, agents, evaluation)
+    2  promptr1.envs                                      (never imports agents or evaluation)
+    3  promptr1.agents                                    (training; never imports evaluation)
+    4  promptr1.evaluation                                (may use the rollout and model loading of agents)
+    5  promptr1.pipeline, promptr1.cli, promptr1.play     (the commands, above both wings)
+
+``promptr1.testing`` (the tiny model, the fake server, scripted backends and agents) may import anything, and
+no library module imports it; registries may name a test double lazily by a "module:attr" string.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+import promptr1
+
+ROOT = pathlib.Path(promptr1.__file__).resolve().parent.parent
+FOLDERS = {"promptr1": "promptr1", "envs": "promptr1.envs", "agents": "promptr1.agents",
+           "evaluation": "promptr1.evaluation", "rewards": "promptr1.rewards",
+           "llm_backends": "promptr1.llm_backends"}
+LEVELS = [
+    ("promptr1.testing", None),
+    ("promptr1.rewards", 1), ("promptr1.llm_backends", 1),
+    ("promptr1.envs", 2), ("promptr1.agents", 3), ("promptr1.evaluation", 4),
+    ("promptr1.pipeline", 5), ("promptr1.cli", 5), ("promptr1.play", 5),
+    ("promptr1.registry", 0), ("promptr1.config", 0), ("promptr1.plugins", 0), ("promptr1.tags", 0),
+]
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    out = {}
+    for folder, package in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _level(module: str) -> int | None:
+    for prefix, level in LEVELS:
+        if module == prefix or module.startswith(prefix + "."):
+            return level
+    if module == "promptr1":
+        return 0
+    raise AssertionError(f"{module} is in no layer; add it to LEVELS in tests/test_layers.py")
+
+
+def _imports(module: str, path: pathlib.Path) -> set[str]:
+    """Project modules imported by ``module`` (absolute, resolved from relative imports)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_pkg = path.name == "__init__.py"
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base if is_pkg else base[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out.add(target)
+            for a in node.names:  # `from pkg import submodule`
+                if f"{target}.{a.name}" in MODULES:
+                    out.add(f"{target}.{a.name}")
+    return {m for m in out if m == "promptr1" or m.startswith("promptr1.")}
+
+
+GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
+
+
+def test_every_module_has_a_layer():
+    assert len(MODULES) > 40
+    for m in MODULES:
+        _level(m)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _level(m) is not None))
+def test_imports_point_down(module):
+    mine = _level(module)
+    for target in GRAPH[module]:
+        theirs = _level(target)
+        assert theirs is not None, f"{module} imports the test double {target}; library code never does"
+        assert theirs <= mine, f"{module} (layer {mine}) imports {target} (layer {theirs}): layers point down"
+
+
+def test_training_wing_does_not_import_evaluation():
+    for module, targets in GRAPH.items():
+        if module.startswith("promptr1.agents"):
+            assert not any(t.startswith("promptr1.evaluation") for t in targets), module
+
+
+def test_no_import_cycles():
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(GRAPH.get(m, ())):
+            if t not in GRAPH or t == m:
+                continue
+            if state.get(t) == 1:
+                cycle = stack[stack.index(t):] + [t]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m)
+
+
+def test_private_names_do_not_cross_packages():
+    for module, path in MODULES.items():
+        top = ".".join(module.split(".")[:2])
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("promptr1.") and not node.level:
+                if ".".join(node.module.split(".")[:2]) == top:
+                    continue
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                assert not private, f"{module} imports private {private} from {node.module}"
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The parser resolves relative and lazy imports (so the tests above can fail)."""
+    f = tmp_path / "mod.py"
+    f.write_text("from .base import X\n\ndef f():\n    from promptr1.agents import rollout\n")
+    got = _imports("promptr1.llm_backends.mod", f)
+    assert got >= {"promptr1.llm_backends.base", "promptr1.agents", "promptr1.agents.rollout"}
+    assert _level("promptr1.agents.rollout") > _level("promptr1.llm_backends.mod")

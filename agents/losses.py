@@ -18,12 +18,13 @@ low-variance k3 estimator at coefficient 0.001 as a loss term, token-mean aggreg
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from promptr1.registry import UnknownNameError, did_you_mean
 from torch import Tensor
 
 from .registry import POLICY_LOSSES, get_algorithm, register_policy_loss
@@ -52,12 +53,8 @@ _LOG_RATIO_CLAMP = 20.0
 _K3_CLAMP = 10.0
 
 
-def _unknown(what: str, given: str, options: tuple[str, ...] | list[str]) -> ValueError:
-    hint = difflib.get_close_matches(str(given), list(options), n=1)
-    did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-    return ValueError(
-        f"unknown {what} {given!r}.{did_you_mean} Expected one of: {', '.join(map(repr, options))}."
-    )
+def _unknown(what: str, given: str, options: tuple[str, ...] | list[str]) -> UnknownNameError:
+    return UnknownNameError(did_you_mean(what, given, list(options)))
 
 
 def _masked_sum(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
@@ -456,12 +453,7 @@ class LossConfig:
         for source, mapping in (("algorithm " + repr(name), spec.defaults), ("overrides", overrides)):
             for key, value in mapping.items():
                 if key not in known:
-                    hint = difflib.get_close_matches(key, sorted(known), n=1)
-                    did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-                    raise ValueError(
-                        f"unknown LossConfig field {key!r} in {source}.{did_you_mean} "
-                        f"Fields: {', '.join(sorted(known))}."
-                    )
+                    raise UnknownNameError(did_you_mean(f"LossConfig field (in {source})", key, sorted(known)))
                 values[key] = value
         return cls(**values)
 

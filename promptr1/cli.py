@@ -5,10 +5,11 @@ Sub-commands are imported lazily so ``promptr1 --help`` is instant.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import sys
 from collections.abc import Sequence
+
+from promptr1.registry import did_you_mean
 
 # name -> ("module:function", one-line help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,10 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        hint = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        msg = f"promptr1: unknown command {name!r}."
-        if hint:
-            msg += f" Did you mean {hint[0]!r}?"
+        msg = "promptr1: " + did_you_mean("command", name, list(COMMANDS))
         print(msg + "\n\n" + _usage(), file=sys.stderr)
         return 2
     target, _ = COMMANDS[name]

@@ -351,7 +351,7 @@ def test_loss_config_from_algorithm() -> None:
     # explicit settings win over the algorithm's
     assert LossConfig.from_algorithm("dapo", kl_coef=0.01).kl_coef == 0.01
     with pytest.raises(
-        ValueError, match=r"unknown LossConfig field 'clip_hihg' in overrides\. Did you mean 'clip_eps_high'\?"
+        ValueError, match=r"unknown LossConfig field \(in overrides\) 'clip_hihg'\. Did you mean 'clip_eps_high'\?"
     ):
         LossConfig.from_algorithm("grpo", clip_hihg=0.3)
     with pytest.raises(KeyError, match="Did you mean 'dapo'"):
@@ -419,7 +419,7 @@ def test_sample_mask_drops_whole_sequences() -> None:
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
     keep = torch.tensor([True, False, True])
     for agg in AGG_MODES:
-        cfg = LossConfig(agg=agg)
+        cfg = LossConfig(loss_agg=agg)
         full, _ = compute_loss(
             {
                 "logp": logp,

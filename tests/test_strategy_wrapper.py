@@ -280,7 +280,7 @@ def test_minilm_observations():
 
 def test_module_doctests():
     import promptr1.rewards.embedders as e
-    import promptr1.envs.strategy_wrapper as s
+    import promptr1.envs.decompose as s
     import promptr1.envs.token_wrapper as t
 
     for mod in (e, s, t):

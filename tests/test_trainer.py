@@ -169,8 +169,10 @@ def test_user_registered_algorithm_via_plugin(tmp_path, monkeypatch):
         "    register_algorithm('sign-test', AlgoSpec('sign-test', 'ppo-clip', {'kl_coef': 0.0}))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    tr = make_trainer(make_cfg(tmp_path, steps=1, algo="sign-test", plugins="my_algo_plugin", kl_coef=0.001))
+    tr = make_trainer(make_cfg(tmp_path, steps=1, algo="sign-test", plugins="my_algo_plugin", kl_coef=None))
     assert tr.ref_model is None  # the algorithm's default kl_coef=0 skips the reference model
+    explicit = make_trainer(make_cfg(tmp_path, steps=1, algo="sign-test", plugins="my_algo_plugin", kl_coef=0.001))
+    assert explicit.ref_model is not None and explicit.loss_cfg.kl_coef == 0.001  # the user's value wins
     tr.train_step()
     import my_algo_plugin
 
@@ -187,3 +189,35 @@ def test_example_custom_algorithm_as_a_py_file_plugin(tmp_path):
     assert "losses/is_capped_frac" in m  # a stat only the example's loss reports: it really ran
     with pytest.raises(ImportError, match="no such file"):
         make_trainer(make_cfg(tmp_path, plugins=str(tmp_path / "missing.py")))
+
+
+def test_kl_in_reward_moves_the_kl_from_the_loss_to_the_rewards(tmp_path):
+    """kl_in_reward: the episode rewards are penalised by kl_coef * sum_t KL before the advantages, and the
+    loss has no KL term (the KL is still logged)."""
+    import promptr1.agents.trainer as trainer_mod
+
+    seen = {}
+    real = trainer_mod.GRPOTrainer.train_step
+
+    tr = make_trainer(make_cfg(tmp_path, steps=1, kl_coef=0.5, kl_in_reward=True, lr=0.0))
+    assert tr.loss_cfg.kl_in_reward and tr.ref_model is not None
+    with torch.no_grad():  # make the policy differ from the reference so that the KL is not zero
+        for p in tr.unwrapped_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    import promptr1.agents.advantages as adv_mod
+
+    orig = adv_mod.compute_advantages
+
+    def spy(rewards, *a, **k):
+        seen["rewards"] = rewards.clone()
+        return orig(rewards, *a, **k)
+
+    adv_mod.compute_advantages = spy
+    try:
+        m = real(tr)
+    finally:
+        adv_mod.compute_advantages = orig
+    raw = torch.tensor([e.reward for e in tr._last_episodes])
+    assert m["reward/kl_penalty"] > 0
+    assert torch.all(seen["rewards"] < raw)  # every episode paid for its KL
+    assert abs((raw - seen["rewards"]).mean().item() - m["reward/kl_penalty"]) < 1e-5

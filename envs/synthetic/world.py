@@ -18,7 +18,6 @@ the held-out start entities (about 20%), and a word problem iff a hash of its te
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import random
@@ -28,6 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from promptr1.envs.tasks import DEFAULT_INSTRUCTION, Task
+from promptr1.registry import UnknownNameError, did_you_mean
 from promptr1.tags import answer_turn, prompt_turn
 
 __all__ = [
@@ -401,9 +401,7 @@ class SyntheticTasks(Sequence):
         for k in kinds:
             key = str(k).strip().lower()
             if key not in _KIND_ALIASES:
-                hint = difflib.get_close_matches(key, list(_KIND_ALIASES), n=1)
-                raise ValueError(f"unknown synthetic task kind {k!r}." + (f" Did you mean {hint[0]!r}?" if hint else "")
-                                 + f" Expected some of: {', '.join(KINDS)}.")
+                raise UnknownNameError(did_you_mean("synthetic task kind", k, sorted(_KIND_ALIASES)))
             resolved.append(_KIND_ALIASES[key])
         if not resolved:
             raise ValueError(f"kinds must name at least one of {', '.join(KINDS)}.")

@@ -18,8 +18,7 @@ error text never reaches the agent as if the large LLM had said it.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 

@@ -8,7 +8,8 @@ The agent (the policy being trained) sees text and acts with text. Each step it 
 * ``<think>...</think><answer>ANSWER</answer>``: the episode terminates with the
   dual-constrained reward (:mod:`promptr1.rewards`);
 * a turn with neither tag ends the episode too (as in the reference); reaching ``max_turns``
-  truncates it with the reward of the turns that exist.
+  truncates it and scores it as the reference does: every prompt turn is intermediate, and the last
+  block is the next turn's lone ``<think>\n`` prefill (no answer).
 
 Rewards are sparse: 0.0 on every step but the last, whose ``info`` alone carries
 ``reward_components`` and an ``episode`` summary. If the environment LLM fails after its
@@ -29,6 +30,10 @@ from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, make_backend
 from promptr1.rewards import ANSWER_METRICS, REWARD_VARIANTS, compute_reward
+from promptr1.tags import THINK_OPEN
+
+#: What the reference prefills at the start of every agent turn after the first.
+REFERENCE_TURN_PREFILL = THINK_OPEN + "\n"
 
 __all__ = ["DEFAULT_AGENT_SYSTEM_PROMPT", "DEFAULT_ENV_SYSTEM_PROMPT", "PromptCollabEnv"]
 
@@ -270,16 +275,22 @@ class PromptCollabEnv(gym.Env):
         obs = wrap_response(reply, self.max_response_chars)
         if self.turn >= self.max_turns:
             return self._end(pending.parsed, terminated=False, truncated=True,
-                             action_truncated=pending.action_truncated, completion=completion)
+                             action_truncated=pending.action_truncated, completion=completion, out_of_turns=True)
         self.messages.append({"role": "user", "content": obs})
         info = self._info(pending.parsed, pending.action_truncated, completion)
         return self._fit_obs(obs), 0.0, False, False, info
 
     def _end(self, parsed: ParsedTurn, *, terminated: bool, truncated: bool, action_truncated: bool,
-             completion: Completion | None = None):
+             completion: Completion | None = None, out_of_turns: bool = False):
         self.done = True
         assert self.task is not None
-        breakdown = compute_reward(self.turns, self.task.answers, variant=self.reward_variant,
+        blocks = list(self.turns)
+        if out_of_turns:
+            # As in the reference: after the last reply the next assistant turn opens with its prefilled
+            # "<think>\n" and the episode ends there, so that lone prefill is the last scored block and every
+            # prompt turn counts as intermediate (three good prompts reach the format cap: reward 0).
+            blocks.append(REFERENCE_TURN_PREFILL)
+        breakdown = compute_reward(blocks, self.task.answers, variant=self.reward_variant,
                                    answer_metric=self.answer_metric)
         self.last_reward_components = breakdown.as_dict()
         info = self._info(parsed, action_truncated, completion)

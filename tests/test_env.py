@@ -109,7 +109,7 @@ def test_turn_with_neither_tag_ends_episode():
     assert info["turn_kind"] == "none"
 
 
-def test_max_turns_truncates_with_reward_of_existing_turns():
+def test_max_turns_truncates_and_scores_as_the_reference():
     env = make_env(max_turns=3)
     env.reset(seed=0)
     for _ in range(2):
@@ -117,9 +117,33 @@ def test_max_turns_truncates_with_reward_of_existing_turns():
         assert not term and not trunc
     obs, r, term, trunc, info = env.step(GOOD_PROMPT)
     assert trunc and not term and obs == ""
-    # blocks: 2 intermediate well-formed (0.8); the last block is a prompt, no answer -> -1 + 0.8
-    assert r == pytest.approx(-0.2)
+    # The reference scores the three prompts as intermediate blocks (3 x 0.4, capped at 1.0) and the next
+    # turn's lone "<think>\n" prefill as the last block (no answer): -1 + 1.0 + 0 = 0.0.
+    assert r == pytest.approx(0.0)
+    assert info["reward_components"]["format"] == pytest.approx(1.0)
     assert info["turn"] == 3
+
+
+@pytest.mark.parametrize("max_turns, variant, expected", [
+    (2, "faithful", -0.2),       # 2 x 0.4 = 0.8, below the cap: -1 + 0.8
+    (1, "faithful", -0.6),       # one prompt: -1 + 0.4
+    (3, "answer_gated", -0.5),   # no answer: -1 + format / 2
+])
+def test_max_turns_scoring_table(max_turns, variant, expected):
+    env = make_env(max_turns=max_turns, reward_variant=variant)
+    env.reset(seed=0)
+    for _ in range(max_turns):
+        obs, r, term, trunc, info = env.step(GOOD_PROMPT)
+    assert trunc and r == pytest.approx(expected)
+
+
+def test_prompt_turn_ended_by_an_answerless_turn_is_not_prefilled():
+    """Only running out of turns adds the prefill block; a turn with no tag ends the episode on its own block."""
+    env = make_env(max_turns=5)
+    env.reset(seed=0)
+    env.step(GOOD_PROMPT)
+    _, r, term, _, _ = env.step("no tags at all")
+    assert term and r == pytest.approx(-1 + 0.4)
 
 
 def test_env_error_flags_episode_and_hides_error_text():

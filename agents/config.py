@@ -63,7 +63,7 @@ class GRPOConfig(RunSettings):
     """Upper clip range (clip-higher); algorithm's (dapo: 0.28; others: equal to ``clip_eps``); 0 = equal to
     ``clip_eps``."""
     dual_clip_c: float | None = None
-    """Dual-clip bound for negative advantages, > 1 (ref: 3); algorithm's (none for the built-ins)."""
+    """Dual-clip bound for negative advantages, > 1 (algorithm's; grpo: 3, ref; others: none); 0 turns it off."""
     kl_coef: float | None = None
     """KL-to-reference coefficient (algorithm's; grpo: 0.001, ref; dapo: 0); 0 skips the reference model."""
     kl_estimator: str | None = None
@@ -120,6 +120,8 @@ class GRPOConfig(RunSettings):
         given = {name: getattr(self, name) for name in self.ALGORITHM_SETTINGS if getattr(self, name) is not None}
         if given.get("clip_eps_high") == 0:
             given["clip_eps_high"] = None  # 0: no clip-higher, the upper range equals clip_eps
+        if given.get("dual_clip_c") == 0:
+            given["dual_clip_c"] = None  # 0: no dual clip
         given["kl_in_reward"] = self.kl_in_reward
         return LossConfig.from_algorithm(self.algo, **given)
 

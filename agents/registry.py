@@ -119,14 +119,18 @@ def get_algorithm(name: str) -> AlgoSpec:
 
 # Built-in algorithms. Sources of the defaults:
 #   grpo:   DeepSeekMath (arXiv 2402.03300) as configured by Prompt-R1 (design.md §7): std-normalised group
-#           advantage, PPO-clip 0.2, k3 KL loss coef 0.001, token-mean.
+#           advantage, PPO-clip 0.2, dual clip c = 3 for negative advantages (the reference's verl always
+#           applies it), k3 KL loss coef 0.001, token-mean.
 #   drgrpo: "Understanding R1-Zero-Like Training" (arXiv 2503.20783): no std division, per-sequence token
 #           sum divided by a constant length instead of the sequence's own length.
 #   rloo:   Ahmadian et al. 2024 (arXiv 2402.14740): leave-one-out group baseline.
 #   reinforce: REINFORCE with the batch-mean reward as baseline, -A * log pi loss.
 #   dapo:   DAPO (arXiv 2503.14476): clip-higher (0.2 / 0.28), token-mean, no KL, groups whose rewards are all
 #           equal dropped (our masking stands in for its dynamic re-sampling).
-register_algorithm("grpo", AlgoSpec("grpo", "ppo-clip", {}, "GRPO: (r - mean_g) / (std_g + eps), PPO-clip"))
+register_algorithm(
+    "grpo",
+    AlgoSpec("grpo", "ppo-clip", {"dual_clip_c": 3.0}, "GRPO: (r - mean_g) / (std_g + eps), PPO-clip, dual clip 3"),
+)
 register_algorithm(
     "drgrpo",
     AlgoSpec(

@@ -113,3 +113,22 @@ def test_sft_from_training_shares_the_run_settings():
     sft = SFTConfig.from_training(cfg, output_dir="x")
     assert (sft.max_turns, sft.reward_variant, sft.lr, sft.steps, sft.output_dir) == (4, "answer_gated", 1e-4, 3, "x")
     assert sft.env_kwargs() == cfg.env_kwargs() and cfg.env_kwargs()["sampling"]["temperature"] == 0.5
+
+
+def test_grpo_applies_the_reference_dual_clip():
+    """grpo defaults to dual clip c = 3 (the reference); --dual-clip-c sets it, 0 turns it off; a known answer:
+    ratio 5 on a negative advantage is capped at c, so the loss is -A * c and no gradient flows."""
+    import torch
+
+    from promptr1.agents.losses import policy_loss
+
+    assert GRPOConfig().loss_config().dual_clip_c == 3.0
+    assert load_config(GRPOConfig, None, ["--dual-clip-c", "2.5"]).loss_config().dual_clip_c == 2.5
+    assert load_config(GRPOConfig, None, ["--dual-clip-c", "0"]).loss_config().dual_clip_c is None
+    assert load_config(GRPOConfig, None, ["--algo", "dapo"]).loss_config().dual_clip_c is None
+    logp = torch.tensor([[float(torch.log(torch.tensor(5.0)))]], requires_grad=True)
+    old = torch.zeros(1, 1)
+    loss, stats = policy_loss(logp, old, torch.tensor([-1.0]), torch.ones(1, 1),
+                              **{"clip_eps": 0.2, "dual_clip_c": GRPOConfig().loss_config().dual_clip_c})
+    loss.backward()
+    assert loss.item() == pytest.approx(3.0) and logp.grad.abs().item() == 0.0 and stats["dual_clip_frac"] == 1.0

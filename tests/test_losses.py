@@ -6,6 +6,8 @@ import doctest
 import math
 
 import promptr1.agents.losses as losses_mod
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -330,7 +332,7 @@ def test_loss_config_defaults_cite_the_reference() -> None:
         "token-mean",
     )
     assert (cfg.kl_coef, cfg.kl_estimator, cfg.adv_eps, cfg.entropy_coef) == (0.001, "k3", 1e-6, 0.0)
-    assert LossConfig.from_algorithm("grpo") == cfg
+    assert LossConfig.from_algorithm("grpo") == dataclasses.replace(cfg, dual_clip_c=3.0)  # ref: dual clip 3
     assert cfg.estimator_call_kwargs() == {"eps": 1e-6}
 
 

@@ -1,0 +1,1 @@
+"""Adapters that run PromptCollabEnv inside other training engines (TRL, verl)."""

@@ -1,4 +1,4 @@
-"""The evaluation harness on the paper's evaluation sets, through a deterministic oracle backend.
+"""The evaluation wing on the paper's evaluation sets, through a deterministic oracle backend.
 
 The oracle env LLM answers a question with its gold answer when ``crc32(question) % 4 != 0``
 and with a nonsense word otherwise, so the expected metrics are known by construction and
@@ -14,17 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptr1.agents.eval_harness import (
-    COT_INSTRUCTION,
-    EvalResult,
-    HarnessConfig,
-    ScriptedAgentPolicy,
-    extract_prediction,
-    harness_main,
-    parse_method,
-    run_evaluation,
-    score_prediction,
-)
+from promptr1.evaluation.cli import eval_main
+from promptr1.evaluation.config import EvalConfig
+from promptr1.evaluation.methods import COT_INSTRUCTION, parse_method
+from promptr1.evaluation.results import EvalResult
+from promptr1.evaluation.runner import run_evaluation
+from promptr1.evaluation.scoring import extract_prediction, score_prediction
+from promptr1.testing.agents import ScriptedAgentPolicy
 from promptr1.rewards.embedders import HashingEmbedder
 from promptr1.envs.tasks import load_tasks
 from promptr1.llm_backends import Completion, EnvLLMError
@@ -94,11 +90,11 @@ def expected(name: str) -> dict[str, float]:
     return {"em": float(hits.mean()), "f1": float(hits.mean())}
 
 
-def config(tmp_path, **kw) -> HarnessConfig:
+def config(tmp_path, **kw) -> EvalConfig:
     base = dict(
         tasks=[str(DATA / f"{s}.parquet") for s in SETS],
         methods=["direct", "cot", "agent:relay"],
-        env_llms=["oracle"],
+        env_llm="oracle",
         output_dir=str(tmp_path / "eval"),
         limit=LIMIT,
         embedder="hashing",
@@ -106,10 +102,10 @@ def config(tmp_path, **kw) -> HarnessConfig:
         concurrency=8,
     )
     base.update(kw)
-    return HarnessConfig(**base)
+    return EvalConfig(**base)
 
 
-def run(cfg: HarnessConfig, **kw) -> EvalResult:
+def run(cfg: EvalConfig, **kw) -> EvalResult:
     every = [t for s in SETS for t in tasks_of(s)]
     backends = kw.pop("backends", {"oracle": Oracle(every)})
     return run_evaluation(cfg, agents={"relay": ScriptedAgentPolicy.relay()}, backends=backends, **kw)
@@ -221,7 +217,8 @@ def test_transfer_rows_and_log_to(tmp_path):
         tmp_path,
         tasks=[str(DATA / "hotpot.parquet")],
         methods=["trained=agent:relay"],
-        env_llms=["oracle", "other"],
+        env_llm="oracle",
+        transfer_env_llms=["other"],
     )
     res = run(cfg, backends={"oracle": Oracle(every), "other": Oracle(every)})
     assert {(r.method, r.env_llm) for r in res.rows} == {("trained", "oracle"), ("trained", "other")}
@@ -268,52 +265,45 @@ def test_jsonl_tasks_and_cli(tmp_path, capsys):
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "cli"
-    code = harness_main(
-        [
-            str(path),
-            "--methods",
-            "direct",
-            "--env-llm",
-            "echo",
-            "--out",
-            str(out),
-            "--embedder",
-            "hashing",
-            "--no-chart",
-        ]
-    )
+    common = ["--env-llm", "echo", "--embedder", "hashing", "--chart", "false", "--progress", "false"]
+    code = eval_main([str(path), "--methods", "direct", "--output-dir", str(out), *common])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| mine (" in printed and "`direct @ echo`" in printed
     recs = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
     assert [r["prediction"] for r in recs] == ["7", "You said: Capital of France?"]  # math: last number
     assert not (out / "chart.png").exists()
-    code = harness_main(
-        [
-            str(path),
-            "--methods",
-            "direct",
-            "--env-llm",
-            "echo",
-            "--out",
-            str(tmp_path / "b"),
-            "--max-calls",
-            "1",
-            "--no-chart",
-        ]
-    )
-    assert code == 3
-    assert harness_main([str(path), "--methods", "dirct"]) == 2
+    code = eval_main([str(path), "--methods", "direct", "--output-dir", str(tmp_path / "b"), "--max-calls", "1",
+                      *common])
+    assert code == 3  # partial: the budget stopped it
+    assert "PARTIAL" in capsys.readouterr().out
+    assert eval_main([str(path), "--methods", "dirct"]) == 2
     assert "Did you mean 'direct'" in capsys.readouterr().err
-    assert harness_main([str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "c")]) == 2
+    assert eval_main([str(tmp_path / "nope.parquet"), "--output-dir", str(tmp_path / "c"), *common]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert harness_main(["--help"]) == 0
-    assert harness_main(["--methods", "direct"]) == 2
-    more = ["--methods", "cot", "--env-llm", "echo", "--out", str(out), "--no-chart", "--embedder", "hashing"]
-    code = harness_main(["--tasks", str(path), *more])
-    assert (
-        code == 0 and len((out / "transcripts.jsonl").read_text().splitlines()) == 4
-    )  # resumed: direct + cot
+    assert eval_main(["--help"]) == 0
+    assert eval_main([str(path), "--tasks", str(path)]) == 2  # positional files and --tasks: ambiguous
+    assert "not both" in capsys.readouterr().err
+    assert eval_main([str(path), "--max-trns", "3"]) == 2
+    assert "--max-turns" in capsys.readouterr().err
+    code = eval_main(["--tasks", str(path), "--methods", "cot", "--output-dir", str(out), *common])
+    assert code == 0 and len((out / "transcripts.jsonl").read_text().splitlines()) == 4  # resumed: direct + cot
+
+
+def test_yaml_config_and_cli_give_the_same_run(tmp_path, capsys):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"question": "Capital of France?", "answers": ["You said: Capital of France?"]}))
+    yaml_file = tmp_path / "eval.yaml"
+    yaml_file.write_text(
+        f"tasks: [{path}]\nmethods: [direct, cot]\nenv_llm: echo\ntransfer_env_llms: [scripted]\n"
+        f"output_dir: {tmp_path / 'y'}\nembedder: hashing\nchart: false\nprogress: false\n"
+    )
+    assert eval_main(["--config", str(yaml_file)]) == 0
+    summary = json.loads((tmp_path / "y" / "summary.json").read_text())
+    assert {(t["method"], t["env_llm"]) for t in summary["table"]} == {
+        ("direct", "echo"), ("cot", "echo"), ("direct", "scripted"), ("cot", "scripted")}
+    direct_echo = next(t for t in summary["table"] if t["method"] == "direct" and t["env_llm"] == "echo")
+    assert direct_echo["em"]["mean"] == 1.0 and direct_echo["episodes"] == 1
 
 
 def test_empty_prediction_scores_zero():
@@ -328,10 +318,11 @@ def test_extraction_and_method_parsing():
     assert extract_prediction("We get 1,200 apples.\nSo 1,250", "math") == "1,250"
     assert score_prediction(extract_prediction("so it is 1,250", "math"), ["1250"], "math") == {"em": 1.0}
     assert parse_method("direct").kind == "direct"
+    assert parse_method("agent", default_model="runs/x").model == "runs/x"
     with pytest.raises(ValueError, match="Did you mean 'direct'"):
         parse_method("dirct")
     with pytest.raises(ValueError, match="share a label"):
-        run_evaluation(HarnessConfig(tasks=["synthetic:test"], methods=["direct", "x=direct", "x=cot"]))
+        EvalConfig(tasks=["synthetic:test"], methods=["direct", "x=direct", "x=cot"])
 
 
 @pytest.mark.slow
@@ -343,10 +334,10 @@ def test_smollm2_as_env_llm_on_a_few_questions(tmp_path):
         smollm2_gguf_path()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-    cfg = HarnessConfig(
+    cfg = EvalConfig(
         tasks=[str(DATA / "hotpot.parquet"), str(DATA / "gsm8k.parquet")],
         methods=["direct", "cot", "agent:relay"],
-        env_llms=["smollm2"],
+        env_llm="smollm2",
         output_dir=str(tmp_path / "smol"),
         limit=1,
         env_max_tokens=32,
@@ -362,31 +353,28 @@ def test_smollm2_as_env_llm_on_a_few_questions(tmp_path):
     assert res.paths["report"].is_file() and res.paths["chart"].is_file()
 
 
-def test_hf_agent_policy_with_the_tiny_model(tmp_path):
-    from promptr1.agents.eval_harness import HFAgentPolicy
-
-    policy = HFAgentPolicy("tiny", max_new_tokens=16, batch_size=2, device="cpu")
-    chats = [[{"role": "user", "content": f"Question {i}: what is {i} + 1?"}] for i in range(3)]
-    turns = policy.act(chats)  # two batches: 2 + 1
-    assert len(turns) == 3 and all(isinstance(t, str) for t in turns)
-    assert policy.act(chats) == turns  # greedy: deterministic
-    for t in turns:  # output ends at the first stop string, if one was produced
-        ends = [t.find(s) + len(s) for s in HFAgentPolicy.stop_strings if s in t]
-        assert not ends or min(ends) == len(t)
-    cfg = HarnessConfig(
+def test_tiny_model_agent_on_a_shared_set(tmp_path):
+    """``agent:tiny`` is loaded by name (the one model resolver) and played by the rollout."""
+    cfg = EvalConfig(
         tasks=[str(DATA / "PopQA.parquet")],
         methods=["agent:tiny"],
-        env_llms=["echo"],
+        env_llm="echo",
         output_dir=str(tmp_path / "tiny"),
         limit=2,
         max_turns=2,
-        agent_max_new_tokens=16,
+        max_new_tokens=16,
+        max_seq_len=1024,
+        temperature=0.0,
         embedder="hashing",
         chart=False,
+        cpu=True,
     )
-    res = run_evaluation(cfg, agents={"tiny": policy})
+    res = run_evaluation(cfg)
     assert not res.partial and len(res.records) == 2
     assert all(1 <= r["num_turns"] <= 2 and r["turns"][2]["role"] == "assistant" for r in res.records)
+    assert all(r["reward"] is not None and r["format"] in (0.0, 1.0) for r in res.records)
+    row = res.row("PopQA", "agent:tiny")
+    assert {"reward", "format", "turns"} <= set(row.stats)
 
 
 class Down(BaseBackend):

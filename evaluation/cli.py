@@ -1,0 +1,99 @@
+"""``promptr1 eval`` and ``promptr1 chat``.
+
+``promptr1 eval [TASK_FILE ...] [--config FILE.yaml] [--key value ...]``: every option is a field of
+:class:`~promptr1.evaluation.config.EvalConfig` (``promptr1 eval --help`` lists them all); task files
+may be given first, as positional arguments, or with ``--tasks``. Exit code 0 when the evaluation is
+complete, 3 when the budget (``--max-calls``/``--max-cost``) stopped it early (partial results are
+kept; the same command resumes), 2 for a usage error.
+
+``promptr1 chat "QUESTION" [--key value ...]``: one episode of the agent (``--model``) with the
+environment LLM, played by the training rollout; prints the transcript and the answer.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from promptr1.config import ConfigError, parse_command
+
+from .config import ChatConfig, EvalConfig
+
+__all__ = ["chat_main", "eval_main"]
+
+
+def _die(exc: BaseException | str, prog: str) -> int:
+    print(f"promptr1 {prog}: {exc}", file=sys.stderr)
+    return 2
+
+
+def eval_main(argv: Sequence[str]) -> int:
+    """``promptr1 eval``: prints the report; returns 0 (complete), 3 (partial: budget stop) or 2 (usage error)."""
+    argv = list(argv)
+    lead = 0
+    while lead < len(argv) and not argv[lead].startswith("-"):
+        lead += 1
+    if lead and any(a == "--tasks" or a.startswith("--tasks=") for a in argv[lead:]):
+        return _die("give task files either first, as positional arguments, or with --tasks, not both.", "eval")
+    try:
+        cfg = parse_command(EvalConfig, argv, "eval", positional="tasks")
+    except ConfigError as exc:
+        return _die(exc, "eval")
+    if cfg is None:
+        return 0
+    from promptr1.plugins import import_plugins
+
+    from .runner import run_evaluation
+
+    try:
+        import_plugins(cfg.plugins)
+        result = run_evaluation(cfg)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        return _die(exc, "eval")
+    print(result.paths["report"].read_text(encoding="utf-8"))
+    print(f"transcripts: {result.paths['transcripts']}"
+          + (f"\nchart: {result.paths['chart']}" if "chart" in result.paths else ""))
+    return 3 if result.partial else 0
+
+
+def chat_main(argv: Sequence[str]) -> int:
+    """``promptr1 chat "QUESTION"``: one question in, the multi-turn transcript and the answer out."""
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--question", argv[0], *argv[1:]]
+    try:
+        cfg = parse_command(ChatConfig, argv, "chat")
+    except ConfigError as exc:
+        return _die(exc, "chat")
+    if cfg is None:
+        return 0
+    if not cfg.question.strip():
+        return _die('give a question: promptr1 chat "Who directed ...?" (or --question TEXT).', "chat")
+    from promptr1.envs.collab_env import PromptCollabEnv
+    from promptr1.envs.tasks import Task
+    from promptr1.plugins import import_plugins
+
+    from .policies import ModelPolicy, rollout_config
+
+    try:
+        import_plugins(cfg.plugins)
+        policy = ModelPolicy.load(cfg.model, rollout=rollout_config(cfg), device="cpu" if cfg.cpu else None,
+                                  seed=cfg.seed)
+        task = Task(question=cfg.question.strip(), answers=("",), id="chat")
+        env = PromptCollabEnv(task=task, env_llm=cfg.env_llm, **cfg.env_kwargs())
+    except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
+        return _die(exc, "chat")
+    try:
+        ep = policy.play([env], [task], seed=cfg.seed)[0]
+    finally:
+        env.close()
+    for m in ep.messages:
+        if m["role"] == "system":
+            continue
+        who = {"user": "user/env", "assistant": "agent"}[m["role"]]
+        print(f"[{who}] {m['content']}\n")
+    answer = ep.components.get("answer_text") if ep.components else None
+    print(f"answer: {answer if answer else '(no <answer> given)'}")
+    if ep.env_error:
+        print(f"env error: {ep.env_error}")
+    return 0

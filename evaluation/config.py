@@ -1,0 +1,112 @@
+"""The evaluation commands' configs: :class:`EvalConfig` (``promptr1 eval``) and :class:`ChatConfig` (``promptr1 chat``).
+
+Both extend :class:`promptr1.config.RunSettings`, which declares the settings every command shares
+once (agent ``model``, ``tasks``, ``env_llm``, the episode: ``max_turns``, ``max_response_chars``,
+``reward_variant``, env sampling; agent decoding: ``max_new_tokens``, ``max_seq_len``,
+``temperature``, ``top_p``; ``seed``, ``cpu``, ``output_dir``, ``plugins``, ``progress``). Only
+what is specific to evaluation is declared here.
+
+>>> from promptr1.config import load_config
+>>> cfg = load_config(EvalConfig, overrides=["--methods", "direct", "agent", "--model", "tiny",
+...                                          "--transfer-env-llms", "echo"])
+>>> cfg.env_llms, cfg.methods
+(['sim', 'echo'], ['direct', 'agent'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from promptr1.config import RunSettings
+
+from .methods import parse_method
+
+__all__ = ["ChatConfig", "EvalConfig", "EPISODE_SETTINGS"]
+
+#: Settings that shape an episode or its score: a resumed evaluation must use the same values.
+EPISODE_SETTINGS = (
+    "split",
+    "max_turns",
+    "max_response_chars",
+    "reward_variant",
+    "env_temperature",
+    "env_max_tokens",
+    "max_new_tokens",
+    "max_seq_len",
+    "temperature",
+    "top_p",
+    "embedder",
+    "seed",
+)
+
+
+@dataclass
+class EvalConfig(RunSettings):
+    """``promptr1 eval``: datasets × methods × environment LLMs, with budget, resume and a report.
+
+    Every task source in ``tasks`` is a dataset of the report. Outputs go to ``output_dir``.
+    """
+
+    methods: list[str] = field(default_factory=lambda: ["direct", "cot", "agent"])
+    """``direct`` (the env LLM alone), ``cot`` (the env LLM asked to reason step by step), ``agent`` (the
+    ``--model`` agent in front of the env LLM), ``agent:MODEL`` (another agent), each optionally labelled
+    ``LABEL=METHOD`` (e.g. ``trained=agent:runs/x``). Baselines and agents in one run (the paper's table)."""
+    transfer_env_llms: list[str] = field(default_factory=list)
+    """More env LLMs: every method also runs against each, giving the transfer rows (the paper's
+    plug-and-play claim: the same agent in front of a large LLM it was not trained with)."""
+    split: str = "test"
+    """Split of named task sources (``synthetic``); files are read whole (held out: test)."""
+    limit: int | None = None
+    """At most this many questions per dataset (the first ones); None: all."""
+    batch_size: int = 8
+    """Agent episodes played together: one rollout batch, generated together and in flight together."""
+    concurrency: int = 16
+    """Env-LLM calls of the direct/CoT baselines in flight at once (the backend's own limiter still applies)."""
+    max_calls: int | None = None
+    """Stop cleanly after this many uncached env-LLM calls; partial results are kept (exit code 3)."""
+    max_cost: float | None = None
+    """Stop cleanly once env-LLM cost reaches this many USD (calls in flight may add a little; exit code 3)."""
+    cache: str | None = None
+    """Record/replay cache file for env-LLM calls (SQLite; cached replies do not count against the budget)."""
+    cache_mode: str = "replay-or-record"
+    """``replay-or-record``, ``replay`` (offline: a miss is an env error), ``record`` or ``off``."""
+    embedder: str = "minilm"
+    """SSim embedder: ``minilm`` (the paper's all-MiniLM-L6-v2, offline) or ``hashing`` (fast, for tests)."""
+    chart: bool = True
+    """Write ``chart.png`` (matplotlib)."""
+    overwrite: bool = False
+    """Delete earlier results in ``output_dir`` instead of resuming from them."""
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("EvalConfig needs at least one task source (--tasks FILE ... or positional files).")
+        if not self.methods:
+            raise ValueError("EvalConfig needs at least one method (--methods direct cot agent).")
+        labels = [parse_method(m, self.model).label for m in self.methods]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"two methods share a label in {self.methods}; give them labels: 'name=agent:PATH'.")
+        if len(set(self.env_llms)) != len(self.env_llms):
+            raise ValueError(f"env LLMs repeat: env_llm={self.env_llm!r}, transfer_env_llms={self.transfer_env_llms}.")
+        for name in ("max_turns", "concurrency", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {self.limit!r}.")
+        from promptr1.llm_backends.cache import CACHE_MODES
+
+        self.cache_mode = str(self.cache_mode).strip().lower().replace("_", "-")
+        if self.cache_mode not in CACHE_MODES:
+            raise ValueError(f"cache_mode must be one of {', '.join(CACHE_MODES)}; got {self.cache_mode!r}.")
+
+    @property
+    def env_llms(self) -> list[str]:
+        """``env_llm`` followed by the transfer env LLMs."""
+        return [self.env_llm, *self.transfer_env_llms]
+
+
+@dataclass
+class ChatConfig(RunSettings):
+    """``promptr1 chat "QUESTION"``: one question, the agent's multi-turn transcript and its answer."""
+
+    question: str = ""
+    """The question to ask (or give it as the first argument)."""

@@ -1,0 +1,453 @@
+"""Running an evaluation: the plan, the schedule, the budget, resume, and the files it writes.
+
+The plan is every (dataset, method, env LLM, question) of an :class:`~promptr1.evaluation.config.EvalConfig`.
+Methods run one after another, each against every env LLM (the transfer rows):
+
+* ``direct`` / ``cot``: one env-LLM call per question, ``concurrency`` calls in flight;
+* agents: episodes in :class:`~promptr1.envs.collab_env.PromptCollabEnv`, built from the config's env
+  settings (:meth:`~promptr1.config.RunSettings.env_kwargs`: turns, reply length, reward variant,
+  env sampling), played ``batch_size`` at a time by an
+  :class:`~promptr1.evaluation.policies.EpisodePlayer`; a model agent is played by the training
+  rollout itself (:class:`~promptr1.evaluation.policies.ModelPolicy`).
+
+Every env LLM is wrapped as ``CachedBackend(BudgetedBackend(backend))`` (the cache only with
+``cache``): cached replies are free, real calls count against ``max_calls``/``max_cost``. Once the
+budget refuses a call, no new episode starts, episodes cut short by the refusal are dropped, and the
+result is partial. Each finished episode is appended to ``transcripts.jsonl`` as it is recorded; a
+later run with the same ``output_dir`` skips the (dataset, method, env LLM, index) keys already
+there and retries those whose env LLM failed.
+
+Python::
+
+    result = run_evaluation(EvalConfig(tasks=["hotpot.parquet"], methods=["direct", "agent:smollm2"],
+                                       env_llm="openai:gpt-4o-mini", output_dir="runs/eval"))
+    result.log_to(summary_writer, step)
+
+:func:`compare_policies` is the training pipeline's "untrained vs trained" table: several agents in
+memory, one env LLM backend built by the caller, the caller's env settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from promptr1.envs.tasks import Task, load_tasks
+from promptr1.llm_backends import EnvLLMError, LLMBackend, make_backend
+
+from .budget import Budget, BudgetedBackend, is_budget_stop
+from .config import EPISODE_SETTINGS, EvalConfig
+from .methods import MethodSpec, baseline_messages, parse_method
+from .policies import EpisodePlayer, ModelPolicy, as_player, rollout_config
+from .report import append_jsonl, read_jsonl, render_markdown, write_chart
+from .results import EvalResult, average_rows, episode_record, record_key, summarize
+from .scoring import extract_prediction, score_prediction, task_type
+
+__all__ = ["compare_policies", "dataset_name", "eval_config_from", "run_evaluation"]
+
+OUTPUT_FILES = ("transcripts.jsonl", "report.md", "chart.png", "summary.json", "run_config.json")
+
+
+def dataset_name(spec: Any) -> str:
+    """A dataset's name in reports: ``data/hotpot.parquet`` -> ``hotpot``; ``synthetic:test`` -> ``synthetic-test``.
+
+    >>> dataset_name("data/hotpot.parquet"), dataset_name("synthetic"), dataset_name("synthetic:test")
+    ('hotpot', 'synthetic', 'synthetic-test')
+    """
+    text = str(spec)
+    if not Path(text).suffix:
+        return text.replace(":", "-")
+    return Path(text).stem
+
+
+@dataclass
+class _Job:
+    dataset: str
+    index: int
+    task: Task
+    method: MethodSpec
+    env_llm: str
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.dataset, self.method.label, self.env_llm, self.index)
+
+
+class _TimedEnv:
+    """An env as the players see it, timing its episode (reset to last step)."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.t0 = self.t1 = time.perf_counter()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self.t0 = self.t1 = time.perf_counter()
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: str):
+        out = self.env.step(action)
+        self.t1 = time.perf_counter()
+        return out
+
+    async def astep(self, action: str):
+        out = await self.env.astep(action)
+        self.t1 = time.perf_counter()
+        return out
+
+    @property
+    def latency_s(self) -> float:
+        return max(self.t1 - self.t0, 0.0)
+
+
+def _run_coro(coro: Any) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}  # called from inside an event loop (a notebook, an async trainer)
+
+    def target() -> None:
+        try:
+            box["r"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["e"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]
+    return box.get("r")
+
+
+class _Run:
+    def __init__(self, cfg: EvalConfig, backends: Mapping[str, LLMBackend], out: Path, budget: Budget) -> None:
+        self.cfg = cfg
+        self.backends = backends
+        self.jsonl = out / "transcripts.jsonl"
+        self.budget = budget
+        self.env_kwargs = cfg.env_kwargs()
+        self.sampling = dict(self.env_kwargs["sampling"])
+        self.new_records: list[dict[str, Any]] = []
+        self.seconds: dict[str, float] = {}
+        self._embedder: Any = None
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from promptr1.rewards.similarity import default_embedder
+
+            self._embedder = default_embedder(self.cfg.embedder)
+        return self._embedder
+
+    def log(self, text: str) -> None:
+        if self.cfg.progress:
+            print(f"promptr1 eval: {text}", file=sys.stderr, flush=True)
+
+    def finish(self, job: _Job, prediction: str, error: str | None, **fields: Any) -> None:
+        metrics = {}
+        if not error:
+            text = task_type(job.task.ability) == "text"
+            metrics = score_prediction(prediction, job.task.answers, job.task.ability, self.embedder if text else None)
+        rec = episode_record(dataset=job.dataset, method=job.method.label, env_llm=job.env_llm, index=job.index,
+                             task=job.task, prediction=prediction, metrics=metrics, env_error=error, **fields)
+        append_jsonl(self.jsonl, rec)
+        self.new_records.append(rec)
+
+    # ------------------------------------------------------------------ direct / cot
+    async def single_call(self, jobs: Sequence[_Job]) -> None:
+        sem = asyncio.Semaphore(self.cfg.concurrency)
+
+        async def one(job: _Job) -> None:
+            async with sem:
+                if self.budget.stop_reason:
+                    return
+                messages = baseline_messages(job.task.question, job.method.kind)
+                t0 = time.perf_counter()
+                reply, error, c = "", None, None
+                try:
+                    c = await self.backends[job.env_llm].acomplete(messages, **self.sampling)
+                    reply = c.text
+                except EnvLLMError as exc:
+                    error = f"{exc.kind}: {exc}"
+                except Exception as exc:  # a backend bug flags the episode instead of ending the run
+                    error = f"error: {type(exc).__name__}: {exc}"
+                if is_budget_stop(error):
+                    return  # not recorded: a re-run does it
+                cot = job.method.kind == "cot"
+                pred = "" if error else extract_prediction(reply, job.task.ability, cot=cot)
+                self.finish(job, pred, error,
+                            turns=[*messages, {"role": "assistant", "content": reply}],
+                            num_turns=1, env_llm_calls=1, latency_s=time.perf_counter() - t0,
+                            env_llm_latency_s=c.latency_s if c else 0.0,
+                            tokens=(c.prompt_tokens + c.completion_tokens) if c else 0,
+                            cost_usd=float(c.cost_usd or 0.0) if c else 0.0)
+
+        await asyncio.gather(*(one(j) for j in jobs))
+
+    # ------------------------------------------------------------------ agent episodes
+    async def agent_episodes(self, player: EpisodePlayer, jobs: Sequence[_Job]) -> None:
+        """Episodes in rollout batches of ``batch_size``; within a batch they advance independently."""
+        from promptr1.envs.collab_env import PromptCollabEnv
+
+        size = self.cfg.batch_size
+        for start in range(0, len(jobs), size):
+            if self.budget.stop_reason:
+                return
+            chunk = jobs[start : start + size]
+            envs = [_TimedEnv(PromptCollabEnv(task=j.task, env_llm=self.backends[j.env_llm], **self.env_kwargs))
+                    for j in chunk]
+            episodes = await player.aplay(envs, [j.task for j in chunk], seed=self.cfg.seed)
+            for job, env, ep in zip(chunk, envs, episodes):
+                if is_budget_stop(ep.env_error):
+                    continue  # cut short by the budget: not recorded, a re-run redoes it
+                stats = env.env.episode_stats
+                comps = ep.components or {}
+                self.finish(
+                    job, comps.get("answer_text") or "", ep.env_error,
+                    turns=ep.messages, num_turns=ep.turns, env_llm_calls=stats["env_llm_calls"],
+                    latency_s=env.latency_s, env_llm_latency_s=stats["env_llm_latency_s"],
+                    tokens=stats["env_llm_tokens"], cost_usd=stats["env_llm_cost_usd"],
+                    reward=ep.reward, format_ok=float(float(comps.get("format", 0.0) or 0.0) >= 1.0 - 1e-9),
+                    reward_variant=comps.get("variant", self.cfg.reward_variant),
+                )
+            self.log(f"{chunk[0].method.label} @ {chunk[0].env_llm}: {min(start + size, len(jobs))}/{len(jobs)} episodes")
+
+    async def main(self, methods: Sequence[MethodSpec], todo: Sequence[_Job], players: dict[str, Any]) -> None:
+        for i, m in enumerate(methods):
+            for e in self.cfg.env_llms:
+                jobs = [j for j in todo if j.method == m and j.env_llm == e]
+                if not jobs or self.budget.stop_reason:
+                    continue
+                t0 = time.perf_counter()
+                if m.kind == "agent":
+                    if m.model not in players:
+                        self.log(f"loading agent model {m.model!r}")
+                        players[m.model] = ModelPolicy.load(
+                            m.model, rollout=rollout_config(self.cfg), device="cpu" if self.cfg.cpu else None,
+                            seed=self.cfg.seed)
+                    await self.agent_episodes(players[m.model], jobs)
+                else:
+                    await self.single_call(jobs)
+                column = f"{m.label} @ {e}"
+                self.seconds[column] = self.seconds.get(column, 0.0) + time.perf_counter() - t0
+            if m.kind == "agent" and m.model in players and not any(
+                    later.kind == "agent" and later.model == m.model for later in methods[i + 1:]):
+                players.pop(m.model)  # free a loaded model once no later method needs it
+
+
+def _check_resume(cfg: EvalConfig, out: Path) -> None:
+    path = out / "run_config.json"
+    mine = {k: getattr(cfg, k) for k in EPISODE_SETTINGS}
+    if cfg.overwrite:
+        for name in OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+    elif path.is_file() and (out / "transcripts.jsonl").is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"{out} holds transcripts made with {what}; resuming would mix settings. Use another "
+                "output_dir, or overwrite=True (--overwrite) to start afresh."
+            )
+    path.write_text(json.dumps(mine, indent=2))
+
+
+def _build_backend(spec: str, cfg: EvalConfig, given: Mapping[str, LLMBackend], budget: Budget) -> LLMBackend:
+    owned = spec not in given
+    backend: LLMBackend = BudgetedBackend(make_backend(spec) if owned else given[spec], budget, owns_inner=owned)
+    if cfg.cache and cfg.cache_mode != "off":
+        from promptr1.llm_backends.cache import CachedBackend
+
+        backend = CachedBackend(backend, cfg.cache, cfg.cache_mode)
+    return backend
+
+
+def _load_datasets(cfg: EvalConfig, given: Mapping[str, Sequence[Task]] | None) -> list[tuple[str, list[Task]]]:
+    if given is not None:
+        sources = list(given.items())
+    else:
+        sources = [(dataset_name(spec), load_tasks(spec, split=cfg.split)) for spec in cfg.tasks]
+    out = []
+    for name, tasks in sources:
+        n = len(tasks) if cfg.limit is None else min(cfg.limit, len(tasks))
+        out.append((name, [tasks[i] for i in range(n)]))
+    if len({d for d, _ in out}) != len(out):
+        raise ValueError(f"two task sources share a name in {cfg.tasks}; rename one (reports key datasets by file stem).")
+    return out
+
+
+def run_evaluation(
+    cfg: EvalConfig,
+    *,
+    agents: Mapping[str, Any] | None = None,
+    backends: Mapping[str, LLMBackend] | None = None,
+    datasets: Mapping[str, Sequence[Task]] | None = None,
+) -> EvalResult:
+    """Run (or resume) the evaluation ``cfg`` describes and write its report.
+
+    ``agents``: agents by model name, used for ``agent:NAME`` instead of loading ``NAME``: a
+    :class:`~promptr1.evaluation.policies.ModelPolicy`, a ``(model, tokenizer)`` pair (the trainer's
+    live model), or any :class:`~promptr1.evaluation.policies.AgentPolicy`. ``backends``: env LLMs by
+    spec, used instead of :func:`~promptr1.llm_backends.make_backend` (not closed here).
+    ``datasets``: tasks by dataset name, instead of loading ``cfg.tasks``.
+    """
+    backends = dict(backends or {})
+    rollout = rollout_config(cfg)
+    players = {name: as_player(a, rollout=rollout, batch_size=cfg.batch_size, seed=cfg.seed, name=name)
+               for name, a in (agents or {}).items()}
+    methods = [parse_method(m, cfg.model) for m in cfg.methods]
+    data = _load_datasets(cfg, datasets)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(cfg, out)
+
+    plan = [_Job(ds, i, t, m, e) for m in methods for e in cfg.env_llms for ds, tasks in data
+            for i, t in enumerate(tasks)]
+    old = {record_key(r): r for r in read_jsonl(out / "transcripts.jsonl")}  # the last record of a key wins
+    todo = [j for j in plan if j.key not in old or old[j.key].get("env_error")]
+
+    budget = Budget(cfg.max_calls, cfg.max_cost)
+    env_backends = {e: _build_backend(e, cfg, backends, budget)
+                    for e in cfg.env_llms if any(j.env_llm == e for j in todo)}
+    run = _Run(cfg, env_backends, out, budget)
+    try:
+        _run_coro(run.main(methods, todo, players))
+    finally:
+        for b in env_backends.values():
+            close = getattr(b, "close", None)
+            if callable(close):
+                close()
+    latest = {**old, **{record_key(r): r for r in run.new_records}}
+    records = [latest[j.key] for j in plan if j.key in latest]
+    rows = summarize(records)
+    result = EvalResult(rows, average_rows(rows), records, len(plan), budget.stop_reason, budget.calls,
+                        budget.cost, seconds=run.seconds)
+    _write_outputs(result, cfg, out)
+    return result
+
+
+def _status(result: EvalResult) -> str:
+    n_err = sum(1 for r in result.records if r.get("env_error"))
+    if result.partial:
+        why = result.stop_reason or "interrupted"
+        status = f"PARTIAL: {len(result.records)} of {result.planned} episodes ({why}); re-run to resume"
+    else:
+        status = f"complete: {result.planned} episodes"
+    if n_err:
+        status += f"; {n_err} env-LLM failures (not scored; a re-run retries them)"
+    return status
+
+
+def _write_outputs(result: EvalResult, cfg: EvalConfig, out: Path) -> None:
+    status = _status(result)
+    notes = [
+        f"env LLMs: {', '.join(f'`{e}`' for e in cfg.env_llms)}",
+        f"methods: {', '.join(f'`{m}`' for m in cfg.methods)}",
+        f"episodes: max_turns={cfg.max_turns}, reward variant `{cfg.reward_variant}`, env temperature "
+        f"{cfg.env_temperature:g}; agent temperature {cfg.temperature:g}"
+        f"{' (greedy)' if cfg.temperature == 0 else ''}; SSim embedder: {cfg.embedder}",
+        f"this run: {result.calls} uncached env-LLM calls, ${result.cost_usd:.4f}",
+    ]
+    result.paths["report"] = out / "report.md"
+    result.paths["report"].write_text(render_markdown(result.rows, result.averages, status=status, notes=notes),
+                                      encoding="utf-8")
+    result.paths["transcripts"] = out / "transcripts.jsonl"
+    result.paths["summary"] = out / "summary.json"
+    result.paths["summary"].write_text(json.dumps(result.to_json(status), indent=2, default=str), encoding="utf-8")
+    if cfg.chart and result.rows:
+        result.paths["chart"] = write_chart(result.rows, result.averages, out / "chart.png")
+
+
+# ----------------------------------------------------------------------------- the training pipeline's table
+
+
+def eval_config_from(settings: Any, **overrides: Any) -> EvalConfig:
+    """An :class:`EvalConfig` with the shared settings of ``settings`` (any
+    :class:`~promptr1.config.RunSettings`, e.g. a training config: the same episode, reward variant,
+    env sampling and agent decoding), its eval-only settings if it is an ``EvalConfig``, then ``overrides``.
+
+    >>> from promptr1.config import RunSettings
+    >>> cfg = eval_config_from(RunSettings(max_turns=3, reward_variant="answer_gated"), methods=["direct"])
+    >>> cfg.max_turns, cfg.reward_variant, cfg.methods
+    (3, 'answer_gated', ['direct'])
+    """
+    from promptr1.config import RunSettings
+
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    shared = names if isinstance(settings, EvalConfig) else {f.name for f in dataclasses.fields(RunSettings)}
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name in shared}
+    unknown = set(overrides) - names
+    if unknown:
+        raise TypeError(f"eval_config_from: unknown EvalConfig settings {sorted(unknown)}.")
+    values.update(overrides)
+    return EvalConfig(**values)
+
+
+def compare_policies(
+    policies: Mapping[str, Any],
+    tasks: Any,
+    env_llm: Any,
+    settings: Any,
+    *,
+    episodes: int | None = None,
+    temperature: float = 0.0,
+    output_dir: str | None = None,
+    **overrides: Any,
+) -> EvalResult:
+    """Evaluate several agents side by side on the same held-out questions, in one run (equal work).
+
+    ``policies``: ``{label: agent}``, an agent being a ``(model, tokenizer)`` pair, a
+    :class:`~promptr1.evaluation.policies.ModelPolicy` or an ``AgentPolicy``; rows appear in this
+    order under these labels. Models on the CPU are moved to the accelerator unless ``settings.cpu``.
+    ``tasks``: task sources (``"synthetic"``, files; their test split) or a list of :class:`Task`.
+    ``env_llm``: an env LLM backend already built by the caller (used, never rebuilt or closed) or
+    a spec. ``settings``: a :class:`~promptr1.config.RunSettings` whose episode settings (turns,
+    reply length, reward variant, env sampling) and decoding limits are used. ``episodes``: at most
+    this many questions per dataset. ``temperature``: agent sampling (default 0, greedy).
+    Outputs go to ``output_dir`` (default: ``settings.output_dir`` for an ``EvalConfig``, else
+    ``<settings.output_dir>/eval``), replacing earlier ones. ``overrides``: other ``EvalConfig`` settings.
+
+    Print the result with :func:`~promptr1.evaluation.report.format_table`.
+    """
+    import torch
+
+    if not policies:
+        raise ValueError("compare_policies needs at least one policy: {label: (model, tokenizer)}.")
+    for label in policies:
+        if not str(label).strip() or "=" in str(label):
+            raise ValueError(f"policy label {label!r} must be non-empty and contain no '='.")
+    spec = env_llm if isinstance(env_llm, str) else str(getattr(settings, "env_llm", "") or getattr(env_llm, "name", "env"))
+    backends = {} if isinstance(env_llm, str) else {spec: env_llm}
+    if isinstance(tasks, (str, Task)) or (isinstance(tasks, Sequence) and tasks and isinstance(tasks[0], Task)):
+        datasets = {"held-out": list(load_tasks(tasks))} if not isinstance(tasks, str) else None
+        specs = [tasks] if isinstance(tasks, str) else ["held-out"]
+    else:
+        datasets, specs = None, list(tasks)
+    if output_dir is None:
+        base = Path(settings.output_dir)
+        output_dir = str(base if isinstance(settings, EvalConfig) else base / "eval")
+    keys = {label: f"policy{i}" for i, label in enumerate(policies)}
+    cfg = eval_config_from(
+        settings, **{"tasks": specs, "methods": [f"{label}=agent:{keys[label]}" for label in policies],
+                     "env_llm": spec, "transfer_env_llms": [], "temperature": temperature,
+                     "output_dir": output_dir, "overwrite": True, "max_calls": None, "max_cost": None,
+                     **({"limit": episodes} if episodes is not None else {}), **overrides})
+    device = "cpu" if cfg.cpu or not torch.cuda.is_available() else "cuda"
+    agents = {}
+    for label, agent in policies.items():
+        if isinstance(agent, tuple) and len(agent) == 2 and device != "cpu":
+            model = agent[0]
+            if next(model.parameters()).device.type == "cpu":
+                model.to(device)
+        agents[keys[label]] = agent
+    return run_evaluation(cfg, agents=agents, backends=backends, datasets=datasets)

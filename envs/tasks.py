@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from promptr1.envs.task_types import TASK_TYPES, infer_set_type, row_type, type_summary
 from promptr1.registry import Registry
 
 __all__ = [
@@ -21,11 +23,12 @@ __all__ = [
     "ListTaskSource",
     "Task",
     "TaskSource",
-    "infer_ability",
+    "assign_types",
     "load_jsonl",
     "load_parquet",
     "load_tasks",
     "split_prompt",
+    "type_summary",
 ]
 
 # Our own wording of the protocol instruction used when a task source has none (the official
@@ -56,6 +59,8 @@ class Task:
     data_source: str = ""
     id: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    type_evidence: str = ""
+    """Why ``ability`` is what it is (see :mod:`promptr1.envs.task_types`); empty when it was given."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.question, str) or not self.question.strip():
@@ -99,27 +104,14 @@ class ListTaskSource(Sequence):
     def __repr__(self) -> str:
         return f"ListTaskSource(name={self.name!r}, n={len(self)})"
 
+    def describe_types(self) -> str:
+        """Which type each row got and why (see :func:`promptr1.envs.task_types.type_summary`)."""
+        return type_summary(self._tasks)
+
 
 # The official rows put "Question: q\n" before an instruction that starts with this sentence; questions
 # themselves can contain newlines (math), so we split at the instruction when we can recognise it.
 _REF_INSTRUCTION_START = "\nFirst, provide a simple explanation of the question"
-
-
-def infer_ability(data_source: str, ability: str = "") -> str:
-    """Task type from the row's ``data_source`` (the official files label every row ``multihop_qa``).
-
-    >>> infer_ability("gsm8k-256-test"), infer_ability("wp-6600-256-test"), infer_ability("hotpot-256-test")
-    ('math', 'text', 'qa')
-    """
-    ds = (data_source or "").lower()
-    if any(k in ds for k in ("gsm8k", "math", "arith", "aime", "amc")):
-        return "math"
-    if any(k in ds for k in ("book", "wp-", "writingprompts", "xsum", "summar")):
-        return "text"
-    ab = (ability or "").lower()
-    if ab in ("math", "text"):
-        return ab
-    return "qa"
 
 
 def split_prompt(content: str) -> tuple[str, str]:
@@ -159,13 +151,34 @@ def _task_from_official_row(row: Mapping, index: int, name: str) -> Task:
         question=question if question.strip() else content,
         answers=answers,
         instruction=instruction,
-        ability=infer_ability(ds, row.get("ability") or ""),
+        ability=row.get("ability") or "",
         data_source=ds,
         id=f"{Path(name).stem}-{index}",
     )
 
 
-def load_parquet(path: str | os.PathLike) -> ListTaskSource:
+def assign_types(tasks: Sequence[Task], name: str, task_type: str | None = None) -> list[Task]:
+    """Give every task its type (``qa``/``math``/``text``) and the evidence for it.
+
+    ``task_type`` (the user's choice) types every row; otherwise the rules of
+    :mod:`promptr1.envs.task_types` apply to the set named ``name``.
+    """
+    if task_type is not None:
+        if task_type not in TASK_TYPES:
+            raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)}; got {task_type!r}.")
+        return [replace(t, ability=task_type, type_evidence=f"set by the user (task_type={task_type})")
+                for t in tasks]
+    sources = Counter(t.data_source for t in tasks if t.data_source)
+    label = sources.most_common(1)[0][0] if sources else name
+    set_type, set_why = infer_set_type(label, [t.answers for t in tasks])
+    out = []
+    for t in tasks:
+        kind, why = row_type(set_type, t.question, t.answers, t.ability)
+        out.append(replace(t, ability=kind, type_evidence=why or set_why))
+    return out
+
+
+def load_parquet(path: str | os.PathLike, *, task_type: str | None = None) -> ListTaskSource:
     """Tasks from a file in the official Prompt-R1 parquet schema.
 
     Columns: ``data_source``, ``prompt`` (a chat list whose user message is
@@ -184,10 +197,11 @@ def load_parquet(path: str | os.PathLike) -> ListTaskSource:
             "data_source, prompt, ability, reward_model.ground_truth."
         )
     rows = table.to_pylist()
-    return ListTaskSource([_task_from_official_row(r, i, path.name) for i, r in enumerate(rows)], name=path.name)
+    tasks = [_task_from_official_row(r, i, path.name) for i, r in enumerate(rows)]
+    return ListTaskSource(assign_types(tasks, path.stem, task_type), name=path.name)
 
 
-def load_jsonl(path: str | os.PathLike) -> ListTaskSource:
+def load_jsonl(path: str | os.PathLike, *, task_type: str | None = None) -> ListTaskSource:
     """Tasks from JSON Lines: one object per line with ``question`` and ``answers`` (list or string).
 
     Optional keys: ``instruction``, ``ability``, ``data_source``, ``id``. A line in the official
@@ -221,12 +235,14 @@ def load_jsonl(path: str | os.PathLike) -> ListTaskSource:
                     question=obj["question"],
                     answers=answers,
                     instruction=obj.get("instruction", DEFAULT_INSTRUCTION),
-                    ability=infer_ability(ds, obj.get("ability", "")),
+                    ability=obj.get("ability", ""),
                     data_source=ds,
                     id=str(obj.get("id", f"{path.stem}-{lineno - 1}")),
                 )
             )
-    return ListTaskSource(tasks, name=path.name)
+    if not tasks:
+        raise ValueError(f"task source {path.name!r} is empty; give at least one task.")
+    return ListTaskSource(assign_types(tasks, path.stem, task_type), name=path.name)
 
 
 #: Named task sources: ``load_tasks("NAME[:ARGS]")`` calls ``TASK_SOURCES["NAME"](ARGS, split=, seed=)``.
@@ -236,12 +252,13 @@ TASK_SOURCES: Registry[Callable[..., Sequence[Task]]] = Registry(
 )
 
 
-def load_tasks(spec, *, split: str = "train", seed: int = 0) -> Sequence[Task]:
+def load_tasks(spec, *, split: str = "train", seed: int = 0, task_type: str | None = None) -> Sequence[Task]:
     """Resolve a ``task=`` argument into an indexable collection of tasks.
 
     Accepts a :class:`Task`, a sequence of tasks, ``"synthetic"`` / ``"synthetic:train"`` /
     ``"synthetic:test"`` (optionally ``"synthetic:test:multihop"``), a ``.parquet`` or ``.jsonl``
-    path, or a list of those (concatenated).
+    path, or a list of those (concatenated). ``task_type`` sets the type of every task of a file
+    (otherwise it is inferred, see :func:`assign_types`).
     """
     if isinstance(spec, Task):
         return ListTaskSource([spec], name=spec.id or "task")
@@ -252,9 +269,9 @@ def load_tasks(spec, *, split: str = "train", seed: int = 0) -> Sequence[Task]:
             return TASK_SOURCES.get(scheme)(rest, split=split, seed=seed)
         suffix = Path(text).suffix.lower()
         if suffix == ".parquet":
-            return load_parquet(text)
+            return load_parquet(text, task_type=task_type)
         if suffix in (".jsonl", ".json", ".ndjson"):
-            return load_jsonl(text)
+            return load_jsonl(text, task_type=task_type)
         raise ValueError(
             f"cannot load tasks from {text!r}: expected 'synthetic[:train|:test]', a .parquet file in the "
             "Prompt-R1 schema, or a .jsonl file with 'question'/'answers'."
@@ -264,9 +281,9 @@ def load_tasks(spec, *, split: str = "train", seed: int = 0) -> Sequence[Task]:
     if isinstance(spec, Iterable):
         parts = list(spec)
         if len(parts) == 1:
-            return load_tasks(parts[0], split=split, seed=seed)
+            return load_tasks(parts[0], split=split, seed=seed, task_type=task_type)
         merged: list[Task] = []
         for part in parts:
-            merged.extend(load_tasks(part, split=split, seed=seed))
+            merged.extend(load_tasks(part, split=split, seed=seed, task_type=task_type))
         return ListTaskSource(merged, name="+".join(str(p) for p in parts))
     raise TypeError(f"task must be a Task, a list of tasks, 'synthetic', or a file path; got {type(spec).__name__}.")

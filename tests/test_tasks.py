@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from promptr1.envs.tasks import DEFAULT_INSTRUCTION, Task, infer_ability, load_jsonl, load_parquet, load_tasks
+from promptr1.envs.tasks import DEFAULT_INSTRUCTION, Task, load_jsonl, load_parquet, load_tasks
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompt-r1"
 
@@ -67,12 +67,6 @@ def test_load_tasks_rejects_unknown_specs():
         load_tasks(42)
     with pytest.raises(ValueError, match="non-empty"):
         Task("  ", ("a",))
-
-
-def test_infer_ability():
-    assert infer_ability("dapo-math-256-test") == "math"
-    assert infer_ability("w-book-6600-256-test") == "text"
-    assert infer_ability("MusiQue-256-test", "multihop_qa") == "qa"
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the paper's evaluation sets live in ../shared (present in CI)")

@@ -8,6 +8,7 @@ functions alike, so a "lazy" import counts too) and checked against the layer ma
     2  promptr1.envs                                      (never imports agents or evaluation)
     3  promptr1.agents                                    (training; never imports evaluation)
     4  promptr1.evaluation                                (may use the rollout and model loading of agents)
+       promptr1.integrations                              (TRL/verl adapters over the env and the rollout)
     5  promptr1.pipeline, promptr1.cli, promptr1.play     (the commands, above both wings)
 
 ``promptr1.testing`` (the tiny model, the fake server, scripted backends and agents) may import anything, and
@@ -30,7 +31,7 @@ FOLDERS = {"promptr1": "promptr1", "envs": "promptr1.envs", "agents": "promptr1.
 LEVELS = [
     ("promptr1.testing", None),
     ("promptr1.rewards", 1), ("promptr1.llm_backends", 1),
-    ("promptr1.envs", 2), ("promptr1.agents", 3), ("promptr1.evaluation", 4),
+    ("promptr1.envs", 2), ("promptr1.agents", 3), ("promptr1.evaluation", 4), ("promptr1.integrations", 4),
     ("promptr1.pipeline", 5), ("promptr1.cli", 5), ("promptr1.play", 5),
     ("promptr1.registry", 0), ("promptr1.config", 0), ("promptr1.plugins", 0), ("promptr1.tags", 0),
 ]

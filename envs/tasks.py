@@ -115,7 +115,11 @@ _REF_INSTRUCTION_START = "\nFirst, provide a simple explanation of the question"
 
 
 def split_prompt(content: str) -> tuple[str, str]:
-    """Split an official first message into (question, instruction); recomposes exactly."""
+    r"""Split an official first message into (question, instruction); recomposes exactly.
+
+    >>> split_prompt("Question: Who wrote Torch?\nFirst, provide a simple explanation of the question.")
+    ('Who wrote Torch?', 'First, provide a simple explanation of the question.')
+    """
     body = content[len("Question: "):] if content.startswith("Question: ") else content
     cut = body.find(_REF_INSTRUCTION_START)
     if cut < 0:

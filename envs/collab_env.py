@@ -29,7 +29,7 @@ from promptr1.envs.protocol import ParsedTurn, parse_turn, wrap_response
 from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, make_backend
-from promptr1.rewards import ANSWER_METRICS, REWARD_VARIANTS, compute_reward
+from promptr1.rewards import ANSWER_METRICS, REWARD_VARIANTS, answer_metric_for, compute_reward
 from promptr1.tags import THINK_OPEN
 
 #: What the reference prefills at the start of every agent turn after the first.
@@ -72,7 +72,9 @@ class PromptCollabEnv(gym.Env):
         max_action_chars: longer agent turns are cut and flagged (``info["action_truncated"]``).
         max_observation_chars: size of the observation space.
         reward_variant: ``"faithful"`` (the reference) or ``"answer_gated"`` (see rewards docs).
-        answer_metric: what feeds the reward's answer term: ``"f1"`` (ref), ``"em"``, ``"math"``.
+        answer_metric: what feeds the reward's answer term: ``"f1"`` (ref, every task), ``"em"``, ``"math"``
+            (numeric equivalence), ``"ssim"`` (the paper's text metric), or ``"auto"``: F1 for QA,
+            numeric-equivalent EM for math, SSim for text, chosen per task from its type.
         split: the split used for ``"synthetic"`` tasks.
         task_order: ``"random"`` (drawn with ``self.np_random``) or ``"sequential"``.
         sampling: keyword arguments for every env LLM call (``temperature``, ``max_tokens``, ...).
@@ -111,7 +113,8 @@ class PromptCollabEnv(gym.Env):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
         # Validate the reward options now rather than at the end of the first episode (did-you-mean errors).
         REWARD_VARIANTS[reward_variant]
-        ANSWER_METRICS[answer_metric]
+        if answer_metric != "auto":
+            ANSWER_METRICS[answer_metric]
 
         self.tasks = load_tasks(task, split=split)
         if len(self.tasks) == 0:
@@ -291,7 +294,7 @@ class PromptCollabEnv(gym.Env):
             # prompt turn counts as intermediate (three good prompts reach the format cap: reward 0).
             blocks.append(REFERENCE_TURN_PREFILL)
         breakdown = compute_reward(blocks, self.task.answers, variant=self.reward_variant,
-                                   answer_metric=self.answer_metric)
+                                   answer_metric=answer_metric_for(self.answer_metric, self.task.ability))
         self.last_reward_components = breakdown.as_dict()
         info = self._info(parsed, action_truncated, completion)
         info["reward_components"] = self.last_reward_components

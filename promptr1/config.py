@@ -71,6 +71,9 @@ class RunSettings:
     """Env-LLM reply truncation in characters (ref: 2048)."""
     reward_variant: str = "faithful"
     """Reward variant (``faithful`` is the reference's; ``answer_gated`` fixes its quirks)."""
+    answer_metric: str = "f1"
+    """What the reward's answer term measures: ``f1`` for every task (ref), ``em``, ``math``, ``ssim``, or ``auto``
+    (F1 for QA, numeric-equivalent EM for math, SSim for text, by task type)."""
     env_temperature: float = 0.0
     """Env-LLM sampling temperature (0: greedy, so that replies are reproducible)."""
     env_max_tokens: int = 512
@@ -103,6 +106,7 @@ class RunSettings:
             "max_turns": self.max_turns,
             "max_response_chars": self.max_response_chars,
             "reward_variant": self.reward_variant,
+            "answer_metric": self.answer_metric,
             "sampling": {"temperature": self.env_temperature, "max_tokens": self.env_max_tokens},
         }
 

@@ -7,10 +7,12 @@
 
 from .dual import (
     ANSWER_METRICS,
+    AUTO_ANSWER_METRIC,
     REWARD_VARIANTS,
     RewardBreakdown,
     RewardVariant,
     UnknownNameError,
+    answer_metric_for,
     blocks_from_chatml,
     compute_reward,
     reference_score,
@@ -30,10 +32,12 @@ from .metrics import (
 
 __all__ = [
     "ANSWER_METRICS",
+    "AUTO_ANSWER_METRIC",
     "REWARD_VARIANTS",
     "RewardBreakdown",
     "RewardVariant",
     "UnknownNameError",
+    "answer_metric_for",
     "blocks_from_chatml",
     "compute_reward",
     "exact_match",

@@ -59,9 +59,11 @@ from .metrics import (
 
 __all__ = [
     "ANSWER_METRICS",
+    "AUTO_ANSWER_METRIC",
     "REWARD_VARIANTS",
     "RewardBreakdown",
     "RewardVariant",
+    "answer_metric_for",
     "UnknownNameError",
     "blocks_from_chatml",
     "compute_reward",
@@ -170,8 +172,29 @@ def unregister_reward_variant(name: str) -> None:
 #: What feeds the answer term: ``f1`` (the reference), ``em``, ``subem`` (substring), ``math``
 #: (numeric equivalence, 1/0; see :func:`promptr1.rewards.metrics.math_equal`).
 ANSWER_METRICS: Registry[Callable[[str, Any], float]] = Registry(
-    "answer metric", {"f1": token_f1, "em": exact_match, "subem": substring_match, "math": numeric_match}
+    "answer metric",
+    {
+        "f1": token_f1,
+        "em": exact_match,
+        "subem": substring_match,
+        "math": numeric_match,
+        "ssim": "promptr1.rewards.similarity:ssim",  # the paper's text metric (MiniLM; lazy: loads a model)
+    },
 )
+
+#: ``answer_metric="auto"``: the metric the paper's evaluation uses for each task type.
+AUTO_ANSWER_METRIC: dict[str, str] = {"qa": "f1", "math": "math", "text": "ssim"}
+
+
+def answer_metric_for(answer_metric: str, task_type: str) -> str:
+    """The answer metric to use for a task: ``answer_metric`` itself, or with ``"auto"`` the one of its type.
+
+    >>> answer_metric_for("auto", "math"), answer_metric_for("auto", "multihop_qa"), answer_metric_for("em", "text")
+    ('math', 'f1', 'em')
+    """
+    if answer_metric != "auto":
+        return answer_metric
+    return AUTO_ANSWER_METRIC.get(task_type, "f1")
 
 # ---------------------------------------------------------------------------------------------
 # Turn checks

@@ -317,3 +317,28 @@ def test_backends_pickle_for_subprocess_workers():
     assert b.complete([{"role": "user", "content": "x"}]).text == "a"
     assert b.calls and b.calls[0][0]["content"] == "x"
     assert pickle.loads(pickle.dumps(EchoBackend())).complete([{"role": "user", "content": "y"}]).text == "You said: y"
+
+
+def test_answer_metric_auto_scores_each_task_by_its_type(monkeypatch):
+    """answer_metric="auto": F1 for QA, numeric equivalence for math, SSim for text (issue: the training reward
+    scored every task with F1)."""
+    from promptr1.rewards import ANSWER_METRICS
+
+    seen = []
+    monkeypatch.setitem(ANSWER_METRICS._entries, "ssim", lambda pred, golds: seen.append(pred) or 0.5)
+    tasks = [Task("What is 6 times 7?", ("42",), ability="math", id="m"),
+             Task("Capital of France?", ("Paris",), ability="qa", id="q"),
+             Task("Write one line.", ("A line of text.",), ability="text", id="t")]
+    answers = {"m": "42.0", "q": "Paris", "t": "Some line."}
+    got = {}
+    for task in tasks:
+        env = PromptCollabEnv(task=[task], env_llm=EchoBackend(), answer_metric="auto", max_turns=2)
+        env.reset(seed=0)
+        env.step(GOOD_PROMPT)
+        _, r, term, _, info = env.step(f"<think>t</think><answer>{answers[task.id]}</answer>")
+        got[task.id] = info["reward_components"]
+    assert got["m"]["answer_metric"] == "math" and got["m"]["answer"] == 1.0 and got["m"]["f1"] == 0.0
+    assert got["q"]["answer_metric"] == "f1" and got["q"]["answer"] == 1.0
+    assert got["t"]["answer_metric"] == "ssim" and got["t"]["answer"] == 0.5 and seen == ["Some line."]
+    with pytest.raises(KeyError, match="Did you mean 'auto'|Expected one of"):
+        PromptCollabEnv(task=tasks, env_llm=EchoBackend(), answer_metric="autoo")

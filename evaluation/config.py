@@ -16,6 +16,7 @@ what is specific to evaluation is declared here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from promptr1.config import RunSettings
 
@@ -23,21 +24,9 @@ from .methods import parse_method
 
 __all__ = ["ChatConfig", "EvalConfig", "EPISODE_SETTINGS"]
 
-#: Settings that shape an episode or its score: a resumed evaluation must use the same values.
-EPISODE_SETTINGS = (
-    "split",
-    "max_turns",
-    "max_response_chars",
-    "reward_variant",
-    "env_temperature",
-    "env_max_tokens",
-    "max_new_tokens",
-    "max_seq_len",
-    "temperature",
-    "top_p",
-    "embedder",
-    "seed",
-)
+#: Settings besides the env's (:meth:`~promptr1.config.RunSettings.env_kwargs`) that shape an episode or its
+#: score: a resumed evaluation must use the same values as the run it resumes (see :meth:`EvalConfig.episode_settings`).
+EPISODE_SETTINGS = ("split", "max_new_tokens", "max_seq_len", "temperature", "top_p", "embedder", "seed")
 
 
 @dataclass
@@ -97,6 +86,11 @@ class EvalConfig(RunSettings):
         self.cache_mode = str(self.cache_mode).strip().lower().replace("_", "-")
         if self.cache_mode not in CACHE_MODES:
             raise ValueError(f"cache_mode must be one of {', '.join(CACHE_MODES)}; got {self.cache_mode!r}.")
+
+    def episode_settings(self) -> dict[str, Any]:
+        """Everything that shapes an episode or its score: the env's settings (turns, reply length, reward
+        variant and answer metric, env sampling) and :data:`EPISODE_SETTINGS`."""
+        return {**self.env_kwargs(), **{k: getattr(self, k) for k in EPISODE_SETTINGS}}
 
     @property
     def env_llms(self) -> list[str]:

@@ -44,7 +44,7 @@ from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import EnvLLMError, LLMBackend, make_backend
 
 from .budget import Budget, BudgetedBackend, is_budget_stop
-from .config import EPISODE_SETTINGS, EvalConfig
+from .config import EvalConfig
 from .methods import MethodSpec, baseline_messages, parse_method
 from .policies import EpisodePlayer, ModelPolicy, as_player, rollout_config
 from .report import append_jsonl, read_jsonl, render_markdown, write_chart
@@ -246,7 +246,7 @@ class _Run:
 
 def _check_resume(cfg: EvalConfig, out: Path) -> None:
     path = out / "run_config.json"
-    mine = {k: getattr(cfg, k) for k in EPISODE_SETTINGS}
+    mine = json.loads(json.dumps(cfg.episode_settings()))  # as it reads back from the file
     if cfg.overwrite:
         for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)

@@ -130,6 +130,10 @@ def test_the_reward_variant_reaches_the_eval_env(tmp_path, tasks):
             assert r["reward"] == pytest.approx(want)
     assert all(r["reward"] == pytest.approx(-0.4) for r in out["faithful"].records)
     assert out["answer_gated"].score("syn", "agent:scripted", "reward") > -0.4
+    changed = settings(tmp_path, methods=["agent:scripted"], reward_variant="answer_gated",
+                       output_dir=str(tmp_path / "faithful"))
+    with pytest.raises(ValueError, match="reward_variant='faithful' .now 'answer_gated'"):  # no mixed resume
+        run_evaluation(changed, agents={"scripted": answer_now}, datasets={"syn": tasks})
 
 
 def test_budget_guards_real_calls_only(tmp_path):

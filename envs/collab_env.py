@@ -78,7 +78,10 @@ class PromptCollabEnv(gym.Env):
         split: the split used for ``"synthetic"`` tasks.
         task_order: ``"random"`` (drawn with ``self.np_random``) or ``"sequential"``.
         sampling: keyword arguments for every env LLM call (``temperature``, ``max_tokens``, ...).
-        env_system_prompt / agent_system_prompt: the two system messages.
+        env_system_prompt: the env LLM's system message; ``None`` sends none; ``"auto"`` (default) uses the
+            backend's ``preferred_system_prompt`` when it has one (``smollm2``: none, its template's own),
+            else :data:`DEFAULT_ENV_SYSTEM_PROMPT`. ``info["env_system_prompt"]`` says which was used.
+        agent_system_prompt: the agent's system message.
         backend_kwargs: extra keyword arguments when ``env_llm`` is a spec string.
     """
 
@@ -98,7 +101,7 @@ class PromptCollabEnv(gym.Env):
         split: str = "train",
         task_order: str = "random",
         sampling: Mapping[str, Any] | None = None,
-        env_system_prompt: str = DEFAULT_ENV_SYSTEM_PROMPT,
+        env_system_prompt: str | None = "auto",
         agent_system_prompt: str | None = DEFAULT_AGENT_SYSTEM_PROMPT,
         render_mode: str | None = None,
         backend_kwargs: Mapping[str, Any] | None = None,
@@ -128,6 +131,11 @@ class PromptCollabEnv(gym.Env):
         self.answer_metric = answer_metric
         self.task_order = task_order
         self.sampling = dict(sampling or {})
+        if env_system_prompt == "auto":
+            env_system_prompt = getattr(self.env_llm, "preferred_system_prompt", DEFAULT_ENV_SYSTEM_PROMPT)
+        if env_system_prompt is not None and not isinstance(env_system_prompt, str):
+            raise TypeError(f"env_system_prompt must be a string, None (no system message) or 'auto'; "
+                            f"got {type(env_system_prompt).__name__}.")
         self.env_system_prompt = env_system_prompt
         self.agent_system_prompt = agent_system_prompt
         self.render_mode = render_mode
@@ -253,8 +261,8 @@ class PromptCollabEnv(gym.Env):
             return self._end(parsed, terminated=True, truncated=False, action_truncated=truncated_action)
         if not parsed.prompt:  # an empty request: nothing to send; the LLM's answer to nothing is nothing
             return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False)
-        messages = [{"role": "system", "content": self.env_system_prompt}, *self.llm_history,
-                    {"role": "user", "content": parsed.prompt}]
+        system = [] if self.env_system_prompt is None else [{"role": "system", "content": self.env_system_prompt}]
+        messages = [*system, *self.llm_history, {"role": "user", "content": parsed.prompt}]
         return _Pending(messages, parsed, truncated_action)
 
     def _finish(self, pending: _Pending, completion: Completion | None, error: EnvLLMError | None, *,
@@ -315,6 +323,7 @@ class PromptCollabEnv(gym.Env):
             "env_llm_tokens": (completion.prompt_tokens + completion.completion_tokens) if completion else 0,
             "env_llm_attempts": completion.attempts if completion else 0,
             "env_llm_cached": bool(completion.cached) if completion else False,
+            "env_system_prompt": self.env_system_prompt,
         }
 
     def _fit_obs(self, obs: str) -> str:

@@ -527,4 +527,8 @@ def smollm2_backend(**kwargs: Any) -> HFBackend:
     kwargs.setdefault("max_new_tokens", 256)
     backend = HFBackend(folder, **kwargs)
     backend.model_id = "smollm2-135m-instruct"
+    # PromptCollabEnv's generic env system prompt derails this 135M model ("What is the capital of France?"
+    # -> "L'Alma, la France, est la capital de France."); with no system message its chat template's own
+    # identity prompt applies and it answers "The capital of France is Paris."
+    backend.preferred_system_prompt = None
     return backend

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import promptr1  # noqa: F401  (registers PromptR1-v0)
-from promptr1.envs.collab_env import PromptCollabEnv
+from promptr1.envs.collab_env import DEFAULT_ENV_SYSTEM_PROMPT, PromptCollabEnv
 from promptr1.envs.tasks import Task
 from promptr1.llm_backends import EnvLLMError
 from promptr1.testing.scripted import EchoBackend, ScriptedBackend
@@ -342,3 +342,33 @@ def test_answer_metric_auto_scores_each_task_by_its_type(monkeypatch):
     assert got["t"]["answer_metric"] == "ssim" and got["t"]["answer"] == 0.5 and seen == ["Some line."]
     with pytest.raises(KeyError, match="Did you mean 'auto'|Expected one of"):
         PromptCollabEnv(task=tasks, env_llm=EchoBackend(), answer_metric="autoo")
+
+
+def test_env_system_prompt_none_sends_no_system_message_and_info_says_which():
+    """None used to fail every call (a None content); now it means no system message."""
+    backend = EchoBackend()
+    seen = []
+    real = backend.complete
+
+    def spy(messages, **kw):
+        seen.append([dict(m) for m in messages])
+        return real(messages, **kw)
+
+    backend.complete = spy
+    env = make_env(backend, env_system_prompt=None)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(GOOD_PROMPT)
+    assert info["env_error"] is None and info["env_system_prompt"] is None
+    assert all(m["role"] != "system" for m in seen[-1])
+    env = make_env(backend)  # default "auto": the generic prompt for a backend without a preference
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(GOOD_PROMPT)
+    assert seen[-1][0] == {"role": "system", "content": DEFAULT_ENV_SYSTEM_PROMPT}
+    assert info["env_system_prompt"] == DEFAULT_ENV_SYSTEM_PROMPT
+    backend.preferred_system_prompt = "Be brief."
+    env = make_env(backend)
+    env.reset(seed=0)
+    env.step(GOOD_PROMPT)
+    assert seen[-1][0] == {"role": "system", "content": "Be brief."}
+    with pytest.raises(TypeError, match="env_system_prompt"):
+        make_env(backend, env_system_prompt=3)

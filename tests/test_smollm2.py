@@ -105,3 +105,22 @@ def test_smollm2_answers_a_chat():
     assert reply.model == "smollm2-135m-instruct"
     assert reply.prompt_tokens > 10 and 0 < reply.completion_tokens <= 24
     backend.close()
+
+
+@pytest.mark.slow  # converts the GGUF on a fresh cache (~20 s)
+@needs_wheel
+def test_smollm2_answers_through_the_env_with_its_preferred_system_prompt():
+    """The generic env system prompt derails SmolLM2 (it answered in broken French); the env now sends none for
+    it, as its backend prefers, and the capital question comes back right."""
+    from promptr1.envs.collab_env import PromptCollabEnv
+    from promptr1.envs.tasks import Task
+    from promptr1.llm_backends import make_backend
+
+    backend = make_backend("smollm2", max_new_tokens=24)
+    env = PromptCollabEnv(task=[Task("What is the capital of France?", ("Paris",))], env_llm=backend, max_turns=2,
+                          sampling={"temperature": 0.0})
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step("<think>Ask.</think><interaction_prompt>What is the capital of France?"
+                                  "</interaction_prompt>")
+    assert info["env_system_prompt"] is None and info["env_error"] is None
+    assert "Paris" in obs

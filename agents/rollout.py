@@ -31,6 +31,8 @@ from promptr1.tags import STOP_STRINGS
 
 __all__ = [
     "DEFAULT_STOP_STRINGS",
+    "PREFIX_TEMPLATES",
+    "QWEN3_PREFIX_TEMPLATE",
     "ChatFramer",
     "Episode",
     "RolloutConfig",
@@ -38,6 +40,7 @@ __all__ = [
     "collate_episodes",
     "run_episodes",
     "sample_turns",
+    "template_family",
 ]
 
 #: An agent turn ends at the closing tag of a request or of an answer (or at the EOS token).
@@ -49,6 +52,32 @@ OVERFLOW_REWARD = -1.0
 
 class TemplateError(ValueError):
     """The tokenizer's chat template cannot be used for token-in/token-out multi-turn rollouts."""
+
+
+#: Our prefix-preserving ChatML template for Qwen3-family agents. Qwen3's stock template drops the
+#: ``<think>`` block of assistant turns before the last user message, so a conversation's rendering is not a
+#: prefix of its continuation's; this one renders every message verbatim in the same ChatML frame.
+QWEN3_PREFIX_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+#: Known families whose stock template rewrites history, and our prefix-preserving replacement.
+PREFIX_TEMPLATES: dict[str, str] = {"qwen3": QWEN3_PREFIX_TEMPLATE}
+
+
+def template_family(tokenizer: Any) -> str | None:
+    """The chat-template family of a tokenizer, when we know one: ``qwen3`` has ChatML's ``<|im_start|>`` /
+    ``<|im_end|>`` special tokens and ``<think>`` / ``</think>`` as added tokens."""
+    try:
+        added = set(tokenizer.get_added_vocab())
+    except Exception:  # noqa: BLE001 - a tokenizer without added-vocab support has no known family
+        return None
+    if {"<|im_start|>", "<|im_end|>", "<think>", "</think>"} <= added:
+        return "qwen3"
+    return None
 
 
 # ----------------------------------------------------------------------------- chat framing
@@ -75,11 +104,23 @@ class ChatFramer:
         self.tokenizer = tokenizer
         eos = tokenizer.eos_token_id
         self.eos_text = tokenizer.decode([eos]) if eos is not None else ""
-        self._check_prefix_property()
+        self.template: str | None = None  # None: the tokenizer's own
+        try:
+            self._check_prefix_property()
+        except TemplateError:
+            family = template_family(tokenizer)
+            if family is None:
+                raise
+            # The stock template of a known family rewrites history: use our prefix-preserving one (the
+            # tokenizer itself is not changed).
+            self.template = PREFIX_TEMPLATES[family]
+            self.family = family
+            self._check_prefix_property()
 
     def render(self, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:
+        kw = {"chat_template": self.template} if self.template is not None else {}
         return self.tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=generation_prompt
+            list(messages), tokenize=False, add_generation_prompt=generation_prompt, **kw
         )
 
     def _check_prefix_property(self) -> None:
@@ -98,7 +139,9 @@ class ChatFramer:
                 "[system, user, assistant, user] followed by the assistant's text.\n"
                 f"  prefix rendered: {base!r}\n  whole rendered:  {full!r}\n"
                 "Token-in/token-out rollouts need that property; use a template that does not "
-                "rewrite earlier assistant turns (ChatML as in Qwen2/SmolLM2 works)."
+                "rewrite earlier assistant turns (ChatML as in Qwen2/SmolLM2 works; Qwen3-family "
+                "tokenizers are recognised and get a prefix-preserving template automatically). Set "
+                "tokenizer.chat_template to such a template."
             )
 
     def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:

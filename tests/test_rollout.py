@@ -229,3 +229,55 @@ def test_fast_episodes_do_not_wait_for_a_slow_env_call(tiny, independent):
     else:
         fast_turn2 = min(t for name, turn, t in log if name != "slow" and turn == 2)
         assert fast_turn2 > first_slow  # the barrier held turn 2 of the fast episodes back
+
+
+# Our own restatement of the behaviour of Qwen3's stock chat template that matters here: an assistant turn before
+# the last user message is rendered without its <think> block.
+QWEN3_LIKE_STOCK_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) %}"
+    "{%- for m in messages %}{%- if m['role'] == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}"
+    "{%- endfor %}"
+    "{%- for m in messages %}"
+    "{%- set content = m['content'] %}"
+    "{%- if m['role'] == 'assistant' and loop.index0 < ns.last_user and '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def test_qwen3_family_gets_a_prefix_preserving_template(tiny):
+    """A tokenizer with Qwen3's special tokens and its stock template's habit of dropping earlier <think>
+    blocks: the framer recognises the family and renders with our template, leaving the tokenizer as it was."""
+    import copy
+
+    from promptr1.agents.rollout import QWEN3_PREFIX_TEMPLATE, template_family
+
+    _, tok = tiny
+    qwen3 = copy.deepcopy(tok)
+    qwen3.add_tokens(["<think>", "</think>"])
+    qwen3.chat_template = QWEN3_LIKE_STOCK_TEMPLATE
+    assert template_family(qwen3) == "qwen3" and template_family(tok) is None
+    history = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "<think>t</think>a"},
+               {"role": "user", "content": "r"}]
+    assert "<think>t</think>" not in qwen3.apply_chat_template(history, tokenize=False)  # the stock behaviour
+    framer = ChatFramer(qwen3)
+    assert framer.template == QWEN3_PREFIX_TEMPLATE and framer.family == "qwen3"
+    assert qwen3.chat_template == QWEN3_LIKE_STOCK_TEMPLATE  # not mutated
+    rendered = framer.render(history, True)
+    assert rendered == ("<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>t</think>a<|im_end|>\n"
+                        "<|im_start|>user\nr<|im_end|>\n<|im_start|>assistant\n")
+    frame = framer.reply_text(history[:1], "<think>t</think>a", "r", action_ended_with_eos=False)
+    assert frame == "<|im_end|>\n<|im_start|>user\nr<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_unknown_family_with_a_history_rewriting_template_is_a_clear_error(tiny):
+    import copy
+
+    _, tok = tiny
+    other = copy.deepcopy(tok)
+    other.chat_template = QWEN3_LIKE_STOCK_TEMPLATE  # the same habit, but no Qwen3 tokens: no known fix
+    with pytest.raises(TemplateError, match="Set tokenizer.chat_template"):
+        ChatFramer(other)

@@ -67,6 +67,9 @@ class EvalConfig(RunSettings):
     """Delete earlier results in ``output_dir`` instead of resuming from them."""
 
     def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # RunSettings' own checks, should it get some
+            parent()
         if not self.tasks:
             raise ValueError("EvalConfig needs at least one task source (--tasks FILE ... or positional files).")
         if not self.methods:

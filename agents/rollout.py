@@ -38,6 +38,7 @@ __all__ = [
     "RolloutConfig",
     "TemplateError",
     "collate_episodes",
+    "rollout_config",
     "run_episodes",
     "sample_turns",
     "template_family",
@@ -233,6 +234,7 @@ def sample_turns(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
     stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
     eos_token_ids: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
@@ -242,7 +244,14 @@ def sample_turns(
     Returns the sampled ids (up to and including the stop token) and each token's log-prob
     under the temperature-scaled distribution ``log_softmax(logits / temperature)``, which is
     what the update recomputes. ``temperature=0`` decodes greedily (log-probs at temperature 1).
+    ``repetition_penalty`` (HF's rule: a seen token's logit is divided by it when positive, multiplied
+    when negative) shapes the distribution that is sampled and whose log-probs are returned.
+
+    Sampling happens on the model's device: ``generator`` (a CPU generator) seeds a generator there once,
+    and only the B sampled ids and their log-probs cross to the host each step, never the distribution.
     """
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1.0: none), got {repetition_penalty}.")
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = set(eos_token_ids if eos_token_ids is not None else
@@ -258,6 +267,11 @@ def sample_turns(
     input_ids, attn = input_ids.to(device), attn.to(device)
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
 
+    dev_gen = None
+    if temperature > 0 and generator is not None:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        dev_gen = torch.Generator(device=device).manual_seed(seed)
+
     was_training = model.training
     model.eval()
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
@@ -265,21 +279,31 @@ def sample_turns(
     past = out.past_key_values
     logits = out.logits[:, -1].float()
     next_pos = position_ids[:, -1] + 1
+    seen = None
+    if repetition_penalty != 1.0:  # (B, V) tokens already in each sequence
+        seen = torch.zeros(B, logits.shape[-1], dtype=torch.bool, device=device)
+        seen.scatter_(1, input_ids.clamp(max=logits.shape[-1] - 1), attn.bool())
     seqs: list[list[int]] = [[] for _ in range(B)]
     logps: list[list[float]] = [[] for _ in range(B)]
     stops = ["length"] * B
     finished = torch.zeros(B, dtype=torch.bool)
     for _ in range(max_new_tokens):
+        if seen is not None:
+            logits = torch.where(seen, torch.where(logits > 0, logits / repetition_penalty,
+                                                   logits * repetition_penalty), logits)
         if temperature > 0:
             logp_all = torch.log_softmax(logits / temperature, dim=-1)  # (B, V)
             sample_logits = logp_all if top_p >= 1.0 else _top_p_filter(logp_all, top_p)
             probs = torch.softmax(sample_logits, dim=-1)
-            tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)  # (B,)
+            tok = torch.multinomial(probs, 1, generator=dev_gen).squeeze(-1)  # (B,) on the device
         else:
             logp_all = torch.log_softmax(logits, dim=-1)
-            tok = logp_all.argmax(-1).cpu()
-        tok_lp = logp_all.gather(-1, tok.to(logp_all.device)[:, None]).squeeze(-1).cpu()
-        tok_list, lp_list = tok.tolist(), tok_lp.tolist()
+            tok = logp_all.argmax(-1)
+        tok_lp = logp_all.gather(-1, tok[:, None]).squeeze(-1)  # (B,)
+        if seen is not None:
+            seen[torch.arange(B, device=device), tok] = True
+        tok_list, lp_list = tok.tolist(), tok_lp.tolist()  # the one host transfer per step: 2 x B numbers
+        tok = tok.cpu()
         for i in range(B):
             if finished[i]:
                 continue
@@ -312,6 +336,8 @@ class RolloutConfig:
     max_seq_len: int = 1024
     temperature: float = 1.0
     top_p: float = 1.0
+    #: HF-style repetition penalty on tokens already in the sequence (1.0: none; ref evaluation: 1.05).
+    repetition_penalty: float = 1.0
     stop_strings: tuple[str, ...] = DEFAULT_STOP_STRINGS
     #: Episodes advance independently: an episode whose env-LLM reply has landed joins the next
     #: generation batch without waiting for slower calls of other episodes. False = a barrier per
@@ -346,6 +372,8 @@ class Episode:
     gen_tokens: int = 0
     segments: list[tuple[list[int], bool]] = field(default_factory=list)
     """``(token_ids, is_agent)`` in order: the input of :func:`promptr1.agents.masks.build_action_mask`."""
+    prefill: str = ""
+    """Text the next agent turn opens with (the framing's prefill, already in ``ids`` as context)."""
 
     def add(self, ids: Sequence[int], is_agent: bool, logps: Sequence[float] | None = None) -> None:
         """Append a segment: agent tokens (with their sampler log-probs) or context tokens."""
@@ -387,6 +415,19 @@ def run_episodes(
     """
     return asyncio.run(arun_episodes(model, tokenizer, envs, tasks, groups, cfg, framer=framer,
                                      generator=generator, timings=timings, seed=seed))
+
+
+def rollout_config(settings: Any, **overrides: Any) -> RolloutConfig:
+    """The :class:`RolloutConfig` of a command's settings (:class:`promptr1.config.RunSettings`): its agent
+    decoding, and the stop strings of its framing (the reference framing stops only at the end-of-turn token)."""
+    from promptr1.envs.framing import FRAMINGS
+
+    values = dict(max_new_tokens=settings.max_new_tokens, max_seq_len=settings.max_seq_len,
+                  temperature=settings.temperature, top_p=settings.top_p,
+                  repetition_penalty=settings.repetition_penalty,
+                  stop_strings=FRAMINGS.get(settings.framing).stop_strings)
+    values.update(overrides)
+    return RolloutConfig(**values)
 
 
 async def arun_episodes(
@@ -439,7 +480,8 @@ async def arun_episodes(
             ep.episode_stats = dict(info.get("episode") or {})
             return
         ended_with_eos = bool(s.ids) and s.ids[-1] in eos_ids
-        frame = framer.reply_text(history, text, obs, ended_with_eos)
+        ep.prefill = str(info.get("turn_prefill") or "")
+        frame = framer.reply_text(history, text, obs, ended_with_eos) + ep.prefill
         reply_ids = framer.encode(frame)
         ep.messages.append({"role": "user", "content": obs})
         if len(ep.ids) + len(reply_ids) + 1 >= cfg.max_seq_len:
@@ -481,6 +523,7 @@ async def arun_episodes(
         sampled = sample_turns(
             model, tokenizer, [episodes[k].ids for k in active],
             max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
+            repetition_penalty=cfg.repetition_penalty,
             stop_strings=cfg.stop_strings, eos_token_ids=eos_ids, generator=generator,
         )
         timings["generate_s"] += time.perf_counter() - t0
@@ -490,7 +533,7 @@ async def arun_episodes(
             ep.add(ids, True, lps)
             ep.gen_tokens += len(ids)
             s.ids, s.logps = ids, lps
-            text = tokenizer.decode(ids, skip_special_tokens=True)
+            text = ep.prefill + tokenizer.decode(ids, skip_special_tokens=True)
             pending.add(asyncio.ensure_future(env_call(k, s, text)))
     return episodes
 

@@ -43,7 +43,7 @@ from promptr1.agents.logger import Callback, CallbackList, Logger
 from promptr1.agents.models import load_policy, resolve_model_path, sequence_logprobs
 from promptr1.agents.seeding import derived_seed, seed_everything
 from promptr1.plugins import import_plugins
-from promptr1.agents.rollout import ChatFramer, Episode, RolloutConfig, collate_episodes, run_episodes
+from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
 
 __all__ = ["GRPOTrainer"]
 
@@ -149,9 +149,7 @@ class GRPOTrainer:
             self.envs = [PromptCollabEnv(task=self.tasks, env_llm=self.env_llm, **kw) for _ in range(n_env)]
         # Deterministic runs keep a barrier per turn so that batch composition (and so seeded sampling)
         # never depends on env-LLM timing; otherwise episodes advance independently.
-        self.rollout_cfg = RolloutConfig(max_new_tokens=cfg.max_new_tokens, max_seq_len=cfg.max_seq_len,
-                                         temperature=cfg.temperature, top_p=cfg.top_p,
-                                         independent=not cfg.deterministic)
+        self.rollout_cfg = rollout_config(cfg, independent=not cfg.deterministic)
 
         if resume_from is not None:
             self._load_state(resume_from)

@@ -19,13 +19,15 @@ error text never reaches the agent as if the large LLM had said it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 
-from promptr1.envs.protocol import ParsedTurn, parse_turn, wrap_response
+from promptr1.envs.framing import FRAMINGS, Framing
+from promptr1.envs.protocol import ParsedTurn, parse_turn
 from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, make_backend
@@ -102,6 +104,7 @@ class PromptCollabEnv(gym.Env):
         task_order: str = "random",
         sampling: Mapping[str, Any] | None = None,
         env_system_prompt: str | None = "auto",
+        framing: str = "ours",
         agent_system_prompt: str | None = DEFAULT_AGENT_SYSTEM_PROMPT,
         render_mode: str | None = None,
         backend_kwargs: Mapping[str, Any] | None = None,
@@ -137,7 +140,10 @@ class PromptCollabEnv(gym.Env):
             raise TypeError(f"env_system_prompt must be a string, None (no system message) or 'auto'; "
                             f"got {type(env_system_prompt).__name__}.")
         self.env_system_prompt = env_system_prompt
-        self.agent_system_prompt = agent_system_prompt
+        self.framing: Framing = FRAMINGS.get(framing)
+        if self.framing.name == "reference" and agent_system_prompt == DEFAULT_AGENT_SYSTEM_PROMPT:
+            agent_system_prompt = None  # the reference framing's own system message (with the tool schema)
+        self.agent_system_prompt = self.framing.agent_system_prompt(agent_system_prompt)
         self.render_mode = render_mode
 
         self.observation_space = UnicodeText(max_observation_chars)
@@ -253,9 +259,17 @@ class PromptCollabEnv(gym.Env):
         truncated_action = len(action) > self.max_action_chars
         if truncated_action:
             action = action[: self.max_action_chars]
+        if self.framing.turn_prefill and self.turns and not action.startswith(self.framing.turn_prefill):
+            action = self.framing.turn_prefill + action  # the prefilled opening is part of the scored turn
         self.turns.append(action)
         self.messages.append({"role": "assistant", "content": action})
         parsed = parse_turn(action)
+        if parsed.kind == "prompt":
+            prompt, refusal = self.framing.check_call(parsed.inner or "")
+            if refusal is not None:  # a malformed call: an error message comes back, the large LLM is not called
+                return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
+                                    obs=self.framing.error_reply(refusal))
+            parsed = dataclasses.replace(parsed, prompt=prompt)
 
         if parsed.kind != "prompt":  # an answer, or a turn with neither tag: the episode ends here
             return self._end(parsed, terminated=True, truncated=False, action_truncated=truncated_action)
@@ -266,7 +280,7 @@ class PromptCollabEnv(gym.Env):
         return _Pending(messages, parsed, truncated_action)
 
     def _finish(self, pending: _Pending, completion: Completion | None, error: EnvLLMError | None, *,
-                called: bool = True):
+                called: bool = True, obs: str | None = None):
         if called:
             self.episode_stats["env_llm_calls"] += 1
         if error is not None:
@@ -283,12 +297,14 @@ class PromptCollabEnv(gym.Env):
             self.episode_stats["env_llm_tokens"] += completion.prompt_tokens + completion.completion_tokens
             self.episode_stats["env_llm_attempts"] += completion.attempts
             self.episode_stats["env_llm_cost_usd"] += completion.cost_usd or 0.0
-        obs = wrap_response(reply, self.max_response_chars)
+        if obs is None:
+            obs = self.framing.wrap_reply(reply, self.max_response_chars)
         if self.turn >= self.max_turns:
             return self._end(pending.parsed, terminated=False, truncated=True,
                              action_truncated=pending.action_truncated, completion=completion, out_of_turns=True)
         self.messages.append({"role": "user", "content": obs})
         info = self._info(pending.parsed, pending.action_truncated, completion)
+        info["turn_prefill"] = self.framing.turn_prefill  # what the agent's next turn opens with
         return self._fit_obs(obs), 0.0, False, False, info
 
     def _end(self, parsed: ParsedTurn, *, terminated: bool, truncated: bool, action_truncated: bool,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from promptr1.tags import (
     ANSWER_CLOSE,
@@ -40,6 +40,8 @@ class ParsedTurn:
     answer: str | None = None
     think: str | None = None
     tool_call: bool = False
+    inner: str | None = field(default=None, repr=False)
+    """The raw text inside ``<interaction_prompt>`` (for framings that check it strictly)."""
 
 
 def extract_prompt(inner: str) -> tuple[str, bool]:
@@ -87,7 +89,7 @@ def parse_turn(text: str) -> ParsedTurn:
     prompt_m = _PROMPT_RE.search(text)
     if prompt_m:
         prompt, tool_call = extract_prompt(prompt_m.group(1))
-        return ParsedTurn("prompt", prompt=prompt, think=think, tool_call=tool_call)
+        return ParsedTurn("prompt", prompt=prompt, think=think, tool_call=tool_call, inner=prompt_m.group(1))
     answer_m = _ANSWER_RE.search(text)
     if answer_m:
         return ParsedTurn("answer", answer=answer_m.group(1).strip(), think=think)

@@ -88,6 +88,11 @@ class RunSettings:
     """Agent sampling temperature (ref: 1.0 in training); 0 decodes greedily."""
     top_p: float = 1.0
     """Agent nucleus sampling (ref: 1.0 in training)."""
+    repetition_penalty: float = 1.0
+    """Agent repetition penalty on tokens already in the episode (1.0: none; ref evaluation: 1.05)."""
+    framing: str = "ours"
+    """Agent-side framing: ``ours`` (forgiving) or ``reference`` (the official code's: tool schema, JSON results,
+    ``<think>`` prefill, stop only at the end-of-turn token, error replies to malformed calls)."""
 
     # --- systems and outputs
     seed: int = 0
@@ -107,6 +112,7 @@ class RunSettings:
             "max_response_chars": self.max_response_chars,
             "reward_variant": self.reward_variant,
             "answer_metric": self.answer_metric,
+            "framing": self.framing,
             "sampling": {"temperature": self.env_temperature, "max_tokens": self.env_max_tokens},
         }
 

@@ -1,0 +1,103 @@
+"""Train a Prompt-R1 agent with TRL's GRPOTrainer: PromptCollabEnv episodes through our rollout_func.
+
+CPU smoke test (the tiny random test model against the simulated expert, a minute or so):
+
+    python examples/trl_grpo.py --max-steps 2
+
+One GPU, a real agent, vLLM colocated with training, a real large LLM behind the env:
+
+    python examples/trl_grpo.py --model HuggingFaceTB/SmolLM2-135M-Instruct --env-llm openai:gpt-4o-mini \
+        --tasks hotpot.parquet --use-vllm --bf16 --max-steps 200
+
+Several GPUs: ``accelerate launch --config_file CONFIG examples/trl_grpo.py ...`` (see docs/integrations-trl.md).
+The GPU and vLLM paths were written against TRL 1.16's sources but not run on this project's CI machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL; we know
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="tiny", help="agent model: HF id or folder, or a promptr1 name (tiny, smollm2)")
+    p.add_argument("--env-llm", default="sim", help="the large LLM: sim, openai:MODEL, hf:ID, smollm2, ...")
+    p.add_argument("--tasks", default="synthetic", help="synthetic, a .parquet (official schema) or .jsonl file")
+    p.add_argument("--questions", type=int, default=0, help="use only the first N tasks (0: all)")
+    p.add_argument("--max-turns", type=int, default=5, help="agent turns per episode (ref: 5)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per agent turn (ref: 1024)")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="tokens per episode, prompt included (ref: 8192)")
+    p.add_argument("--num-generations", type=int, default=4, help="episodes per question (ref: 5)")
+    p.add_argument("--batch-size", type=int, default=4, help="episodes per device per step")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-6, help="learning rate (ref: 1e-6)")
+    p.add_argument("--beta", type=float, default=0.001, help="KL coefficient (ref: 0.001)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ref: 1.0)")
+    p.add_argument("--loss-type", default="grpo", help="TRL loss_type: grpo, dapo, dr_grpo, bnpo, ...")
+    p.add_argument("--use-vllm", action="store_true", help="generate agent turns with vLLM")
+    p.add_argument("--vllm-mode", default="colocate", choices=["colocate", "server"])
+    p.add_argument("--vllm-server-base-url", default=None, help="server mode: URL of `trl vllm-serve`")
+    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3)
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--output-dir", default="runs/trl-grpo")
+    p.add_argument("--report-to", default="none", help="none, tensorboard, wandb, ...")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train; return the last step's logged metrics."""
+    import torch
+    from promptr1.agents.models import resolve_model_path
+    from promptr1.envs.tasks import load_tasks
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from promptr1.integrations.trl import env_reward, make_rollout_func, tasks_to_dataset
+
+    a = parse_args(argv)
+    tasks = list(load_tasks(a.tasks, split="train"))
+    if a.questions > 0:
+        tasks = tasks[: a.questions]
+
+    path = resolve_model_path(a.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if a.bf16 else None)
+
+    args = GRPOConfig(
+        output_dir=a.output_dir, max_steps=a.max_steps, learning_rate=a.lr, beta=a.beta, loss_type=a.loss_type,
+        per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
+        num_generations=a.num_generations, temperature=a.temperature, max_completion_length=a.max_new_tokens,
+        bf16=a.bf16, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=a.gradient_checkpointing,
+        use_vllm=a.use_vllm, vllm_mode=a.vllm_mode, vllm_server_base_url=a.vllm_server_base_url,
+        vllm_gpu_memory_utilization=a.vllm_gpu_memory_utilization, vllm_max_model_length=a.max_seq_len,
+        mask_truncated_completions=False, logging_steps=1, save_strategy="no", report_to=a.report_to,
+        seed=a.seed, disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=model, processing_class=tokenizer, args=args,
+        train_dataset=tasks_to_dataset(tasks),
+        reward_funcs=[env_reward],
+        rollout_func=make_rollout_func(tasks, env_llm=a.env_llm, max_turns=a.max_turns,
+                                       max_new_tokens=a.max_new_tokens, max_seq_len=a.max_seq_len),
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    last = logs[-1] if logs else {}
+    if trainer.accelerator.is_main_process:
+        keys = ("rewards/env_reward/mean", "reward/format", "reward/answer", "env_llm/error_rate", "rollout/turns_mean")
+        print("step", last.get("step"), " ".join(f"{k}={last[k]:.3f}" for k in keys if k in last))
+    return last
+
+
+if __name__ == "__main__":
+    main()

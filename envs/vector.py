@@ -18,15 +18,16 @@ So no episode waits for another episode's slow call (the reference code waits at
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+import asyncio
+import collections
+import threading
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from gymnasium.spaces import Tuple as TupleSpace
 from gymnasium.vector import AutoresetMode, VectorEnv
-
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.llm_backends import LLMBackend, make_backend
 from promptr1.llm_backends.base import LoopThread
@@ -72,10 +73,20 @@ class PromptCollabVectorEnv(VectorEnv):
         self.observation_space = TupleSpace([self.single_observation_space] * num_envs)
         self.action_space = TupleSpace([self.single_action_space] * num_envs)
         self.render_mode = env_kwargs.get("render_mode")
-        self._loop = LoopThread("promptr1-vector-loop")
+        # A backend with its own I/O loop (OpenAIBackend) lends it: the episodes' steps then run on the
+        # loop their requests run on, with no hand-over between two threads per call.
+        lend = getattr(self.backend, "io_loop_thread", None)
+        self._owns_loop = not callable(lend)
+        self._loop = LoopThread("promptr1-vector-loop") if self._owns_loop else lend()
         self._autoreset = np.zeros(num_envs, dtype=bool)
         self._inflight: dict[int, Future] = {}
         self._seeds_rng: np.random.Generator | None = None
+        # asynchronous API: finished sub-env indices in completion order (appended by the loop thread),
+        # and steps submitted but not yet started on the loop (started in batches: one wake-up each)
+        self._done: collections.deque[int] = collections.deque()
+        self._done_cv = threading.Condition(threading.Lock())
+        self._to_start: list[tuple[Any, Future]] = []
+        self._start_lock = threading.Lock()
 
     # ------------------------------------------------------------------ batch API (gymnasium)
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
@@ -125,7 +136,32 @@ class PromptCollabVectorEnv(VectorEnv):
             raise RuntimeError(f"sub-env {index} already has a step in flight; collect() it first.")
         if self.envs[index].done:
             raise RuntimeError(f"sub-env {index}'s episode has finished; call reset_one({index}) first.")
-        self._inflight[index] = self._loop.submit(self.envs[index].astep(action))
+        fut: Future = Future()
+        self._inflight[index] = fut
+        fut.add_done_callback(lambda _f, i=index: self._mark_done(i))
+        with self._start_lock:
+            self._to_start.append((self.envs[index].astep(action), fut))
+            wake = len(self._to_start) == 1
+        if wake:  # steps submitted back to back share one wake-up of the loop thread
+            self._loop.loop.call_soon_threadsafe(self._start_pending)
+
+    def _start_pending(self) -> None:
+        """On the loop thread: start every submitted step as a task chained to its future."""
+        with self._start_lock:
+            batch, self._to_start = self._to_start, []
+        loop = self._loop.loop
+        for coro, fut in batch:
+            if not fut.set_running_or_notify_cancel():  # cancelled before it started
+                coro.close()
+                continue
+            task = loop.create_task(coro)
+            task.add_done_callback(lambda t, f=fut: _copy_outcome(t, f))
+            fut.add_done_callback(lambda f, t=task: f.cancelled() and loop.call_soon_threadsafe(t.cancel))
+
+    def _mark_done(self, index: int) -> None:
+        with self._done_cv:
+            self._done.append(index)
+            self._done_cv.notify()
 
     def collect(self, timeout: float | None = None, min_ready: int = 1) -> list[StepResult]:
         """Finished steps (at least ``min_ready`` unless ``timeout`` passes), in completion order."""
@@ -133,16 +169,11 @@ class PromptCollabVectorEnv(VectorEnv):
         if not self._inflight:
             return results
         need = min(min_ready, len(self._inflight))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            done = [i for i, f in self._inflight.items() if f.done()]
-            if len(done) >= need:
-                break
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            pending = [f for f in self._inflight.values() if not f.done()]
-            wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+        with self._done_cv:
+            if len(self._done) < need:
+                self._done_cv.wait_for(lambda: len(self._done) >= need, timeout)
+            done = [i for i in self._done if i in self._inflight]
+            self._done.clear()
         for i in done:
             o, r, te, tr, info = self._inflight.pop(i).result()
             results.append(StepResult(i, o, float(r), bool(te), bool(tr), info))
@@ -167,18 +198,42 @@ class PromptCollabVectorEnv(VectorEnv):
         for fut in self._inflight.values():
             fut.result()
         self._inflight.clear()
+        with self._done_cv:
+            self._done.clear()
 
     def render(self):
         return tuple(env.transcript() for env in self.envs)
 
     def close_extras(self, **kwargs: Any) -> None:
+        with self._start_lock:
+            unstarted, self._to_start = self._to_start, []
+        for coro, _ in unstarted:
+            coro.close()
         for fut in self._inflight.values():
             fut.cancel()
         self._inflight.clear()
-        self._loop.stop(join_timeout=5)
+        if self._owns_loop:
+            self._loop.stop(join_timeout=5)
         close = getattr(self.backend, "close", None)
         if callable(close):
             close()
+
+
+def _copy_outcome(task: asyncio.Task, fut: Future) -> None:
+    """Hand a finished step's result (or exception) from its loop task to the caller's future."""
+    if fut.done():
+        return
+    if task.cancelled():
+        fut.cancel()
+        return
+    exc = task.exception()
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(task.result())
+    except InvalidStateError:  # cancelled by close() meanwhile
+        pass
 
 
 def make_vector_env(num_envs: int = 1, **kwargs: Any) -> PromptCollabVectorEnv:

@@ -156,15 +156,28 @@ def test_grpo_steps_on_tiny_model_with_sim_expert(tmp_path, tiny_path):
 # ----------------------------------------------------------------------------- (b) ids and mask equal ours
 
 
-def test_scripted_episode_ids_and_mask_equal_our_rollout(tmp_path, tiny_path):
+def reference_script(k, question, reply):
+    """The same relay in the reference framing: a JSON tool call, then (after the env's ``<think>\\n`` prefill)
+    the rest of a final turn."""
+    if k == 0:
+        call = json.dumps({"name": "prompt", "arguments": {"prompt": question}})
+        return f"<think>ask</think><interaction_prompt>{call}</interaction_prompt>"
+    return "use it</think><answer>x</answer>"
+
+
+@pytest.mark.parametrize("framing", ["ours", "reference"])
+def test_scripted_episode_ids_and_mask_equal_our_rollout(tmp_path, tiny_path, framing):
+    from promptr1.envs.framing import FRAMINGS
+
     model, tok = load_tiny(tiny_path)
-    forced = ScriptedAgentModel(model, tok, relay_script)
+    forced = ScriptedAgentModel(model, tok, relay_script if framing == "ours" else reference_script)
     G = 2
-    rollout = ptrl.make_rollout_func(TASKS, env_llm="echo", max_turns=3, max_seq_len=1024, max_new_tokens=64,
-                                     sampler=forced_sampler(forced))
-    dataset = ptrl.tasks_to_dataset(TASKS)
+    env_kwargs = {"max_turns": 3, "framing": framing}
+    rollout = ptrl.make_rollout_func(TASKS, env_llm="echo", env_kwargs=env_kwargs, max_seq_len=1024,
+                                     max_new_tokens=64, sampler=forced_sampler(forced))
+    dataset = ptrl.tasks_to_dataset(TASKS, env_kwargs=env_kwargs)
     trainer = GRPOTrainer(model=model, processing_class=tok, args=trl_args(tmp_path, num_generations=G),
-                               train_dataset=dataset, reward_funcs=[ptrl.env_reward], rollout_func=rollout)
+                          train_dataset=dataset, reward_funcs=[ptrl.env_reward], rollout_func=rollout)
     names = ["cap1", "cap3"]
     inputs = rows_for(dataset, names, G)
     trainer.model.train()
@@ -174,14 +187,18 @@ def test_scripted_episode_ids_and_mask_equal_our_rollout(tmp_path, tiny_path):
     from promptr1.llm_backends import make_backend
 
     backend = make_backend("echo")
-    envs = [PromptCollabEnv(task=TASKS, env_llm=backend, max_turns=3) for _ in inputs]
+    envs = [PromptCollabEnv(task=TASKS, env_llm=backend, **env_kwargs) for _ in inputs]
     tasks = [next(t for t in TASKS if t.id == n) for n in names for _ in range(G)]
-    cfg = RolloutConfig(max_new_tokens=64, max_seq_len=1024)
+    cfg = RolloutConfig(max_new_tokens=64, max_seq_len=1024, stop_strings=FRAMINGS.get(framing).stop_strings)
+    assert rollout.stop_strings == cfg.stop_strings
     ours = run_episodes(forced, tok, envs, tasks, [i // G for i in range(len(tasks))], cfg)
     batch = collate_episodes(ours, tok.pad_token_id)
     assert all(e.turns == 2 and e.terminated and e.env_error is None for e in ours)
-    # echo + relay: two well-formed turns reach the format cap; the answer is the echoed question (F1 0)
-    assert all(e.reward == pytest.approx(0.0) and e.components["format"] == 1.0 for e in ours)
+    if framing == "ours":
+        # echo + relay: two well-formed turns reach the format cap; the answer is the echoed question (F1 0)
+        assert all(e.reward == pytest.approx(0.0) and e.components["format"] == 1.0 for e in ours)
+    else:  # the prefilled "<think>\n" is context in the sequence, not an action
+        assert all(e.prefill == "<think>\n" for e in ours)
 
     # what TRL trains on: left-padded prompt + right-padded completion, loss mask = completion_mask * env_mask
     for b, ep in enumerate(ours):
@@ -195,6 +212,7 @@ def test_scripted_episode_ids_and_mask_equal_our_rollout(tmp_path, tiny_path):
         assert batch["input_ids"][b, :T].tolist() == ep.ids
         assert batch["action_mask"][b, :T].tolist() == [float(x) for x in [0] * len(p) + loss_mask]
         assert 0 in loss_mask and 1 in loss_mask  # env replies are in the completion, masked
+    assert out["advantages"].shape == (len(inputs),)
 
     # the rollout's own fields line up with the episode it played
     mine = rollout.last_episodes
@@ -203,6 +221,7 @@ def test_scripted_episode_ids_and_mask_equal_our_rollout(tmp_path, tiny_path):
         assert fields["prompt_ids"][b] + fields["completion_ids"][b] == ep.ids
         assert [0] * len(fields["prompt_ids"][b]) + fields["env_mask"][b] == ep.mask
         assert fields["logprobs"][b] == pytest.approx(ep.logp[ep.prompt_len:], abs=1e-5)
+        assert mine[b].reward == ep.reward and mine[b].messages == ep.messages
 
 
 # ----------------------------------------------------------------------------- (c) env errors
@@ -290,9 +309,12 @@ def test_dataset_from_synthetic_jsonl_and_parquet(tmp_path):
     plain = [{"role": m["role"], "content": m["content"]} for m in row["prompt"]]
     assert index.find(plain).id == row["task_id"]
 
+    ref = ptrl.tasks_to_dataset(list(load_tasks("synthetic:test"))[:2], env_kwargs={"framing": "reference"})
+    assert "# Tools" in ref[0]["prompt"][0]["content"]  # the framing's own system message, as the env shows it
+
     jl = tmp_path / "qa.jsonl"
     jl.write_text("\n".join(json.dumps({"question": f"q{i}?", "answers": [f"a{i}"]}) for i in range(3)) + "\n")
-    ds = ptrl.tasks_to_dataset(str(jl), agent_system_prompt=None)
+    ds = ptrl.tasks_to_dataset(str(jl), env_kwargs={"agent_system_prompt": None})
     assert len(ds) == 3 and [m["role"] for m in ds[0]["prompt"]] == ["user"]
 
     import pyarrow as pa

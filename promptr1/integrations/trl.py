@@ -71,8 +71,10 @@ from promptr1.agents.rollout import (
     run_episodes,
 )
 from promptr1.agents.seeding import derived_seed
-from promptr1.envs.collab_env import DEFAULT_AGENT_SYSTEM_PROMPT, PromptCollabEnv
+from promptr1.envs.collab_env import PromptCollabEnv
+from promptr1.envs.framing import FRAMINGS
 from promptr1.envs.tasks import Task, load_tasks
+from promptr1.llm_backends import BaseBackend, Completion, EnvLLMError
 from promptr1.tags import STOP_STRINGS
 
 __all__ = [
@@ -118,12 +120,21 @@ def _as_tasks(source: Any, split: str, task_type: str | None) -> list[Task]:
     return list(load_tasks(source, split=split, task_type=task_type))
 
 
+class _NoCalls(BaseBackend):
+    """An env LLM for envs that only render opening chats (``reset``); a call is a bug."""
+
+    name = "none"
+
+    def complete(self, messages: Any, **sampling: Any) -> Completion:
+        raise EnvLLMError("this env only renders prompts; it has no env LLM", kind="error")
+
+
 def tasks_to_dataset(
     source: Any = "synthetic",
     *,
+    env_kwargs: Mapping[str, Any] | None = None,
     split: str = "train",
     task_type: str | None = None,
-    agent_system_prompt: str | None = DEFAULT_AGENT_SYSTEM_PROMPT,
 ) -> Any:
     """A ``datasets.Dataset`` of our tasks in the form ``GRPOTrainer`` wants.
 
@@ -132,15 +143,13 @@ def tasks_to_dataset(
     ``question``/``answers``, or a list of :class:`Task`. Columns:
 
     ``prompt``
-        the chat the agent opens with, as :class:`PromptCollabEnv` shows it (system message, then
-        ``"Question: " + q + "\\n" + instruction``). The user message also carries ``task_id``:
-        TRL hands a ``rollout_func`` the prompts only, so that is how the rollout finds the task back
-        (chat templates ignore the extra key);
+        the chat the agent opens with, rendered by :class:`PromptCollabEnv` itself with ``env_kwargs``
+        (its framing's system message, then ``"Question: " + q + "\n" + instruction``); pass the
+        ``env_kwargs`` the rollout uses. The user message also carries ``task_id``: TRL hands a
+        ``rollout_func`` the prompts only, so that is how the rollout finds the task back (chat templates
+        ignore the extra key);
     ``task_id``, ``data_source``, ``ability``
         per-row metadata; TRL passes them on to reward functions.
-
-    ``agent_system_prompt`` must be the one the rollout's envs use (the env's default unless you
-    changed it in ``env_kwargs``); the env's messages are what the agent actually sees.
     """
     try:
         from datasets import Dataset
@@ -148,12 +157,12 @@ def tasks_to_dataset(
         raise ImportError(f"tasks_to_dataset needs the `datasets` package; install it with `{TRL_INSTALL_HINT}`.") from None
     tasks = _as_tasks(source, split, task_type)
     TaskIndex(tasks)  # fails now, not mid-training, on ids that name two different tasks
+    env = PromptCollabEnv(task=tasks, env_llm=_NoCalls(), **dict(env_kwargs or {}))
     prompts, ids, sources, abilities = [], [], [], []
     for t in tasks:
-        chat = []
-        if agent_system_prompt:
-            chat.append({"role": "system", "content": agent_system_prompt, "task_id": None})
-        chat.append({"role": "user", "content": t.prompt, "task_id": t.id or None})
+        _, info = env.reset(options={"task": t})
+        chat = [{"role": m["role"], "content": m["content"], "task_id": None} for m in info["messages"]]
+        chat[-1]["task_id"] = t.id or None
         prompts.append(chat)
         ids.append(t.id)
         sources.append(t.data_source)
@@ -441,17 +450,20 @@ class VLLMTurnSampler:
         return self._client
 
     def __call__(self, model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0, stop_strings: Sequence[str] = STOP_STRINGS,
-                 eos_token_ids: Sequence[int] | None = None, generator: Any = None) -> list[SampledTurn]:
+                 temperature: float = 1.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                 stop_strings: Sequence[str] = STOP_STRINGS, eos_token_ids: Sequence[int] | None = None,
+                 generator: Any = None) -> list[SampledTurn]:
         vg = self.vg
         eos = list(eos_token_ids or [])
         params: dict[str, Any] = {
             "temperature": temperature, "top_p": top_p, "top_k": vg.top_k or 0,
-            "min_p": 0.0 if vg.min_p is None else vg.min_p, "repetition_penalty": vg.repetition_penalty,
+            "min_p": 0.0 if vg.min_p is None else vg.min_p, "repetition_penalty": repetition_penalty,
             "max_tokens": int(max_new_tokens), "logprobs": 0,
         }
-        stops = {"stop": list(stop_strings), "include_stop_str_in_output": True, "stop_token_ids": eos,
-                 "skip_special_tokens": False}
+        stops: dict[str, Any] = {"include_stop_str_in_output": True, "stop_token_ids": eos,
+                                 "skip_special_tokens": False}
+        if stop_strings:
+            stops["stop"] = list(stop_strings)
         prompts = [list(map(int, p)) for p in prompts]
         if self.mode == "colocate":
             from vllm import SamplingParams
@@ -523,7 +535,7 @@ class PromptR1Rollout:
         split: str = "train",
         max_new_tokens: int | None = None,
         max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-        stop_strings: Sequence[str] = STOP_STRINGS,
+        stop_strings: Sequence[str] | None = None,
         independent: bool = True,
         drop_env_errors: bool = True,
         sampler: Callable[..., list[SampledTurn]] | None = None,
@@ -542,6 +554,8 @@ class PromptR1Rollout:
             self.env_llm = make_backend(env_llm)  # built once, shared by every env (one concurrency budget)
         self.max_new_tokens = max_new_tokens
         self.max_seq_len = int(max_seq_len)
+        if stop_strings is None:  # the env's framing decides where a turn stops
+            stop_strings = FRAMINGS.get(self.env_kwargs.get("framing", "ours")).stop_strings
         self.stop_strings = tuple(stop_strings)
         self.independent = bool(independent)
         self.drop_env_errors = bool(drop_env_errors)
@@ -576,21 +590,19 @@ class PromptR1Rollout:
         if self._checked:
             return
         args = trainer.args
-        if getattr(args, "mask_truncated_completions", False):
+        if getattr(args, "mask_truncated_completions", False) and self.stop_strings:
             raise ValueError(
                 "mask_truncated_completions=True would mask nearly every episode: TRL calls a completion "
-                "truncated when its last token is not EOS, and an agent's final turn ends at '</answer>'. "
+                f"truncated when its last token is not EOS, and agent turns end at {list(self.stop_strings)}. "
                 "Set mask_truncated_completions=False; episodes that run out of turns are scored by the env."
             )
         if not getattr(trainer, "use_vllm", False) and self.sampler is None:
-            unsupported = {k: getattr(args, k, None) for k in ("top_k", "min_p", "repetition_penalty")}
-            bad = {k: v for k, v in unsupported.items()
-                   if not (v is None or (k == "top_k" and v in (0, -1)) or (k == "min_p" and v == 0.0)
-                           or (k == "repetition_penalty" and v == 1.0))}
+            unsupported = {k: getattr(args, k, None) for k in ("top_k", "min_p")}
+            bad = {k: v for k, v in unsupported.items() if v not in (None, 0, 0.0, -1)}
             if bad:
                 raise ValueError(
-                    f"generation settings {bad} are not implemented by promptr1's sampler (temperature and top_p "
-                    "are); unset them, or generate with vLLM (use_vllm=True)."
+                    f"generation settings {bad} are not implemented by promptr1's sampler (temperature, top_p and "
+                    "repetition_penalty are); unset them, or generate with vLLM (use_vllm=True)."
                 )
             try:
                 from trl.distributed import DistributedBackend
@@ -616,6 +628,7 @@ class PromptR1Rollout:
         return RolloutConfig(
             max_new_tokens=int(per_turn), max_seq_len=self.max_seq_len,
             temperature=float(getattr(args, "temperature", 1.0)), top_p=float(getattr(args, "top_p", 1.0) or 1.0),
+            repetition_penalty=float(getattr(args, "repetition_penalty", 1.0) or 1.0),
             stop_strings=self.stop_strings, independent=self.independent,
         )
 
@@ -627,9 +640,9 @@ class PromptR1Rollout:
         if given != shown:
             self._warned_prompt = True
             warnings.warn(
-                "the dataset's prompt differs from the chat the env opens with (e.g. another system prompt); the "
-                "env's chat is what the agent sees and is trained on. Build the dataset with tasks_to_dataset(..., "
-                "agent_system_prompt=...) matching the env.", UserWarning, stacklevel=3)
+                "the dataset's prompt differs from the chat the env opens with (e.g. another framing or system "
+                "prompt); the env's chat is what the agent sees and is trained on. Build the dataset with "
+                "tasks_to_dataset(tasks, env_kwargs=...) given the rollout's env_kwargs.", UserWarning, stacklevel=3)
 
     def _play(self, model: Any, tokenizer: Any, envs: list[Any], tasks: list[Task], groups: list[int],
               cfg: RolloutConfig, framer: ChatFramer, generator: Any, sampler: Any) -> list[Episode]:
@@ -727,7 +740,7 @@ def make_rollout_func(
     split: str = "train",
     max_new_tokens: int | None = None,
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-    stop_strings: Sequence[str] = STOP_STRINGS,
+    stop_strings: Sequence[str] | None = None,
     independent: bool = True,
     drop_env_errors: bool = True,
     sampler: Callable[..., list[SampledTurn]] | None = None,
@@ -741,15 +754,17 @@ def make_rollout_func(
         env_llm: the large LLM: a spec (``"sim"``, ``"openai:MODEL"``, ``"hf:ID"``, ...) or an
             ``LLMBackend``; built once and shared by all envs.
         max_turns: agent turns per episode (ref: 5; the env's default when None).
-        env_kwargs: other :class:`PromptCollabEnv` settings (``max_response_chars``, ``reward_variant``,
-            ``answer_metric``, ``sampling``, ``agent_system_prompt``, ...). ``RunSettings.env_kwargs()``
-            gives the ones our own trainer uses.
+        env_kwargs: other :class:`PromptCollabEnv` settings (``framing``, ``max_response_chars``,
+            ``reward_variant``, ``answer_metric``, ``sampling``, ``agent_system_prompt``, ...).
+            ``RunSettings.env_kwargs()`` gives the ones our own trainer uses; give :func:`tasks_to_dataset`
+            the same.
         env_factory: a zero-argument callable returning an env (``reset(seed, options={"task": t})`` and
             ``step``/``astep``), instead of :class:`PromptCollabEnv`.
         max_new_tokens: tokens per agent turn (default: TRL's ``max_completion_length``).
         max_seq_len: tokens per episode, prompt included (ref: 8k); an episode that outgrows it ends
             with reward -1, as in our trainer. With vLLM, ``vllm_max_model_length`` must cover it.
-        stop_strings: an agent turn ends at one of these (kept) or at the end-of-turn token.
+        stop_strings: an agent turn ends at one of these (kept) or at the end-of-turn token (default: the
+            env framing's: ``</interaction_prompt>``/``</answer>`` for ``ours``, none for ``reference``).
         independent: episodes advance without a per-turn barrier (see ``RolloutConfig``).
         drop_env_errors: give env-error episodes an all-zero ``env_mask`` (no loss, no KL).
         sampler: generate agent turns with this function instead (``sample_turns``' signature); default:

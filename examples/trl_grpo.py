@@ -30,16 +30,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default="synthetic", help="synthetic, a .parquet (official schema) or .jsonl file")
     p.add_argument("--questions", type=int, default=0, help="use only the first N tasks (0: all)")
     p.add_argument("--max-turns", type=int, default=5, help="agent turns per episode (ref: 5)")
+    p.add_argument("--framing", default="ours", choices=["ours", "reference"], help="agent-side framing of the env")
+    p.add_argument("--reward-variant", default="faithful", help="faithful (ref) or answer_gated")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per agent turn (ref: 1024)")
     p.add_argument("--max-seq-len", type=int, default=2048, help="tokens per episode, prompt included (ref: 8192)")
     p.add_argument("--num-generations", type=int, default=4, help="episodes per question (ref: 5)")
     p.add_argument("--batch-size", type=int, default=4, help="episodes per device per step")
     p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--steps-per-generation", type=int, default=None,
+                   help="optimizer micro-steps per rollout batch (ref: 10 minibatches a rollout batch)")
     p.add_argument("--max-steps", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-6, help="learning rate (ref: 1e-6)")
     p.add_argument("--beta", type=float, default=0.001, help="KL coefficient (ref: 0.001)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ref: 1.0)")
-    p.add_argument("--loss-type", default="grpo", help="TRL loss_type: grpo, dapo, dr_grpo, bnpo, ...")
+    p.add_argument("--loss-type", default="dapo", help="TRL loss_type; dapo is token-mean (ref)")
+    p.add_argument("--epsilon", type=float, default=0.2, help="PPO clip (ref: 0.2)")
+    p.add_argument("--delta", type=float, default=3.0, help="upper bound on the ratio: the dual clip (ref: c=3)")
     p.add_argument("--use-vllm", action="store_true", help="generate agent turns with vLLM")
     p.add_argument("--vllm-mode", default="colocate", choices=["colocate", "server"])
     p.add_argument("--vllm-server-base-url", default=None, help="server mode: URL of `trl vllm-serve`")
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     from promptr1.agents.models import resolve_model_path
     from promptr1.envs.tasks import load_tasks
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from promptr1.integrations.trl import env_reward, make_rollout_func, tasks_to_dataset
@@ -71,11 +77,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if a.bf16 else None)
 
     args = GRPOConfig(
+        # TRL loads the model from its path (so that DeepSpeed ZeRO-3 can shard it while loading)
+        model_init_kwargs={"dtype": "bfloat16" if a.bf16 else "float32"},
         output_dir=a.output_dir, max_steps=a.max_steps, learning_rate=a.lr, beta=a.beta, loss_type=a.loss_type,
+        epsilon=a.epsilon, delta=a.delta,
         per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
+        steps_per_generation=a.steps_per_generation,
         num_generations=a.num_generations, temperature=a.temperature, max_completion_length=a.max_new_tokens,
         bf16=a.bf16, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=a.gradient_checkpointing,
         use_vllm=a.use_vllm, vllm_mode=a.vllm_mode, vllm_server_base_url=a.vllm_server_base_url,
@@ -83,11 +92,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mask_truncated_completions=False, logging_steps=1, save_strategy="no", report_to=a.report_to,
         seed=a.seed, disable_tqdm=True,
     )
+    # the same env settings for the dataset's prompts and the rollout's envs
+    env_kwargs = {"max_turns": a.max_turns, "framing": a.framing, "reward_variant": a.reward_variant}
     trainer = GRPOTrainer(
-        model=model, processing_class=tokenizer, args=args,
-        train_dataset=tasks_to_dataset(tasks),
+        model=str(path), processing_class=tokenizer, args=args,
+        train_dataset=tasks_to_dataset(tasks, env_kwargs=env_kwargs),
         reward_funcs=[env_reward],
-        rollout_func=make_rollout_func(tasks, env_llm=a.env_llm, max_turns=a.max_turns,
+        rollout_func=make_rollout_func(tasks, env_llm=a.env_llm, env_kwargs=env_kwargs,
                                        max_new_tokens=a.max_new_tokens, max_seq_len=a.max_seq_len),
     )
     trainer.train()

@@ -16,7 +16,7 @@ what is specific to evaluation is declared here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from promptr1.config import RunSettings
 
@@ -26,7 +26,8 @@ __all__ = ["ChatConfig", "EvalConfig", "EPISODE_SETTINGS"]
 
 #: Settings besides the env's (:meth:`~promptr1.config.RunSettings.env_kwargs`) that shape an episode or its
 #: score: a resumed evaluation must use the same values as the run it resumes (see :meth:`EvalConfig.episode_settings`).
-EPISODE_SETTINGS = ("split", "max_new_tokens", "max_seq_len", "temperature", "top_p", "embedder", "seed")
+EPISODE_SETTINGS = ("split", "max_new_tokens", "max_seq_len", "temperature", "top_p", "repetition_penalty",
+                    "embedder", "seed")
 
 
 @dataclass
@@ -36,6 +37,21 @@ class EvalConfig(RunSettings):
     Every task source in ``tasks`` is a dataset of the report. Outputs go to ``output_dir``.
     """
 
+    #: ``--preset NAME`` fills the settings the user did not give (an explicit value always wins).
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # The official evaluation's decoding: agent at temperature 0.7, top-p 0.8, repetition penalty 1.05, up to
+        # 8,192 tokens a turn and 10 turns; no token limit on the large LLM.
+        "reference": {"temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.05, "max_new_tokens": 8192,
+                      "max_turns": 10, "max_seq_len": 32768, "env_max_tokens": 0},
+    }
+
+    temperature: float = 0.0
+    """Agent sampling temperature; evaluation decodes greedily by default, so that a score is reproducible
+    (the reference evaluates at 0.7: ``--preset reference``)."""
+    output_dir: str = "runs/eval"
+    preset: str = ""
+    """``reference``: the official evaluation's decoding (agent temperature 0.7, top-p 0.8, repetition penalty
+    1.05, 8,192 tokens a turn, 10 turns, no env token limit) for every setting you do not give."""
     methods: list[str] = field(default_factory=lambda: ["direct", "cot", "agent"])
     """``direct`` (the env LLM alone), ``cot`` (the env LLM asked to reason step by step), ``agent`` (the
     ``--model`` agent in front of the env LLM), ``agent:MODEL`` (another agent), each optionally labelled

@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from promptr1.agents.rollout import ChatFramer, Episode, RolloutConfig, arun_episodes
+from promptr1.agents.rollout import ChatFramer, Episode, RolloutConfig, arun_episodes, rollout_config
 
 __all__ = [
     "AgentPolicy",
@@ -46,20 +46,6 @@ class EpisodePlayer(Protocol):
     """Plays one episode per ``(env, task)`` pair to its end (``envs[i]`` reset with ``tasks[i]``)."""
 
     async def aplay(self, envs: Sequence[Any], tasks: Sequence[Any], *, seed: int | None = None) -> list[Episode]: ...
-
-
-def rollout_config(settings: Any, **overrides: Any) -> RolloutConfig:
-    """The :class:`~promptr1.agents.rollout.RolloutConfig` of a config's agent-decoding settings
-    (``max_new_tokens``, ``max_seq_len``, ``temperature``, ``top_p``; the rollout's stop strings).
-
-    >>> from promptr1.config import RunSettings
-    >>> rc = rollout_config(RunSettings(temperature=0.0, max_new_tokens=32))
-    >>> rc.temperature, rc.max_new_tokens, rc.stop_strings
-    (0.0, 32, ('</interaction_prompt>', '</answer>'))
-    """
-    kw = {name: getattr(settings, name) for name in ("max_new_tokens", "max_seq_len", "temperature", "top_p")}
-    kw.update(overrides)
-    return RolloutConfig(**kw)
 
 
 class ModelPolicy:

@@ -77,7 +77,7 @@ class RunSettings:
     env_temperature: float = 0.0
     """Env-LLM sampling temperature (0: greedy, so that replies are reproducible)."""
     env_max_tokens: int = 512
-    """Env-LLM reply budget in tokens."""
+    """Env-LLM reply budget in tokens (0: no limit, as in the reference)."""
 
     # --- agent decoding
     max_new_tokens: int = 256
@@ -113,7 +113,8 @@ class RunSettings:
             "reward_variant": self.reward_variant,
             "answer_metric": self.answer_metric,
             "framing": self.framing,
-            "sampling": {"temperature": self.env_temperature, "max_tokens": self.env_max_tokens},
+            "sampling": {"temperature": self.env_temperature,
+                         **({"max_tokens": self.env_max_tokens} if self.env_max_tokens > 0 else {})},
         }
 
 
@@ -252,6 +253,14 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
                 raise ConfigError(f"in {str(path)!r}: {err}")
             values[name] = _coerce(value, types_[name], name)
     values.update(parse_overrides(cls, overrides))
+    presets = getattr(cls, "PRESETS", {})
+    if values.get("preset"):
+        if values["preset"] not in presets:
+            from promptr1.registry import did_you_mean
+
+            raise ConfigError(did_you_mean(f"preset for {cls.__name__}", values["preset"], sorted(presets)))
+        for key, value in presets[values["preset"]].items():
+            values.setdefault(key, value)  # a setting the user gave wins over the preset
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:

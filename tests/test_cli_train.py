@@ -47,11 +47,11 @@ def test_train_help_lists_options(capsys):
 
 
 def test_eval_and_chat_on_tiny(tmp_path, tiny_path, capsys):
-    rc = main(["eval", "--model", tiny_path, "--episodes", "3", "--max-new-tokens", "6", "--max-turns", "2",
-               "--batch-size", "3"])
+    rc = main(["eval", "--model", tiny_path, "--limit", "3", "--max-new-tokens", "6", "--max-turns", "2",
+               "--batch-size", "3", "--output-dir", str(tmp_path / "eval")])
     assert rc == 0
     out = capsys.readouterr().out
-    for col in ("reward", "answer F1", "EM", "format rate", "turns", "episodes"):
+    for col in ("reward", "F1", "EM", "format rate", "turns", "episodes"):
         assert col in out
     rc = main(["chat", "Where was Brukmo Doldrak born?", "--model", tiny_path, "--max-new-tokens", "6",
                "--max-turns", "2"])
@@ -91,8 +91,8 @@ def test_eval_with_task_files_runs_the_harness(tmp_path):
     tasks.write_text("\n".join(_json.dumps({"question": f"Say the word w{i}", "answers": [f"You said: Say the word w{i}"]})
                                for i in range(3)) + "\n", encoding="utf-8")
     out = tmp_path / "report"
-    rc = cli_main(["eval", str(tasks), "--methods", "direct", "--env-llm", "echo", "--out", str(out),
-                   "--embedder", "hashing", "--no-chart"])
+    rc = cli_main(["eval", str(tasks), "--methods", "direct", "--env-llm", "echo", "--output-dir", str(out),
+                   "--embedder", "hashing", "--chart", "false"])
     assert rc == 0
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "direct" in report
@@ -111,4 +111,5 @@ def test_train_then_held_out_eval_prints_both_rows(tmp_path, tiny_path, capsys):
     assert "held-out evaluation (4 episodes" in printed
     assert "untrained" in printed and "trained (GRPO)" in printed
     saved = json.loads((out / "eval.json").read_text())
-    assert saved["untrained"]["episodes"] == 4 and saved["trained (GRPO)"]["episodes"] == 4
+    rows = {t["method"]: t for t in saved["table"]}
+    assert rows["untrained"]["episodes"] == 4 and rows["trained (GRPO)"]["episodes"] == 4

@@ -13,9 +13,11 @@ import pkgutil
 
 import pytest
 
-PACKAGES = ["promptr1.rewards", "promptr1.envs", "promptr1.llm_backends"]
-MODULES = ["promptr1.play", "promptr1.agents.advantages", "promptr1.agents.losses", "promptr1.agents.registry",
-           "promptr1.agents.masks", "promptr1.agents.eval_harness", "promptr1.agents.report"]
+PACKAGES = ["promptr1.rewards", "promptr1.envs", "promptr1.envs.synthetic", "promptr1.llm_backends",
+            "promptr1.evaluation"]
+MODULES = ["promptr1.play", "promptr1.registry", "promptr1.config", "promptr1.tags", "promptr1.agents.config",
+           "promptr1.agents.advantages", "promptr1.agents.losses", "promptr1.agents.registry", "promptr1.agents.masks",
+           "promptr1.testing.agents", "promptr1.testing.scripted"]
 NEEDS_EXAMPLES = {
     "promptr1.rewards",
     "promptr1.rewards.metrics",
@@ -23,6 +25,10 @@ NEEDS_EXAMPLES = {
     "promptr1.llm_backends",
     "promptr1.llm_backends.base",
     "promptr1.testing.scripted",
+    "promptr1.registry",
+    "promptr1.config",
+    "promptr1.envs.framing",
+    "promptr1.envs.task_types",
     "promptr1.envs.protocol",
     "promptr1.envs.spaces",
     "promptr1.envs.tasks",

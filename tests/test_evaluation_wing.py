@@ -252,11 +252,29 @@ def test_eval_config_adds_only_eval_settings():
     shared = {f.name for f in dataclasses.fields(RunSettings)}
     own = {f.name for f in dataclasses.fields(EvalConfig)} - shared
     assert own == {"methods", "transfer_env_llms", "split", "limit", "batch_size", "concurrency", "max_calls",
-                   "max_cost", "cache", "cache_mode", "embedder", "chart", "overwrite"}
-    for f in dataclasses.fields(EvalConfig):  # no shared field is re-declared with another default
+                   "max_cost", "cache", "cache_mode", "embedder", "chart", "overwrite", "preset"}
+    # Shared settings keep their name and type; evaluation only changes two defaults, on purpose: it decodes
+    # greedily (a reproducible score) and writes to its own folder.
+    changed = {}
+    for f in dataclasses.fields(EvalConfig):
         if f.name in shared:
             base = next(g for g in dataclasses.fields(RunSettings) if g.name == f.name)
-            assert (f.default, f.default_factory) == (base.default, base.default_factory), f.name
+            assert f.type == base.type, f.name
+            if (f.default, f.default_factory) != (base.default, base.default_factory):
+                changed[f.name] = f.default
+    assert changed == {"temperature": 0.0, "output_dir": "runs/eval"}
+
+
+def test_reference_preset_fills_only_what_the_user_did_not_give():
+    from promptr1.config import ConfigError, load_config
+
+    cfg = load_config(EvalConfig, overrides=["--preset", "reference", "--max-turns", "3"])
+    assert (cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.max_new_tokens) == (0.7, 0.8, 1.05, 8192)
+    assert cfg.max_turns == 3  # the user's value wins over the preset's 10
+    assert "max_tokens" not in cfg.env_kwargs()["sampling"]  # no token limit on the large LLM
+    assert load_config(EvalConfig).temperature == 0.0  # no preset: greedy
+    with pytest.raises(ConfigError, match="Did you mean 'reference'"):
+        load_config(EvalConfig, overrides=["--preset", "referense"])
 
 
 def test_eval_and_chat_commands_on_the_tiny_model(tmp_path, capsys):

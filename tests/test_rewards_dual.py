@@ -372,7 +372,7 @@ def test_registries_answer_with_did_you_mean() -> None:
         REWARD_VARIANTS["zzz"]
     assert "faithful" in REWARD_VARIANTS and "zzz" not in REWARD_VARIANTS
     assert REWARD_VARIANTS.get("zzz", None) is None
-    assert set(ANSWER_METRICS) == {"f1", "em", "subem", "math"}
+    assert set(ANSWER_METRICS) == {"f1", "em", "subem", "math", "ssim"}
 
 
 def test_register_custom_variant() -> None:

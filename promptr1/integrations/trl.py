@@ -7,12 +7,14 @@ rollout (:func:`promptr1.agents.rollout.run_episodes`: the same chat framing, st
 sampler as our own trainer) and returns it in the shape TRL's ``rollout_func`` contract asks for::
 
     from trl import GRPOConfig, GRPOTrainer
+    from promptr1.envs.tasks import load_tasks
     from promptr1.integrations.trl import env_reward, make_rollout_func, tasks_to_dataset
 
     tasks = load_tasks("synthetic")
+    env_kwargs = {"max_turns": 5}  # PromptCollabEnv settings: the same for the dataset and the rollout
     trainer = GRPOTrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct", args=GRPOConfig(...),
-                          train_dataset=tasks_to_dataset(tasks),
-                          rollout_func=make_rollout_func(tasks, env_llm="openai:gpt-4o-mini"),
+                          train_dataset=tasks_to_dataset(tasks, env_kwargs=env_kwargs),
+                          rollout_func=make_rollout_func(tasks, env_llm="openai:gpt-4o-mini", env_kwargs=env_kwargs),
                           reward_funcs=[env_reward])
 
 What TRL 1.16 receives from the rollout function, one row per prompt it handed out (TRL has already

@@ -27,7 +27,7 @@ __all__ = ["ChatConfig", "EvalConfig", "EPISODE_SETTINGS"]
 #: Settings besides the env's (:meth:`~promptr1.config.RunSettings.env_kwargs`) that shape an episode or its
 #: score: a resumed evaluation must use the same values as the run it resumes (see :meth:`EvalConfig.episode_settings`).
 EPISODE_SETTINGS = ("split", "max_new_tokens", "max_seq_len", "temperature", "top_p", "repetition_penalty",
-                    "embedder", "seed")
+                    "embedder", "seed", "task_type")
 
 
 @dataclass
@@ -59,6 +59,9 @@ class EvalConfig(RunSettings):
     transfer_env_llms: list[str] = field(default_factory=list)
     """More env LLMs: every method also runs against each, giving the transfer rows (the paper's
     plug-and-play claim: the same agent in front of a large LLM it was not trained with)."""
+    task_type: list[str] = field(default_factory=list)
+    """``NAME=TYPE`` entries (``TYPE``: qa, math or text; ``NAME``: a dataset's name, its file stem) that set a
+    dataset's task type; others are inferred from evidence, which the report prints."""
     split: str = "test"
     """Split of named task sources (``synthetic``); files are read whole (held out: test)."""
     limit: int | None = None
@@ -98,6 +101,7 @@ class EvalConfig(RunSettings):
         for name in ("max_turns", "concurrency", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
+        self.task_types()  # NAME=TYPE entries are checked now
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {self.limit!r}.")
         from promptr1.llm_backends.cache import CACHE_MODES
@@ -110,6 +114,19 @@ class EvalConfig(RunSettings):
         """Everything that shapes an episode or its score: the env's settings (turns, reply length, reward
         variant and answer metric, env sampling) and :data:`EPISODE_SETTINGS`."""
         return {**self.env_kwargs(), **{k: getattr(self, k) for k in EPISODE_SETTINGS}}
+
+    def task_types(self) -> dict[str, str]:
+        """``task_type`` as ``{dataset name: type}``."""
+        from promptr1.envs.task_types import TASK_TYPES
+
+        out = {}
+        for entry in self.task_type:
+            name, sep, kind = entry.partition("=")
+            if not sep or not name.strip() or kind.strip() not in TASK_TYPES:
+                raise ValueError(f"task_type entries are NAME=TYPE with TYPE one of {', '.join(TASK_TYPES)} "
+                                 f"(e.g. --task-type mydata=math); got {entry!r}.")
+            out[name.strip()] = kind.strip()
+        return out
 
     @property
     def env_llms(self) -> list[str]:

@@ -215,6 +215,8 @@ class EvalResult:
     cost_usd: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
+    task_types: dict[str, str] = field(default_factory=dict)
+    """Per dataset: which task type its rows got and from what evidence."""
 
     @property
     def partial(self) -> bool:
@@ -289,6 +291,7 @@ class EvalResult:
             "calls": self.calls,
             "cost_usd": self.cost_usd,
             "seconds": dict(self.seconds),
+            "task_types": dict(self.task_types),
             "table": table,
             "rows": [asdict(r) for r in self.rows],
             "averages": [asdict(a) for a in self.averages],

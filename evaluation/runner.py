@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptr1.envs.tasks import Task, load_tasks
+from promptr1.envs.tasks import Task, load_tasks, type_summary
 from promptr1.llm_backends import EnvLLMError, LLMBackend, make_backend
 
 from .budget import Budget, BudgetedBackend, is_budget_stop
@@ -276,7 +276,14 @@ def _load_datasets(cfg: EvalConfig, given: Mapping[str, Sequence[Task]] | None) 
     if given is not None:
         sources = list(given.items())
     else:
-        sources = [(dataset_name(spec), load_tasks(spec, split=cfg.split)) for spec in cfg.tasks]
+        chosen = cfg.task_types()
+        unknown = set(chosen) - {dataset_name(spec) for spec in cfg.tasks} - set(cfg.tasks)
+        if unknown:
+            raise ValueError(f"task_type names {sorted(unknown)} match no dataset; the datasets are "
+                             f"{[dataset_name(s) for s in cfg.tasks]}.")
+        sources = [(dataset_name(spec), load_tasks(spec, split=cfg.split,
+                                                   task_type=chosen.get(dataset_name(spec), chosen.get(spec))))
+                   for spec in cfg.tasks]
     out = []
     for name, tasks in sources:
         n = len(tasks) if cfg.limit is None else min(cfg.limit, len(tasks))
@@ -332,6 +339,7 @@ def run_evaluation(
     rows = summarize(records)
     result = EvalResult(rows, average_rows(rows), records, len(plan), budget.stop_reason, budget.calls,
                         budget.cost, seconds=run.seconds)
+    result.task_types = {name: type_summary(tasks) for name, tasks in data}
     _write_outputs(result, cfg, out)
     return result
 
@@ -357,6 +365,7 @@ def _write_outputs(result: EvalResult, cfg: EvalConfig, out: Path) -> None:
         f"{cfg.env_temperature:g}; agent temperature {cfg.temperature:g}"
         f"{' (greedy)' if cfg.temperature == 0 else ''}; SSim embedder: {cfg.embedder}",
         f"this run: {result.calls} uncached env-LLM calls, ${result.cost_usd:.4f}",
+        *(f"task type of `{name}`: {why}" for name, why in result.task_types.items()),
     ]
     result.paths["report"] = out / "report.md"
     result.paths["report"].write_text(render_markdown(result.rows, result.averages, status=status, notes=notes),

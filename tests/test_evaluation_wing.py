@@ -299,3 +299,33 @@ def test_in_memory_tasks(tmp_path):
     qa = [Task(question="Say ok", answers=("You said: Say ok",))]
     res = run_evaluation(settings(tmp_path, methods=["direct"], env_llm="echo"), datasets={"mine": qa})
     assert res.score("mine", "direct", "em") == 1.0
+
+
+def test_report_says_which_task_type_each_dataset_got_and_the_user_can_set_it(tmp_path):
+    """Types are never chosen silently: the report and summary.json name the type and its evidence, and
+    --task-type NAME=TYPE sets it."""
+    import json as _json
+
+    from promptr1.config import ConfigError, load_config
+    from promptr1.evaluation import run_evaluation
+    from promptr1.testing.scripted import EchoBackend
+
+    data = tmp_path / "numbers.jsonl"
+    data.write_text("\n".join(_json.dumps({"question": f"What is {i} plus {i}?", "answers": [str(2 * i)]})
+                              for i in range(3)) + "\n")
+    base = ["--tasks", str(data), "--methods", "direct", "--env-llm", "echo", "--chart", "false",
+            "--embedder", "hashing"]
+    cfg = load_config(EvalConfig, overrides=[*base, "--output-dir", str(tmp_path / "a")])
+    res = run_evaluation(cfg, backends={"echo": EchoBackend()})
+    report = res.paths["report"].read_text()
+    assert "task type of `numbers`: math 3 (content: 100% of gold answers are numbers)" in report
+    assert _json.loads(res.paths["summary"].read_text())["task_types"]["numbers"].startswith("math 3")
+    cfg = load_config(EvalConfig, overrides=[*base, "--output-dir", str(tmp_path / "b"), "--task-type", "numbers=qa"])
+    res = run_evaluation(cfg, backends={"echo": EchoBackend()})
+    assert "qa 3 (set by the user (task_type=qa))" in res.paths["report"].read_text()
+    assert set(res.rows[0].metrics) == {"em", "f1"}  # scored as QA
+    with pytest.raises(ConfigError, match="NAME=TYPE"):
+        load_config(EvalConfig, overrides=[*base, "--task-type", "numbers=maths"])
+    cfg = load_config(EvalConfig, overrides=[*base, "--output-dir", str(tmp_path / "c"), "--task-type", "other=qa"])
+    with pytest.raises(ValueError, match="match no dataset"):
+        run_evaluation(cfg, backends={"echo": EchoBackend()})

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -407,6 +407,7 @@ def run_episodes(
     generator: torch.Generator | None = None,
     timings: dict[str, float] | None = None,
     seed: int | None = None,
+    sampler: Callable[..., list[SampledTurn]] | None = None,
 ) -> list[Episode]:
     """Play one episode per ``(env, task)`` pair to the end; return them as token sequences.
 
@@ -414,7 +415,7 @@ def run_episodes(
     ``generate_s`` and ``env_s``: wall time spent sampling and waiting for the environment.
     """
     return asyncio.run(arun_episodes(model, tokenizer, envs, tasks, groups, cfg, framer=framer,
-                                     generator=generator, timings=timings, seed=seed))
+                                     generator=generator, timings=timings, seed=seed, sampler=sampler))
 
 
 def rollout_config(settings: Any, **overrides: Any) -> RolloutConfig:
@@ -442,8 +443,13 @@ async def arun_episodes(
     generator: torch.Generator | None = None,
     timings: dict[str, float] | None = None,
     seed: int | None = None,
+    sampler: Callable[..., list[SampledTurn]] | None = None,
 ) -> list[Episode]:
-    """Async form of :func:`run_episodes` (for callers that already run an event loop)."""
+    """Async form of :func:`run_episodes` (for callers that already run an event loop).
+
+    ``sampler`` replaces :func:`sample_turns` (same signature and result), e.g. to generate with a vLLM
+    engine (:mod:`promptr1.integrations.trl`).
+    """
     if not (len(envs) == len(tasks) == len(groups)):
         raise ValueError(f"envs, tasks and groups must have equal lengths, got {len(envs)}, {len(tasks)}, {len(groups)}.")
     framer = framer or ChatFramer(tokenizer)
@@ -520,7 +526,7 @@ async def arun_episodes(
         active, ready = sorted(ready), []
         t0 = time.perf_counter()
         budget = [min(cfg.max_new_tokens, cfg.max_seq_len - len(episodes[k].ids)) for k in active]
-        sampled = sample_turns(
+        sampled = (sampler or sample_turns)(
             model, tokenizer, [episodes[k].ids for k in active],
             max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
             repetition_penalty=cfg.repetition_penalty,

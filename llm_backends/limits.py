@@ -36,8 +36,6 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,9 +265,16 @@ class SharedLimiter:
             with self._stats_lock:
                 self._rate_wait_s += delay
 
-    @asynccontextmanager
-    async def slot(self, tokens: int = 0) -> AsyncIterator[_Slot]:
-        """Wait until one request of about ``tokens`` tokens may go; hold a concurrency slot meanwhile."""
+    def slot(self, tokens: int = 0) -> _Slot:
+        """Wait until one request of about ``tokens`` tokens may go; hold a concurrency slot meanwhile.
+
+        Use as ``async with limiter.slot(tokens) as slot:`` (a plain class, not an async generator:
+        it is entered once per request, hundreds of times a second).
+        """
+        return _Slot(self, tokens)
+
+    async def _enter(self, tokens: int) -> int:
+        """Take a concurrency permit and wait for the rate buckets; returns the tokens charged."""
         if self._pid != os.getpid():  # a forked child: the parent's permits and waiters are not ours
             self._init_state()
         await self._sem.acquire()
@@ -280,18 +285,19 @@ class SharedLimiter:
             if self._tok_bucket is not None and tokens > 0:
                 await self._wait_bucket(self._tok_bucket, float(tokens))
                 charged = tokens
-            with self._stats_lock:
-                self._in_flight += 1
-                self._acquired += 1
-                self._max_in_flight = max(self._max_in_flight, self._in_flight)
-            s = _Slot(self, charged)
-            try:
-                yield s
-            finally:
-                with self._stats_lock:
-                    self._in_flight -= 1
-        finally:
+        except BaseException:
             self._sem.release()
+            raise
+        with self._stats_lock:
+            self._in_flight += 1
+            self._acquired += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        return charged
+
+    def _exit(self) -> None:
+        with self._stats_lock:
+            self._in_flight -= 1
+        self._sem.release()
 
     def stats(self) -> dict[str, float]:
         """Counters: ``in_flight``, ``max_in_flight``, ``waiting``, ``acquired``, ``rate_wait_s``."""
@@ -306,11 +312,22 @@ class SharedLimiter:
 
 
 class _Slot:
-    """Handle for one admitted request; report the real token usage to correct the tpm bucket."""
+    """One admitted request (``async with limiter.slot(tokens) as slot``); report the real token
+    usage with :meth:`report_tokens` to correct the tpm bucket."""
 
-    def __init__(self, limiter: SharedLimiter, charged: int) -> None:
+    __slots__ = ("_limiter", "_tokens", "charged")
+
+    def __init__(self, limiter: SharedLimiter, tokens: int) -> None:
         self._limiter = limiter
-        self.charged = charged
+        self._tokens = tokens
+        self.charged = 0
+
+    async def __aenter__(self) -> _Slot:
+        self.charged = await self._limiter._enter(self._tokens)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._limiter._exit()
 
     def report_tokens(self, actual: int) -> None:
         bucket = self._limiter._tok_bucket

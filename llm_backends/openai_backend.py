@@ -22,6 +22,7 @@ awaits the result, because the SDK's HTTP client is bound to the loop it first r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -252,6 +253,7 @@ def _sdk_httpx():
 
 
 _httpx = _sdk_httpx()
+_asyncio_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 
 def _httpx_limits(max_connections: int, keepalive: int):
@@ -783,10 +785,12 @@ class OpenAIBackend(BaseBackend):
         self._fail_kinds: Counter = Counter()
         self._error_kinds: Counter = Counter()
         self._warned_keys: set[str] = set()
+        self._key_prefix = f"promptr1-{os.urandom(6).hex()}"
+        self._key_counter = itertools.count(1)
 
     def __getstate__(self) -> dict[str, Any]:
         drop = {"_loop_thread", "_loop_lock", "_clients", "_client_load", "_transport", "_rng", "_stats_lock", "_stats", "_fail_kinds",
-                "_error_kinds", "_warned_keys", "_pid"}
+                "_error_kinds", "_warned_keys", "_pid", "_key_prefix", "_key_counter"}
         return {k: v for k, v in self.__dict__.items() if k not in drop}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -806,6 +810,7 @@ class OpenAIBackend(BaseBackend):
                 self._loop_thread = LoopThread()
                 self._pid = os.getpid()
                 self._clients, self._client_load, self._transport = [], [], None
+                self._key_prefix = f"promptr1-{os.urandom(6).hex()}"  # a forked child draws its own
                 # a forgotten backend does not leave its loop thread running forever
                 weakref.finalize(self, _shutdown_loop_thread, self._loop_thread)
             return self._loop_thread.loop
@@ -938,7 +943,73 @@ class OpenAIBackend(BaseBackend):
         est_tokens = sum(estimate_tokens(m["content"]) for m in msgs) + int(
             params.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE
         )
-        st: dict[str, Any] = {"deadline_at": None, "first_start": None, "errors": [], "stop": "", "attempts": 0}
+        # one idempotency key per call (all its attempts): the SDK would otherwise draw a uuid4 per request
+        st: dict[str, Any] = {"deadline_at": None, "first_start": None, "errors": [], "stop": "", "attempts": 0,
+                              "key": f"{self._key_prefix}-{next(self._key_counter)}"}
+
+        failure: _AttemptError | None = None
+        result = None
+        try:  # the first attempt runs bare: most calls succeed, and tenacity costs ~40 us per call
+            result = await self._attempt(params, est_tokens, st)
+        except _AttemptError as e:
+            failure = e
+        if failure is not None and failure.retryable:
+            first, failure = failure, None
+            try:
+                async for attempt in self._retrying(st):
+                    with attempt:
+                        if first is not None:  # replay attempt 1's failure: tenacity counts and waits as usual
+                            e, first = first, None
+                            raise e
+                        result = await self._attempt(params, est_tokens, st)
+            except _AttemptError as e:
+                failure = e
+        elapsed = time.monotonic() - t_enter
+        n = st["attempts"]
+        if failure is not None:  # raised outside the except block: no chained SDK exception (it holds headers)
+            raise self._give_up(failure, st, n, elapsed)
+        text, finish, usage, server_model, req_latency = result
+        if usage is None:
+            p_tok, c_tok, estimated = sum(estimate_tokens(m["content"]) for m in msgs), estimate_tokens(text), True
+        else:
+            p_tok, c_tok, estimated = usage["prompt_tokens"], usage["completion_tokens"], False
+        cost = cost_usd(self.model, p_tok, c_tok, self.price_per_1k)
+        if cost is None and server_model and server_model != self.model:
+            cost = cost_usd(server_model, p_tok, c_tok, self.price_per_1k)
+        errors = st["errors"]
+        with self._stats_lock:
+            stats = self._stats
+            stats["calls"] += 1
+            stats["ok"] += 1
+            stats["attempts"] += n
+            stats["retries"] += n - 1
+            stats["prompt_tokens"] += p_tok
+            stats["completion_tokens"] += c_tok
+            stats["latency_ms_total"] += int(elapsed * 1000)
+            if cost:
+                stats["cost_usd_micros"] += int(round(cost * 1e6))
+            if errors:
+                self._error_kinds.update(errors)
+        return Completion(
+            text=text,
+            latency_s=elapsed,
+            prompt_tokens=p_tok,
+            completion_tokens=c_tok,
+            cost_usd=cost,
+            attempts=n,
+            model=server_model or self.model,
+            extra={
+                "retries": n - 1,
+                "errors": list(errors),
+                "queue_s": (st["first_start"] or t_enter) - t_enter,
+                "request_latency_s": req_latency,
+                "finish_reason": finish,
+                "usage_estimated": estimated,
+            },
+        )
+
+    def _retrying(self, st: dict[str, Any]) -> AsyncRetrying:
+        """The retry policy for one call (``st`` holds its deadline and why it stopped)."""
 
         def wait(rs) -> float:
             exc = rs.outcome.exception()
@@ -958,54 +1029,11 @@ class OpenAIBackend(BaseBackend):
         def before_sleep(rs) -> None:
             exc = rs.outcome.exception()
             log.debug("openai %s: attempt %d failed (%s); retrying in %.2f s", self.model, rs.attempt_number,
-                     getattr(exc, "kind", "error"), rs.upcoming_sleep)
+                      getattr(exc, "kind", "error"), rs.upcoming_sleep)
 
-        retrying = AsyncRetrying(
+        return AsyncRetrying(
             retry=retry_if_exception(_is_retryable), wait=wait, stop=stop, before_sleep=before_sleep,
             sleep=asyncio.sleep, reraise=True,
-        )
-        failure: _AttemptError | None = None
-        result = None
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    result = await self._attempt(params, est_tokens, st)
-        except _AttemptError as e:
-            failure = e
-        elapsed = time.monotonic() - t_enter
-        n = st["attempts"]
-        if failure is not None:  # raised outside the except block: no chained SDK exception (it holds headers)
-            raise self._give_up(failure, st, n, elapsed)
-        text, finish, usage, server_model, req_latency = result
-        if usage is None:
-            p_tok, c_tok, estimated = sum(estimate_tokens(m["content"]) for m in msgs), estimate_tokens(text), True
-        else:
-            p_tok, c_tok, estimated = usage["prompt_tokens"], usage["completion_tokens"], False
-        cost = cost_usd(self.model, p_tok, c_tok, self.price_per_1k)
-        if cost is None and server_model and server_model != self.model:
-            cost = cost_usd(server_model, p_tok, c_tok, self.price_per_1k)
-        with self._stats_lock:
-            self._stats.update(calls=1, ok=1, attempts=n, retries=n - 1, prompt_tokens=p_tok,
-                               completion_tokens=c_tok, latency_ms_total=int(elapsed * 1000))
-            if cost:
-                self._stats["cost_usd_micros"] += int(round(cost * 1e6))
-            self._error_kinds.update(st["errors"])
-        return Completion(
-            text=text,
-            latency_s=elapsed,
-            prompt_tokens=p_tok,
-            completion_tokens=c_tok,
-            cost_usd=cost,
-            attempts=n,
-            model=server_model or self.model,
-            extra={
-                "retries": n - 1,
-                "errors": list(st["errors"]),
-                "queue_s": (st["first_start"] or t_enter) - t_enter,
-                "request_latency_s": req_latency,
-                "finish_reason": finish,
-                "usage_estimated": estimated,
-            },
         )
 
     def _give_up(self, failure: _AttemptError, st: Mapping[str, Any], n: int, elapsed: float) -> EnvLLMError:
@@ -1058,11 +1086,13 @@ class OpenAIBackend(BaseBackend):
             client = self._clients[ci]
             t0 = time.monotonic()
             try:
-                raw = await asyncio.wait_for(
-                    client.post("/chat/completions", body=params, cast_to=_httpx.Response,
-                                options={"timeout": per_try}),
-                    timeout=per_try + 0.05,
-                )
+                request = client.post("/chat/completions", body=params, cast_to=_httpx.Response,
+                                      options={"timeout": per_try, "idempotency_key": st["key"]})
+                if _asyncio_timeout is not None:  # a guard behind the SDK's own timeout; no extra task
+                    async with _asyncio_timeout(per_try + 0.05):
+                        raw = await request
+                else:  # pragma: no cover - Python 3.10
+                    raw = await asyncio.wait_for(request, timeout=per_try + 0.05)
                 body = raw.content
             except (asyncio.TimeoutError, openai.APITimeoutError):
                 raise _AttemptError(timeout_kind, f"no reply within {per_try:.2f} s", retryable=not cut) from None

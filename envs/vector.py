@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from gymnasium.spaces import Tuple as TupleSpace
 from gymnasium.vector import AutoresetMode, VectorEnv
+
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.llm_backends import LLMBackend, make_backend
 from promptr1.llm_backends.base import LoopThread

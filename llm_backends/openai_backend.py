@@ -834,7 +834,7 @@ class OpenAIBackend(BaseBackend):
             maxc = self.limiter.max_concurrency
             if self._uses_lean_transport():
                 # one client, one pool with a keep-alive connection for every request in flight
-                self._transport = _LeanTransport(max_keepalive=max(8, maxc))
+                self._transport = _LeanTransport(max_keepalive=max(1, maxc))
                 kwargs["http_client"] = openai.DefaultAsyncHttpxClient(transport=self._transport)
             else:
                 limits = _httpx_limits(max(maxc, 10), max(8, 2 * math.ceil(maxc / n_clients)))

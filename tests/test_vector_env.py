@@ -129,3 +129,44 @@ def test_async_api_errors_are_clear():
             venv.step([PROMPT])
     finally:
         venv.close()
+
+
+def test_vector_env_runs_on_the_openai_backend_loop_and_collects_in_completion_order():
+    from promptr1.llm_backends.openai_backend import OpenAIBackend
+    from promptr1.testing.fake_server import FakeOpenAIServer
+
+    # the server's n-th request waits 0.2, 0.15, 0.1, 0.05 s: sub-env i's reply is slower for lower i
+    delays = iter([0.2, 0.15, 0.1, 0.05])
+    with FakeOpenAIServer(latency=lambda rng: next(delays)) as srv:
+        backend = OpenAIBackend("fake-model", base_url=srv.base_url, max_concurrency=8, timeout_s=5, deadline_s=10)
+        venv = PromptCollabVectorEnv(num_envs=4, env_llm=backend, task=TASKS)
+        try:
+            assert venv._loop is backend.io_loop_thread()  # no second loop thread, no hand-over per call
+            for i in range(4):
+                venv.reset_one(i, seed=i)
+            for i in range(4):
+                venv.submit(i, f"<think>t</think><interaction_prompt>p{i}</interaction_prompt>")
+                t0 = time.monotonic()
+                while srv.stats()["requests"] < i + 1 and time.monotonic() - t0 < 5:
+                    time.sleep(0.002)  # request i reaches the server before request i + 1
+            assert venv.collect(timeout=0.01) == []  # nothing has landed yet
+            results = venv.collect(timeout=5, min_ready=4)
+            assert [r.index for r in results] == [3, 2, 1, 0]
+            assert all(r.observation == f"<interaction_response>p{r.index}</interaction_response>" for r in results)
+            assert venv.in_flight == [] and venv.collect(timeout=0.01) == []
+        finally:
+            venv.close()
+        assert backend._loop_thread is None  # closing the vector env closed the backend and its loop
+
+
+def test_close_with_steps_still_queued_or_in_flight_is_clean(recwarn):
+    backend = SlowBackend(default=0.5)
+    venv = PromptCollabVectorEnv(num_envs=16, env_llm=backend, task=TASKS)
+    for i in range(16):
+        venv.reset_one(i, seed=i)
+        venv.submit(i, PROMPT)
+    venv.close()  # some steps may not have started on the loop yet: none is left un-awaited
+    import gc
+
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]

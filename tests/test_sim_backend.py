@@ -1,8 +1,9 @@
-"""The ``sim`` simulated expert: right on explicit sub-questions, vague or wrong otherwise, never crashes."""
+"""The ``sim`` simulated expert: one fact or one operation per call, never a composite question, never crashes."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from fractions import Fraction
 
 import pytest
@@ -10,7 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from promptr1.envs.synthetic import SyntheticTasks, make_world
 from promptr1.llm_backends import Completion, make_backend
-from promptr1.envs.synthetic.expert import SimExpert, evaluate_expression, find_expressions, format_number
+from promptr1.envs.synthetic.expert import (
+    SimExpert,
+    count_operations,
+    evaluate_expression,
+    find_expressions,
+    format_number,
+)
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
@@ -42,8 +49,8 @@ def test_registered_as_sim_and_deterministic():
 
 
 def test_async_twin_gives_the_same_reply(sim):
-    msgs = [{"role": "user", "content": "Compute (3+5)*2"}]
-    assert asyncio.run(sim.acomplete(msgs)).text == sim.complete(msgs).text == "(3 + 5) * 2 = 16."
+    msgs = [{"role": "user", "content": "Compute (3+5)"}]
+    assert asyncio.run(sim.acomplete(msgs)).text == sim.complete(msgs).text == "(3 + 5) = 8."
 
 
 def test_pickles_and_keeps_its_world(sim):
@@ -74,13 +81,33 @@ def test_explicit_sub_questions_are_answered_correctly(sim):
         assert len(reply) < 200
 
 
+def says(reply: str, answer: str) -> bool:
+    """Does ``reply`` state ``answer`` (as a whole word or number, any case)?"""
+    return re.search(rf"(?<![\w.]){re.escape(answer.lower())}(?![\w]|\.\d)", reply.lower()) is not None
+
+
 @pytest.mark.parametrize("style", ["mixed", "wrong", "vague"])
-def test_pasting_the_whole_multihop_question_rarely_gives_the_answer(style):
+def test_no_composite_question_of_the_test_split_is_answered_right_when_pasted_whole(style):
+    """Every multi-hop question and every word problem (one operation included) of the whole test
+    split, pasted as the bare question or as the agent's whole prompt (question + instruction)."""
     sim = SimExpert(vague_style=style)
-    tasks = SyntheticTasks("test", n=200, kinds="multihop")
-    for prompt_of in (lambda t: t.question, lambda t: t.prompt):
-        hits = sum(contains(ask(sim, prompt_of(t)), t.answers[0]) for t in tasks)
-        assert hits / len(tasks) < 0.10, (style, hits)
+    multihop = SyntheticTasks("test", kinds="multihop", n=400)
+    arith = SyntheticTasks("test", kinds="arith", n=400)
+    assert {t.meta["n_ops"] for t in arith} == {1, 2, 3} and {t.meta["n_hops"] for t in multihop} == {2, 3}
+    for t in [*multihop, *arith]:
+        for prompt in (t.question, t.prompt, f"First explain the facts or steps needed, then answer. {t.question}"):
+            reply = ask(sim, prompt)
+            assert not says(reply, t.answers[0]), (style, prompt, reply)
+            if t.meta["kind"] == "arith":  # a story is never read: no number at all in the reply
+                assert not re.search(r"\d", reply), (prompt, reply)
+
+
+def test_a_wrong_guess_is_never_the_answer_on_the_train_split_either():
+    sim = SimExpert(vague_style="wrong")
+    for t in SyntheticTasks("train", kinds="multihop", n=906):
+        reply = ask(sim, t.question)
+        assert sim.reply([{"role": "user", "content": t.question}])[1] == "wrong_multi"
+        assert not says(reply, t.answers[0]), (t.question, reply)
 
 
 def test_vague_style_never_names_an_entity():
@@ -184,27 +211,88 @@ def test_format_number():
     assert [format_number(Fraction(x)) for x in ("48", "7/2", "-1/3", "1/3000000")] == ["48", "3.5", "-0.333333", "0"]
 
 
+def test_count_operations():
+    assert [count_operations(e) for e in ("12 * 4", "-3 + 5", "(3 + 5)", "(38 + 11) / 7", "36 + 5 - 2 + 5",
+                                          "3 times 4 minus 2", "- -2")] == [1, 1, 1, 2, 3, 2, 0]
+
+
 def test_arithmetic_replies(sim):
     assert ask(sim, "What is 12 * 4?") == "12 * 4 = 48."
-    assert ask(sim, "Please compute 3 times 4 minus 2 for me.") == "3 * 4 - 2 = 10."
+    assert ask(sim, "Please compute 3 times 4 for me.") == "3 * 4 = 12."
+    assert ask(sim, "What is 7 / 2?") == "7 / 2 = 3.5."
     assert "one calculation at a time" in ask(sim, "What is 3 + 4 and 5 * 6?")
     assert "malformed" in ask(sim, "What is 12 * * 4?")
     assert "division by zero" in ask(sim, "What is 5 / 0?")
+    # context before the question is fine: the expression asked is the one in the last question
+    assert ask(sim, "Ana has 38 apples and finds 11 more. What is 38 + 11?") == "38 + 11 = 49."
 
 
-def test_arith_sub_questions_right_and_multi_step_word_problems_pasted_wrong(sim):
-    tasks = SyntheticTasks("test", n=300, kinds="arith")
-    pasted_multi = []
+@pytest.mark.parametrize("expr", ["36 + 5 - 2 + 5", "(38 + 11) / 7", "3 times 4 minus 2", "2 * (3 + 4)",
+                                  "10 - 4 - 3", "8 / 4 / 2", "1 + 1 + 1"])
+def test_an_expression_with_several_operations_is_refused_not_computed(sim, expr):
+    out = sim.complete([SYSTEM, {"role": "user", "content": f"What is {expr}?"}])
+    assert out.extra["intent"] == "several_operations"
+    assert "one operation" in out.text and not re.search(r"\d", out.text), out.text
+
+
+_small = st.integers(0, 60)
+_op = st.sampled_from(["+", "-", "*", "/", "plus", "minus", "times", "x"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=_small, b=st.integers(1, 60), op=_op)
+def test_one_operation_is_computed_exactly(a, b, op):
+    reply = SimExpert().complete([{"role": "user", "content": f"What is {a} {op} {b}?"}]).text
+    sym = {"plus": "+", "minus": "-", "times": "*", "x": "*"}.get(op, op)
+    assert reply == f"{a} {sym} {b} = {format_number(evaluate_expression(f'{a} {sym} {b}'))}."
+
+
+@settings(max_examples=200, deadline=None)
+@given(nums=st.lists(_small, min_size=3, max_size=5), ops=st.lists(_op, min_size=4, max_size=4),
+       brackets=st.booleans())
+def test_several_operations_never_get_a_number(nums, ops, brackets):
+    expr = str(nums[0])
+    for op, n in zip(ops, nums[1:]):
+        expr = f"{expr} {op} {n}"
+        if brackets:
+            expr, brackets = f"({expr})", False
+    out = SimExpert().complete([{"role": "user", "content": f"Compute {expr}."}])
+    assert count_operations(expr) == len(nums) - 1 >= 2
+    assert out.extra["intent"] == "several_operations" and not re.search(r"\d", out.text), (expr, out.text)
+
+
+def test_arith_sub_questions_right_and_whole_expressions_refused(sim):
+    tasks = SyntheticTasks("test", n=400, kinds="arith")
     for t in tasks:
         for step in t.meta["steps"]:
             assert ask(sim, step["question"]) == f"{step['expr']} = {step['value']}."
-        assert ask(sim, f"What is {t.meta['expression']}?").endswith(f"= {t.answers[0]}.")
-        reply = ask(sim, t.question)
-        if t.meta["n_ops"] == 1:  # one step: the expert can do it from the words alone
-            assert reply == f"The answer is {t.answers[0]}.", (t.question, reply)
+        whole = ask(sim, f"What is {t.meta['expression']}?")
+        if t.meta["n_ops"] == 1:
+            assert whole == f"{t.meta['steps'][0]['expr']} = {t.answers[0]}."
         else:
-            pasted_multi.append(reply.rstrip(".").split()[-1] == t.answers[0])
-    assert len(pasted_multi) > 150 and sum(pasted_multi) / len(pasted_multi) < 0.10
+            assert "one operation" in whole and not re.search(r"\d", whole), (t.meta["expression"], whole)
+
+
+def test_word_problems_are_not_read(sim):
+    one_op = "Ana has 38 apples. Then Ana finds 11 more apples. How many apples does Ana have now?"
+    for prompt in (one_op, "Ben has 3 boxes with 4 cards in each box. How many cards does Ben have?",
+                   "I have 12 apples and 4 friends; how many apples does each friend get?"):
+        out = sim.complete([SYSTEM, {"role": "user", "content": prompt}])
+        assert out.extra["intent"] == "word_problem" and not re.search(r"\d", out.text), out.text
+
+
+def test_the_relay_scores_nothing_on_the_test_split():
+    """Paste the question, answer with the reply (the dumbest rule): answer F1 0 on every test task."""
+    from promptr1.envs.collab_env import PromptCollabEnv
+    from promptr1.evaluation.policies import TextPolicyPlayer
+    from promptr1.testing.agents import ScriptedAgentPolicy
+
+    tasks = list(SyntheticTasks("test", n=200))
+    envs = [PromptCollabEnv(task=tasks, env_llm="sim", max_turns=4) for _ in tasks]
+    episodes = asyncio.run(TextPolicyPlayer(ScriptedAgentPolicy.relay(), batch_size=64).aplay(envs, tasks))
+    assert len(episodes) == 200 and all(e.done for e in episodes)
+    assert max(e.components["answer"] for e in episodes) == 0.0
+    assert {round(e.reward, 6) for e in episodes} == {0.0}  # format capped (1 prompt + answer), answer 0
 
 
 # --------------------------------------------------------------------------- robustness

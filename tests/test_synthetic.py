@@ -193,6 +193,24 @@ def test_demonstration_solves_tasks_with_the_sim_expert():
         assert _FINAL_RE.match(turns[-1]).group(1) == t.answers[0]
 
 
+def test_demonstration_earns_full_reward_on_the_whole_test_split():
+    """Every multi-hop question of the test split (its whole pool) and 1,000 test word problems,
+    played in the environment against ``sim`` under its one-fact / one-operation rules."""
+    from promptr1.envs.collab_env import PromptCollabEnv
+    from promptr1.envs.synthetic.world import _multihop_pool
+
+    pool = _multihop_pool(0, "test", (2, 3))
+    tasks = [*SyntheticTasks("test", kinds="multihop", n=len(pool)), *SyntheticTasks("test", kinds="arith", n=1000)]
+    assert {t.question for t in tasks[:len(pool)]} == {t.question for t in pool}
+    env = PromptCollabEnv(task=tasks, env_llm="sim", max_turns=4)
+    for t in tasks:
+        env.reset(options={"task": t})
+        for turn in demonstration(t):
+            _, reward, terminated, truncated, info = env.step(turn)
+        assert terminated and info["reward_components"]["answer"] == 1.0, (t.question, env.turns)
+        assert reward == pytest.approx(1.0)
+
+
 def test_demonstration_rejects_other_tasks():
     with pytest.raises(ValueError, match="synthetic task"):
         demonstration(Task("What is 2+2?", ("4",)))

@@ -1,11 +1,13 @@
 """``sim``: a deterministic simulated expert for the bundled synthetic tasks.
 
 A STAND-IN FOR DEMOS AND TESTS, NOT A LANGUAGE MODEL. It plays the large LLM against
-:mod:`promptr1.envs.synthetic` so that prompting skill matters and can be learned on a laptop:
-it answers correctly only when a prompt asks one explicit thing, and vaguely or wrongly otherwise.
+:mod:`promptr1.envs.synthetic` so that prompting skill matters and can be learned on a laptop.
+**In one call it does one thing: it looks up one fact, or it performs one arithmetic operation.**
+Everything a task needs beyond that (splitting a nested question into hops, turning a story into
+operations, carrying a result into the next request, knowing when to stop) is the agent's job.
 
 How it reads a chat: only the last user message, plus the previous reply (its own last message)
-to resolve a pronoun. Everything else in the history is ignored.
+to resolve a reference. Everything else in the history is ignored.
 
 1. Longer than ``max_prompt_chars`` (4,000): "a lot of text" (vague).
 2. The *focus* is the last sentence ending with ``?`` that names a relation, an entity or a number,
@@ -16,19 +18,28 @@ to resolve a pronoun. Everything else in the history is ignored.
    * exactly one relation and exactly one entity of the right type: the fact, e.g.
      ``Vantrel Corp was founded by Mira Osk.`` An entity is named by its full name or any one of
      its name words (``Mira``, ``Osk``, ``Vantrel``), in any case;
-   * one relation, no such entity but a pronoun (he, she, it, that city, ...): the entity is the
+   * one relation, no such entity but a reference (he, she, it, that city, ...): the entity is the
      last one of the right type in the earlier part of the prompt, else in the previous reply;
    * two or more relations (a multi-hop question pasted whole) or two subjects: a vague reply or
-     a plausible wrong entity of a matching type (chosen from a hash of the prompt; ``vague_style``).
-3. Else one well-formed arithmetic expression (in the focus, or anywhere when the focus has
-   none): ``12 * 4 = 48.`` Several: "one at a time"; malformed: says so. Digits and ``+ - * / ( )``,
-   also ``x``/``×``/``÷`` and the words plus, minus, times, multiplied by, divided by.
-4. Else a word problem (whole prompt) with exactly two numbers and one operation cue (``in each
-   box|bag|jar``: ×, ``more``: +, ``gives away``/``loses``: −, ``equally``: ÷): solved. More numbers
-   or cues (a multi-step problem pasted whole): a plausible wrong number (the first step only) or vague.
+     a plausible wrong entity (chosen from a hash of the prompt; ``vague_style``). A wrong entity is
+     never one that the mentioned relations reach from the mentioned entities (in as many hops as
+     relation words in the question), so a question that bundles several facts is never answered
+     right, whatever the style.
+3. Else an arithmetic expression (in the focus, or anywhere when the focus has none), read by our
+   own exact parser (digits and ``+ - * / ( )``, also ``x``/``×``/``÷`` and the words plus, minus,
+   times, multiplied by, divided by):
+
+   * exactly one expression with exactly one operation: ``12 * 4 = 48.``;
+   * one expression with two or more operations (``36 + 5 - 2``, ``(38 + 11) / 7``): refused,
+     "one operation at a time", with no number (it is not computed in part);
+   * several expressions: "one calculation at a time"; malformed: says so.
+4. Else a prompt with two or more numbers but no expression (a word problem, pasted whole or
+   paraphrased): it does not read stories, whatever their length; it asks for the calculation
+   written out, and its reply holds no number.
 5. Else an entity alone: "What would you like to know about X?"; anything else: a generic vague reply.
 
 Replies are short (under 200 characters) and the same messages always give the same reply.
+``docs/synthetic.md`` states the same rules with examples; ``tests/test_sim_backend.py`` pins them.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ from promptr1.llm_backends.base import BaseBackend, Completion, Message, validat
 
 from .world import RELATIONS, make_world, stable_hash
 
-__all__ = ["SimExpert", "evaluate_expression", "find_expressions", "format_number"]
+__all__ = ["SimExpert", "count_operations", "evaluate_expression", "find_expressions", "format_number"]
 
 # --------------------------------------------------------------------------- arithmetic
 _MAX_EXPR_CHARS = 200
@@ -56,7 +67,7 @@ _WORD_OPS = ((r"multiplied\s+by|times", "*"), (r"divided\s+by", "/"), (r"plus", 
 def _normalise_ops(text: str) -> str:
     """Unicode and spelled-out operators as ASCII: ``3 times 4`` -> ``3 * 4``."""
     text = text.replace("×", "*").replace("÷", "/").replace("−", "-").replace("–", "-")
-    text = re.sub(r"(?<=\d)\s*[xX]\s*(?=\d)", " * ", text)
+    text = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", " * ", text)
     for words, op in _WORD_OPS:
         text = re.sub(rf"(?<=[\d)])\s*\b(?:{words})\b\s*(?=[\d(])", f" {op} ", text, flags=re.IGNORECASE)
     return text
@@ -172,6 +183,18 @@ def evaluate_expression(text: str) -> Fraction:
     return value
 
 
+def count_operations(text: str) -> int:
+    """How many binary operations a well-formed expression holds (a sign is not one).
+
+    >>> count_operations("12 * 4"), count_operations("-3 + 5"), count_operations("(38 + 11) / 7")
+    (1, 1, 2)
+    >>> count_operations("36 plus 5 minus 2 plus 5")
+    3
+    """
+    toks = _tokens(_normalise_ops(text))
+    return sum(1 for prev, tok in zip(toks, toks[1:]) if tok in "+-*/" and (prev[0].isdigit() or prev == ")"))
+
+
 def _canonical(text: str) -> str:
     out = ""
     for tok in _tokens(_normalise_ops(text)):
@@ -248,18 +271,14 @@ _PRONOUN_RE = re.compile(r"\b(?:he|she|him|his|her|they|them|their|it|its|this|t
 _REFERENCE_RE = re.compile(r"\b(?:that|this|said)\s+(?:person|company|firm|city|town|country)\b", re.IGNORECASE)
 _WORD_RE = re.compile(r"[^\W\d_]+")
 _SENTENCE_END_RE = re.compile(r"([?.!\n])")
-_CUES = {"*": r"\bin each (?:box|bag|jar)\b", "+": r"\bmore\b",
-         "-": r"\bgives? away\b|\bgave away\b|\blos(?:e|es|t)\b", "/": r"\bequally\b"}
-_CUE_RE = re.compile("|".join(f"(?P<{n}>{p})" for n, p in zip("mapd", _CUES.values())), re.IGNORECASE)
-_CUE_OP = dict(zip("mapd", _CUES))
-
 _VAGUE_MULTI = ("That depends on several facts, and I am not sure how they connect.",
                 "I am not certain. That question combines more than one fact.",
                 "Hard to say; I would need to work out each fact in turn.")
 _WRONG_ENTITY = ("It might be {x}, but I am not sure.", "I believe it is {x}.", "Probably {x}.")
-_WRONG_NUMBER = ("I think the answer is {x}.", "Maybe {x}, but I am not sure.", "Roughly {x}.")
-_VAGUE_STEPS = ("That takes several steps; I am not sure of the result.",
-                "I cannot say without working through each step.")
+_ONE_OPERATION = ("Please ask me one operation at a time, for example a sum of two numbers.",
+                  "I do one operation per request. Which two numbers, and which operation?")
+_WORD_PROBLEM = ("I only calculate what you write out: two numbers and one operation, please.",
+                 "I do not read stories. Which calculation should I do? Write it out, one operation.")
 _GENERIC = ("I am not sure what you are asking. Could you ask one specific question?",
             "Could you be more specific?",
             "I do not know. Please ask one clear question.")
@@ -325,11 +344,29 @@ class SimExpert(BaseBackend):
     def _pick(self, options: Sequence[str], key: int) -> str:
         return options[key % len(options)]
 
-    def _several_facts(self, relations: list[str], mentioned: set[str], key: int) -> tuple[str, str]:
+    def _reachable(self, starts: set[str], relations: list[str], hops: int) -> set[str]:
+        """Every entity the ``relations`` reach from ``starts`` in at most ``hops`` hops, in any order."""
+        seen, frontier = set(starts), set(starts)
+        for _ in range(hops):
+            nxt = set()
+            for name in frontier:
+                etype = self.world.entity(name).type
+                for r in relations:
+                    if self._relations[r].subject_type == etype:
+                        nxt.add(self.world.lookup(name, r))
+            frontier = nxt - seen
+            seen |= nxt
+        return seen
+
+    def _several_facts(self, relations: list[str], mentioned: set[str], key: int, hops: int) -> tuple[str, str]:
         if self.vague_style == "vague" or (self.vague_style == "mixed" and key % 2 == 0):
             return self._pick(_VAGUE_MULTI, key >> 3), "vague_multi"
         rel = self._relations[relations[(key >> 5) % len(relations)]]
-        pool = sorted(e.name for e in self.world.of_type(rel.object_type) if e.name not in mentioned)
+        # A guess, never the answer: nothing the question's relations reach from its entities.
+        avoid = self._reachable(mentioned, relations, hops)
+        pool = sorted(e.name for e in self.world.of_type(rel.object_type) if e.name not in avoid)
+        if not pool:
+            return self._pick(_VAGUE_MULTI, key >> 3), "vague_multi"
         return self._pick(_WRONG_ENTITY, key >> 9).format(x=self._pick(pool, key >> 13)), "wrong_multi"
 
     def _fact(self, focus: str, before: str, history_reply: str, key: int) -> tuple[str, str] | None:
@@ -339,12 +376,13 @@ class SimExpert(BaseBackend):
             return None
         mentioned = self._entities(focus)
         names = {e.name for _, e in mentioned}
+        hops = sum(len(rx.findall(asked)) for rx in self._rel_res.values())  # a relation may be asked twice
         if len(relations) >= 2:
-            return self._several_facts(relations, names, key)
+            return self._several_facts(relations, names, key, hops)
         rel = self._relations[relations[0]]
         subjects = sorted({e.name for _, e in mentioned if e.type == rel.subject_type})
         if len(subjects) > 1:
-            return self._several_facts(relations, names, key)
+            return self._several_facts(relations, names, key, hops)
         if not subjects and _PRONOUN_RE.search(focus):
             for context in (before, history_reply):
                 earlier = [e.name for _, e in self._entities(context) if e.type == rel.subject_type]
@@ -366,31 +404,23 @@ class SimExpert(BaseBackend):
         if len(good) > 1:
             return "Please ask me one calculation at a time.", "several_expressions"
         if len(good) == 1:
+            if len(good[0]) <= _MAX_EXPR_CHARS and count_operations(good[0]) > 1:
+                return self._pick(_ONE_OPERATION, stable_hash(good[0])), "several_operations"
             try:
                 value = evaluate_expression(good[0])
             except ValueError as exc:
                 reason = str(exc).split(": ")[-1]
                 return f"I cannot compute that: {reason}."[:199], "bad_expression"
-            if len(good[0]) > 60:
-                return f"The result is {format_number(value)}.", "arith"
-            return f"{good[0]} = {format_number(value)}.", "arith"
+            return f"{good[0]} = {format_number(value)}."[:199], "arith"
         if bad:
             return "That expression looks malformed. Could you write it again?", "bad_expression"
         return None
 
     def _word_problem(self, prompt: str, key: int) -> tuple[str, str] | None:
-        cues = [_CUE_OP[m.lastgroup] for m in _CUE_RE.finditer(prompt)]
-        numbers = [Fraction(n) for n in re.findall(r"\d+(?:\.\d+)?", prompt) if len(n) <= _MAX_DIGITS]
-        if not cues or len(numbers) < 2:
+        numbers = re.findall(r"\d+(?:\.\d+)?", prompt)
+        if len(numbers) < 2:
             return None
-        a, b, op = numbers[0], numbers[1], cues[0]
-        first = {"*": lambda: a * b, "+": lambda: a + b, "-": lambda: a - b,
-                 "/": lambda: a / b if b else None}[op]()
-        if len(cues) == 1 and len(numbers) == 2 and first is not None:
-            return f"The answer is {format_number(first)}.", "word_problem"
-        if first is None or self.vague_style == "vague" or (self.vague_style == "mixed" and key % 2 == 0):
-            return self._pick(_VAGUE_STEPS, key >> 3), "vague_steps"
-        return self._pick(_WRONG_NUMBER, key >> 9).format(x=format_number(first)), "wrong_steps"
+        return self._pick(_WORD_PROBLEM, key >> 3), "word_problem"
 
     # ------------------------------------------------------------------ the reply
     def reply(self, messages: Sequence[Message]) -> tuple[str, str]:

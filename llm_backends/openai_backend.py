@@ -13,10 +13,22 @@ Built for failure (design.md section 6):
   environment flags the episode and the text never reaches the agent;
 * the API key never appears in an exception message, a log line or a ``repr``.
 
-The retry loop runs on ``tenacity`` (with this module's policy for waits and stops). All
-requests run on one event loop owned by the backend (a daemon thread): ``acomplete`` called
-from any other loop hands its request over with ``asyncio.run_coroutine_threadsafe`` and
-awaits the result, because the SDK's HTTP client is bound to the loop it first ran on.
+The retry loop runs on ``tenacity`` (with this module's policy for waits and stops; the first
+attempt runs before tenacity is set up, since most calls need no retry). All requests run on one
+event loop owned by the backend (a daemon thread): ``acomplete`` called from any other loop hands
+its request over with ``asyncio.run_coroutine_threadsafe`` and awaits the result, because the
+SDK's HTTP client is bound to the loop it first ran on; a driver of many calls (the vector env)
+can run on that loop itself (:meth:`OpenAIBackend.io_loop_thread`) and skip the hand-over.
+
+Cost per request (it decides throughput at hundreds of requests per second, see
+``benchmarks/bench_vector_env.py``): the ``openai`` package is the client, called as
+``client.post(path, body=..., cast_to=httpx.Response)``: the SDK builds the request, adds auth and
+maps errors, but neither transforms the parameters nor builds a pydantic model; we parse the JSON
+ourselves. Under it, :class:`_LeanTransport` (an httpx transport on asyncio protocols: one
+keep-alive pool of ``max_concurrency`` connections, one socket write per request) replaces
+httpx's default pool, whose per-request scan of every connection dominated the client's CPU.
+``lean_http=False`` (and any proxy from the environment, or a user's ``http_client``) keeps
+httpx's own transport.
 """
 
 from __future__ import annotations
@@ -304,7 +316,6 @@ class _H11Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.reused = False
         self._buf = bytearray()
         self._waiter: asyncio.Future | None = None
         self._head_req = False
@@ -352,9 +363,7 @@ class _H11Connection(asyncio.Protocol):
                 self._finish(bytes(self._buf))
             else:
                 what = "before the response was complete" if self._got_bytes else "without sending a response"
-                err = _httpx.RemoteProtocolError(f"server disconnected {what}")
-                err.no_response = not self._got_bytes  # type: ignore[attr-defined]
-                self._fail(err)
+                self._fail(_httpx.RemoteProtocolError(f"server disconnected {what}"))
 
     # --- requests ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -494,8 +503,9 @@ class _LeanTransport(_httpx.AsyncBaseTransport):
     Plain HTTP and HTTPS (the ``ssl_context`` httpx would use); no proxies, no HTTP/2 (the
     backend uses httpx's own transport when a proxy is configured). Errors are httpx's
     (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``), so the SDK
-    maps them as usual. A reused connection that the server closed without answering is
-    retried once on a fresh one (the request never reached the server).
+    maps them as usual. As with httpx, a connection the server drops is not retried here (the
+    request may have reached it): the backend's retry policy decides, and counts the attempt. A
+    connection the server closed while idle is never reused: asyncio reports the close at once.
     """
 
     def __init__(self, max_keepalive: int = 64, keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S) -> None:
@@ -540,7 +550,6 @@ class _LeanTransport(_httpx.AsyncBaseTransport):
             if conn.closed or now - conn.idle_since > self.keepalive_expiry_s:
                 conn.close()
                 continue
-            conn.reused = True
             return conn
         return None
 
@@ -583,23 +592,16 @@ class _LeanTransport(_httpx.AsyncBaseTransport):
         head_request = request.method == "HEAD"
         self.active += 1
         try:
-            for _ in range(2):
-                conn = self._checkout(key) or await self._connect(key, timeouts.get("connect"))
-                try:
-                    status, reason, version, headers, content = await self._exchange(conn, data, head_request,
-                                                                                     read_timeout)
-                except _httpx.RemoteProtocolError as e:
-                    conn.abort()
-                    if conn.reused and getattr(e, "no_response", False):
-                        continue  # the server had closed this idle connection: one fresh try
-                    raise
-                except BaseException:  # timeout, cancellation: the reply may still come; drop the connection
-                    conn.abort()
-                    raise
-                self._checkin(key, conn)
-                return _httpx.Response(status, headers=headers, stream=_BodyStream(content),
-                                      extensions={"http_version": version, "reason_phrase": reason})
-            raise _httpx.RemoteProtocolError("server disconnected without sending a response")  # pragma: no cover
+            conn = self._checkout(key) or await self._connect(key, timeouts.get("connect"))
+            try:
+                status, reason, version, headers, content = await self._exchange(conn, data, head_request,
+                                                                                 read_timeout)
+            except BaseException:  # dropped, timed out, cancelled: the connection is done for
+                conn.abort()
+                raise
+            self._checkin(key, conn)
+            return _httpx.Response(status, headers=headers, stream=_BodyStream(content),
+                                   extensions={"http_version": version, "reason_phrase": reason})
         finally:
             self.active -= 1
 
@@ -701,6 +703,9 @@ class OpenAIBackend(BaseBackend):
         default_sampling: sampling keywords applied to every call (a call's own keywords win).
         extra_body: extra JSON fields for every request (e.g. vLLM's ``top_k``).
         seed: seeds the backoff jitter.
+        lean_http: send requests through the lean HTTP/1.1 transport (one keep-alive pool sized
+            for the concurrency; much less CPU per request than httpx's default pool). False, a
+            proxy from the environment (``HTTPS_PROXY`` ...) or an ``http_client=`` keeps httpx's.
         **client_kwargs: passed to ``openai.AsyncOpenAI`` (``organization``, ``default_headers``,
             ``http_client``, ...). The SDK's own retries are always off.
     """

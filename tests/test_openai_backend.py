@@ -465,8 +465,7 @@ class _RawHTTPServer:
     The reply mode is the last user message: ``chunked`` (with a chunk extension and a trailer),
     ``close`` (no length: the body runs to the end of the connection), ``continue`` (a 100 first),
     ``trickle`` (the response one byte at a time), ``gzip`` (Content-Encoding), ``length``. With
-    ``one_per_connection``, a second request on a connection is read and then dropped unanswered,
-    as a server does when an idle keep-alive connection times out just as the client reuses it.
+    ``one_per_connection``, a second request on a connection is read and then dropped unanswered.
     """
 
     def __init__(self, one_per_connection: bool = False) -> None:
@@ -486,6 +485,10 @@ class _RawHTTPServer:
     def __exit__(self, *exc):
         async def stop():
             self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
@@ -556,14 +559,22 @@ def test_lean_transport_reads_every_http11_framing(mode):
         b.close()
 
 
-def test_a_reused_connection_closed_by_the_server_is_retried_on_a_fresh_one():
+def test_a_connection_dropped_by_the_server_is_a_counted_retry_and_never_reused():
     with _RawHTTPServer(one_per_connection=True) as srv:
         b = OpenAIBackend("m", base_url=srv.base_url, **FAST)
-        for _ in range(3):
-            c = b.complete([{"role": "user", "content": "length"}])
-            assert c.attempts == 1 and c.extra["errors"] == []  # not a failed attempt: the request never ran
-        assert srv.connections == 3 and srv.requests == 5
-        assert b.stats()["attempt_error_kinds"] == {}
+        first = b.complete([{"role": "user", "content": "length"}])
+        # the server drops the reused connection after reading the request: as with httpx, that is a
+        # failed attempt (the request may have run), retried by the backend's policy on a new connection
+        second = b.complete([{"role": "user", "content": "length"}])
+        assert first.attempts == 1 and second.attempts == 2 and second.extra["errors"] == ["connection"]
+        assert srv.connections == 2 and srv.requests == 3
+        b.close()
+    with _RawHTTPServer() as srv:
+        b = OpenAIBackend("m", base_url=srv.base_url, **FAST)
+        b.complete([{"role": "user", "content": "close"}])  # the server closes after the response
+        time.sleep(0.05)
+        c = b.complete([{"role": "user", "content": "length"}])  # so the next call opens a new connection
+        assert c.attempts == 1 and srv.connections == 2
         b.close()
 
 

@@ -16,7 +16,7 @@ import torch
 from promptr1.agents.checkpoint import find_latest_checkpoint
 from promptr1.llm_backends.model_cache import MODELS, model_folder
 
-__all__ = ["MODELS", "load_policy", "resolve_model_path", "sequence_logprobs"]
+__all__ = ["MODELS", "load_policy", "resolve_dtype", "resolve_model_path", "sequence_logprobs"]
 
 def resolve_model_path(name: str) -> str:
     """``smollm2`` -> the cached SmolLM2-135M-Instruct folder; ``tiny`` -> the tiny test model;
@@ -31,14 +31,36 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_policy(name: str, *, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer (left padding off: we pad by hand)."""
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str | torch.dtype | None, *, cpu: bool = False) -> torch.dtype | None:
+    """A dtype setting as a torch dtype: ``auto`` is bf16 on a GPU that supports it, else float32.
+
+    >>> resolve_dtype("bf16"), resolve_dtype("auto", cpu=True), resolve_dtype(None)
+    (torch.bfloat16, torch.float32, None)
+    """
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    key = str(name).strip().lower()
+    if key == "auto":
+        gpu = not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if gpu else torch.float32
+    if key not in _DTYPES:
+        raise ValueError(f"model_dtype must be auto, bf16, fp16 or fp32; got {name!r}.")
+    return _DTYPES[key]
+
+
+def load_policy(name: str, *, dtype: str | torch.dtype | None = None) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer (left padding off: we pad by hand), in ``dtype`` when given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    dtype = resolve_dtype(dtype)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model, tokenizer

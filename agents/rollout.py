@@ -181,6 +181,55 @@ class SampledTurn:
     ids: list[int]
     logps: list[float]
     stop: str  # "eos", "string", or "length"
+    #: The KV cache of this row after the turn, one ``(keys, values)`` pair per layer, each ``(1, H, L, D)``,
+    #: covering the prompt and the generated tokens that were fed back (all but the last); None when not kept.
+    cache: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+
+
+KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def cache_length(cache: KVCache | None) -> int:
+    return 0 if not cache else int(cache[0][0].shape[2])
+
+
+def crop_cache(cache: KVCache | None, length: int) -> KVCache | None:
+    """The first ``length`` positions of a per-episode cache (None when nothing is left)."""
+    if cache is None or length <= 0:
+        return None
+    if cache_length(cache) <= length:
+        return cache
+    return tuple((k[:, :, :length], v[:, :, :length]) for k, v in cache)
+
+
+def move_cache(cache: KVCache | None, device: Any) -> KVCache | None:
+    if cache is None:
+        return None
+    return tuple((k.to(device, non_blocking=True), v.to(device, non_blocking=True)) for k, v in cache)
+
+
+def _batch_cache(caches: Sequence[KVCache | None], width: int, device: Any) -> Any:
+    """Per-episode caches right-aligned into one ``DynamicCache`` of ``width`` positions (zeros before them)."""
+    from transformers import DynamicCache
+
+    ref = next(c for c in caches if c)
+    layers = []
+    for layer, (k0, v0) in enumerate(ref):
+        K = k0.new_zeros(len(caches), k0.shape[1], width, k0.shape[3], device=device)
+        V = v0.new_zeros(len(caches), v0.shape[1], width, v0.shape[3], device=device)
+        for i, c in enumerate(caches):
+            if c:
+                n = c[layer][0].shape[2]
+                K[i, :, width - n:] = c[layer][0][0].to(device)
+                V[i, :, width - n:] = c[layer][1][0].to(device)
+        layers.append((K, V))
+    return DynamicCache(ddp_cache_data=layers)
+
+
+def _reusable(past: Any) -> bool:
+    """Only plain per-layer caches (no sliding windows, no recurrent state) can be split and re-joined."""
+    layers = getattr(past, "layers", None)
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -238,8 +287,15 @@ def sample_turns(
     stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
     eos_token_ids: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    caches: Sequence[KVCache | None] | None = None,
+    keep_cache: bool = False,
+    stats: dict[str, float] | None = None,
 ) -> list[SampledTurn]:
     """Sample one turn for each prompt (token ids), batched, with a KV cache.
+
+    ``caches[i]`` (optional) is the KV cache of ``prompts[i][:L]`` from an earlier turn: only the tokens after it
+    are prefilled. With ``keep_cache`` each :class:`SampledTurn` carries its row's cache for the next turn.
+    ``stats`` (if given) receives ``prefill_tokens`` (tokens run through the model before the first sample).
 
     Returns the sampled ids (up to and including the stop token) and each token's log-prob
     under the temperature-scaled distribution ``log_softmax(logits / temperature)``, which is
@@ -258,14 +314,24 @@ def sample_turns(
               ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
     checker = _stop_checker(tokenizer, stop_strings)
     B = len(prompts)
-    L = max(len(p) for p in prompts)
+    caches = list(caches) if caches is not None else [None] * B
+    # Each row: cached positions (reused), then new tokens; both right-aligned in their region (left padding).
+    cached = [min(cache_length(c), len(p) - 1) for c, p in zip(caches, prompts)]
+    caches = [crop_cache(c, n) for c, n in zip(caches, cached)]
+    news = [list(p)[n:] for p, n in zip(prompts, cached)]
+    C = max(cached)
+    L = max(len(x) for x in news)
     input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding
-        input_ids[i, L - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        attn[i, L - len(p):] = 1
-    input_ids, attn = input_ids.to(device), attn.to(device)
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    attn = torch.zeros((B, C + L), dtype=torch.long)
+    position_ids = torch.zeros((B, L), dtype=torch.long)
+    for i, (x, n) in enumerate(zip(news, cached)):
+        input_ids[i, L - len(x):] = torch.as_tensor(x, dtype=torch.long)
+        attn[i, C - n:C] = 1
+        attn[i, C + L - len(x):] = 1
+        position_ids[i, L - len(x):] = torch.arange(n, n + len(x))
+    input_ids, attn, position_ids = input_ids.to(device), attn.to(device), position_ids.to(device)
+    if stats is not None:
+        stats["prefill_tokens"] = stats.get("prefill_tokens", 0.0) + float(sum(len(x) for x in news))
 
     dev_gen = None
     if temperature > 0 and generator is not None:
@@ -274,15 +340,17 @@ def sample_turns(
 
     was_training = model.training
     model.eval()
+    extra = {"past_key_values": _batch_cache(caches, C, device)} if C > 0 else {}
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
-                use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=1, **extra)
     past = out.past_key_values
     logits = out.logits[:, -1].float()
     next_pos = position_ids[:, -1] + 1
     seen = None
     if repetition_penalty != 1.0:  # (B, V) tokens already in each sequence
         seen = torch.zeros(B, logits.shape[-1], dtype=torch.bool, device=device)
-        seen.scatter_(1, input_ids.clamp(max=logits.shape[-1] - 1), attn.bool())
+        for i, p in enumerate(prompts):
+            seen[i, torch.as_tensor(list(p), device=device).clamp(max=logits.shape[-1] - 1)] = True
     seqs: list[list[int]] = [[] for _ in range(B)]
     logps: list[list[float]] = [[] for _ in range(B)]
     stops = ["length"] * B
@@ -324,7 +392,16 @@ def sample_turns(
         next_pos = next_pos + 1
     if was_training:
         model.train()
-    return [SampledTurn(s, lp, st) for s, lp, st in zip(seqs, logps, stops)]
+    kept: list[KVCache | None] = [None] * B
+    if keep_cache and _reusable(past):
+        width = C + L  # the prefill's columns; decode step j wrote column width + j
+        for i in range(B):
+            fed = max(len(seqs[i]) - 1, 0)  # a row's last token is never fed back
+            cols = torch.cat([torch.arange(C - cached[i], C), torch.arange(width - len(news[i]), width),
+                              torch.arange(width, width + fed)]).to(device)
+            kept[i] = tuple((layer.keys[i:i + 1].index_select(2, cols), layer.values[i:i + 1].index_select(2, cols))
+                            for layer in past.layers)
+    return [SampledTurn(s, lp, st, c) for s, lp, st, c in zip(seqs, logps, stops, kept)]
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -338,6 +415,10 @@ class RolloutConfig:
     top_p: float = 1.0
     #: HF-style repetition penalty on tokens already in the sequence (1.0: none; ref evaluation: 1.05).
     repetition_penalty: float = 1.0
+    #: Keep each episode's KV cache across its turns (a turn prefills only its new tokens).
+    kv_reuse: bool = True
+    #: Cap on the tokens of one generation batch (sum of tokens so far + max_new_tokens; 0: no cap).
+    max_batch_tokens: int = 0
     stop_strings: tuple[str, ...] = DEFAULT_STOP_STRINGS
     #: Episodes advance independently: an episode whose env-LLM reply has landed joins the next
     #: generation batch without waiting for slower calls of other episodes. False = a barrier per
@@ -374,6 +455,8 @@ class Episode:
     """``(token_ids, is_agent)`` in order: the input of :func:`promptr1.agents.masks.build_action_mask`."""
     prefill: str = ""
     """Text the next agent turn opens with (the framing's prefill, already in ``ids`` as context)."""
+    cache: Any = field(default=None, repr=False)
+    """The KV cache of a prefix of ``ids`` kept between turns (``kv_reuse``); dropped when the episode ends."""
 
     def add(self, ids: Sequence[int], is_agent: bool, logps: Sequence[float] | None = None) -> None:
         """Append a segment: agent tokens (with their sampler log-probs) or context tokens."""
@@ -425,7 +508,8 @@ def rollout_config(settings: Any, **overrides: Any) -> RolloutConfig:
 
     values = dict(max_new_tokens=settings.max_new_tokens, max_seq_len=settings.max_seq_len,
                   temperature=settings.temperature, top_p=settings.top_p,
-                  repetition_penalty=settings.repetition_penalty,
+                  repetition_penalty=settings.repetition_penalty, kv_reuse=settings.kv_reuse,
+                  max_batch_tokens=settings.rollout_max_batch_tokens,
                   stop_strings=FRAMINGS.get(settings.framing).stop_strings)
     values.update(overrides)
     return RolloutConfig(**values)
@@ -479,6 +563,7 @@ async def arun_episodes(
         history = ep.messages
         ep.messages = history + [{"role": "assistant", "content": text}]
         if terminated or truncated:
+            ep.cache = None
             ep.done, ep.terminated, ep.truncated = True, bool(terminated), bool(truncated)
             ep.reward = float(reward)
             ep.components = dict(info.get("reward_components") or {})
@@ -492,6 +577,7 @@ async def arun_episodes(
         ep.messages.append({"role": "user", "content": obs})
         if len(ep.ids) + len(reply_ids) + 1 >= cfg.max_seq_len:
             # No room for another agent turn: end the episode here with the lowest reward.
+            ep.cache = None
             ep.done, ep.truncated, ep.overflow = True, True, True
             ep.reward = OVERFLOW_REWARD
             ep.components = {"total": OVERFLOW_REWARD, "overflow": True}
@@ -524,24 +610,63 @@ async def arun_episodes(
         if not ready:
             continue
         active, ready = sorted(ready), []
-        t0 = time.perf_counter()
-        budget = [min(cfg.max_new_tokens, cfg.max_seq_len - len(episodes[k].ids)) for k in active]
-        sampled = (sampler or sample_turns)(
-            model, tokenizer, [episodes[k].ids for k in active],
-            max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
-            repetition_penalty=cfg.repetition_penalty,
-            stop_strings=cfg.stop_strings, eos_token_ids=eos_ids, generator=generator,
-        )
-        timings["generate_s"] += time.perf_counter() - t0
-        for k, s, b in zip(active, sampled, budget):
-            ids, lps = s.ids[:b], s.logps[:b]  # a shorter budget than the batch's: cut
-            ep = episodes[k]
-            ep.add(ids, True, lps)
-            ep.gen_tokens += len(ids)
-            s.ids, s.logps = ids, lps
-            text = ep.prefill + tokenizer.decode(ids, skip_special_tokens=True)
-            pending.add(asyncio.ensure_future(env_call(k, s, text)))
+        for chunk in _token_batches(active, [len(episodes[k].ids) for k in active], cfg):
+            t0 = time.perf_counter()
+            budget = [min(cfg.max_new_tokens, cfg.max_seq_len - len(episodes[k].ids)) for k in chunk]
+            kw: dict[str, Any] = {}
+            if cfg.kv_reuse and sampler is None:
+                kw = {"caches": [episodes[k].cache for k in chunk], "keep_cache": True, "stats": timings}
+            elif sampler is None:
+                kw = {"stats": timings}
+            sampled = (sampler or sample_turns)(
+                model, tokenizer, [episodes[k].ids for k in chunk],
+                max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
+                repetition_penalty=cfg.repetition_penalty,
+                stop_strings=cfg.stop_strings, eos_token_ids=eos_ids, generator=generator, **kw,
+            )
+            timings["generate_s"] += time.perf_counter() - t0
+            for k, s, b in zip(chunk, sampled, budget):
+                ids, lps = s.ids[:b], s.logps[:b]  # a shorter budget than the batch's: cut
+                ep = episodes[k]
+                before = len(ep.ids)
+                ep.add(ids, True, lps)
+                ep.gen_tokens += len(ids)
+                # The cache covers the prompt and the generated tokens fed back, never more than ep.ids.
+                fed = min(max(len(s.ids) - 1, 0), len(ids))
+                ep.cache = crop_cache(getattr(s, "cache", None), before + fed)
+                if ep.cache is not None and cfg.max_batch_tokens > 0 and ep.cache[0][0].device.type != "cpu":
+                    ep.cache = move_cache(ep.cache, "cpu")  # off the accelerator until its next turn
+                s.cache = None
+                s.ids, s.logps = ids, lps
+                text = ep.prefill + tokenizer.decode(ids, skip_special_tokens=True)
+                pending.add(asyncio.ensure_future(env_call(k, s, text)))
     return episodes
+
+
+def _token_batches(active: list[int], lengths: list[int], cfg: RolloutConfig) -> list[list[int]]:
+    """Split the episodes waiting for a turn into generation batches of at most ``cfg.max_batch_tokens``
+    (tokens so far + ``max_new_tokens`` each; an episode alone over the cap still gets a batch of its own).
+
+    >>> _token_batches([0, 1, 2], [100, 100, 100], RolloutConfig(max_new_tokens=50, max_batch_tokens=300))
+    [[0, 1], [2]]
+    >>> _token_batches([0, 1], [10, 10], RolloutConfig(max_batch_tokens=0))
+    [[0, 1]]
+    """
+    if cfg.max_batch_tokens <= 0:
+        return [active] if active else []
+    out: list[list[int]] = []
+    cur: list[int] = []
+    used = 0
+    for k, n in zip(active, lengths):
+        need = n + cfg.max_new_tokens
+        if cur and used + need > cfg.max_batch_tokens:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(k)
+        used += need
+    if cur:
+        out.append(cur)
+    return out
 
 
 def collate_episodes(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Tensor]:

@@ -40,7 +40,7 @@ from promptr1.agents.checkpoint import (
 from promptr1.agents.config import GRPOConfig
 from promptr1.config import config_to_dict
 from promptr1.agents.logger import Callback, CallbackList, Logger
-from promptr1.agents.models import load_policy, resolve_model_path, sequence_logprobs
+from promptr1.agents.models import load_policy, resolve_dtype, resolve_model_path, sequence_logprobs
 from promptr1.agents.seeding import derived_seed, seed_everything
 from promptr1.plugins import import_plugins
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
@@ -110,8 +110,12 @@ class GRPOTrainer:
         self.cursor = 0  # questions consumed (all processes together)
 
         resume_from = self._find_resume()
+        self._loaded_by_us = model is None
         if model is None:
-            model, tokenizer = load_policy(str(resume_from) if resume_from else cfg.model)
+            # The trained weights stay float32 (an update of lr 1e-6 is below bf16's resolution) and compute runs
+            # under the accelerator's autocast, unless the user asks for a lower model_dtype explicitly.
+            policy_dtype = torch.float32 if cfg.model_dtype == "auto" else cfg.model_dtype
+            model, tokenizer = load_policy(str(resume_from) if resume_from else cfg.model, dtype=policy_dtype)
         elif tokenizer is None:
             raise ValueError("pass the tokenizer together with the model: GRPOTrainer(cfg, model=m, tokenizer=t).")
         self.tokenizer = tokenizer
@@ -187,14 +191,16 @@ class GRPOTrainer:
     def _make_reference(self, cfg: GRPOConfig, resume_from: pathlib.Path | None, model: Any) -> Any:
         if cfg.lora_r > 0:
             return None  # the reference is the base model with adapters disabled
+        dtype = resolve_dtype(cfg.model_dtype, cpu=cfg.cpu)  # the frozen reference: bf16 on a capable GPU
         if resume_from is not None:
             state = load_trainer_state(resume_from)
-            ref_path = state.get("reference_model", cfg.model)
-            ref, _ = load_policy(ref_path)
+            ref, _ = load_policy(state.get("reference_model", cfg.model), dtype=dtype)
+        elif self._loaded_by_us:
+            ref, _ = load_policy(cfg.model, dtype=dtype)  # straight from disk, never through a float32 copy
         else:
             import copy
 
-            ref = copy.deepcopy(model)
+            ref = copy.deepcopy(model).to(dtype)  # a model object the caller gave us: copy it
         ref.eval()
         for p in ref.parameters():
             p.requires_grad_(False)

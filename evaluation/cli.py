@@ -78,7 +78,7 @@ def chat_main(argv: Sequence[str]) -> int:
     try:
         import_plugins(cfg.plugins)
         policy = ModelPolicy.load(cfg.model, rollout=rollout_config(cfg), device="cpu" if cfg.cpu else None,
-                                  seed=cfg.seed)
+                                  seed=cfg.seed, dtype=cfg.model_dtype)
         task = Task(question=cfg.question.strip(), answers=("",), id="chat")
         env = PromptCollabEnv(task=task, env_llm=cfg.env_llm, **cfg.env_kwargs())
     except (ValueError, FileNotFoundError, ImportError, OSError) as exc:

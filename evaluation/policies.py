@@ -81,14 +81,16 @@ class ModelPolicy:
         rollout: RolloutConfig | None = None,
         device: str | None = None,
         seed: int = 0,
+        dtype: str = "auto",
     ) -> ModelPolicy:
         """Load ``name`` with :func:`promptr1.agents.models.load_policy` (the one model resolver) onto
-        ``device`` (default: CUDA when available, else the CPU), in evaluation mode."""
+        ``device`` (default: CUDA when available, else the CPU), in evaluation mode, in ``dtype`` (``auto``: bf16
+        on a GPU that supports it, else float32)."""
         import torch
 
         from promptr1.agents.models import load_policy
 
-        model, tokenizer = load_policy(name)
+        model, tokenizer = load_policy(name, dtype="fp32" if device == "cpu" and dtype == "auto" else dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device).eval()
         return cls(model, tokenizer, name=name, rollout=rollout, seed=seed)

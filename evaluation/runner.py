@@ -233,7 +233,7 @@ class _Run:
                         self.log(f"loading agent model {m.model!r}")
                         players[m.model] = ModelPolicy.load(
                             m.model, rollout=rollout_config(self.cfg), device="cpu" if self.cfg.cpu else None,
-                            seed=self.cfg.seed)
+                            seed=self.cfg.seed, dtype=self.cfg.model_dtype)
                     await self.agent_episodes(players[m.model], jobs)
                 else:
                     await self.single_call(jobs)

@@ -90,6 +90,15 @@ class RunSettings:
     """Agent nucleus sampling (ref: 1.0 in training)."""
     repetition_penalty: float = 1.0
     """Agent repetition penalty on tokens already in the episode (1.0: none; ref evaluation: 1.05)."""
+    model_dtype: str = "auto"
+    """Dtype the agent model (and the training reference) is loaded in: ``auto`` (bf16 on a GPU that supports it,
+    else float32), ``bf16``, ``fp16`` or ``fp32``. The reference is loaded in it directly, never via a float32 copy."""
+    kv_reuse: bool = True
+    """Keep each episode's KV cache across its turns, so that a turn's prefill covers only the new tokens."""
+    rollout_max_batch_tokens: int = 0
+    """Cap on one generation batch: the sum over its episodes of (tokens so far + ``max_new_tokens``); more
+    episodes than fit are generated in several batches and the caches of those waiting are kept off the
+    accelerator, so its memory is bounded whatever the number of episodes (0: no cap)."""
     framing: str = "ours"
     """Agent-side framing: ``ours`` (forgiving) or ``reference`` (the official code's: tool schema, JSON results,
     ``<think>`` prefill, stop only at the end-of-turn token, error replies to malformed calls)."""

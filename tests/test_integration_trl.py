@@ -189,7 +189,9 @@ def test_scripted_episode_ids_and_mask_equal_our_rollout(tmp_path, tiny_path, fr
     backend = make_backend("echo")
     envs = [PromptCollabEnv(task=TASKS, env_llm=backend, **env_kwargs) for _ in inputs]
     tasks = [next(t for t in TASKS if t.id == n) for n in names for _ in range(G)]
-    cfg = RolloutConfig(max_new_tokens=64, max_seq_len=1024, stop_strings=FRAMINGS.get(framing).stop_strings)
+    # the scripted agent reads its whole context each call, so it is played without KV reuse
+    cfg = RolloutConfig(max_new_tokens=64, max_seq_len=1024, stop_strings=FRAMINGS.get(framing).stop_strings,
+                        kv_reuse=False)
     assert rollout.stop_strings == cfg.stop_strings
     ours = run_episodes(forced, tok, envs, tasks, [i // G for i in range(len(tasks))], cfg)
     batch = collate_episodes(ours, tok.pad_token_id)

@@ -281,3 +281,50 @@ def test_unknown_family_with_a_history_rewriting_template_is_a_clear_error(tiny)
     other.chat_template = QWEN3_LIKE_STOCK_TEMPLATE  # the same habit, but no Qwen3 tokens: no known fix
     with pytest.raises(TemplateError, match="Set tokenizer.chat_template"):
         ChatFramer(other)
+
+
+def _play(model, tok, n, **cfg_kw):
+    tasks = [Task(question=f"Question number {i}: where does the river {'Nile ' * (i + 1)}flow?", answers=("x",),
+                  id=f"q{i}") for i in range(n)]
+    envs = [ReplyEnv(max_turns=4) for _ in tasks]
+    timings: dict[str, float] = {}
+    cfg = RolloutConfig(max_new_tokens=10, max_seq_len=2048, temperature=0.0, independent=False, **cfg_kw)
+    eps = run_episodes(model, tok, envs, tasks, list(range(n)), cfg, timings=timings)
+    return eps, envs, timings
+
+
+def test_kv_reuse_across_turns_gives_the_same_episodes_with_less_prefill(tiny):
+    """Greedy episodes of different lengths (left padding in both the cached and the new region) are the same
+    with and without the KV cache kept across turns; with it, a turn prefills only its new tokens."""
+    model, tok = tiny
+    plain, plain_envs, t_plain = _play(model, tok, 3, kv_reuse=False)
+    reuse, reuse_envs, t_reuse = _play(model, tok, 3, kv_reuse=True)
+    for a, b, ea, eb in zip(plain, reuse, plain_envs, reuse_envs):
+        assert a.ids == b.ids and a.mask == b.mask and ea.actions == eb.actions
+        assert max(abs(x - y) for x, y in zip(a.logp, b.logp)) < 1e-4
+        assert b.cache is None  # dropped once the episode is over
+    full = sum(len(e.ids) - e.gen_tokens for e in plain)  # at least the context tokens, each turn re-encoded
+    assert t_plain["prefill_tokens"] > t_reuse["prefill_tokens"]
+    assert t_reuse["prefill_tokens"] < full + 4 * 3  # new tokens only: context once, plus each turn's last token
+
+
+def test_token_budget_splits_generation_batches_with_the_same_result(tiny, monkeypatch):
+    model, tok = tiny
+    import promptr1.agents.rollout as rollout_mod
+
+    sizes = []
+    real = rollout_mod.sample_turns
+
+    def spy(model, tokenizer, prompts, **kw):
+        sizes.append((len(prompts), sum(len(p) + 10 for p in prompts)))
+        return real(model, tokenizer, prompts, **kw)
+
+    monkeypatch.setattr(rollout_mod, "sample_turns", spy)
+    whole, _, _ = _play(model, tok, 4, kv_reuse=True)
+    assert sizes[0][0] == 4
+    rounds = len(sizes)
+    sizes.clear()
+    cap = 2 * (max(len(e.ids) for e in whole) + 10)
+    capped, _, _ = _play(model, tok, 4, kv_reuse=True, max_batch_tokens=cap)
+    assert all(tokens <= cap or n == 1 for n, tokens in sizes) and len(sizes) > rounds
+    assert [e.ids for e in whole] == [e.ids for e in capped]

@@ -221,3 +221,20 @@ def test_kl_in_reward_moves_the_kl_from_the_loss_to_the_rewards(tmp_path):
     assert m["reward/kl_penalty"] > 0
     assert torch.all(seen["rewards"] < raw)  # every episode paid for its KL
     assert abs((raw - seen["rewards"]).mean().item() - m["reward/kl_penalty"]) < 1e-5
+
+
+def test_reference_is_loaded_from_disk_in_the_model_dtype(tmp_path):
+    """The frozen reference comes straight from the checkpoint in model_dtype (no float32 copy of the policy);
+    the trained policy keeps float32 weights unless a lower dtype is asked for."""
+    cfg = make_cfg(tmp_path, steps=1, kl_coef=0.01, model_dtype="bf16")
+    tr = GRPOTrainer(cfg, tasks=TASKS, env_factory=LengthRewardEnv)
+    assert next(tr.ref_model.parameters()).dtype == torch.bfloat16
+    assert next(tr.unwrapped_model.parameters()).dtype == torch.bfloat16  # asked for explicitly
+    same = all(torch.equal(a.float(), b.float()) for a, b in zip(tr.ref_model.parameters(),
+                                                                 tr.unwrapped_model.parameters()))
+    assert same and tr.ref_model is not tr.unwrapped_model
+    tr.train_step()  # runs in bf16 end to end
+    auto = GRPOTrainer(make_cfg(tmp_path / "b", steps=1, kl_coef=0.01, cpu=True), tasks=TASKS,
+                       env_factory=LengthRewardEnv)
+    assert next(auto.unwrapped_model.parameters()).dtype == torch.float32  # auto on a CPU: float32 everywhere
+    assert next(auto.ref_model.parameters()).dtype == torch.float32

@@ -1,7 +1,8 @@
 """Tasks (a question and its gold answers) and the sources that yield them.
 
-Sources: the official Prompt-R1 parquet schema, JSONL with ``question``/``answers``, and the
-bundled synthetic generator (:mod:`promptr1.envs.synthetic`).
+Sources: the official Prompt-R1 parquet schema, JSONL with ``question``/``answers``, the
+bundled synthetic generator (:mod:`promptr1.envs.synthetic`), and datasets read with the ``datasets``
+library (``hf:NAME_OR_FOLDER[:SPLIT]``, :func:`load_hf_tasks`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "Task",
     "TaskSource",
     "assign_types",
+    "load_hf_tasks",
     "load_jsonl",
     "load_parquet",
     "load_tasks",
@@ -249,10 +251,147 @@ def load_jsonl(path: str | os.PathLike, *, task_type: str | None = None) -> List
     return ListTaskSource(assign_types(tasks, path.stem, task_type), name=path.name)
 
 
+# ----------------------------------------------------------------------------- datasets (``hf:``)
+
+
+def _task_from_record(row: Mapping, index: int, name: str) -> Task:
+    """A task from a dataset row: the official schema (``prompt`` + ``reward_model``) or ``question`` + ``answers``."""
+    if "prompt" in row and "reward_model" in row:
+        return _task_from_official_row(row, index, name)
+    if "question" not in row or ("answers" not in row and "answer" not in row):
+        raise ValueError(
+            f"{name} row {index}: expected the Prompt-R1 schema (prompt, reward_model.ground_truth) or the columns "
+            f"'question' and 'answers'; got columns {sorted(row)}."
+        )
+    answers = _answers_list(row.get("answers", row.get("answer")))
+    if not answers:
+        raise ValueError(f"{name} row {index}: 'answers' is empty; give at least one gold answer.")
+    return Task(question=str(row["question"]), answers=answers,
+                instruction=row.get("instruction") or DEFAULT_INSTRUCTION, ability=row.get("ability") or "",
+                data_source=row.get("data_source") or Path(name).stem,
+                id=str(row.get("id") or f"{Path(name).stem}-{index}"))
+
+
+def _parse_hf_spec(args: str) -> tuple[str, str | None, str | None]:
+    """``NAME_OR_FOLDER[:SPLIT]`` or ``NAME:CONFIG:SPLIT`` -> (name, config, split).
+
+    >>> _parse_hf_spec("data/hotpot"), _parse_hf_spec("openai/gsm8k:test"), _parse_hf_spec("openai/gsm8k:main:test")
+    (('data/hotpot', None, None), ('openai/gsm8k', None, 'test'), ('openai/gsm8k', 'main', 'test'))
+    """
+    if os.path.isdir(args):
+        return args, None, None
+    parts = args.split(":")
+    if len(parts) == 1:
+        return parts[0], None, None
+    if len(parts) == 2:
+        return parts[0], None, parts[1] or None
+    return ":".join(parts[:-2]), parts[-2] or None, parts[-1] or None
+
+
+def _pick_split(splits: Sequence[str], wanted: str | None, default: str, name: str) -> str:
+    """The split to read: the one asked for, else the caller's (train / test, with validation for test), else the
+    only one there is."""
+    if wanted is not None:
+        if wanted not in splits:
+            raise ValueError(f"dataset {name!r} has no split {wanted!r}; it has {sorted(splits)}. Write "
+                             f"'hf:{name}:SPLIT' with one of them.")
+        return wanted
+    for candidate in (default, *(("validation", "valid", "dev") if default == "test" else ())):
+        if candidate in splits:
+            return candidate
+    if len(splits) == 1:
+        return next(iter(splits))
+    raise ValueError(f"dataset {name!r} has splits {sorted(splits)} and none is {default!r}; choose one with "
+                     f"'hf:{name}:SPLIT'.")
+
+
+def _offline_first(load: Callable[[], Any], name: str) -> Any:
+    """Run ``load`` from the local cache only (as with ``HF_DATASETS_OFFLINE=1``); when the dataset is not cached
+    and offline mode was not asked for, try the hub once."""
+    import datasets
+
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:  # pragma: no cover - datasets depends on huggingface_hub
+        hub_constants = None
+    asked_offline = bool(datasets.config.HF_HUB_OFFLINE)
+    saved = (datasets.config.HF_HUB_OFFLINE, getattr(hub_constants, "HF_HUB_OFFLINE", None))
+    datasets.config.HF_HUB_OFFLINE = True
+    if hub_constants is not None:
+        hub_constants.HF_HUB_OFFLINE = True
+    try:
+        return load()
+    except Exception as offline_exc:  # noqa: BLE001 - not in the cache (the exception types vary by version)
+        first = offline_exc
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved[0]
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = saved[1]
+    if asked_offline:
+        raise FileNotFoundError(f"dataset {name!r} is not in the local datasets cache and offline mode is on "
+                                f"(HF_DATASETS_OFFLINE / HF_HUB_OFFLINE): {first}") from None
+    try:
+        return load()
+    except Exception as online_exc:  # noqa: BLE001
+        raise FileNotFoundError(
+            f"cannot load dataset {name!r}: not in the local cache ({type(first).__name__}: {first}) and not from the "
+            f"hub ({type(online_exc).__name__}: {online_exc}). Give a local folder (saved with save_to_disk, or "
+            "holding parquet files), or download the dataset where the hub is reachable."
+        ) from None
+
+
+def load_hf_tasks(args: str, *, split: str = "train", seed: int = 0, task_type: str | None = None) -> ListTaskSource:
+    """The ``hf`` task source: ``hf:NAME_OR_FOLDER[:SPLIT]`` (or ``hf:NAME:CONFIG:SPLIT``) through the ``datasets``
+    library.
+
+    ``NAME_OR_FOLDER`` is a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, a folder of
+    parquet (or JSON Lines) files (``train*.parquet``, ``test*.parquet``, ... name the splits; otherwise all rows
+    are one split), or a dataset name on the hub, read from the local cache first (as with
+    ``HF_DATASETS_OFFLINE=1``; the hub is asked only when it is not cached and offline mode is off). Rows are in
+    the Prompt-R1 schema (``data_source``, ``prompt``, ``ability``, ``reward_model.ground_truth``) or have
+    ``question`` and ``answers``. Without ``SPLIT`` the caller's split is read (``train`` for training, ``test``
+    then ``validation`` for evaluation), or the only split there is. ``seed`` is unused (the rows keep their order).
+    """
+    del seed
+    if not args:
+        raise ValueError("the hf task source needs a dataset: write 'hf:NAME_OR_FOLDER[:SPLIT]', e.g. "
+                         "'hf:data/hotpot_ds' or 'hf:openai/gsm8k:main:test'.")
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("the hf task source needs the datasets library: pip install datasets") from None
+    name, config, wanted = _parse_hf_spec(args)
+    folder = Path(name)
+    if folder.is_dir() and ((folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()):
+        loaded = datasets.load_from_disk(str(folder))
+    elif folder.is_dir():
+        files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".parquet", ".jsonl", ".json"))
+        if not files:
+            raise FileNotFoundError(f"dataset folder {name!r} holds no save_to_disk dataset and no .parquet or "
+                                    ".jsonl files.")
+        loaded = datasets.load_dataset(str(folder))
+    elif name.startswith((".", "/", "~")) or (os.sep in name and Path(name.split(os.sep)[0]).is_dir()):
+        raise FileNotFoundError(f"dataset folder {name!r} does not exist.")
+    else:
+        loaded = _offline_first(lambda: datasets.load_dataset(name, config), name)
+    if isinstance(loaded, datasets.DatasetDict):
+        chosen = _pick_split(list(loaded), wanted, split, name)
+        rows, label = loaded[chosen], f"{folder.name or name}:{chosen}"
+    else:
+        if wanted is not None and wanted != getattr(loaded, "split", wanted):
+            raise ValueError(f"dataset {name!r} is a single split; drop ':{wanted}'.")
+        rows, label = loaded, folder.name or name
+    stem = folder.name or name.replace("/", "_")
+    tasks = [_task_from_record(row, i, stem) for i, row in enumerate(rows)]
+    if not tasks:
+        raise ValueError(f"task source 'hf:{args}' is empty; give at least one task.")
+    return ListTaskSource(assign_types(tasks, stem, task_type), name=f"hf:{label}")
+
+
 #: Named task sources: ``load_tasks("NAME[:ARGS]")`` calls ``TASK_SOURCES["NAME"](ARGS, split=, seed=)``.
 #: File paths (``.parquet``, ``.jsonl``) are recognised by their suffix instead.
 TASK_SOURCES: Registry[Callable[..., Sequence[Task]]] = Registry(
-    "task source", {"synthetic": "promptr1.envs.synthetic.world:load_synthetic"}
+    "task source", {"synthetic": "promptr1.envs.synthetic.world:load_synthetic", "hf": load_hf_tasks}
 )
 
 

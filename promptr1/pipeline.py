@@ -10,21 +10,49 @@ One ``promptr1 train`` run, in order:
 4. GRPO (or any registered algorithm) with :class:`~promptr1.agents.trainer.GRPOTrainer`;
 5. optional held-out evaluation (``eval_episodes``) of the untrained, warm-started and trained policies
    through the evaluation wing, with the same env settings (reward variant included) as training.
+
+Around step 4, two callbacks (:class:`ValidationCallback`, :class:`BudgetStopCallback`) validate the live
+policy before training and every ``eval_every`` steps, and stop the run cleanly once the env LLM's budget
+(``max_calls`` / ``max_cost``) is spent: the step finishes, a checkpoint is written, and ``promptr1 train``
+exits with code 3 (``--resume auto`` continues). The env LLM is built once as
+``CachedBackend(BudgetedBackend(backend))`` (the cache only with ``cache``), so that the warm start, training,
+validation and the final evaluation share one backend, one budget and one cache. ``--dry-run`` prints what
+the config will cost in env-LLM calls, tokens and dollars, and loads nothing.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import pathlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from promptr1.agents.config import GRPOConfig, SFTConfig
+from promptr1.agents.logger import Callback
 from promptr1.config import ConfigError, parse_command
 
-__all__ = ["run_training", "sft_main", "train_main"]
+__all__ = [
+    "BUDGET_EXIT_CODE",
+    "BudgetStopCallback",
+    "ValidationCallback",
+    "backend_kwargs",
+    "build_env_backend",
+    "dry_run_report",
+    "run_training",
+    "sft_main",
+    "train_main",
+]
+
+#: ``promptr1 train``'s exit code when the env LLM's budget stopped the run (as ``promptr1 eval``'s).
+BUDGET_EXIT_CODE = 3
+
+#: Settings passed to the env LLM's factory as keyword arguments: setting -> keyword.
+BACKEND_OPTIONS = {"env_max_concurrency": "max_concurrency", "env_rpm": "rpm", "env_tpm": "tpm",
+                   "env_price_per_1k": "price_per_1k"}
 
 
 def _die(exc: Exception, prog: str) -> int:
@@ -71,27 +99,46 @@ def sft_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def run_training(cfg: GRPOConfig, *, env_llm: Any = None) -> int:
-    """The whole ``promptr1 train`` pipeline for a parsed config (``env_llm``: an already-built backend)."""
+def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Callback] = ()) -> int:
+    """The whole ``promptr1 train`` pipeline for a parsed config; returns the exit code: 0, or
+    :data:`BUDGET_EXIT_CODE` when the env LLM's budget stopped training (a checkpoint was written).
+
+    ``env_llm``: an already-built backend (used as is, not closed; the budget and the cache still wrap it).
+    ``callbacks``: more :class:`~promptr1.agents.logger.Callback` objects for the trainer.
+    """
     import dataclasses
 
-    import torch
-
-    from promptr1.llm_backends import make_backend
     from promptr1.plugins import import_plugins
 
     import_plugins(cfg.plugins)  # 1. before anything that looks a name up
     cfg.loss_config()  # an unknown --algo or a bad loss setting fails here, before any model loads
+    check_training_settings(cfg, given_backend=env_llm is not None)
+    if cfg.dry_run:
+        print(dry_run_report(cfg), flush=True)
+        return 0
+
+    import torch
+
     t_start = time.perf_counter()
     out = pathlib.Path(cfg.output_dir)
     if cfg.cpu or not torch.cuda.is_available():
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    backend = env_llm if env_llm is not None else make_backend(cfg.env_llm)  # 2. once per run
+    backend, budget = build_env_backend(cfg, env_llm)  # 2. once per run
+    if cfg.max_cost is not None and not cfg.env_price_per_1k:
+        print("promptr1 train: warning: --max-cost is set but no price was given (--env-price-per-1k IN OUT); "
+              "a backend without its own price table reports every call as $0, so only --max-calls can stop it.",
+              file=sys.stderr, flush=True)
     try:
         policy = _warm_start(cfg, backend, out)  # 3.
         from promptr1.agents.trainer import GRPOTrainer
 
-        trainer = GRPOTrainer(dataclasses.replace(cfg, model=policy), env_llm=backend)  # 4.
+        guards: list[Callback] = []
+        if cfg.eval_every > 0:
+            guards.append(ValidationCallback(cfg, backend, budget=budget))
+        stop = BudgetStopCallback(budget)
+        guards.append(stop)
+        trainer = GRPOTrainer(dataclasses.replace(cfg, model=policy), env_llm=backend,
+                              callbacks=[*guards, *callbacks])  # 4.
         main = trainer.accelerator.is_main_process
         if main:
             print(f"promptr1 train: policy {cfg.model!r}{' (after SFT)' if policy != cfg.model else ''}, "
@@ -104,18 +151,323 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None) -> int:
         if main:
             last = history[-1] if history else {}
             print(f"promptr1 train: done in {time.perf_counter() - t_start:.0f}s; last step reward "
-                  f"{last.get('reward/mean', float('nan')):+.3f}; checkpoint {ckpt}", flush=True)
+                  f"{last.get('reward/mean', float('nan')):+.3f}; checkpoint {ckpt}; env LLM: {budget.calls} "
+                  f"uncached calls, ${budget.cost:.4f}", flush=True)
+        if stop.stopped_at is not None:
+            if main:
+                print(f"promptr1 train: the env-LLM budget stopped training at step {stop.stopped_at} of "
+                      f"{cfg.steps} ({stop.reason}); checkpoint {ckpt}. Run the same command with --resume auto "
+                      "to continue (with a new budget).", flush=True)
+            return BUDGET_EXIT_CODE
         if cfg.eval_episodes > 0 and main:  # 5.
             trained, tokenizer = trainer.unwrapped_model, trainer.tokenizer
             del trainer
             final_evaluation(cfg, policy, trained, tokenizer, backend, out)
             print(f"promptr1 train: total {time.perf_counter() - t_start:.0f}s", flush=True)
     finally:
-        if env_llm is None:
-            close = getattr(backend, "close", None)
-            if callable(close):
-                close()
+        close = getattr(backend, "close", None)  # closes the budget wrapper and the cache, and our own backend
+        if callable(close):
+            close()
     return 0
+
+
+# ----------------------------------------------------------------------------- the env LLM of a run
+
+
+def _keyword_names(factory: Any) -> tuple[set[str], bool]:
+    """The keyword parameters a backend factory names, and whether it also takes ``**kwargs``."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return set(), True  # cannot tell: let the factory decide
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def backend_kwargs(cfg: GRPOConfig) -> dict[str, Any]:
+    """Keyword arguments for the env LLM's factory from ``env_max_concurrency``, ``env_rpm``, ``env_tpm`` and
+    ``env_price_per_1k``; a :class:`ConfigError` when the spec's factory does not take one of them.
+
+    >>> backend_kwargs(GRPOConfig(env_llm="openai:gpt-4o-mini", env_rpm=500, env_price_per_1k=[0.15, 0.6]))
+    {'rpm': 500.0, 'price_per_1k': (0.15, 0.6)}
+    >>> backend_kwargs(GRPOConfig(env_llm="sim", env_rpm=500))
+    Traceback (most recent call last):
+    ...
+    promptr1.config.ConfigError: --env-rpm is passed to the env LLM as rpm=, but env_llm 'sim' (SimExpert) takes no such argument: concurrency, rate limits and prices are options of backends that call a server (openai:MODEL). Drop --env-rpm, or use such a backend.
+    """
+    given: dict[str, Any] = {}
+    for setting, keyword in BACKEND_OPTIONS.items():
+        value = getattr(cfg, setting)
+        if value is None or (isinstance(value, list) and not value):
+            continue
+        if setting == "env_price_per_1k":
+            if len(value) != 2 or any(float(v) < 0 for v in value):
+                raise ConfigError(f"--env-price-per-1k takes two numbers >= 0, USD per 1,000 input tokens and per "
+                                  f"1,000 output tokens (e.g. --env-price-per-1k 0.15 0.6); got {value!r}.")
+            value = (float(value[0]), float(value[1]))
+        elif not value > 0:
+            raise ConfigError(f"--{setting.replace('_', '-')} must be > 0 (or left out), got {value!r}.")
+        given[keyword] = value
+    if not given:
+        return {}
+    from promptr1.llm_backends import BACKENDS
+
+    name = cfg.env_llm.partition(":")[0].strip().lower()
+    factory = BACKENDS.get(name)
+    named, var_kw = _keyword_names(factory)
+    for setting, keyword in BACKEND_OPTIONS.items():
+        if keyword in given and keyword not in named and not var_kw:
+            option = "--" + setting.replace("_", "-")
+            raise ConfigError(
+                f"{option} is passed to the env LLM as {keyword}=, but env_llm {cfg.env_llm!r} "
+                f"({getattr(factory, '__name__', type(factory).__name__)}) takes no such argument: concurrency, rate "
+                f"limits and prices are options of backends that call a server (openai:MODEL). Drop {option}, or "
+                "use such a backend."
+            )
+    return given
+
+
+def check_training_settings(cfg: GRPOConfig, *, given_backend: bool = False) -> None:
+    """Reject bad validation, budget, cache and env-LLM limit settings before anything is loaded."""
+    from promptr1.llm_backends.cache import CACHE_MODES
+
+    for name in ("eval_every", "eval_limit"):
+        if int(getattr(cfg, name)) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)!r}.")
+    if cfg.max_calls is not None and cfg.max_calls < 0:
+        raise ConfigError(f"--max-calls must be >= 0 (or left out), got {cfg.max_calls!r}.")
+    if cfg.max_cost is not None and cfg.max_cost < 0:
+        raise ConfigError(f"--max-cost must be >= 0 (or left out), got {cfg.max_cost!r}.")
+    mode = str(cfg.cache_mode).strip().lower().replace("_", "-")
+    if mode not in CACHE_MODES:
+        raise ConfigError(f"--cache-mode must be one of {', '.join(CACHE_MODES)}; got {cfg.cache_mode!r}.")
+    kwargs = backend_kwargs(cfg)
+    if kwargs and given_backend:
+        raise ConfigError(f"{sorted(kwargs)} configure a backend built from --env-llm; an env LLM passed in as an "
+                          "object is used as it is. Build it with those arguments instead.")
+
+
+def build_env_backend(cfg: GRPOConfig, env_llm: Any = None) -> tuple[Any, Any]:
+    """The run's env LLM, ``CachedBackend(BudgetedBackend(backend))`` (the cache only with ``cache``), and its
+    :class:`~promptr1.evaluation.budget.Budget`. Closing the result closes ``backend`` unless it was given."""
+    from promptr1.evaluation.budget import Budget, BudgetedBackend
+    from promptr1.llm_backends import make_backend
+
+    inner = env_llm if env_llm is not None else make_backend(cfg.env_llm, **backend_kwargs(cfg))
+    budget = Budget(cfg.max_calls, cfg.max_cost)
+    backend: Any = BudgetedBackend(inner, budget, owns_inner=env_llm is None)
+    mode = str(cfg.cache_mode).strip().lower().replace("_", "-")
+    if cfg.cache and mode != "off":
+        from promptr1.llm_backends.cache import CachedBackend
+
+        backend = CachedBackend(backend, cfg.cache, mode)
+    return backend, budget
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+class BudgetStopCallback(Callback):
+    """Stops training at the end of the step in which the env LLM's budget ran out.
+
+    The trainer then writes its final checkpoint; calls the budget refused flagged their episodes
+    (``env_error`` ``"budget: ..."``), which the trainer dropped from their groups like any env error. The
+    budget's use is logged as ``env_llm/budget_calls`` and ``env_llm/budget_cost_usd`` (this run's uncached calls).
+    Under ``accelerate launch`` each process has its own budget and all stop when one does.
+    """
+
+    def __init__(self, budget: Any) -> None:
+        self.budget = budget
+        self.stopped_at: int | None = None
+        self.reason: str | None = None
+
+    def on_step_end(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> bool:
+        writer = getattr(getattr(trainer, "logger", None), "writer", None)
+        if writer is not None:
+            writer.add_scalar("env_llm/budget_calls", self.budget.calls, step)
+            writer.add_scalar("env_llm/budget_cost_usd", self.budget.cost, step)
+        spent = self.budget.stop_reason is not None
+        acc = getattr(trainer, "accelerator", None)
+        if acc is not None and acc.num_processes > 1:  # every process stops at the same step
+            import torch
+
+            flag = torch.tensor([1.0 if spent else 0.0], device=acc.device)
+            spent = bool(acc.reduce(flag, reduction="sum").item() > 0)
+        if spent:
+            self.stopped_at = step
+            self.reason = self.budget.stop_reason or "another process's budget ran out"
+            return False
+        return True
+
+
+class ValidationCallback(Callback):
+    """Validates the live policy before training and every ``cfg.eval_every`` steps (and after the last step).
+
+    Each validation is :func:`promptr1.evaluation.compare_policies` on the trainer's own model: greedy, on
+    ``cfg.eval_tasks`` (empty: the test split of ``cfg.tasks``), at most ``cfg.eval_limit`` questions per dataset,
+    with the run's env settings and the run's env-LLM backend object (so its calls share the run's budget and
+    cache). Its scalars go to TensorBoard as ``eval/<dataset>/<measure>/policy@<env LLM>`` and
+    ``eval/average/policy@<env LLM>`` at the step; each validation's report sits in
+    ``OUTPUT_DIR/validation/step-NNNNNN/`` and a line per validation in ``OUTPUT_DIR/validation/history.jsonl``.
+    A resumed run does not repeat a validation already written. Only the main process validates.
+    """
+
+    def __init__(self, cfg: GRPOConfig, backend: Any, *, budget: Any = None, label: str = "policy") -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.budget = budget
+        self.label = label
+        self.folder = pathlib.Path(cfg.output_dir) / "validation"
+        self.history: list[dict[str, Any]] = []
+
+    def on_train_begin(self, trainer: Any) -> None:
+        if self.cfg.eval_before_train:
+            self._maybe_validate(trainer, trainer.step)
+
+    def on_step_end(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> bool:
+        if step % max(self.cfg.eval_every, 1) == 0 or step == self.cfg.steps:
+            self._maybe_validate(trainer, step)
+        return True
+
+    def _maybe_validate(self, trainer: Any, step: int) -> None:
+        acc = trainer.accelerator
+        done = (self.folder / f"step-{step:06d}" / "summary.json").is_file()
+        spent = self.budget is not None and self.budget.stop_reason is not None
+        if acc.is_main_process and not done and not spent:
+            self.validate(trainer, step)
+        acc.wait_for_everyone()
+
+    def validate(self, trainer: Any, step: int) -> Any:
+        """One validation of ``trainer``'s live model at ``step``; returns the :class:`EvalResult`."""
+        from promptr1.evaluation import compare_policies
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        model = trainer.unwrapped_model
+        was_training = model.training
+        tasks = list(cfg.eval_tasks or cfg.tasks)
+        try:
+            result = compare_policies(
+                {self.label: (model, trainer.tokenizer)}, tasks, self.backend, cfg,
+                episodes=cfg.eval_limit or None, temperature=0.0,
+                output_dir=str(self.folder / f"step-{step:06d}"), chart=False, progress=False,
+                batch_size=max(1, cfg.batch_questions * cfg.group_size))
+        finally:
+            model.train(was_training)
+        writer = getattr(getattr(trainer, "logger", None), "writer", None)
+        scalars = result.log_to(writer, step) if writer is not None else result.scalars()
+        if writer is not None:
+            writer.flush()
+        entry = {"step": step, "seconds": round(time.perf_counter() - t0, 3), "partial": result.partial,
+                 "stop_reason": result.stop_reason, "scalars": scalars}
+        self.history.append(entry)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / "history.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        parts = []
+        for row in result.rows:
+            reward = row.stats.get("reward")
+            parts.append(f"{row.dataset} {row.primary} {row.metrics[row.primary][0]:.3f}"
+                         + (f", reward {reward[0]:+.3f}" if reward is not None and not math.isnan(reward[0]) else "")
+                         + f" ({row.n} episodes)")
+        print(f"promptr1 train: validation at step {step}: {'; '.join(parts) or 'no episodes'} "
+              f"[{entry['seconds']:.0f}s]", file=sys.stderr, flush=True)
+        return result
+
+
+# ----------------------------------------------------------------------------- --dry-run
+
+
+def _fmt(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def _validation_questions(cfg: GRPOConfig) -> int:
+    """Questions one validation plays (loads the task sources, not a model)."""
+    from promptr1.envs.tasks import load_tasks
+
+    n = 0
+    for spec in cfg.eval_tasks or cfg.tasks:
+        size = len(load_tasks(spec, split="test"))
+        n += min(size, cfg.eval_limit) if cfg.eval_limit > 0 else size
+    return n
+
+
+def dry_run_report(cfg: GRPOConfig) -> str:
+    """What ``cfg`` will ask of the env LLM, as upper bounds: calls, input and output tokens, and dollars
+    (with ``env_price_per_1k``), per episode, per step, per validation and for the whole run.
+
+    Every agent turn may be a prompt, and the env sends every prompt, the last turn's included: up to
+    ``max_turns`` calls an episode. A prompt is at most one agent turn (``max_new_tokens`` tokens); a reply is at
+    most ``env_max_tokens`` tokens (with no limit, ``max_response_chars / 4`` as an estimate). The k-th call's
+    input holds the env system prompt, the k-1 earlier prompts and replies, and the new prompt.
+
+    >>> report = dry_run_report(GRPOConfig(steps=2, batch_questions=1, group_size=2, max_turns=2))
+    >>> [line.split()[:4] for line in report.splitlines() if "calls" in line.split()[:1] + line.split()[-5:-4]]
+    [['calls', 'input', 'tokens', 'output']]
+    >>> [line.split()[-5] for line in report.splitlines() if line.strip().startswith(("per step", "whole run"))]
+    ['4', '8']
+    """
+    from promptr1.envs.collab_env import DEFAULT_ENV_SYSTEM_PROMPT
+    from promptr1.llm_backends.limits import estimate_tokens
+
+    episodes = cfg.batch_questions * cfg.group_size
+    calls = cfg.max_turns  # every turn may send a prompt
+    prompt = cfg.max_new_tokens
+    if cfg.env_max_tokens > 0:
+        reply, reply_note = cfg.env_max_tokens, f"env_max_tokens={cfg.env_max_tokens}"
+    else:
+        reply = estimate_tokens("x" * cfg.max_response_chars)
+        reply_note = (f"no env_max_tokens limit: estimated from max_response_chars={cfg.max_response_chars} "
+                      "(replies can be longer)")
+    system = estimate_tokens(DEFAULT_ENV_SYSTEM_PROMPT)
+    inp = sum(system + (k - 1) * (prompt + reply) + prompt for k in range(1, calls + 1))
+    outp = calls * reply
+    price = tuple(float(v) for v in cfg.env_price_per_1k) if cfg.env_price_per_1k else None
+
+    def cost(i: float, o: float) -> str:
+        return f"{i / 1000 * price[0] + o / 1000 * price[1]:,.4f}" if price else "n/a"
+
+    rows: list[tuple[str, float, float, float]] = [
+        ("per episode", calls, inp, outp),
+        (f"per step ({episodes} episodes)", calls * episodes, inp * episodes, outp * episodes),
+    ]
+    n_val = 0
+    if cfg.eval_every > 0:
+        questions = _validation_questions(cfg)
+        n_val = int(cfg.eval_before_train) + cfg.steps // cfg.eval_every + int(cfg.steps % cfg.eval_every != 0)
+        rows.append((f"per validation ({questions} episodes)", calls * questions, inp * questions, outp * questions))
+    total_eps = cfg.steps * episodes + (n_val * questions if n_val else 0)
+    label = f"whole run ({cfg.steps} steps" + (f" + {n_val} validations)" if n_val else ")")
+    rows.append((label, calls * total_eps, inp * total_eps, outp * total_eps))
+    lines = [
+        "promptr1 train --dry-run: expected env-LLM use, upper bounds (no model loaded, no call made)",
+        f"  env LLM {cfg.env_llm!r}; {cfg.batch_questions} question(s) x {cfg.group_size} rollouts = {episodes} episodes "
+        "a step (per process under accelerate launch)",
+        f"  up to {calls} calls an episode (max_turns={cfg.max_turns}: every turn may send a prompt, the last one "
+        "included)",
+        f"  a prompt <= {prompt} tokens (max_new_tokens), a reply <= {reply} tokens ({reply_note}), env system "
+        f"prompt ~{system} tokens; the k-th call re-sends the k-1 earlier prompts and replies",
+        "  cost: " + (f"${price[0]:g} / ${price[1]:g} per 1,000 input / output tokens (--env-price-per-1k)" if price
+                      else "n/a: no price given (--env-price-per-1k IN OUT, USD per 1,000 tokens)"),
+        "",
+        f"  {'':<38} {'calls':>10} {'input tokens':>14} {'output tokens':>14} {'cost (USD)':>12}",
+    ]
+    for name, c, i, o in rows:
+        lines.append(f"  {name:<38} {_fmt(c):>10} {_fmt(i):>14} {_fmt(o):>14} {cost(i, o):>12}")
+    if cfg.max_calls is not None:
+        per_step = calls * episodes
+        lines.append(f"\n  --max-calls {cfg.max_calls}: at the upper bound the budget runs out in step "
+                     f"{max(1, math.ceil(cfg.max_calls / per_step))} of {cfg.steps}.")
+    if cfg.max_cost is not None and price:
+        per_step_cost = (inp * price[0] + outp * price[1]) / 1000 * episodes
+        if per_step_cost > 0:
+            lines.append(f"  --max-cost {cfg.max_cost:g}: at the upper bound the budget runs out in step "
+                         f"{max(1, math.ceil(cfg.max_cost / per_step_cost))} of {cfg.steps}.")
+    if cfg.cache:
+        lines.append(f"  --cache {cfg.cache} ({cfg.cache_mode}): cached replies cost nothing; these are the calls "
+                     "before the cache.")
+    return "\n".join(lines)
 
 
 def _warm_start(cfg: GRPOConfig, backend: Any, out: pathlib.Path) -> str:

@@ -4,9 +4,11 @@ Layout of ``OUTPUT_DIR``::
 
     checkpoint-000010/        a complete checkpoint (never partially written)
         config.json, model.safetensors, tokenizer files ...   the model in HF format (from_pretrained)
-        optimizer.pt, scheduler.pt                              optimizer and LR scheduler states
         trainer_state.json                                      step, data cursor, config
-        rng_state_rank0.pt ...                                  python/numpy/torch RNG states per process
+        accelerate_state/                                       the trainer's: optimizer, LR scheduler and every
+                                                                process's RNG through accelerate's state API
+                                                                (sharded per rank under FSDP / DeepSpeed)
+        optimizer.pt, scheduler.pt, rng_state_rank0.pt ...      single-process writers (write_checkpoint, SFT)
     latest                    a text file naming the newest complete checkpoint
 
 A checkpoint is written into a hidden temporary folder which is renamed into place only when
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ACCELERATE_STATE",
     "CHECKPOINT_PREFIX",
     "capture_rng_state",
     "find_latest_checkpoint",
@@ -38,6 +41,8 @@ __all__ = [
 ]
 
 CHECKPOINT_PREFIX = "checkpoint-"
+#: Sub-folder of a trainer checkpoint holding accelerate's saved state.
+ACCELERATE_STATE = "accelerate_state"
 _TMP_PREFIX = ".tmp-" + CHECKPOINT_PREFIX
 
 

@@ -18,6 +18,7 @@ through accelerate's own config). Seeding happens in one place (:func:`seed_ever
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import pathlib
 import time
@@ -28,14 +29,13 @@ import numpy as np
 import torch
 
 from promptr1.agents.checkpoint import (
-    capture_rng_state,
+    ACCELERATE_STATE,
     checkpoint_name,
     find_latest_checkpoint,
     load_trainer_state,
     publish_checkpoint,
     restore_rng_state,
     temp_dir_for,
-    write_checkpoint_files,
 )
 from promptr1.agents.config import GRPOConfig
 from promptr1.config import config_to_dict
@@ -134,6 +134,7 @@ class GRPOTrainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = self._make_scheduler(optimizer)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self._register_state_hooks()
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
 
@@ -160,6 +161,35 @@ class GRPOTrainer:
         self.logger: Logger | None = None
 
     # ------------------------------------------------------------------ setup pieces
+    def _register_state_hooks(self) -> None:
+        """Without sharding, the HF-format weights beside the state are the model's: accelerate's state then holds
+        only the optimizer, scheduler and RNG (no second copy of the weights). FSDP and DeepSpeed keep their own."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            return
+        self.accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+        self.accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+
+    @contextlib.contextmanager
+    def generation_model(self):
+        """The module to sample with, as the distributed strategy requires: the plain module for one process and
+        DDP; under FSDP the wrapped module (each forward gathers the shards it needs); under DeepSpeed ZeRO-3 the
+        module inside ``GatheredParameters`` (the full weights for the rollout, released afterwards)."""
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.FSDP:
+            yield self.model
+        elif acc.distributed_type == DistributedType.DEEPSPEED and _zero_stage(acc) == 3:
+            import deepspeed
+
+            module = self.unwrapped_model
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                yield module
+        else:
+            yield self.unwrapped_model
+
     def _find_resume(self) -> pathlib.Path | None:
         r = self.cfg.resume
         if not r:
@@ -248,8 +278,7 @@ class GRPOTrainer:
         groups = [rank * len(questions) + i for i in range(len(questions)) for _ in range(G)]
         gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, "rollout", self.step, rank))
         timings: dict[str, float] = {}
-        model = self.unwrapped_model
-        with self.accelerator.autocast():
+        with self.generation_model() as model, self.accelerator.autocast():
             episodes = run_episodes(model, self.tokenizer, self.envs[: len(tasks)], tasks, groups, self.rollout_cfg,
                                     framer=self.framer, generator=gen, timings=timings,
                                     seed=derived_seed(self.cfg.seed, "env", self.step, rank) % (2**31))
@@ -484,7 +513,7 @@ class GRPOTrainer:
             if not keep_going:
                 break
             del means
-        path = self.save()
+        self.save()
         self.callbacks.on_train_end(self)
         self.logger.close()
         self.logger = None
@@ -520,10 +549,18 @@ class GRPOTrainer:
                 shutil.rmtree(tmp)
             tmp.mkdir()
         acc.wait_for_everyone()
-        torch.save(capture_rng_state(), tmp / f"rng_state_rank{acc.process_index}.pt")
+        # Weights in HF format: get_state_dict gathers FSDP shards / ZeRO-3 partitions to the main process (every
+        # process takes part). Optimizer, scheduler and every process's RNG go through accelerate's state API,
+        # which saves them per rank (sharded) under FSDP and DeepSpeed.
+        full = acc.get_state_dict(self.model)
         if acc.is_main_process:
-            write_checkpoint_files(tmp, model=self.unwrapped_model, tokenizer=self.tokenizer,
-                                   optimizer=self.optimizer, scheduler=self.scheduler, trainer_state=self.state_dict())
+            self.unwrapped_model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / "trainer_state.json").write_text(json.dumps(self.state_dict(), indent=2, sort_keys=True,
+                                                               default=str))
+        del full
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / ACCELERATE_STATE))
         acc.wait_for_everyone()
         final = out / checkpoint_name(self.step)
         if acc.is_main_process:
@@ -537,7 +574,10 @@ class GRPOTrainer:
         state = load_trainer_state(folder)
         self.step = int(state["step"])
         self.cursor = int(state["cursor"])
-        opt = folder / "optimizer.pt"
+        if (folder / ACCELERATE_STATE).is_dir():
+            self.accelerator.load_state(str(folder / ACCELERATE_STATE))
+            return
+        opt = folder / "optimizer.pt"  # a checkpoint written before the state API was used
         if opt.exists():
             self.optimizer.load_state_dict(torch.load(opt, map_location="cpu", weights_only=False))
         sch = folder / "scheduler.pt"
@@ -546,3 +586,8 @@ class GRPOTrainer:
         rng = folder / f"rng_state_rank{self.accelerator.process_index}.pt"
         if rng.exists():
             restore_rng_state(torch.load(rng, weights_only=False))
+
+
+def _zero_stage(acc: Any) -> int:
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    return int(getattr(plugin, "zero_stage", 0) or 0)

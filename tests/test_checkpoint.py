@@ -103,3 +103,31 @@ def test_writer_killed_at_random_moments_never_corrupts_latest(tmp_path, tiny):
         m = AutoModelForCausalLM.from_pretrained(latest)  # loads: complete
         first = next(m.parameters())
         assert step >= 1 and torch.isfinite(first).all()
+
+
+def test_trainer_checkpoint_uses_accelerates_state_api_without_a_second_copy_of_the_weights(tmp_path):
+    """Optimizer, scheduler and RNG go through accelerate's save_state (what shards them per rank under FSDP /
+    DeepSpeed); the weights are stored once, in HF format beside it."""
+    from promptr1.agents.config import GRPOConfig
+    from promptr1.agents.trainer import GRPOTrainer
+    from promptr1.envs.tasks import Task
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    class Env:
+        def reset(self, seed=None, options=None):
+            self.task = options["task"]
+            return "", {"messages": [{"role": "user", "content": self.task.prompt}]}
+
+        def step(self, action):
+            return "", float(len(action) % 3) - 1.0, True, False, {"env_error": None, "reward_components": {}}
+
+    cfg = GRPOConfig(model=str(tiny_model_path()), steps=1, batch_questions=1, group_size=2, max_new_tokens=4,
+                     max_seq_len=256, progress=False, output_dir=str(tmp_path / "run"), kl_coef=0.0, cpu=True,
+                     num_transcripts=0)
+    tr = GRPOTrainer(cfg, tasks=[Task("q?", ("a",))], env_factory=Env)
+    tr.train()
+    ckpt = find_latest_checkpoint(tmp_path / "run")
+    state = ckpt / "accelerate_state"
+    assert (ckpt / "model.safetensors").is_file() and (state / "optimizer.bin").is_file()
+    assert (state / "random_states_0.pkl").is_file() and list(state.glob("scheduler*.bin"))
+    assert not list(state.glob("model*.safetensors")) and not list(state.glob("pytorch_model*"))

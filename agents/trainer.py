@@ -426,6 +426,9 @@ class GRPOTrainer:
         rec["time/step_s"] = t_end - t_step
         rec["time/gen_tokens_per_s"] = gen_tokens / max(timings.get("generate_s", 0.0), 1e-9)
         rec["time/train_tokens_per_s"] = float(batch["attention_mask"].sum()) * cfg.update_epochs / max(t_end - t_upd, 1e-9)
+        if torch.cuda.is_available() and acc.device.type == "cuda":
+            rec["time/peak_memory_gb"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
+        rec["rollout/prefill_tokens"] = timings.get("prefill_tokens", 0.0)
         rec = self._reduce(rec)
         self._last_episodes = episodes
         return rec

@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     print(f"\ncommand: python benchmarks/gpu_smoke.py --steps {args.steps} --batch-questions {args.batch_questions} "
           f"--group-size {args.group_size} --max-new-tokens {args.max_new_tokens}")
-    return 1 if failed or not rows or not all(r["moved"] for r in rows) else 0
+    print("(moved: whether the first weights changed; an untrained policy whose groups all score -1 has zero "
+          "advantages, so False is possible without a fault)")
+    return 1 if failed or not rows else 0
 
 
 if __name__ == "__main__":

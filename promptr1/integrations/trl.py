@@ -732,25 +732,10 @@ class PromptR1Rollout:
         return episodes_to_trl(episodes, drop_env_errors=self.drop_env_errors)
 
 
-def make_rollout_func(
-    tasks: Any = "synthetic",
-    *,
-    env_llm: Any = "sim",
-    max_turns: int | None = None,
-    env_kwargs: Mapping[str, Any] | None = None,
-    env_factory: Callable[[], Any] | None = None,
-    split: str = "train",
-    max_new_tokens: int | None = None,
-    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-    stop_strings: Sequence[str] | None = None,
-    independent: bool = True,
-    drop_env_errors: bool = True,
-    sampler: Callable[..., list[SampledTurn]] | None = None,
-    seed: int | None = None,
-) -> PromptR1Rollout:
+def make_rollout_func(tasks: Any = "synthetic", **kwargs: Any) -> PromptR1Rollout:
     """Build the ``rollout_func`` for ``trl.GRPOTrainer``: one :class:`PromptCollabEnv` episode per prompt.
 
-    Args:
+    Keyword arguments (those of :class:`PromptR1Rollout`):
         tasks: the tasks the dataset's prompts come from (anything :func:`load_tasks` takes; use the
             same source as :func:`tasks_to_dataset`).
         env_llm: the large LLM: a spec (``"sim"``, ``"openai:MODEL"``, ``"hf:ID"``, ...) or an
@@ -774,8 +759,4 @@ def make_rollout_func(
         seed: seed the sampler per call (derived from seed, step, rank); default: torch's global RNG,
             which TRL seeds from ``args.seed``.
     """
-    return PromptR1Rollout(
-        tasks, env_llm=env_llm, max_turns=max_turns, env_kwargs=env_kwargs, env_factory=env_factory, split=split,
-        max_new_tokens=max_new_tokens, max_seq_len=max_seq_len, stop_strings=stop_strings, independent=independent,
-        drop_env_errors=drop_env_errors, sampler=sampler, seed=seed,
-    )
+    return PromptR1Rollout(tasks, **kwargs)

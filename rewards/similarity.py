@@ -69,7 +69,7 @@ def _resolve(embedder: Embedder | str | None) -> Embedder:
         return default_embedder(embedder or "minilm")
     if not callable(getattr(embedder, "encode", None)):
         raise TypeError(
-            "embedder must have encode(list[str]) -> np.ndarray, like envs.embedders.HashingEmbedder; "
+            "embedder must have encode(list[str]) -> np.ndarray, like promptr1.rewards.embedders.HashingEmbedder; "
             f"got {type(embedder).__name__}."
         )
     return embedder

@@ -382,15 +382,24 @@ def _fmt(n: float) -> str:
     return f"{n:,.0f}"
 
 
-def _validation_questions(cfg: GRPOConfig) -> int:
-    """Questions one validation plays (loads the task sources, not a model)."""
+def _validation_questions(cfg: GRPOConfig) -> tuple[int, str]:
+    """Questions one validation plays (loads the task sources, not a model), and a note on sources it could not
+    read (then ``eval_limit`` stands for their size, or they count 0)."""
     from promptr1.envs.tasks import load_tasks
 
-    n = 0
+    n, missing = 0, []
     for spec in cfg.eval_tasks or cfg.tasks:
-        size = len(load_tasks(spec, split="test"))
+        try:
+            size = len(load_tasks(spec, split="test"))
+        except (FileNotFoundError, ValueError, ImportError):
+            missing.append(str(spec))
+            size = cfg.eval_limit
         n += min(size, cfg.eval_limit) if cfg.eval_limit > 0 else size
-    return n
+    note = ""
+    if missing:
+        note = (f"  validation sources not readable here ({', '.join(missing)}): counted as "
+                + (f"--eval-limit {cfg.eval_limit} questions each" if cfg.eval_limit > 0 else "0 questions"))
+    return n, note
 
 
 def dry_run_report(cfg: GRPOConfig) -> str:
@@ -432,9 +441,9 @@ def dry_run_report(cfg: GRPOConfig) -> str:
         ("per episode", calls, inp, outp),
         (f"per step ({episodes} episodes)", calls * episodes, inp * episodes, outp * episodes),
     ]
-    n_val = 0
+    n_val, val_note = 0, ""
     if cfg.eval_every > 0:
-        questions = _validation_questions(cfg)
+        questions, val_note = _validation_questions(cfg)
         n_val = int(cfg.eval_before_train) + cfg.steps // cfg.eval_every + int(cfg.steps % cfg.eval_every != 0)
         rows.append((f"per validation ({questions} episodes)", calls * questions, inp * questions, outp * questions))
     total_eps = cfg.steps * episodes + (n_val * questions if n_val else 0)
@@ -455,6 +464,8 @@ def dry_run_report(cfg: GRPOConfig) -> str:
     ]
     for name, c, i, o in rows:
         lines.append(f"  {name:<38} {_fmt(c):>10} {_fmt(i):>14} {_fmt(o):>14} {cost(i, o):>12}")
+    if val_note:
+        lines.append(val_note)
     if cfg.max_calls is not None:
         per_step = calls * episodes
         lines.append(f"\n  --max-calls {cfg.max_calls}: at the upper bound the budget runs out in step "

@@ -96,7 +96,7 @@ def _state(out):
 def test_budget_stops_at_the_end_of_the_step_then_resume_continues(tmp_path, tiny_path, always_prompt,
                                                                     counting_backend, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--model", tiny_path, "--env-llm", "counting-sim", "--steps", "4", "--output-dir", str(out), *FAST]
+    argv = ["train", "--model", tiny_path, "--env-llm", "counting-sim", "--steps", "3", "--output-dir", str(out), *FAST]
     rc = main([*argv, "--max-calls", str(CALLS_PER_STEP + 2)])
     assert rc == BUDGET_EXIT_CODE, capsys.readouterr().err
     # step 1 used 8 calls, step 2 got the last 2 and the budget refused the rest: the run stopped after step 2
@@ -104,14 +104,14 @@ def test_budget_stops_at_the_end_of_the_step_then_resume_continues(tmp_path, tin
     latest, state = _state(out)
     assert latest == "checkpoint-000002" and state["step"] == 2
     printed = capsys.readouterr().out
-    assert "budget stopped training at step 2 of 4" in printed and "--resume auto" in printed
+    assert "budget stopped training at step 2 of 3" in printed and "--resume auto" in printed
 
     # the same command with --resume auto continues from step 2 with a new budget and finishes
     rc = main([*argv, "--max-calls", "1000", "--resume", "auto"])
     assert rc == 0, capsys.readouterr().err
-    assert counting_backend[1].count == 2 * CALLS_PER_STEP  # steps 3 and 4 only
+    assert counting_backend[1].count == CALLS_PER_STEP  # step 3 only
     latest, state = _state(out)
-    assert latest == "checkpoint-000004" and state["step"] == 4
+    assert latest == "checkpoint-000003" and state["step"] == 3
 
 
 def test_budget_refused_episodes_leave_their_groups_and_cost_stops_too(tmp_path, tiny_path, always_prompt):

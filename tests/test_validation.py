@@ -37,22 +37,23 @@ def _eval_steps(out):
 
 def test_validates_before_training_and_every_n_steps_into_tensorboard_and_resumes(tmp_path, tiny_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--model", tiny_path, "--env-llm", "sim", "--eval-every", "2", "--eval-limit", "3",
+    argv = ["train", "--model", tiny_path, "--env-llm", "sim", "--eval-every", "2", "--eval-limit", "2",
             "--eval-tasks", "synthetic", "--output-dir", str(out), *FAST]
-    assert main([*argv, "--steps", "3"]) == 0, capsys.readouterr().err
-    # before training, at step 2, and after the last step (3)
-    assert [h["step"] for h in _history(out)] == [0, 2, 3]
-    for step in (0, 2, 3):
+    assert main([*argv, "--steps", "2"]) == 0, capsys.readouterr().err
+    # before training and at step 2
+    assert [h["step"] for h in _history(out)] == [0, 2]
+    for step in (0, 2):
         summary = json.loads((out / "validation" / f"step-{step:06d}" / "summary.json").read_text())
-        assert summary["finished"] == 3 and not summary["partial"]  # 3 questions of synthetic's test split
+        assert summary["finished"] == 2 and not summary["partial"]  # 2 questions of synthetic's test split
     tags, steps = _eval_steps(out)
     assert "eval/synthetic/reward/policy@sim" in tags and "eval/average/policy@sim" in tags
-    assert steps["eval/synthetic/reward/policy@sim"] == [0, 2, 3]
+    assert steps["eval/synthetic/reward/policy@sim"] == [0, 2]
     assert "validation at step 2: synthetic" in capsys.readouterr().err
 
-    # resuming at step 3 does not repeat the validation of step 3; the next ones follow
-    assert main([*argv, "--steps", "4", "--resume", "auto"]) == 0
-    assert [h["step"] for h in _history(out)] == [0, 2, 3, 4]
+    # resumed at step 2: not validated again; step 3 is the last step, validated though 3 % 2 != 0
+    assert main([*argv, "--steps", "3", "--resume", "auto"]) == 0
+    assert [h["step"] for h in _history(out)] == [0, 2, 3]
+    assert _eval_steps(out)[1]["eval/synthetic/reward/policy@sim"] == [0, 2, 3]
 
 
 def test_validation_uses_the_live_model_the_runs_backend_and_env_settings(tmp_path, tiny_path, monkeypatch):

@@ -57,11 +57,18 @@ class PromptCollabVectorEnv(VectorEnv):
 
     All keyword arguments of :class:`PromptCollabEnv` are accepted. ``env_llm`` given as a spec
     string is built once and shared by every sub-env (one client, one concurrency limiter).
+
+    The sub-envs' steps run on one event loop thread. A backend that owns an I/O loop
+    (``OpenAIBackend.io_loop_thread()``) lends it, so a call does not cross between two threads
+    (at hundreds of calls per second that hand-over is a visible share of the CPU).
+    ``share_backend_loop=False`` keeps a loop of the vector env's own: better when the reward does
+    heavy work that releases the GIL (an embedding model), which then overlaps the backend's I/O.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["ansi"]}
 
-    def __init__(self, num_envs: int, env_llm: str | LLMBackend = "sim", **env_kwargs: Any) -> None:
+    def __init__(self, num_envs: int, env_llm: str | LLMBackend = "sim", *, share_backend_loop: bool = True,
+                 **env_kwargs: Any) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
         backend_kwargs = env_kwargs.pop("backend_kwargs", None) or {}
@@ -76,7 +83,7 @@ class PromptCollabVectorEnv(VectorEnv):
         self.render_mode = env_kwargs.get("render_mode")
         # A backend with its own I/O loop (OpenAIBackend) lends it: the episodes' steps then run on the
         # loop their requests run on, with no hand-over between two threads per call.
-        lend = getattr(self.backend, "io_loop_thread", None)
+        lend = getattr(self.backend, "io_loop_thread", None) if share_backend_loop else None
         self._owns_loop = not callable(lend)
         self._loop = LoopThread("promptr1-vector-loop") if self._owns_loop else lend()
         self._autoreset = np.zeros(num_envs, dtype=bool)

@@ -170,3 +170,20 @@ def test_close_with_steps_still_queued_or_in_flight_is_clean(recwarn):
 
     gc.collect()
     assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+def test_share_backend_loop_false_keeps_a_loop_of_its_own():
+    from promptr1.llm_backends.openai_backend import OpenAIBackend
+    from promptr1.testing.fake_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as srv:
+        backend = OpenAIBackend("fake-model", base_url=srv.base_url, timeout_s=5, deadline_s=10)
+        venv = PromptCollabVectorEnv(num_envs=2, env_llm=backend, task=TASKS, share_backend_loop=False)
+        try:
+            assert venv._loop is not backend.io_loop_thread()
+            venv.reset(seed=0)
+            obs, *_ = venv.step([PROMPT] * 2)
+            assert obs == ("<interaction_response>what is it?</interaction_response>",) * 2
+        finally:
+            venv.close()
+        assert not venv._loop._thread.is_alive() and backend._loop_thread is None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from promptr1.config import ConfigError, parse_command
+from promptr1.config import run_command
 
 from .config import ChatConfig, EvalConfig
 
@@ -35,21 +35,13 @@ def eval_main(argv: Sequence[str]) -> int:
         lead += 1
     if lead and any(a == "--tasks" or a.startswith("--tasks=") for a in argv[lead:]):
         return _die("give task files either first, as positional arguments, or with --tasks, not both.", "eval")
-    try:
-        cfg = parse_command(EvalConfig, argv, "eval", positional="tasks")
-    except ConfigError as exc:
-        return _die(exc, "eval")
-    if cfg is None:
-        return 0
-    from promptr1.plugins import import_plugins
+    return run_command(EvalConfig, argv, "eval", _evaluate, positional="tasks")
 
+
+def _evaluate(cfg: EvalConfig) -> int:
     from .runner import run_evaluation
 
-    try:
-        import_plugins(cfg.plugins)
-        result = run_evaluation(cfg)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        return _die(exc, "eval")
+    result = run_evaluation(cfg)
     print(result.paths["report"].read_text(encoding="utf-8"))
     print(f"transcripts: {result.paths['transcripts']}"
           + (f"\nchart: {result.paths['chart']}" if "chart" in result.paths else ""))
@@ -61,28 +53,24 @@ def chat_main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--question", argv[0], *argv[1:]]
-    try:
-        cfg = parse_command(ChatConfig, argv, "chat")
-    except ConfigError as exc:
-        return _die(exc, "chat")
-    if cfg is None:
-        return 0
-    if not cfg.question.strip():
-        return _die('give a question: promptr1 chat "Who directed ...?" (or --question TEXT).', "chat")
+    return run_command(ChatConfig, argv, "chat", _chat)
+
+
+def _chat(cfg: ChatConfig) -> int:
     from promptr1.envs.collab_env import PromptCollabEnv
     from promptr1.envs.tasks import Task
-    from promptr1.plugins import import_plugins
 
     from .policies import ModelPolicy, rollout_config
 
+    if not cfg.question.strip():
+        raise ValueError('give a question: promptr1 chat "Who directed ...?" (or --question TEXT).')
     try:
-        import_plugins(cfg.plugins)
         policy = ModelPolicy.load(cfg.model, rollout=rollout_config(cfg), device="cpu" if cfg.cpu else None,
                                   seed=cfg.seed, dtype=cfg.model_dtype)
-        task = Task(question=cfg.question.strip(), answers=("",), id="chat")
-        env = PromptCollabEnv(task=task, env_llm=cfg.env_llm, **cfg.env_kwargs())
-    except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
-        return _die(exc, "chat")
+    except OSError as exc:  # a model folder that is not there or not a model
+        raise FileNotFoundError(str(exc)) from exc
+    task = Task(question=cfg.question.strip(), answers=("",), id="chat")
+    env = PromptCollabEnv(task=task, env_llm=cfg.env_llm, **cfg.env_kwargs())
     try:
         ep = policy.play([env], [task], seed=cfg.seed)[0]
     finally:

@@ -28,7 +28,7 @@ import os
 import pathlib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -41,6 +41,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "parse_overrides",
+    "run_command",
 ]
 
 C = TypeVar("C")
@@ -353,6 +354,30 @@ def _split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
             raise ConfigError(f"--config {path!r}: no such file, and no bundled config of that name (try 'quickstart').")
         path = str(bundled)
     return path, rest
+
+
+#: Errors a command reports as a usage error (exit code 2) with its message, instead of a traceback.
+USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ImportError, ValueError, FileNotFoundError)
+
+
+def run_command(cls: type[C], argv: Sequence[str], prog: str, body: Callable[[C], int | None], *,
+                default_config: str | None = None, positional: str | None = None) -> int:
+    """A sub-command's frame: parse ``argv`` into ``cls`` (``--help`` prints the options), import the plug-ins
+    once, before anything else, then return ``body(cfg)``'s exit code. A usage error (:data:`USAGE_ERRORS`) prints
+    ``promptr1 PROG: message`` and returns 2."""
+    import sys
+
+    try:
+        cfg = parse_command(cls, argv, prog, default_config=default_config, positional=positional)
+        if cfg is None:
+            return 0
+        from promptr1.plugins import import_plugins
+
+        import_plugins(getattr(cfg, "plugins", ""))
+        return int(body(cfg) or 0)
+    except USAGE_ERRORS as exc:
+        print(f"promptr1 {prog}: {exc}", file=sys.stderr)
+        return 2
 
 
 def parse_command(cls: type[C], argv: Sequence[str], prog: str, *, default_config: str | None = None,

@@ -33,7 +33,7 @@ from typing import Any
 
 from promptr1.agents.config import GRPOConfig, SFTConfig
 from promptr1.agents.logger import Callback
-from promptr1.config import ConfigError, parse_command
+from promptr1.config import ConfigError, run_command
 
 __all__ = [
     "BUDGET_EXIT_CODE",
@@ -55,48 +55,24 @@ BACKEND_OPTIONS = {"env_max_concurrency": "max_concurrency", "env_rpm": "rpm", "
                    "env_price_per_1k": "price_per_1k"}
 
 
-def _die(exc: Exception, prog: str) -> int:
-    print(f"promptr1 {prog}: {exc}", file=sys.stderr)
-    return 2
-
-
 def train_main(argv: Sequence[str]) -> int:
     """``promptr1 train``; with no arguments, the bundled CPU quickstart."""
     argv = list(argv)
-    try:
-        if not argv:
-            print("promptr1 train: no arguments, running the CPU quickstart (bundled config 'quickstart'; "
-                  "see `promptr1 train --help`).", flush=True)
-            cfg = parse_command(GRPOConfig, [], "train", default_config="quickstart")
-        else:
-            cfg = parse_command(GRPOConfig, argv, "train")
-    except ConfigError as exc:
-        return _die(exc, "train")
-    if cfg is None:
-        return 0
-    try:
-        return run_training(cfg)
-    except (ConfigError, ImportError, ValueError, FileNotFoundError) as exc:
-        return _die(exc, "train")
+    if not argv:
+        print("promptr1 train: no arguments, running the CPU quickstart (bundled config 'quickstart'; "
+              "see `promptr1 train --help`).", flush=True)
+    return run_command(GRPOConfig, argv, "train", run_training, default_config=None if argv else "quickstart")
 
 
 def sft_main(argv: Sequence[str]) -> int:
     """``promptr1 sft``: supervised warm start on demonstrations of the turn protocol."""
-    try:
-        cfg = parse_command(SFTConfig, argv, "sft")
-    except ConfigError as exc:
-        return _die(exc, "sft")
-    if cfg is None:
-        return 0
     from promptr1.agents.sft import run_sft
-    from promptr1.plugins import import_plugins
 
-    try:
-        import_plugins(cfg.plugins)
+    def sft(cfg: SFTConfig) -> int:
         run_sft(cfg)
-    except (ImportError, ValueError, FileNotFoundError) as exc:
-        return _die(exc, "sft")
-    return 0
+        return 0
+
+    return run_command(SFTConfig, argv, "sft", sft)
 
 
 def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Callback] = ()) -> int:

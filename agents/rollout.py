@@ -355,7 +355,7 @@ def sample_turns(
     logps: list[list[float]] = [[] for _ in range(B)]
     stops = ["length"] * B
     finished = torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if seen is not None:
             logits = torch.where(seen, torch.where(logits > 0, logits / repetition_penalty,
                                                    logits * repetition_penalty), logits)
@@ -381,8 +381,8 @@ def sample_turns(
                 finished[i], stops[i] = True, "eos"
             elif checker.hit(seqs[i]):
                 finished[i], stops[i] = True, "string"
-        if bool(finished.all()):
-            break
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break  # nothing left to sample: the last token is not fed back (no forward pass wasted on it)
         step_tok = tok.masked_fill(finished, pad_id).to(device)[:, None]
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
         out = model(input_ids=step_tok, attention_mask=attn, position_ids=next_pos[:, None],

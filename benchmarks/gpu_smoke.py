@@ -26,17 +26,16 @@ import time
 
 
 def _settings(args: argparse.Namespace, out: str) -> dict:
-    return dict(model="smollm2", env_llm="sim", tasks=["synthetic"], steps=args.steps,
-                batch_questions=args.batch_questions, group_size=args.group_size, max_turns=4,
-                max_new_tokens=args.max_new_tokens, max_seq_len=2048, temperature=1.0, lr=2e-6, kl_coef=0.001,
-                mixed_precision="bf16", model_dtype="auto", micro_batch_size=8, progress=False,
-                output_dir=out, num_transcripts=0, save_every=0, seed=0)
+    return {"model": "smollm2", "env_llm": "sim", "tasks": ["synthetic"], "steps": args.steps,
+            "batch_questions": args.batch_questions, "group_size": args.group_size, "max_turns": 4,
+            "max_new_tokens": args.max_new_tokens, "max_seq_len": 2048, "temperature": 1.0, "lr": 2e-6,
+            "kl_coef": 0.001, "mixed_precision": "bf16", "model_dtype": "auto", "micro_batch_size": 8,
+            "progress": False, "output_dir": out, "num_transcripts": 0, "save_every": 0, "seed": 0}
 
 
 def run_once(args: argparse.Namespace, out: str) -> dict:
     """Train ``args.steps`` steps in this process (or this rank); returns the measured numbers (main rank)."""
     import torch
-
     from promptr1.agents.config import GRPOConfig
     from promptr1.agents.trainer import GRPOTrainer
 
@@ -48,7 +47,10 @@ def run_once(args: argparse.Namespace, out: str) -> dict:
     history = tr.train()
     moved = any(not torch.equal(b, p.detach().float()) for b, p in zip(before, list(tr.unwrapped_model.parameters())[:4]))
     steps = history[1:] or history  # the first step includes CUDA warm-up
-    med = lambda key: statistics.median(h.get(key, float("nan")) for h in steps)  # noqa: E731
+
+    def med(key: str) -> float:
+        return statistics.median(h.get(key, float("nan")) for h in steps)
+
     return {
         "strategy": str(tr.accelerator.distributed_type).split(".")[-1], "processes": tr.accelerator.num_processes,
         "setup_s": setup_s, "step_s": med("time/step_s"), "generate_s": med("time/generate_s"),
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         try:
             rows.append(run_once(args, tmp + "/single"))
-        except Exception as exc:  # report and go on to the next setting
+        except Exception as exc:  # noqa: BLE001 - report the failure and go on to the next setting
             failed = True
             print(f"single GPU: FAILED: {type(exc).__name__}: {exc}", flush=True)
         n = torch.cuda.device_count()
@@ -96,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                    "--fsdp_version", "2", "--mixed_precision", "bf16", __file__, "--worker", out,
                    "--steps", str(args.steps), "--batch-questions", str(args.batch_questions),
                    "--group-size", str(args.group_size), "--max-new-tokens", str(args.max_new_tokens)]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=540)
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=540, check=False)
             if res.returncode == 0 and os.path.exists(out):
-                rows.append(json.load(open(out)))
+                with open(out) as fh:
+                    rows.append(json.load(fh))
             else:
                 failed = True
                 print(f"FSDP x{n}: FAILED (exit {res.returncode})\n{res.stderr[-3000:]}", flush=True)

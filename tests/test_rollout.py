@@ -218,7 +218,7 @@ def test_fast_episodes_do_not_wait_for_a_slow_env_call(tiny, independent):
     """Without a barrier, the fast episodes play all their turns while the slow one's first reply is pending."""
     model, tok = tiny
     log: list = []
-    envs = [SlowReplyEnv(1.0, log, "slow"), SlowReplyEnv(0.0, log, "fast-a"), SlowReplyEnv(0.0, log, "fast-b")]
+    envs = [SlowReplyEnv(2.5, log, "slow"), SlowReplyEnv(0.0, log, "fast-a"), SlowReplyEnv(0.0, log, "fast-b")]
     cfg = RolloutConfig(max_new_tokens=6, max_seq_len=2048, independent=independent, batch_wait_s=0.02)
     eps = run_episodes(model, tok, envs, [TASK] * 3, [0, 0, 0], cfg, generator=torch.Generator().manual_seed(0))
     assert all(ep.done and ep.turns == 3 for ep in eps)

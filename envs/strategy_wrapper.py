@@ -5,10 +5,13 @@
 * **action**: ``Discrete(K)``; action ``k`` picks ``strategies[k]``, which deterministically writes a
   whole protocol turn (``<think>..</think><interaction_prompt>..</interaction_prompt>`` or
   ``<think>..</think><answer>..</answer>``) and steps the inner environment with it.
-* **observation**: ``Box(-1, 1, (3 * d + T + K + 1,), float32)``: the embeddings (dimension ``d``) of
-  the question, of the environment LLM's last reply and of the next sub-question of the
-  decomposition plan (zeros when the plan is finished), a one-hot of the turn index (``T`` =
-  ``max_turns``) and a one-hot of the previous action (the extra slot means "none yet").
+* **observation**: ``Box(-1, 1, (2 * d + T + K + 1,), float32)``: the embeddings (dimension ``d``) of
+  the question and of the environment LLM's last reply, a one-hot of the turn index (``T`` =
+  ``max_turns``) and a one-hot of the previous action (the extra slot means "none yet"). The
+  decomposition plan's state is *not* observed: when to stop asking has to be read from the text.
+  ``observe_plan=True`` appends the embedding of the plan's next sub-question (zeros once the plan
+  is finished), which hands the policy the plan's state: with it, "``final`` when that block is
+  zero, else ``decompose``" solves every bundled task, so it turns the problem into one bit.
 * **reward**: the inner environment's reward, passed through (sparse: at the last turn).
 
 What each built-in strategy reads: the question TEXT, the previous prompt and reply, and the
@@ -32,7 +35,9 @@ the last reply) and ``{turn}``. A template that starts with ``answer:`` writes a
 ``<answer>`` turn with the rest of the template; any other writes an ``<interaction_prompt>``.
 A reply to a prompt that asked ``{subquestion}`` advances the plan, whoever asked it.
 
-The decomposition heuristics are generic for two question shapes, and read only the text:
+The decomposition heuristics are a hand-written splitter for the two question shapes of the bundled
+synthetic tasks (a solver of our own templates: played to the end, it solves every held-out
+synthetic task), and read only the text:
 
 * nested noun phrases ("In which country was the founder of Vantrel Corp born?"): the named
   entity is the run of capitalised words that does not start the sentence; the innermost phrase
@@ -100,6 +105,8 @@ class StrategyWrapper(gym.Env):
         extra_templates: user strategies appended after the built-ins: a mapping ``name -> template``
             or a list of templates (named ``template0``, ...); see the module docstring for fields.
         max_turns: overrides ``env.max_turns`` (the length of the turn one-hot).
+        observe_plan: also observe the embedding of the plan's next sub-question (hands the policy the
+            plan's state; off by default).
 
     See the module docstring for the spaces and what each strategy reads.
     """
@@ -114,6 +121,7 @@ class StrategyWrapper(gym.Env):
         extra_templates: Mapping[str, str] | Sequence[str] | None = None,
         max_turns: int | None = None,
         render_mode: str | None = None,
+        observe_plan: bool = False,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
@@ -152,10 +160,12 @@ class StrategyWrapper(gym.Env):
             raise ValueError("a StrategyWrapper needs at least one strategy.")
         self.embedder: Embedder = make_embedder(embedder)
         self.render_mode = render_mode
+        self.observe_plan = bool(observe_plan)
 
         k, d = len(self.strategy_names), int(self.embedder.dim)
+        n_text = 3 if self.observe_plan else 2
         self.action_space = spaces.Discrete(k)
-        self.observation_space = spaces.Box(-1.0, 1.0, shape=(3 * d + self.max_turns + k + 1,), dtype=np.float32)
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(n_text * d + self.max_turns + k + 1,), dtype=np.float32)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = 4096
         self._clear()
@@ -189,8 +199,11 @@ class StrategyWrapper(gym.Env):
         turn[min(self.turn, self.max_turns - 1)] = 1.0
         last = np.zeros(k + 1, dtype=np.float32)
         last[k if self.last_action is None else self.last_action] = 1.0
-        sub = self.plan.next_subquestion if self.plan is not None else None
-        obs = np.concatenate([self._embed(self.question), self._embed(self.last_reply), self._embed(sub or ""), turn, last])
+        texts = [self._embed(self.question), self._embed(self.last_reply)]
+        if self.observe_plan:
+            sub = self.plan.next_subquestion if self.plan is not None else None
+            texts.append(self._embed(sub or ""))
+        obs = np.concatenate([*texts, turn, last])
         return np.clip(obs, -1.0, 1.0).astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ strategies
@@ -273,4 +286,5 @@ class StrategyWrapper(gym.Env):
         self.env.close()
 
     def __repr__(self) -> str:
-        return f"StrategyWrapper(strategies={self.strategy_names}, embedder={self.embedder!r})"
+        return (f"StrategyWrapper(strategies={self.strategy_names}, embedder={self.embedder!r}"
+                f"{', observe_plan=True' if self.observe_plan else ''})")

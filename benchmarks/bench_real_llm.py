@@ -16,10 +16,14 @@ One run, in order (every number printed comes from this run):
    ``cot``: with our step-by-step instruction, the answer read from the last ``Answer:`` line), the warm
    start and the warm start + GRPO in front of SmolLM2. Metrics: F1 and EM of the prediction (the paper's),
    and *contains* (the prediction contains a gold answer), which does not penalise the baselines' full
-   sentences; means with 95% bootstrap intervals, and paired differences episode by episode.
+   sentences; means with 95% bootstrap intervals, and paired differences episode by episode. Two scripted
+   rules sit in the same table: the relay (paste the question, answer with the whole reply) and a rule that
+   knows our country table (ask for the capital of the country the question names).
 
     python benchmarks/bench_real_llm.py                  # about 45 min on 2 cores
     python benchmarks/bench_real_llm.py --steps 0 --limit 20   # a short look, no GRPO
+    python benchmarks/bench_real_llm.py --warm-start runs/bench_real_llm/sft \
+        --trained runs/bench_real_llm/grpo/checkpoint-000012     # the table again, from saved agents
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_learning import bootstrap_mean, paired_difference  # noqa: E402
+from bench_learning import RelayPolicy, _question, _replies, bootstrap_mean, paired_difference  # noqa: E402
 
 
 def _norm(text: str) -> str:
@@ -55,6 +59,26 @@ def contains(prediction: str, golds: Sequence[str]) -> float:
     """
     p = f" {_norm(prediction)} "
     return float(any(_norm(g) and f" {_norm(g)} " in p for g in golds))
+
+
+class CountryRule:
+    """A scripted rule that knows our country table: if the question names a country, ask "What is the capital
+    of X?" and answer with the whole reply; otherwise (landmark questions name none) relay the question."""
+
+    def act(self, chats: list[list[dict[str, str]]]) -> list[str]:
+        from promptr1.envs.geography import COUNTRIES
+        from promptr1.tags import answer_turn, prompt_turn
+
+        names = sorted((c.name for c in COUNTRIES), key=len, reverse=True)
+        out = []
+        for chat in chats:
+            q, replies = _question(chat), _replies(chat)
+            if replies:
+                out.append(answer_turn("Use the reply.", replies[-1]))
+                continue
+            country = next((n for n in names if re.search(rf"\b{re.escape(n)}\b", q)), None)
+            out.append(prompt_turn("Ask for the capital.", f"What is the capital of {country}?" if country else q))
+        return out
 
 
 def probe(backend: Any, tasks: Sequence[Any], sampling: dict[str, Any]) -> dict[str, Any]:
@@ -95,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--env-max-tokens", type=int, default=128, help="SmolLM2's reply length, for every method")
     a("--limit", type=int, default=0, help="held-out questions (0: all)")
     a("--eval-batch", type=int, default=16)
+    a("--warm-start", default="", help="an SFT output folder to start from instead of running the warm start")
+    a("--trained", default="", help="a GRPO checkpoint to evaluate instead of training (needs --warm-start)")
     a("--seed", type=int, default=0)
     a("--threads", type=int, default=1, help="torch intra-op threads")
     a("--out", default="runs/bench_real_llm")
@@ -149,8 +175,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # 2. warm start
     t0 = time.perf_counter()
-    warm = str(run_sft(SFTConfig.from_training(cfg, output_dir=str(out / "sft")), tasks=train, env_llm=env_llm,
-                       log=log))
+    if args.warm_start:
+        warm = args.warm_start
+        log(f"warm start: reusing {warm}")
+    else:
+        warm = str(run_sft(SFTConfig.from_training(cfg, output_dir=str(out / "sft")), tasks=train, env_llm=env_llm,
+                           log=log))
     times["warm start"] = time.perf_counter() - t0
 
     # 3. GRPO
@@ -165,9 +195,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     model_w, tok_w = load_policy(warm)
     model_w.eval()
-    agents: dict[str, Any] = {"warm": (model_w, tok_w)}
-    methods = ["SmolLM2 alone (direct)=direct", "SmolLM2 alone (CoT)=cot", "warm start + SmolLM2=agent:warm"]
-    if args.steps > 0:
+    agents: dict[str, Any] = {"warm": (model_w, tok_w), "relay": RelayPolicy(), "country": CountryRule()}
+    methods = ["SmolLM2 alone (direct)=direct", "SmolLM2 alone (CoT)=cot",
+               "scripted: relay (paste the question, answer with the reply)=agent:relay",
+               "scripted: country rule (knows our country table)=agent:country",
+               "warm start + SmolLM2=agent:warm"]
+    if args.trained:
+        model_t, tok_t = load_policy(args.trained)
+        model_t.eval()
+        agents["trained"] = (model_t, tok_t)
+        methods.append(f"warm start + {args.steps} GRPO steps + SmolLM2=agent:trained")
+        log(f"trained agent: reusing {args.trained}")
+    elif args.steps > 0:
         t0 = time.perf_counter()
         trainer = GRPOTrainer(dataclasses.replace(cfg, model=warm), env_llm=env_llm, tasks=train,
                               callbacks=[Progress()])

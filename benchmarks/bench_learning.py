@@ -186,34 +186,60 @@ def evaluate(policies: dict[str, Any], tasks: Sequence[Any], backend: Any, cfg: 
 
 
 # ----------------------------------------------------------------------------- the run
+def add_run_args(p: argparse.ArgumentParser, *, sft_steps: int, steps: int, max_new_tokens: int, out: str) -> None:
+    """The options every learning benchmark shares: warm start, GRPO, decoding, threads, output folder."""
+    a = p.add_argument
+    a("--warm-start", default="", help="an SFT output folder to start from instead of running the warm start")
+    a("--sft-steps", type=int, default=sft_steps)
+    a("--sft-batch-size", type=int, default=8)
+    a("--sft-lr", type=float, default=1e-4)
+    a("--steps", type=int, default=steps, help="GRPO steps from the warm start")
+    a("--batch-questions", type=int, default=2)
+    a("--group-size", type=int, default=4)
+    a("--lr", type=float, default=1e-5)
+    a("--temperature", type=float, default=1.0, help="agent sampling temperature in training (eval is greedy)")
+    a("--max-turns", type=int, default=4)
+    a("--max-new-tokens", type=int, default=max_new_tokens, help="agent tokens a turn")
+    a("--eval-batch", type=int, default=16, help="episodes generated together in evaluation")
+    a("--seed", type=int, default=0)
+    a("--threads", type=int, default=1, help="torch intra-op threads")
+    a("--out", default=out)
+
+
+def start_run(script: str, argv: Sequence[str], threads: int, out_dir: str) -> tuple[str, pathlib.Path, Any, float, Any]:
+    """What every benchmark run starts with: torch threads, the output folder, the command line, the load and a
+    log that stamps each line with the seconds since the start. Returns ``(command, out, load, t_start, log)``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    command = f"python benchmarks/{script}" + (" " + shlex.join(argv) if argv else "")
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    t_start = time.perf_counter()
+
+    def log(s: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {s}", flush=True)
+
+    log(f"{command}\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} CPUs, torch "
+        f"{torch.__version__} with {threads} thread(s)")
+    return command, out, load, t_start, log
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--model", default="smollm2", help="agent: smollm2, tiny (plumbing only), an HF folder")
-    a("--warm-start", default="", help="an SFT output folder to start from instead of running the warm start")
-    a("--sft-steps", type=int, default=24)
-    a("--sft-batch-size", type=int, default=8)
-    a("--sft-lr", type=float, default=1e-4)
-    a("--steps", type=int, default=30, help="GRPO steps from the warm start")
-    a("--batch-questions", type=int, default=2)
-    a("--group-size", type=int, default=4)
-    a("--lr", type=float, default=1e-5)
-    a("--temperature", type=float, default=1.0, help="agent sampling temperature in training (eval is greedy)")
+    add_run_args(p, sft_steps=24, steps=30, max_new_tokens=56, out="runs/bench_learning")
     a("--kl-coef", type=float, default=0.0)
     a("--reward-variant", default="faithful")
     a("--train-kinds", default="multihop,arith", help="task kinds GRPO trains on")
     a("--train-hops", default="2,3", help="hop counts of the multi-hop tasks GRPO trains on")
-    a("--max-turns", type=int, default=4)
-    a("--max-new-tokens", type=int, default=56)
     a("--untrained-steps", type=int, default=3, help="GRPO steps from the untrained model (0: skip)")
     a("--episodes", type=int, default=200, help="held-out episodes in the table")
     a("--eval-every", type=int, default=10, help="learning-curve point every N GRPO steps")
     a("--curve-episodes", type=int, default=64, help="held-out episodes per learning-curve point")
-    a("--eval-batch", type=int, default=16, help="episodes generated together in evaluation")
-    a("--seed", type=int, default=0)
-    a("--threads", type=int, default=1, help="torch intra-op threads")
-    a("--out", default="runs/bench_learning")
     a("--progress", action="store_true", help="progress bars")
     return p
 
@@ -221,9 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
     from promptr1.agents.config import GRPOConfig, SFTConfig
     from promptr1.agents.logger import Callback
     from promptr1.agents.models import load_policy
@@ -232,15 +255,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from promptr1.envs.synthetic import SyntheticTasks
     from promptr1.envs.synthetic.expert import SimExpert
 
-    command = "python benchmarks/bench_learning.py" + (" " + shlex.join(argv) if argv else "")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    load_start = os.getloadavg()
-    t_start = time.perf_counter()
+    command, out, load_start, t_start, log = start_run("bench_learning.py", argv, args.threads, args.out)
     times: dict[str, float] = {}
-    log = (lambda s: print(f"[{time.perf_counter() - t_start:6.0f}s] {s}", flush=True))
-    log(f"{command}\nload average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {args.threads} thread(s)")
 
     sim = SimExpert()
     cfg = GRPOConfig(

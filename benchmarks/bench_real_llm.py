@@ -35,7 +35,6 @@ import json
 import os
 import pathlib
 import re
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -44,7 +43,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_learning import RelayPolicy, _question, _replies, bootstrap_mean, paired_difference  # noqa: E402
+from bench_learning import (
+    RelayPolicy,
+    _question,
+    _replies,
+    add_run_args,
+    bootstrap_mean,
+    paired_difference,
+    start_run,
+)
 
 
 def _norm(text: str) -> str:
@@ -67,6 +74,7 @@ class CountryRule:
 
     def act(self, chats: list[list[dict[str, str]]]) -> list[str]:
         from promptr1.envs.geography import COUNTRIES
+
         from promptr1.tags import answer_turn, prompt_turn
 
         names = sorted((c.name for c in COUNTRIES), key=len, reverse=True)
@@ -106,33 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--sft-steps", type=int, default=16)
-    a("--sft-batch-size", type=int, default=8)
-    a("--sft-lr", type=float, default=1e-4)
-    a("--steps", type=int, default=12, help="GRPO steps from the warm start (0: warm start only)")
-    a("--batch-questions", type=int, default=2)
-    a("--group-size", type=int, default=4)
-    a("--lr", type=float, default=1e-5)
-    a("--temperature", type=float, default=1.0, help="agent sampling temperature in training (eval is greedy)")
-    a("--max-turns", type=int, default=4)
-    a("--max-new-tokens", type=int, default=64, help="agent tokens a turn")
+    add_run_args(p, sft_steps=16, steps=12, max_new_tokens=64, out="runs/bench_real_llm")
     a("--env-max-tokens", type=int, default=128, help="SmolLM2's reply length, for every method")
     a("--limit", type=int, default=0, help="held-out questions (0: all)")
-    a("--eval-batch", type=int, default=16)
-    a("--warm-start", default="", help="an SFT output folder to start from instead of running the warm start")
     a("--trained", default="", help="a GRPO checkpoint to evaluate instead of training (needs --warm-start)")
-    a("--seed", type=int, default=0)
-    a("--threads", type=int, default=1, help="torch intra-op threads")
-    a("--out", default="runs/bench_real_llm")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
     from promptr1.agents.config import GRPOConfig, SFTConfig
     from promptr1.agents.logger import Callback
     from promptr1.agents.models import load_policy
@@ -142,15 +133,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from promptr1.evaluation import EvalConfig, run_evaluation
     from promptr1.llm_backends.hf_backend import smollm2_backend
 
-    command = "python benchmarks/bench_real_llm.py" + (" " + shlex.join(argv) if argv else "")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    load_start = os.getloadavg()
-    t_start = time.perf_counter()
+    command, out, load_start, t_start, log = start_run("bench_real_llm.py", argv, args.threads, args.out)
     times: dict[str, float] = {}
-    log = (lambda s: print(f"[{time.perf_counter() - t_start:6.0f}s] {s}", flush=True))
-    log(f"{command}\nload average {load_start[0]:.2f}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s)")
 
     env_llm = smollm2_backend(max_new_tokens=args.env_max_tokens, max_batch_size=16)
     sampling = {"temperature": 0.0, "max_tokens": args.env_max_tokens}

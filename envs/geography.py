@@ -36,8 +36,9 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from promptr1.tags import answer_turn, prompt_turn
 from promptr1.envs.tasks import ListTaskSource, Task
+
+from promptr1.tags import answer_turn, prompt_turn
 
 __all__ = ["COUNTRIES", "Country", "GeoTasks", "demonstration", "load_geo"]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.demonstrations import demonstration, replies_on_track
 from promptr1.envs.geography import COUNTRIES, GeoTasks, split_of
 from promptr1.envs.protocol import parse_turn
 from promptr1.envs.tasks import Task, load_tasks
+
 from promptr1.testing.scripted import ScriptedBackend
 
 
@@ -97,10 +97,10 @@ def _oracle_for(tasks, wrong_country: str):
 
 
 def test_sft_drops_demonstrations_whose_replies_are_off_track():
-    from transformers import AutoTokenizer
-
     from promptr1.agents.rollout import ChatFramer
     from promptr1.agents.sft import sft_examples
+    from transformers import AutoTokenizer
+
     from promptr1.testing.tiny_model import tiny_model_path
 
     tasks = list(GeoTasks("train"))[:9]

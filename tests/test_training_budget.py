@@ -139,7 +139,10 @@ def test_cache_replays_so_a_second_run_makes_no_calls(tmp_path, tiny_path, alway
                   deterministic=True)
     first = CountingSim()
     assert run_training(GRPOConfig(output_dir=str(tmp_path / "a"), **common), env_llm=first) == 0
-    assert first.count == CALLS_PER_STEP
+    # The two rollouts of a question send the same chats (always_prompt), so a call may be answered from the cache
+    # the other rollout has just filled, or both may miss when they are in flight together: between one call per
+    # distinct chat (2 questions x 2 turns) and every call.
+    assert CALLS_PER_STEP // 2 <= first.count <= CALLS_PER_STEP
     second = CountingSim()  # same prompts (same sampler, same seed): every reply comes from the cache, uncounted
     assert run_training(GRPOConfig(output_dir=str(tmp_path / "b"), max_calls=0, **common), env_llm=second) == 0
     assert second.count == 0

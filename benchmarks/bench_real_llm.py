@@ -100,12 +100,14 @@ def probe(backend: Any, tasks: Sequence[Any], sampling: dict[str, Any]) -> dict[
         plans = await asyncio.gather(*(asyncio.gather(*(ask(s) for s in t.meta["subquestions"])) for t in tasks))
         return list(direct), [list(p) for p in plans]
 
+    from promptr1.envs.demonstrations import replies_on_track
+
     direct, plans = asyncio.run(run())
     out: dict[str, Any] = {}
     for kind in sorted({t.meta["kind"] for t in tasks}):
         idx = [i for i, t in enumerate(tasks) if t.meta["kind"] == kind]
         as_written = [contains(direct[i], tasks[i].answers) for i in idx]
-        on_plan = [float(all(w.lower() in r.lower() for w, r in zip(tasks[i].meta["expect"], plans[i]))) for i in idx]
+        on_plan = [float(replies_on_track(tasks[i], plans[i])) for i in idx]
         out[kind] = {"n": len(idx), "as_written": bootstrap_mean(as_written), "plan": bootstrap_mean(on_plan)}
     return out
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import pathlib
 import subprocess
@@ -10,15 +9,13 @@ import sys
 
 import pytest
 import torch
+from conftest import load_script
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
 def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"promptr1_example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"examples/{name}.py")
 
 
 def scalar_tags(folder: pathlib.Path) -> set[str]:

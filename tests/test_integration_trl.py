@@ -24,6 +24,7 @@ pytest.importorskip("datasets", reason="datasets comes with TRL: pip install 'pr
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+from conftest import load_script
 from promptr1.agents.rollout import RolloutConfig, collate_episodes, run_episodes, sample_turns
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.tasks import Task, load_tasks
@@ -444,13 +445,7 @@ def test_missing_trl_names_the_install_command(monkeypatch):
 
 
 def test_example_runs_one_step_on_cpu(tmp_path):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "trl_grpo.py"
-    spec = importlib.util.spec_from_file_location("promptr1_example_trl_grpo", path)
-    ex = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ex)
+    ex = load_script("examples/trl_grpo.py")
     logs = ex.main(["--max-steps", "1", "--num-generations", "2", "--batch-size", "2", "--max-new-tokens", "8",
                     "--questions", "2", "--output-dir", str(tmp_path / "run")])
     assert "rewards/env_reward/mean" in logs and "reward/format" in logs

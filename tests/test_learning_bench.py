@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
-
-from promptr1.config import RunSettings
+from conftest import load_script
 from promptr1.envs.synthetic import SyntheticTasks
 from promptr1.envs.synthetic.expert import SimExpert
 
-BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_learning.py"
+from promptr1.config import RunSettings
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("promptr1_bench_learning", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_learning.py")
 
 
 def test_bootstrap_known_answers(bench):

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import pathlib
 
 import pytest
-
-BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_real_llm.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("promptr1_bench_real_llm", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_real_llm.py")
 
 
 @pytest.mark.parametrize("prediction, golds, expected", [

@@ -3,14 +3,14 @@ a TRL launch line (docs/training.md): each parses and carries the paper's number
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import re
 import shlex
 
 import pytest
-
+from conftest import load_script
 from promptr1.agents.config import GRPOConfig
+
 from promptr1.config import bundled_config, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -98,9 +98,7 @@ def test_trl_launch_line_in_the_docs_carries_the_paper_numbers():
     block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.DOTALL) if "examples/trl_grpo.py" in b)
     argv = shlex.split(block.replace("\\\n", " "))
     argv = argv[argv.index("examples/trl_grpo.py") + 1:]
-    spec = importlib.util.spec_from_file_location("trl_grpo_example", ROOT / "examples" / "trl_grpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/trl_grpo.py")
     a = module.parse_args(argv)
     assert a.model == "Qwen/Qwen3-4B" and a.framing == "reference"
     assert (a.num_generations, a.lr, a.beta, a.epsilon, a.delta, a.loss_type, a.temperature) == \

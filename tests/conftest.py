@@ -1,0 +1,25 @@
+"""Shared test helpers: loading the repository's scripts (``benchmarks/``, ``examples/``) as modules.
+
+Tests import it as ``from conftest import load_script`` (pytest puts ``tests/`` on the path).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from types import ModuleType
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load_script(relpath: str) -> ModuleType:
+    """Import a script of the repository (not an installed module) by its path from the repository root."""
+    path = ROOT / relpath
+    name = "promptr1_script_" + path.with_suffix("").as_posix().replace("/", "_").replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"no script at {relpath!r} (looked for {path.relative_to(ROOT)} in the repository)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+

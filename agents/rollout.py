@@ -20,6 +20,7 @@ Layout of one finished episode (``Episode.ids``; ``mask`` is 1 on agent tokens):
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -208,6 +209,23 @@ def move_cache(cache: KVCache | None, device: Any) -> KVCache | None:
     return tuple((k.to(device, non_blocking=True), v.to(device, non_blocking=True)) for k, v in cache)
 
 
+def _cache_kwarg(model: Any) -> str:
+    """The forward keyword that takes the KV cache: ``cache`` (transformers >= 5.x renamed it; the old name
+    warns and goes away in 5.40) or ``past_key_values`` (older releases, and wrappers that do not name it)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned, under either of its names (see :func:`_cache_kwarg`)."""
+    cache = out.get("cache") if hasattr(out, "get") else None
+    return cache if cache is not None else out.past_key_values
+
+
 def _batch_cache(caches: Sequence[KVCache | None], width: int, device: Any) -> Any:
     """Per-episode caches right-aligned into one ``DynamicCache`` of ``width`` positions (zeros before them)."""
     from transformers import DynamicCache
@@ -340,10 +358,11 @@ def sample_turns(
 
     was_training = model.training
     model.eval()
-    extra = {"past_key_values": _batch_cache(caches, C, device)} if C > 0 else {}
+    cache_kw = _cache_kwarg(model)
+    extra = {cache_kw: _batch_cache(caches, C, device)} if C > 0 else {}
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
                 use_cache=True, logits_to_keep=1, **extra)
-    past = out.past_key_values
+    past = _out_cache(out)
     logits = out.logits[:, -1].float()
     next_pos = position_ids[:, -1] + 1
     seen = None
@@ -386,8 +405,8 @@ def sample_turns(
         step_tok = tok.masked_fill(finished, pad_id).to(device)[:, None]
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
         out = model(input_ids=step_tok, attention_mask=attn, position_ids=next_pos[:, None],
-                    past_key_values=past, use_cache=True)
-        past = out.past_key_values
+                    use_cache=True, **{cache_kw: past})
+        past = _out_cache(out)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     if was_training:

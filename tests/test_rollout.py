@@ -308,6 +308,33 @@ def test_kv_reuse_across_turns_gives_the_same_episodes_with_less_prefill(tiny):
     assert t_reuse["prefill_tokens"] < full + 4 * 3  # new tokens only: context once, plus each turn's last token
 
 
+def test_kv_cache_is_passed_under_the_name_the_model_takes(tiny, monkeypatch):
+    """transformers renamed ``past_key_values`` to ``cache`` (the old name warns, then goes away in 5.40): the
+    sampler passes the cache under the name the model's forward declares, and gets the same episodes either way."""
+    import transformers.utils.generic as generic
+
+    model, tok = tiny
+    said: list[str] = []
+    monkeypatch.setattr(generic.logger, "warning_once", lambda msg, *a, **k: said.append(str(msg)))
+    new_name, _, _ = _play(model, tok, 2, kv_reuse=True)
+    assert not [m for m in said if "past_key_values" in m]
+
+    class OldStyle(torch.nn.Module):
+        """A model whose forward knows only the old name (transformers 4.x)."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config, self.generation_config = inner, inner.config, inner.generation_config
+
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None, logits_to_keep=0):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+    old_name, _, _ = _play(OldStyle(model).eval(), tok, 2, kv_reuse=True)
+    assert [e.ids for e in old_name] == [e.ids for e in new_name]
+
+
 def test_token_budget_splits_generation_batches_with_the_same_result(tiny, monkeypatch):
     model, tok = tiny
     import promptr1.agents.rollout as rollout_mod

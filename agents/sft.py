@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,20 +52,42 @@ def build_sft_example(env: Any, task: Any, turns: Sequence[str], framer: ChatFra
 
 
 def sft_examples(tasks: Sequence[Any], env_factory: Callable[[], Any], framer: ChatFramer,
-                 demo: Callable[[Any], list[str]], *, max_seq_len: int) -> list[Episode]:
-    """Demonstration episodes for ``tasks``.
+                 demo: Callable[[Any], list[str]], *, max_seq_len: int,
+                 concurrency: int = 8) -> list[Episode]:
+    """Demonstration episodes for ``tasks``, in the order of ``tasks``.
+
+    Up to ``concurrency`` demonstrations are played at once, each thread with its own env from
+    ``env_factory``: a backend that batches concurrent requests (the in-process ``hf`` and ``smollm2``
+    backends) then answers one turn of several demonstrations in one generation, and a remote one overlaps
+    its calls. ``concurrency=1`` plays them one by one.
 
     Skipped: those longer than ``max_seq_len``, those with an env error, and those whose env replies do not
     say what the task's plan expects (``meta["expect"]``, see
     :func:`promptr1.envs.demonstrations.replies_on_track`): with a real env LLM a reply can be wrong, and a
     demonstration that answers right anyway teaches the agent to ignore the replies.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from promptr1.envs.demonstrations import replies_on_track
 
-    env = env_factory()
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1 (demonstrations played at once), got {concurrency}.")
+    local = threading.local()
+
+    def play(t: Any) -> Episode:
+        env = getattr(local, "env", None)
+        if env is None:
+            env = local.env = env_factory()
+        return build_sft_example(env, t, demo(t), framer)
+
+    workers = min(concurrency, max(len(tasks), 1))
+    if workers == 1:
+        played = [play(t) for t in tasks]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="promptr1-sft-demo") as pool:
+            played = list(pool.map(play, tasks))
     out = []
-    for t in tasks:
-        ep = build_sft_example(env, t, demo(t), framer)
+    for t, ep in zip(tasks, played):
         first = next((i for i, m in enumerate(ep.messages) if m["role"] == "assistant"), len(ep.messages))
         replies = [m["content"] for m in ep.messages[first:] if m["role"] == "user"]
         if ep.env_error is None and len(ep.ids) <= max_seq_len and replies_on_track(t, replies):

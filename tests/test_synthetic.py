@@ -226,3 +226,58 @@ def test_demonstration_episode_in_the_environment_earns_full_reward():
             _, reward, terminated, truncated, info = env.step(turn)
         assert terminated and not truncated and info["env_error"] is None
         assert reward == pytest.approx(1.0)
+
+
+def test_sft_examples_play_demonstrations_at_once_with_the_same_result():
+    """Demonstrations are played ``concurrency`` at a time (a batching backend answers them together); the
+    examples, their order and the dropped ones are those of playing them one by one."""
+    import threading
+    import time
+
+    from transformers import AutoTokenizer
+
+    from promptr1.agents.rollout import ChatFramer
+    from promptr1.agents.sft import sft_examples
+    from promptr1.envs.collab_env import PromptCollabEnv
+    from promptr1.llm_backends.base import BaseBackend
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    class SlowSim(BaseBackend):
+        """The sim expert, 20 ms a call, counting the calls in flight at once."""
+
+        name = "slow-sim"
+
+        def __init__(self):
+            super().__init__()
+            self.sim, self.lock, self.now, self.most = SimExpert(), threading.Lock(), 0, 0
+
+        def complete(self, messages, **sampling):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            time.sleep(0.02)
+            try:
+                return self.sim.complete(messages, **sampling)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+    tasks = list(SyntheticTasks("train", n=12, seed=5))
+    framer = ChatFramer(AutoTokenizer.from_pretrained(tiny_model_path()))
+
+    def play(concurrency, max_seq_len):
+        backend = SlowSim()
+        eps = sft_examples(tasks, lambda: PromptCollabEnv(task=tasks, env_llm=backend, max_turns=4), framer,
+                           demonstration, max_seq_len=max_seq_len, concurrency=concurrency)
+        return eps, backend.most
+
+    every, _ = play(1, 10**6)
+    assert [e.task.id for e in every] == [t.id for t in tasks]
+    cut = sorted(len(e.ids) for e in every)[len(every) // 2]  # drops the longer half
+    (serial, most_serial), (together, most_together) = play(1, cut), play(6, cut)
+    assert most_serial == 1 and most_together > 1
+    assert 0 < len(serial) < len(tasks)
+    assert [e.task.id for e in together] == [e.task.id for e in serial]
+    assert [e.ids for e in together] == [e.ids for e in serial] and [e.mask for e in together] == [e.mask for e in serial]
+    with pytest.raises(ValueError, match="concurrency must be >= 1"):
+        sft_examples(tasks, lambda: None, framer, demonstration, max_seq_len=200, concurrency=0)

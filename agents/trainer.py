@@ -105,6 +105,7 @@ class GRPOTrainer:
         seed_everything(cfg.seed, cfg.deterministic)
         self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=_resolve_mixed_precision(cfg))
         self.loss_cfg = cfg.loss_config()
+        self._skip_rows_without_gradient = True  # see _rows_with_gradient; tests turn it off to compare
         self.callbacks = CallbackList(list(callbacks))
         self.step = 0
         self.cursor = 0  # questions consumed (all processes together)
@@ -301,6 +302,27 @@ class GRPOTrainer:
         dev = self.accelerator.device
         return {k: (v[:, :T] if v.dim() == 2 else v).to(dev) for k, v in sub.items()}
 
+    def _rows_with_gradient(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(N,)`` bool: the rows whose loss can have a non-zero gradient.
+
+        A row dropped by ``sample_mask`` (a zero-variance group under ``mask_zero_variance``, a failed
+        episode) never can. A row with advantage 0 cannot either when the loss is a built-in policy loss (``ppo-clip``
+        and ``reinforce`` scale with the advantage), with no KL and no entropy term, and an aggregation whose
+        normaliser does not depend on the rows computed together (every mode but ``seq-mean-token-sum-norm``
+        without a ``norm_length``). With several processes every row is kept: each process must run the same
+        number of backward passes for the gradient all-reduce.
+        """
+        keep = batch["sample_mask"].bool().clone()
+        if self.accelerator.num_processes > 1 or not self._skip_rows_without_gradient:
+            return torch.ones_like(keep)
+        lc = self.loss_cfg
+        zero_adv_is_inert = (
+            lc.policy_loss in ("ppo-clip", "reinforce") and not lc.kl_coef and not lc.entropy_coef
+            and (lc.loss_agg != "seq-mean-token-sum-norm" or lc.norm_length is not None))
+        if zero_adv_is_inert:
+            keep &= batch["advantages"] != 0
+        return keep
+
     @torch.no_grad()
     def _no_grad_logprobs(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = torch.zeros_like(batch["old_logp"])
@@ -368,13 +390,19 @@ class GRPOTrainer:
         stats_acc: dict[str, list[float]] = {}
         grad_norms: list[float] = []
         need_entropy = True  # cheap enough to log; used in the loss when entropy_coef != 0
+        needed = self._rows_with_gradient(batch)
+        rec["rollout/update_rows_fraction"] = float(needed.float().mean()) if N else 0.0
         order_rng = np.random.default_rng(derived_seed(cfg.seed, "minibatch", self.step, acc.process_index))
         for _epoch in range(cfg.update_epochs):
             perm = order_rng.permutation(N).tolist()
             n_mini = max(1, min(cfg.minibatches, N))
             minis = [perm[i::n_mini] for i in range(n_mini)]
             for mini in minis:
-                micro = self._micro_batches(sorted(mini))
+                # rows that cannot move the weights skip their forward and backward passes; the denominators
+                # below still count them, so the gradient is the same. A minibatch with none keeps one row, so
+                # that the optimizer still takes its (zero-gradient) step, as it would without skipping.
+                work = [r for r in sorted(mini) if needed[r]] or sorted(mini)[:1]
+                micro = self._micro_batches(work)
                 eff = (batch["action_mask"][mini] * batch["sample_mask"][mini, None]).sum().item()
                 seqs = ((batch["action_mask"][mini].sum(-1) > 0) & batch["sample_mask"][mini]).sum().item()
                 for j, rows in enumerate(micro):

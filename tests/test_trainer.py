@@ -238,3 +238,52 @@ def test_reference_is_loaded_from_disk_in_the_model_dtype(tmp_path):
                        env_factory=LengthRewardEnv)
     assert next(auto.unwrapped_model.parameters()).dtype == torch.float32  # auto on a CPU: float32 everywhere
     assert next(auto.ref_model.parameters()).dtype == torch.float32
+
+
+class HalfFlatEnv(LengthRewardEnv):
+    """Like LengthRewardEnv, but every rollout of an even-numbered question gets the same reward (advantage 0)."""
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        if trunc and int(self.task.id[1:]) % 2 == 0:
+            r = 0.0
+            info["reward_components"] = dict(info["reward_components"], total=r)
+        return obs, r, term, trunc, info
+
+
+@pytest.mark.parametrize("loss", [{"kl_coef": 0.0}, {"algo": "dapo"},
+                                  {"kl_coef": 0.0, "loss_agg": "seq-mean-token-mean"}, {"kl_coef": 0.01}])
+def test_rows_without_gradient_skip_the_update_with_the_same_gradient(tmp_path, one_thread, loss):
+    """Zero-advantage rows (no KL, no entropy term) and masked rows skip their forward/backward passes; the
+    gradient the optimizer steps on is that of computing every row. With a KL term every row is computed."""
+    runs = {}
+    for skip in (True, False):
+        tr = GRPOTrainer(make_cfg(tmp_path / str(skip), steps=1, batch_questions=4, minibatches=1, **loss),
+                         tasks=TASKS, env_factory=HalfFlatEnv)
+        tr._skip_rows_without_gradient = skip
+        rows, grads = [], []
+        real_logprobs, real_step = tr._logprobs, tr.optimizer.step
+
+        def counting(model, sub, _real=real_logprobs, _rows=rows, **kw):
+            if torch.is_grad_enabled():
+                _rows.append(sub["input_ids"].shape[0])
+            return _real(model, sub, **kw)
+
+        def capturing(*a, _real=real_step, _grads=grads, _model=tr.unwrapped_model, **kw):
+            _grads.append({n: p.grad.detach().clone() for n, p in _model.named_parameters() if p.grad is not None})
+            return _real(*a, **kw)
+
+        tr._logprobs, tr.optimizer.step = counting, capturing
+        m = tr.train_step()
+        runs[skip] = (grads, sum(rows), m)
+    (g_skip, rows_skip, m_skip), (g_all, rows_all, _) = runs[True], runs[False]
+    assert rows_all == 12  # 4 questions x 3 rollouts
+    if loss.get("kl_coef"):
+        assert rows_skip == 12 and m_skip["rollout/update_rows_fraction"] == 1.0
+    else:
+        assert rows_skip == 6 and m_skip["rollout/update_rows_fraction"] == 0.5  # the odd questions' rollouts
+    assert len(g_skip) == len(g_all) == 1 and g_skip[0].keys() == g_all[0].keys()
+    scale = max(float(g.abs().max()) for g in g_all[0].values())
+    assert scale > 0
+    for k, g in g_all[0].items():
+        assert torch.allclose(g_skip[0][k], g, atol=1e-5 * scale, rtol=1e-4), k

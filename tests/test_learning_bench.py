@@ -61,3 +61,9 @@ def test_tiny_end_to_end_run_writes_the_table_curve_and_summary(bench, tmp_path,
     saved = json.loads((out / "summary.json").read_text())
     assert saved["rows"]["scripted: demonstration (reads Task.meta)"]["solved"] == 1.0
     assert saved["untrained_grpo"]["groups"] == 2
+    # re-evaluating the saved agents (greedy) gives the table's numbers again, without training
+    again = bench.main(["--model", "tiny", "--warm-start", str(out / "sft"), "--trained", str(out / "grpo" / "checkpoint-000002"),
+                        "--episodes", "10", "--untrained-steps", "1", "--out", str(tmp_path / "again")])
+    assert again["curve"] == [] and again["untrained_grpo"]["steps"] == 0
+    assert again["paired_difference"] == summary["paired_difference"]
+    assert "GRPO's signal" not in again["report"]

@@ -66,4 +66,4 @@ def test_tiny_end_to_end_run_writes_the_table_curve_and_summary(bench, tmp_path,
                         "--episodes", "10", "--untrained-steps", "1", "--out", str(tmp_path / "again")])
     assert again["curve"] == [] and again["untrained_grpo"]["steps"] == 0
     assert again["paired_difference"] == summary["paired_difference"]
-    assert "GRPO's signal" not in again["report"]
+    assert "GRPO's signal" not in again["report"] and "GRPO: the saved agent" in again["report"]

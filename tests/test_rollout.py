@@ -308,6 +308,7 @@ def test_kv_reuse_across_turns_gives_the_same_episodes_with_less_prefill(tiny):
     assert t_reuse["prefill_tokens"] < full + 4 * 3  # new tokens only: context once, plus each turn's last token
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # the old-style stand-in
 def test_kv_cache_is_passed_under_the_name_the_model_takes(tiny, monkeypatch):
     """transformers renamed ``past_key_values`` to ``cache`` (the old name warns, then goes away in 5.40): the
     sampler passes the cache under the name the model's forward declares, and gets the same episodes either way."""

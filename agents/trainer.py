@@ -306,21 +306,21 @@ class GRPOTrainer:
         """``(N,)`` bool: the rows whose loss can have a non-zero gradient.
 
         A row dropped by ``sample_mask`` (a zero-variance group under ``mask_zero_variance``, a failed
-        episode) never can. A row with advantage 0 cannot either when the loss is a built-in policy loss (``ppo-clip``
-        and ``reinforce`` scale with the advantage), with no KL and no entropy term, and an aggregation whose
+        episode) never can. A row with advantage 0 cannot either when the loss is a built-in policy loss
+        (``ppo-clip`` and ``reinforce`` scale with the advantage), with no KL and no entropy term, and an aggregation whose
         normaliser does not depend on the rows computed together (every mode but ``seq-mean-token-sum-norm``
         without a ``norm_length``). With several processes every row is kept: each process must run the same
         number of backward passes for the gradient all-reduce.
         """
-        keep = batch["sample_mask"].bool().clone()
         if self.accelerator.num_processes > 1 or not self._skip_rows_without_gradient:
-            return torch.ones_like(keep)
+            return torch.ones_like(batch["sample_mask"], dtype=torch.bool)
+        keep = batch["sample_mask"].bool()
         lc = self.loss_cfg
         zero_adv_is_inert = (
             lc.policy_loss in ("ppo-clip", "reinforce") and not lc.kl_coef and not lc.entropy_coef
             and (lc.loss_agg != "seq-mean-token-sum-norm" or lc.norm_length is not None))
         if zero_adv_is_inert:
-            keep &= batch["advantages"] != 0
+            keep = keep & (batch["advantages"] != 0)
         return keep
 
     @torch.no_grad()

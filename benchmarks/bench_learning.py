@@ -434,13 +434,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      + (": no learning signal without the warm start." if u["groups_with_variance"] == 0 else "."))
     timing = (f"wall {wall / 60:.1f} min ({', '.join(f'{k} {v:.0f}s' for k, v in times.items())}); load average "
               f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; {args.threads} torch thread(s).")
-    settings = (f"warm start: {args.sft_steps} SFT steps x {args.sft_batch_size} demonstrations, lr {args.sft_lr:g}; "
-                f"GRPO: {args.steps} steps x {args.batch_questions} questions x {args.group_size} rollouts, lr "
-                f"{args.lr:g}, temperature {args.temperature:g}, KL {args.kl_coef:g}, reward {args.reward_variant}, "
-                f"train kinds {args.train_kinds}, hops {args.train_hops}.")
-    if args.warm_start or args.trained:
-        settings = (f"warm start: {args.warm_start}" if args.warm_start else settings.split(";")[0]) + "; " + (
-            f"GRPO: the saved agent {args.trained}." if args.trained else settings.split("; ", 1)[1])
+    warm_desc = (f"warm start: {args.warm_start}" if args.warm_start else
+                 f"warm start: {args.sft_steps} SFT steps x {args.sft_batch_size} demonstrations, lr {args.sft_lr:g}")
+    grpo_desc = (f"GRPO: the saved agent {args.trained}." if args.trained else
+                 f"GRPO: {args.steps} steps x {args.batch_questions} questions x {args.group_size} rollouts, lr "
+                 f"{args.lr:g}, temperature {args.temperature:g}, KL {args.kl_coef:g}, reward {args.reward_variant}, "
+                 f"train kinds {args.train_kinds}, hops {args.train_hops}.")
+    settings = f"{warm_desc}; {grpo_desc}"
     report = "\n".join([*table, "", *notes, "", settings, timing, f"command: `{command}`"])
     print("\n" + report, flush=True)
 

@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def load_script(relpath: str) -> ModuleType:
     """Import a script of the repository (not an installed module) by its path from the repository root."""
     path = ROOT / relpath
-    name = "promptr1_script_" + path.with_suffix("").as_posix().replace("/", "_").replace("-", "_")
+    name = "promptr1_script_" + relpath.removesuffix(".py").replace("/", "_").replace("-", "_")
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise FileNotFoundError(f"no script at {relpath!r} (looked for {path.relative_to(ROOT)} in the repository)")

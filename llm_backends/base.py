@@ -56,20 +56,31 @@ class EnvLLMError(RuntimeError):
     ``kind`` is a short machine-readable reason (``"timeout"``, ``"rate_limit"``,
     ``"server_error"``, ``"connection"``, ``"empty_reply"``, ``"malformed_reply"``, ``"bad_request"``,
     ``"deadline"``, ``"replay_miss"``, ``"error"``); ``attempts`` is how many calls were made.
+
+    ``prompt_tokens``, ``completion_tokens`` and ``cost_usd`` add up what the failed attempts were billed for
+    (servers report usage on a reply they then fail, e.g. an empty reply cut by ``max_tokens``); a budget counts
+    them like a successful call's.
     """
 
-    def __init__(self, message: str, *, kind: str = "error", attempts: int = 1, retryable: bool = False):
+    def __init__(self, message: str, *, kind: str = "error", attempts: int = 1, retryable: bool = False,
+                 prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0):
         super().__init__(message)
         self.kind = kind
         self.attempts = attempts
         self.retryable = retryable
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.cost_usd = cost_usd
 
-    def __reduce__(self):  # keep kind/attempts across pickling (vector env workers)
-        return (_rebuild_env_llm_error, (str(self), self.kind, self.attempts, self.retryable))
+    def __reduce__(self):  # keep kind/attempts/usage across pickling (vector env workers)
+        return (_rebuild_env_llm_error, (str(self), self.kind, self.attempts, self.retryable, self.prompt_tokens,
+                                         self.completion_tokens, self.cost_usd))
 
 
-def _rebuild_env_llm_error(message: str, kind: str, attempts: int, retryable: bool) -> EnvLLMError:
-    return EnvLLMError(message, kind=kind, attempts=attempts, retryable=retryable)
+def _rebuild_env_llm_error(message: str, kind: str, attempts: int, retryable: bool, prompt_tokens: int = 0,
+                           completion_tokens: int = 0, cost_usd: float = 0.0) -> EnvLLMError:
+    return EnvLLMError(message, kind=kind, attempts=attempts, retryable=retryable, prompt_tokens=prompt_tokens,
+                       completion_tokens=completion_tokens, cost_usd=cost_usd)
 
 
 @runtime_checkable
@@ -188,6 +199,15 @@ class BaseBackend:
         self._loop_lock = threading.Lock()
         if "_lock" not in state and hasattr(type(self), "_needs_lock"):
             self._lock = threading.Lock()
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Everything besides the messages and the call's sampling that can change a reply (JSON-safe).
+
+        A response cache mixes it into every key, so replies recorded against one server or setting are never
+        replayed for another. Backends override it (e.g. ``openai:`` returns its base URL and extra request
+        fields); it must never contain a secret.
+        """
+        return {}
 
     def close(self) -> None:
         lt = getattr(self, "_loop_thread", None)

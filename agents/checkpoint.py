@@ -9,12 +9,20 @@ Layout of ``OUTPUT_DIR``::
                                                                 process's RNG through accelerate's state API
                                                                 (sharded per rank under FSDP / DeepSpeed)
         optimizer.pt, scheduler.pt, rng_state_rank0.pt ...      single-process writers (write_checkpoint, SFT)
+    checkpoint-000010.1/      the same step saved again (e.g. at the end of a resumed run): a new name, never a swap
     latest                    a text file naming the newest complete checkpoint
 
 A checkpoint is written into a hidden temporary folder which is renamed into place only when
-every file is on disk; ``latest`` is then replaced atomically (``os.replace``). A process killed
-at any moment leaves either the previous checkpoint or the new one as ``latest``, never a torn
-one; stale temporary folders are removed on the next save.
+every file is on disk; ``latest`` is then replaced atomically (``os.replace``). A step saved again
+gets a fresh name (``.1``, ``.2`` ...), so no complete checkpoint is ever moved or deleted before
+``latest`` names its successor: a process killed at any moment leaves either the previous checkpoint
+or the new one as ``latest``, never a torn or missing one; stale temporary folders are removed on the
+next save.
+
+Every ``.pt`` file is written and read as data (tensors, numbers, strings and containers):
+:func:`load_checkpoint_file` loads with ``torch.load(weights_only=True)`` and refuses anything else, since a
+checkpoint may come from someone else. A fresh run refuses an output folder that holds an earlier run's
+checkpoints unless told to resume or to overwrite (:func:`claim_output_dir`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -33,8 +42,12 @@ import torch
 __all__ = [
     "ACCELERATE_STATE",
     "CHECKPOINT_PREFIX",
+    "CheckpointError",
     "capture_rng_state",
+    "claim_output_dir",
+    "earlier_outputs",
     "find_latest_checkpoint",
+    "load_checkpoint_file",
     "load_trainer_state",
     "restore_rng_state",
     "write_checkpoint",
@@ -46,19 +59,58 @@ ACCELERATE_STATE = "accelerate_state"
 _TMP_PREFIX = ".tmp-" + CHECKPOINT_PREFIX
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded safely (it would need unpickling arbitrary objects)."""
+
+
 def capture_rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors, ints and floats only, so that it loads with ``torch.load(weights_only=True)``.
+
+    >>> s = capture_rng_state(); a = random.random(); restore_rng_state(s); a == random.random()
+    True
+    """
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": None if gauss is None else float(gauss)},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`capture_rng_state` captured."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> Any:
+    """Load a ``.pt`` file of a checkpoint as data, never as code (``torch.load(weights_only=True)``).
+
+    Checkpoints are files a user may receive from others: a file that holds anything but tensors and plain
+    containers (a pickle that would import or call something) is refused with :class:`CheckpointError`.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"refusing to load {os.fspath(path)!r}: it holds Python objects other than tensors and plain containers, "
+            "and loading it would run code from the file. prompt-r1 writes checkpoints that load as data only; "
+            "resume from a checkpoint written by prompt-r1 (or delete this file to resume without it)."
+        ) from None
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -82,8 +134,23 @@ def _fsync_tree(path: pathlib.Path) -> None:
     _fsync_dir(path)
 
 
-def checkpoint_name(step: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{step:06d}"
+def checkpoint_name(step: int, version: int = 0) -> str:
+    """``checkpoint-000010``; a step saved again gets ``checkpoint-000010.1``, ``.2`` ..."""
+    return f"{CHECKPOINT_PREFIX}{step:06d}" + (f".{version}" if version else "")
+
+
+_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + r"(\d+)(?:\.(\d+))?$")
+
+
+def _order(folder: pathlib.Path) -> tuple[int, int]:
+    """``(step, version)`` of a checkpoint folder's name; ``(-1, -1)`` for a name that is not one."""
+    m = _NAME.match(folder.name)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else (-1, -1)
+
+
+def _checkpoints(out: pathlib.Path) -> list[pathlib.Path]:
+    """The checkpoint folders in ``out``, oldest first (by step, then by version)."""
+    return sorted((p for p in out.glob(CHECKPOINT_PREFIX + "*") if p.is_dir() and _order(p)[0] >= 0), key=_order)
 
 
 def temp_dir_for(output_dir: str | os.PathLike, step: int) -> pathlib.Path:
@@ -143,16 +210,11 @@ def publish_checkpoint(output_dir: str | os.PathLike, step: int, *, keep: int = 
     if not (tmp / "trainer_state.json").exists():
         raise FileNotFoundError(f"checkpoint for step {step} is incomplete: {tmp} has no trainer_state.json.")
     _fsync_tree(tmp)
-    final = out / checkpoint_name(step)
-    if final.exists():  # re-saving a step (e.g. the end of a resumed run): swap the old one out
-        trash = out / f".old-{checkpoint_name(step)}"
-        if trash.exists():
-            shutil.rmtree(trash)
-        os.rename(final, trash)
-        os.rename(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
+    version = 0
+    while (out / checkpoint_name(step, version)).exists():
+        version += 1
+    final = out / checkpoint_name(step, version)
+    os.rename(tmp, final)
     _fsync_dir(out)
     pointer_tmp = out / ".latest.tmp"
     pointer_tmp.write_text(final.name + "\n")
@@ -160,11 +222,14 @@ def publish_checkpoint(output_dir: str | os.PathLike, step: int, *, keep: int = 
         os.fsync(fh.fileno())
     os.replace(pointer_tmp, out / "latest")
     _fsync_dir(out)
-    # Stale temporary folders of killed runs
+    # Only now that `latest` names the new checkpoint: earlier saves of the same step, stale temporary folders
+    for old in _checkpoints(out):
+        if _order(old)[0] == step and old != final:
+            shutil.rmtree(old, ignore_errors=True)
     for p in out.glob(_TMP_PREFIX + "*"):
         shutil.rmtree(p, ignore_errors=True)
     if keep > 0:
-        done = sorted(p for p in out.glob(CHECKPOINT_PREFIX + "*") if p.is_dir())
+        done = _checkpoints(out)
         for old in done[:-keep]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
@@ -185,9 +250,55 @@ def find_latest_checkpoint(path: str | os.PathLike) -> pathlib.Path | None:
         cand = p / pointer.read_text().strip()
         if _is_complete(cand):
             return cand
-    done = sorted((c for c in p.glob(CHECKPOINT_PREFIX + "*") if _is_complete(c)), reverse=True)
-    return done[0] if done else None
+    done = [c for c in _checkpoints(p) if _is_complete(c)]
+    return done[-1] if done else None
 
 
 def load_trainer_state(folder: str | os.PathLike) -> dict[str, Any]:
     return json.loads((pathlib.Path(folder) / "trainer_state.json").read_text())
+
+
+#: What a training run writes into its ``output_dir`` besides its checkpoints (``--overwrite`` removes these and
+#: nothing else there).
+TRAINER_OUTPUTS = ("latest", ".latest.tmp", "tensorboard")
+
+
+def earlier_outputs(output_dir: str | os.PathLike, names: tuple[str, ...] = ()) -> list[pathlib.Path]:
+    """What an earlier run left in ``output_dir``: checkpoint folders (complete or not), and the entries named in
+    :data:`TRAINER_OUTPUTS` and ``names``."""
+    out = pathlib.Path(output_dir)
+    if not out.is_dir():
+        return []
+    wanted = set(TRAINER_OUTPUTS) | set(names)
+    return sorted(p for p in out.iterdir()
+                  if p.name in wanted or _order(p)[0] >= 0 or p.name.startswith((_TMP_PREFIX, ".old-" + CHECKPOINT_PREFIX)))
+
+
+def claim_output_dir(output_dir: str | os.PathLike, *, resume: str = "", overwrite: bool = False,
+                     names: tuple[str, ...] = (), command: str = "promptr1 train") -> list[pathlib.Path]:
+    """Make sure a fresh run does not write over an earlier run's results; return what ``overwrite`` removed.
+
+    With ``resume`` set the earlier checkpoints are the point: nothing to do. Otherwise an ``output_dir`` that holds
+    an earlier run's checkpoints (or the entries in ``names``) is refused with a :class:`FileExistsError` that says
+    how to go on, unless ``overwrite`` is True: then those entries, and only those, are deleted first.
+    """
+    if resume:
+        return []
+    found = earlier_outputs(output_dir, names)
+    if not found:
+        return []
+    if not overwrite:
+        if all(p.name in ("tensorboard", ".latest.tmp") for p in found):
+            return []  # logs of a run that stopped before its first checkpoint: new events are added beside them
+        shown = ", ".join(p.name for p in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise FileExistsError(
+            f"{command}: output_dir {os.fspath(output_dir)!r} holds an earlier run ({shown}), and a fresh run would "
+            "overwrite or prune its checkpoints. Pass --resume auto to continue that run, --output-dir DIR to start "
+            "a new one elsewhere, or --overwrite to delete the earlier run's results and start afresh."
+        )
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return found

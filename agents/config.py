@@ -137,10 +137,21 @@ class GRPOConfig(RunSettings):
     ``openai``): the cost that ``max_cost`` and ``--dry-run`` count."""
     dry_run: bool = False
     """Print the expected env-LLM calls, tokens and cost per step and for the run, then exit (no model loaded)."""
+    max_env_error_rate: float = 0.5
+    """Stop training with an error (checkpoint written, non-zero exit) once this share of a step's episodes failed
+    on the env LLM (``env_error``; budget refusals not counted) for ``env_error_patience`` steps in a row: the
+    trainer drops failed episodes, so such steps train on little or nothing. 1.0: never stop."""
+    env_error_patience: int = 3
+    """Consecutive steps above ``max_env_error_rate`` before training stops."""
 
     def __post_init__(self) -> None:
         if self.eval_tasks is None:
             self.eval_tasks = []
+        if not 0.0 <= float(self.max_env_error_rate) <= 1.0:
+            raise ValueError(f"max_env_error_rate is a share of a step's episodes, between 0 and 1 (1: never stop); "
+                             f"got {self.max_env_error_rate!r}.")
+        if int(self.env_error_patience) < 1:
+            raise ValueError(f"env_error_patience counts steps and must be >= 1; got {self.env_error_patience!r}.")
 
     def loss_config(self) -> Any:
         """The :class:`~promptr1.agents.losses.LossConfig`: ``--algo``'s defaults, then every setting the

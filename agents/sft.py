@@ -107,6 +107,9 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     from promptr1.envs.tasks import load_tasks
     from promptr1.llm_backends import make_backend
 
+    from promptr1.agents.checkpoint import claim_output_dir
+
+    claim_output_dir(cfg.output_dir, overwrite=cfg.overwrite, command="promptr1 sft")  # before anything loads
     seed_everything(cfg.seed)
     mp = cfg.mixed_precision
     if mp == "auto":

@@ -30,8 +30,11 @@ import torch
 
 from promptr1.agents.checkpoint import (
     ACCELERATE_STATE,
+    CheckpointError,
     checkpoint_name,
+    claim_output_dir,
     find_latest_checkpoint,
+    load_checkpoint_file,
     load_trainer_state,
     publish_checkpoint,
     restore_rng_state,
@@ -45,7 +48,19 @@ from promptr1.agents.seeding import derived_seed, seed_everything
 from promptr1.plugins import import_plugins
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
 
-__all__ = ["GRPOTrainer"]
+__all__ = ["GRPOTrainer", "TrainingFailed"]
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped because it could not learn anything: the env LLM failed on (nearly) every episode.
+
+    A checkpoint of the last step is written first; ``promptr1 train`` exits non-zero with this message.
+    """
+
+
+def _budget_refusal(env_error: str | None) -> bool:
+    """An episode whose call the run's budget refused (``EnvLLMError`` kind ``budget``): a stop, not a failure."""
+    return bool(env_error) and env_error.startswith("budget:")  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -110,6 +125,9 @@ class GRPOTrainer:
         self.step = 0
         self.cursor = 0  # questions consumed (all processes together)
 
+        if self.accelerator.is_main_process:  # before anything is loaded: never write over an earlier run
+            claim_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+        self.accelerator.wait_for_everyone()
         resume_from = self._find_resume()
         self._loaded_by_us = model is None
         if model is None:
@@ -467,6 +485,9 @@ class GRPOTrainer:
         r["rollout/episodes"] = float(len(episodes))
         r["env_llm/errors"] = float(len(episodes) - len(ok))
         r["env_llm/error_rate"] = (len(episodes) - len(ok)) / max(len(episodes), 1)
+        tried = [e for e in episodes if not _budget_refusal(e.env_error)]
+        # the share of episodes that reached the env LLM and failed there (what max_env_error_rate watches)
+        r["env_llm/failure_rate"] = sum(e.env_error is not None for e in tried) / len(tried) if tried else 0.0
         r["rollout/overflow"] = float(sum(e.overflow for e in episodes))
         r["rollout/turns_mean"] = float(np.mean([e.turns for e in episodes]))
         r["rollout/action_tokens_mean"] = float(np.mean([e.num_action_tokens for e in episodes]))
@@ -529,8 +550,17 @@ class GRPOTrainer:
             self.logger.record_hparams(config_to_dict(cfg) | {"loss." + k: v for k, v in self.loss_cfg.to_dict().items()})
         self.callbacks.on_train_begin(self)
         history = []
+        failing: list[int] = []  # consecutive steps above max_env_error_rate
+        failure: str | None = None
         while self.step < total:
             metrics = self.train_step()
+            rate = metrics.get("env_llm/failure_rate", 0.0)
+            failing = [*failing, self.step] if cfg.max_env_error_rate < 1.0 and rate > cfg.max_env_error_rate else []
+            if len(failing) >= cfg.env_error_patience:
+                failure = (f"the env LLM failed on more than {cfg.max_env_error_rate:.0%} of the episodes in "
+                           f"{len(failing)} steps in a row (steps {failing[0]}-{failing[-1]}; last step "
+                           f"{rate:.0%}); {self._last_env_errors()}. Training on what is left would learn "
+                           "nothing; fix the env LLM (see the errors above), or raise --max-env-error-rate.")
             for k, v in metrics.items():
                 self.logger.record(k, v)
             if cfg.num_transcripts > 0 and acc.is_main_process:
@@ -541,14 +571,29 @@ class GRPOTrainer:
             keep_going = self.callbacks.on_step_end(self, self.step, metrics)
             if cfg.save_every > 0 and self.step % cfg.save_every == 0 and self.step < total:
                 self.save()
-            if not keep_going:
+            if not keep_going or failure:
                 break
             del means
+        if history and failure is None and all(m.get("env_llm/failure_rate", 0.0) >= 1.0 for m in history):
+            failure = (f"every episode of the run that reached the env LLM failed there; {self._last_env_errors()}. "
+                       "The model was not trained on anything; fix the env LLM and run again.")
         self.save()
         self.callbacks.on_train_end(self)
         self.logger.close()
         self.logger = None
+        if failure is not None:
+            raise TrainingFailed(f"training stopped at step {self.step}: {failure}")
         return history
+
+    def _last_env_errors(self) -> str:
+        """The most common env errors of the last step, for a failure message."""
+        from collections import Counter
+
+        errors = Counter(e.env_error for e in self._last_episodes if e.env_error and not _budget_refusal(e.env_error))
+        if not errors:
+            return "no env error text was recorded"
+        shown = "; ".join(f"{n} x {text[:200]!r}" for text, n in errors.most_common(2))
+        return f"last step's errors: {shown}"
 
     def transcript(self, e: Episode) -> str:
         lines = [f"reward={e.reward:+.3f} turns={e.turns} gold={list(getattr(e.task, 'answers', []))}"]
@@ -593,7 +638,7 @@ class GRPOTrainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp / ACCELERATE_STATE))
         acc.wait_for_everyone()
-        final = out / checkpoint_name(self.step)
+        final = out / checkpoint_name(self.step)  # the main process's answer may carry a version suffix
         if acc.is_main_process:
             final = publish_checkpoint(out, self.step, keep=self.cfg.keep_checkpoints)
             self.callbacks.on_checkpoint(self, str(final))
@@ -606,17 +651,26 @@ class GRPOTrainer:
         self.step = int(state["step"])
         self.cursor = int(state["cursor"])
         if (folder / ACCELERATE_STATE).is_dir():
-            self.accelerator.load_state(str(folder / ACCELERATE_STATE))
+            import pickle
+
+            try:  # accelerate loads every file with torch.load(weights_only=True): data, never code
+                self.accelerator.load_state(str(folder / ACCELERATE_STATE))
+            except pickle.UnpicklingError:
+                raise CheckpointError(
+                    f"refusing to load {str(folder / ACCELERATE_STATE)!r}: a file there holds Python objects other "
+                    "than tensors and plain containers, and loading it would run code from the file. Resume from a "
+                    "checkpoint written by prompt-r1."
+                ) from None
             return
         opt = folder / "optimizer.pt"  # a checkpoint written before the state API was used
         if opt.exists():
-            self.optimizer.load_state_dict(torch.load(opt, map_location="cpu", weights_only=False))
+            self.optimizer.load_state_dict(load_checkpoint_file(opt))
         sch = folder / "scheduler.pt"
         if sch.exists():
-            self.scheduler.load_state_dict(torch.load(sch, map_location="cpu", weights_only=False))
+            self.scheduler.load_state_dict(load_checkpoint_file(sch))
         rng = folder / f"rng_state_rank{self.accelerator.process_index}.pt"
         if rng.exists():
-            restore_rng_state(torch.load(rng, weights_only=False))
+            restore_rng_state(load_checkpoint_file(rng))
 
 
 def _zero_stage(acc: Any) -> int:

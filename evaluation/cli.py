@@ -4,7 +4,8 @@
 :class:`~promptr1.evaluation.config.EvalConfig` (``promptr1 eval --help`` lists them all); task files
 may be given first, as positional arguments, or with ``--tasks``. Exit code 0 when the evaluation is
 complete, 3 when the budget (``--max-calls``/``--max-cost``) stopped it early (partial results are
-kept; the same command resumes), 2 for a usage error.
+kept; the same command resumes), 1 when every episode of some method and env LLM failed on the env LLM
+(the report says why), 2 for a usage error.
 
 ``promptr1 chat "QUESTION" [--key value ...]``: one episode of the agent (``--model``) with the
 environment LLM, played by the training rollout; prints the transcript and the answer.
@@ -28,7 +29,7 @@ def _die(exc: BaseException | str, prog: str) -> int:
 
 
 def eval_main(argv: Sequence[str]) -> int:
-    """``promptr1 eval``: prints the report; returns 0 (complete), 3 (partial: budget stop) or 2 (usage error)."""
+    """``promptr1 eval``: prints the report; returns 0 (complete), 3 (partial: budget stop), 1 (failed) or 2 (usage error)."""
     argv = list(argv)
     lead = 0
     while lead < len(argv) and not argv[lead].startswith("-"):
@@ -45,6 +46,10 @@ def _evaluate(cfg: EvalConfig) -> int:
     print(result.paths["report"].read_text(encoding="utf-8"))
     print(f"transcripts: {result.paths['transcripts']}"
           + (f"\nchart: {result.paths['chart']}" if "chart" in result.paths else ""))
+    if result.failed:
+        for column, why in result.failed_columns().items():
+            print(f"promptr1 eval: FAILED: {column}: {why}", file=sys.stderr)
+        return 1
     return 3 if result.partial else 0
 
 

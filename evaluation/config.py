@@ -82,8 +82,6 @@ class EvalConfig(RunSettings):
     """SSim embedder: ``minilm`` (the paper's all-MiniLM-L6-v2, offline) or ``hashing`` (fast, for tests)."""
     chart: bool = True
     """Write ``chart.png`` (matplotlib)."""
-    overwrite: bool = False
-    """Delete earlier results in ``output_dir`` instead of resuming from them."""
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,6 +224,25 @@ class EvalResult:
         """True when some planned episodes have no record (budget stop, or a crash)."""
         return len(self.records) < self.planned
 
+    def failed_columns(self) -> dict[str, str]:
+        """``{"method @ env LLM": reason}`` for every column whose episodes all failed on the env LLM (nothing of
+        it could be scored: a wrong key, a dead server, a model name the server does not know)."""
+        by_column: dict[str, list[dict[str, Any]]] = {}
+        for r in self.records:
+            by_column.setdefault(f"{r.get('method')} @ {r.get('env_llm')}", []).append(r)
+        out = {}
+        for column, recs in by_column.items():
+            if recs and all(r.get("env_error") for r in recs):
+                errors = Counter(str(r["env_error"]) for r in recs).most_common(2)
+                out[column] = (f"all {len(recs)} episodes failed on the env LLM: "
+                               + "; ".join(f"{n} x {text[:200]!r}" for text, n in errors))
+        return out
+
+    @property
+    def failed(self) -> bool:
+        """True when some column's episodes all failed on the env LLM (see :meth:`failed_columns`)."""
+        return bool(self.failed_columns())
+
     def row(self, dataset: str, method: str, env_llm: str | None = None) -> ScoreRow:
         """The row of one dataset and method (and env LLM, if several)."""
         for r in self.rows:
@@ -285,6 +305,7 @@ class EvalResult:
         return {
             "status": status,
             "partial": self.partial,
+            "failed": self.failed_columns(),
             "planned": self.planned,
             "finished": len(self.records),
             "stop_reason": self.stop_reason,

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from promptr1.envs.tasks import Task, load_tasks, type_summary
+from promptr1.fileio import atomic_write_text
 from promptr1.llm_backends import EnvLLMError, LLMBackend, make_backend
 
 from .budget import Budget, BudgetedBackend, is_budget_stop
@@ -251,7 +252,14 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
         for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
     elif path.is_file() and (out / "transcripts.jsonl").is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except (ValueError, OSError) as e:
+            raise ValueError(
+                f"{path} cannot be read ({e}), so the settings of the transcripts beside it are unknown. If they were "
+                "made with the settings of this command, delete that one file to resume (the transcripts are kept); "
+                "otherwise use another output_dir."
+            ) from None
         diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
         if diff:
             what = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
@@ -259,7 +267,7 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
                 f"{out} holds transcripts made with {what}; resuming would mix settings. Use another "
                 "output_dir, or overwrite=True (--overwrite) to start afresh."
             )
-    path.write_text(json.dumps(mine, indent=2))
+    atomic_write_text(path, json.dumps(mine, indent=2))
 
 
 def _build_backend(spec: str, cfg: EvalConfig, given: Mapping[str, LLMBackend], budget: Budget) -> LLMBackend:
@@ -346,6 +354,10 @@ def run_evaluation(
 
 def _status(result: EvalResult) -> str:
     n_err = sum(1 for r in result.records if r.get("env_error"))
+    failed = result.failed_columns()
+    if failed:
+        return "FAILED: " + "; ".join(f"{column}: {why}" for column, why in failed.items()) + (
+            "; fix the env LLM (key, URL, model name) and re-run: finished episodes are kept, failed ones retried")
     if result.partial:
         why = result.stop_reason or "interrupted"
         status = f"PARTIAL: {len(result.records)} of {result.planned} episodes ({why}); re-run to resume"

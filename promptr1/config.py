@@ -109,6 +109,9 @@ class RunSettings:
     cpu: bool = False
     """Force the CPU even when an accelerator is present."""
     output_dir: str = "runs/promptr1"
+    overwrite: bool = False
+    """Delete an earlier run's results in ``output_dir`` and start afresh. Without it ``train`` and ``sft`` refuse a
+    folder holding an earlier run's checkpoints (unless resuming) and ``eval`` resumes from the results there."""
     plugins: str = ""
     """Comma-separated modules or .py files imported first (they register algorithms, backends, ...)."""
     progress: bool = True
@@ -357,7 +360,8 @@ def _split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 #: Errors a command reports as a usage error (exit code 2) with its message, instead of a traceback.
-USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ImportError, ValueError, FileNotFoundError)
+USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ImportError, ValueError, FileNotFoundError,
+                                                  FileExistsError)
 
 
 def run_command(cls: type[C], argv: Sequence[str], prog: str, body: Callable[[C], int | None], *,

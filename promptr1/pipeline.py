@@ -37,6 +37,7 @@ from promptr1.config import ConfigError, run_command
 
 __all__ = [
     "BUDGET_EXIT_CODE",
+    "FAILED_EXIT_CODE",
     "BudgetStopCallback",
     "ValidationCallback",
     "backend_kwargs",
@@ -49,6 +50,13 @@ __all__ = [
 
 #: ``promptr1 train``'s exit code when the env LLM's budget stopped the run (as ``promptr1 eval``'s).
 BUDGET_EXIT_CODE = 3
+
+#: ``promptr1 train``'s exit code when training failed (the env LLM failed on every episode, or on most of them
+#: for ``env_error_patience`` steps): the reason is on the console and in ``summary.json``.
+FAILED_EXIT_CODE = 1
+
+#: What ``promptr1 train`` writes into its output_dir besides the trainer's checkpoints and logs.
+RUN_OUTPUTS = ("sft", "validation", "eval", "eval.json", "summary.json")
 
 #: Settings passed to the env LLM's factory as keyword arguments: setting -> keyword.
 BACKEND_OPTIONS = {"env_max_concurrency": "max_concurrency", "env_rpm": "rpm", "env_tpm": "tpm",
@@ -92,6 +100,12 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
     if cfg.dry_run:
         print(dry_run_report(cfg), flush=True)
         return 0
+    from promptr1.agents.checkpoint import claim_output_dir
+
+    removed = claim_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, names=RUN_OUTPUTS)
+    if removed:
+        print(f"promptr1 train: --overwrite: removed the earlier run's {', '.join(p.name for p in removed)} from "
+              f"{cfg.output_dir}", flush=True)
 
     import torch
 
@@ -121,7 +135,15 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
                   f"env LLM {cfg.env_llm!r}, algo {cfg.algo!r}, {cfg.steps} steps of "
                   f"{cfg.batch_questions}x{cfg.group_size} episodes on {trainer.accelerator.device}; "
                   f"logs: {out / 'tensorboard'}", flush=True)
-        history = trainer.train()
+        from promptr1.agents.trainer import TrainingFailed
+
+        try:
+            history = trainer.train()
+        except TrainingFailed as e:
+            if main:
+                print(f"promptr1 train: FAILED: {e}", file=sys.stderr, flush=True)
+                write_training_summary(out, "failed", str(e), trainer.step, cfg, budget)
+            return FAILED_EXIT_CODE
         latest = out / "latest"
         ckpt = out / latest.read_text().strip() if latest.exists() else out
         if main:
@@ -131,10 +153,14 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
                   f"uncached calls, ${budget.cost:.4f}", flush=True)
         if stop.stopped_at is not None:
             if main:
-                print(f"promptr1 train: the env-LLM budget stopped training at step {stop.stopped_at} of "
-                      f"{cfg.steps} ({stop.reason}); checkpoint {ckpt}. Run the same command with --resume auto "
-                      "to continue (with a new budget).", flush=True)
+                why = (f"the env-LLM budget stopped training at step {stop.stopped_at} of {cfg.steps} ({stop.reason}); "
+                       f"checkpoint {ckpt}. Run the same command with --resume auto to continue (with a new budget).")
+                print(f"promptr1 train: {why}", flush=True)
+                write_training_summary(out, "budget-stopped", why, trainer.step, cfg, budget)
             return BUDGET_EXIT_CODE
+        if main:
+            write_training_summary(out, "complete", f"{trainer.step} of {cfg.steps} steps; checkpoint {ckpt}",
+                                   trainer.step, cfg, budget)
         if cfg.eval_episodes > 0 and main:  # 5.
             trained, tokenizer = trainer.unwrapped_model, trainer.tokenizer
             del trainer
@@ -145,6 +171,19 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
         if callable(close):
             close()
     return 0
+
+
+def write_training_summary(out: pathlib.Path, status: str, reason: str, step: int, cfg: GRPOConfig,
+                           budget: Any) -> pathlib.Path:
+    """``OUTPUT_DIR/summary.json``: how the run ended (``complete``, ``budget-stopped`` or ``failed``) and why."""
+    from promptr1.fileio import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "summary.json"
+    atomic_write_text(path, json.dumps({"status": status, "reason": reason, "step": step, "steps": cfg.steps,
+                                        "env_llm": cfg.env_llm, "env_llm_calls": budget.calls,
+                                        "env_llm_cost_usd": budget.cost}, indent=2))
+    return path
 
 
 # ----------------------------------------------------------------------------- the env LLM of a run
@@ -484,5 +523,7 @@ def final_evaluation(cfg: GRPOConfig, sft_model: str, trained_model: Any, tokeni
     print(f"\nheld-out evaluation ({cfg.eval_episodes} episodes, greedy, env LLM {cfg.env_llm!r}, reward "
           f"{cfg.reward_variant!r}; mean and 95% CI):")
     print(format_table(result), flush=True)
-    (out / "eval.json").write_text(json.dumps(result.to_json(), indent=2))
+    from promptr1.fileio import atomic_write_text
+
+    atomic_write_text(out / "eval.json", json.dumps(result.to_json(), indent=2))
     return result

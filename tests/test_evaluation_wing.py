@@ -252,7 +252,7 @@ def test_eval_config_adds_only_eval_settings():
     shared = {f.name for f in dataclasses.fields(RunSettings)}
     own = {f.name for f in dataclasses.fields(EvalConfig)} - shared
     assert own == {"methods", "transfer_env_llms", "split", "limit", "batch_size", "concurrency", "max_calls",
-                   "max_cost", "cache", "cache_mode", "embedder", "chart", "overwrite", "preset", "task_type"}
+                   "max_cost", "cache", "cache_mode", "embedder", "chart", "preset", "task_type"}
     # Shared settings keep their name and type; evaluation only changes two defaults, on purpose: it decodes
     # greedily (a reproducible score) and writes to its own folder.
     changed = {}

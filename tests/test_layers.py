@@ -3,7 +3,7 @@
 Every ``import`` statement of every library module is read from the source (module level and inside
 functions alike, so a "lazy" import counts too) and checked against the layer map of design.md section 4:
 
-    0  promptr1 (root), promptr1.registry, promptr1.config, promptr1.plugins, promptr1.tags
+    0  promptr1 (root), promptr1.registry, promptr1.config, promptr1.plugins, promptr1.tags, promptr1.fileio
     1  promptr1.rewards, promptr1.llm_backends           (never import envs, agents, evaluation)
     2  promptr1.envs                                      (never imports agents or evaluation)
     3  promptr1.agents                                    (training; never imports evaluation)
@@ -34,6 +34,7 @@ LEVELS = [
     ("promptr1.envs", 2), ("promptr1.agents", 3), ("promptr1.evaluation", 4), ("promptr1.integrations", 4),
     ("promptr1.pipeline", 5), ("promptr1.cli", 5), ("promptr1.play", 5),
     ("promptr1.registry", 0), ("promptr1.config", 0), ("promptr1.plugins", 0), ("promptr1.tags", 0),
+    ("promptr1.fileio", 0),
 ]
 
 

@@ -1,9 +1,28 @@
 """Record and replay environment-LLM calls: a content-addressed cache on disk, for any backend.
 
 :class:`CachedBackend` wraps any backend (``openai:...``, ``hf:...``, ``sim``, ...). Each call
-is keyed by a SHA-256 of the backend name, the model, the messages and every sampling
-parameter (seed included); the reply and its token counts are stored in SQLite (WAL mode),
+is keyed by a SHA-256 of the backend name, the model, the messages, every sampling parameter
+of the call (the backend's ``default_sampling`` merged under it; every keyword is kept, ``seed``,
+``top_k``, ``repetition_penalty`` or anything else a caller passes, only ``None`` values are
+dropped), and the backend's :meth:`~promptr1.llm_backends.base.BaseBackend.cache_identity`:
+everything else that can change a reply, such as the server's base URL and extra request
+fields of ``openai:``, the weights, dtype, chat template and default sampling of ``hf:``, or
+the knowledge base of ``sim``. The reply and its token counts are stored in SQLite (WAL mode),
 which is safe with many threads and processes writing at once.
+
+Keys changed with issue 18: before, the identity was not part of the key, so replies recorded
+against one server or setting were replayed for another. The identity enters the key only when
+it is non-empty, so keys of backends without one (``scripted``, ``echo``, third-party backends)
+are unchanged and their old cache files still answer; cache files recorded with ``openai:``,
+``hf:``, ``smollm2`` or ``sim`` before that change miss (an honest ``replay_miss`` in replay
+mode, a fresh call in ``replay-or-record``) and must be recorded again.
+
+Connections are bounded: :class:`ResponseCache` keeps a small pool of SQLite connections
+(``max_connections``, default 4) that every thread and event loop of a process shares, instead
+of one connection per thread. Training, evaluation and validation each start a fresh
+``asyncio.run`` whose executor threads die with it; with a connection per thread, every loop
+left a few connections (two file descriptors each) open until ``close()``, and a long run
+exhausted the descriptor limit (60 loops of 16 calls held 340 connections).
 
 Modes:
 
@@ -46,8 +65,10 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .base import BaseBackend, Completion, EnvLLMError, LLMBackend, Message, validate_messages
@@ -73,8 +94,21 @@ CREATE TABLE IF NOT EXISTS completions (
 """
 
 
+def _json_default(obj: Any) -> Any:
+    # numpy and torch scalars (``np.int64(3)``) are written as the number they hold, not their repr
+    item = getattr(obj, "item", None)
+    if callable(item) and getattr(obj, "ndim", None) == 0:
+        try:
+            return item()
+        except (TypeError, ValueError):
+            pass
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    return repr(obj)
+
+
 def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
 def cache_key(backend: str, model: str, messages: Sequence[Message], sampling: Mapping[str, Any]) -> str:
@@ -106,36 +140,68 @@ def _is_busy(e: sqlite3.OperationalError) -> bool:
     return "locked" in msg or "busy" in msg
 
 
-class ResponseCache:
-    """The SQLite store behind :class:`CachedBackend` (one connection per thread and process).
+#: Every live ResponseCache, so that a forked child can drop its parent's connections and locks.
+_CACHES: weakref.WeakSet[ResponseCache] = weakref.WeakSet()
 
-    Every statement runs in autocommit mode; a write is one ``INSERT`` statement, so a
-    crash never leaves a half-written row, and ``busy`` errors are retried.
+
+def _after_fork_in_child() -> None:
+    for cache in list(_CACHES):
+        cache._forget_parent_connections()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ResponseCache:
+    """The SQLite store behind :class:`CachedBackend`: a small pool of connections shared by all threads.
+
+    Every statement runs in autocommit mode; a write is one ``INSERT`` statement, so a crash never
+    leaves a half-written row, and ``busy`` errors are retried.
+
+    Connections. At most ``max_connections`` connections are open per process, whichever threads
+    and event loops use the cache. An operation borrows an idle connection (the most recently
+    used first, so a quiet cache keeps one open), opens a new one while fewer than
+    ``max_connections`` exist, or else waits for one to come back; it returns it when done. A
+    connection is only ever used by one thread at a time, so the pool is safe with the vector
+    env's threads and ``asyncio.to_thread`` workers alike, and WAL mode lets the borrowed
+    connections read while another writes. A connection per thread would not do: each
+    ``asyncio.run`` brings new executor threads, and their connections would stay open.
+
+    :meth:`close` closes the idle connections at once and the borrowed ones as they come back;
+    a later call opens new ones. A forked child never touches its parent's connections (SQLite
+    forbids carrying one across ``fork``): it starts with an empty pool. A pickled copy (e.g. in a
+    spawned worker) opens its own.
     """
 
-    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 60.0, max_connections: int = 4) -> None:
+        if int(max_connections) < 1:
+            raise ValueError(f"max_connections must be >= 1 (the connections kept open per process); "
+                             f"got {max_connections}.")
         self.path = os.fspath(path)
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
         self.timeout_s = float(timeout_s)
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
-        self._retry(lambda: self._conn())  # create the file and table now, so errors surface early
+        self.max_connections = int(max_connections)
+        self._cond = threading.Condition()
+        self._idle: list[sqlite3.Connection] = []  # open and not borrowed, most recently returned last
+        self._open = 0  # connections of this pool generation, idle or borrowed (and being opened)
+        self._generation = 0  # bumped by close() and fork: older connections are closed or dropped on return
+        self._pid = os.getpid()
+        _CACHES.add(self)
+        self._retry(lambda conn: None)  # create the file and table now, so errors surface early
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "timeout_s": self.timeout_s}
+        return {"path": self.path, "timeout_s": self.timeout_s, "max_connections": self.max_connections}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], timeout_s=state["timeout_s"])
+        self.__init__(state["path"], timeout_s=state["timeout_s"], max_connections=state.get("max_connections", 4))
 
     def __repr__(self) -> str:
         return f"ResponseCache({self.path!r})"
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            return conn
+    # --- the pool -----------------------------------------------------------------------------
+    def _open_connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -144,27 +210,85 @@ class ResponseCache:
         except BaseException:
             conn.close()
             raise
-        self._local.conn, self._local.pid = conn, os.getpid()
-        with self._conns_lock:
-            self._conns.append(conn)
         return conn
 
+    def _forget_parent_connections(self) -> None:
+        """In a forked child: drop (never close, never use) the parent's connections; start a fresh pool."""
+        self._cond = threading.Condition()  # the parent's lock may have been held by a thread that is not here
+        self._idle = []
+        self._open = 0
+        self._generation += 1
+        self._pid = os.getpid()
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a connection for one operation (see the class docstring)."""
+        if self._pid != os.getpid():  # forked without os.register_at_fork (or before it ran)
+            self._forget_parent_connections()
+        wait_s = 2 * self.timeout_s + 10.0  # a borrower holds one for at most one statement and its busy wait
+        deadline = time.monotonic() + wait_s
+        conn = None
+        with self._cond:
+            while True:
+                if self._idle:
+                    conn = self._idle.pop()
+                    break
+                if self._open < self.max_connections:
+                    self._open += 1  # reserve the slot; open it outside the lock
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"no free connection to the response cache {self.path!r} after {wait_s:.0f} s: all "
+                        f"{self.max_connections} are in use. Another process may hold the database lock; "
+                        "otherwise raise ResponseCache(max_connections=...)."
+                    )
+                self._cond.wait(remaining)
+            generation = self._generation
+        if conn is None:
+            try:
+                conn = self._open_connection()
+            except BaseException:
+                with self._cond:
+                    if generation == self._generation:
+                        self._open -= 1
+                    self._cond.notify()
+                raise
+        try:
+            yield conn
+        finally:
+            with self._cond:
+                if generation == self._generation:
+                    self._idle.append(conn)
+                    self._cond.notify()
+                    conn = None
+            if conn is not None and self._pid == os.getpid():
+                conn.close()  # closed (or reset) while borrowed
+
+    def connections(self) -> int:
+        """How many connections this process has open (idle or borrowed); never above ``max_connections``."""
+        with self._cond:
+            return self._open
+
     def _retry(self, fn, tries: int = 20):
+        """``fn(connection)`` on a borrowed connection, retried with backoff while the database is busy."""
         delay = 0.01
         for i in range(tries):
             try:
-                return fn()
+                with self._connection() as conn:
+                    return fn(conn)
             except sqlite3.OperationalError as e:
                 if not _is_busy(e) or i == tries - 1:
                     raise
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
 
+    # --- rows ---------------------------------------------------------------------------------
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored row for ``key`` as a dict, or None."""
 
-        def q():
-            cur = self._conn().execute(
+        def q(conn: sqlite3.Connection):
+            cur = conn.execute(
                 "SELECT text, prompt_tokens, completion_tokens, cost_usd, latency_s, response_model, created "
                 "FROM completions WHERE key = ?",
                 (key,),
@@ -189,26 +313,42 @@ class ResponseCache:
             completion.cost_usd, float(completion.latency_s), completion.model or None, time.time(),
         )
 
-        def w():
-            cur = self._conn().execute(f"{verb} INTO completions VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+        def w(conn: sqlite3.Connection):
+            cur = conn.execute(f"{verb} INTO completions VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
             return cur.rowcount > 0
 
         return bool(self._retry(w))
 
     def __len__(self) -> int:
-        return int(self._retry(lambda: self._conn().execute("SELECT COUNT(*) FROM completions").fetchone()[0]))
+        return int(self._retry(lambda conn: conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]))
 
     def requests(self) -> list[dict[str, Any]]:
         """Every stored request description (for inspection)."""
-        rows = self._retry(lambda: self._conn().execute("SELECT request FROM completions ORDER BY created").fetchall())
+        rows = self._retry(lambda conn: conn.execute("SELECT request FROM completions ORDER BY created").fetchall())
         return [json.loads(r[0]) for r in rows]
 
     def close(self) -> None:
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for c in conns:
-            c.close()
-        self._local = threading.local()
+        """Close every connection: the idle ones now, borrowed ones when they are returned."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._open = 0
+            self._generation += 1
+            mine = self._pid == os.getpid()
+        if mine:
+            for c in idle:
+                c.close()
+
+
+def _model_name(inner: Any) -> str:
+    """The model name for keys and messages: ``model_id`` when the backend has one, else a string ``model``.
+
+    ``hf:`` backends keep the loaded torch module in ``model``; its repr is no name.
+    """
+    for attr in ("model_id", "model"):
+        value = getattr(inner, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def _normalize_mode(mode: str) -> str:
@@ -241,7 +381,7 @@ class CachedBackend(BaseBackend):
         self.namespace = namespace
         self.path = os.fspath(path)
         self.name = getattr(inner, "name", type(inner).__name__)
-        self.model = str(getattr(inner, "model", "") or getattr(inner, "model_id", "") or "")
+        self.model = _model_name(inner)
         self.deterministic = self.mode == "replay" or bool(getattr(inner, "deterministic", False))
         self.store = ResponseCache(self.path) if self.mode != "off" else None
         self._stats_lock = threading.Lock()
@@ -269,10 +409,35 @@ class CachedBackend(BaseBackend):
         return getattr(self.inner, item)
 
     # --- keys ---------------------------------------------------------------------------------
+    def cache_identity(self) -> dict[str, Any]:
+        """The inner backend's :meth:`~promptr1.llm_backends.base.BaseBackend.cache_identity` (``{}`` without one).
+
+        Asked on every call, so a setting changed after construction (e.g. ``extra_body``) still counts.
+        """
+        fn = getattr(self.inner, "cache_identity", None)  # through wrappers such as BudgetedBackend too
+        if fn is None:
+            return {}
+        identity = fn()
+        if not isinstance(identity, Mapping):
+            raise TypeError(
+                f"{type(self.inner).__name__}.cache_identity() must return a dict of what besides the messages and "
+                f"sampling can change a reply (JSON-safe, {{}} when nothing); got {type(identity).__name__}."
+            )
+        return dict(identity)
+
     def key_for(self, messages: Sequence[Message], sampling: Mapping[str, Any]) -> tuple[str, dict]:
-        """``(key, request description)`` for one call (the inner backend's default sampling included)."""
+        """``(key, request description)`` for one call.
+
+        The description holds the backend name and model, the messages, the call's sampling with the inner
+        backend's ``default_sampling`` merged under it (every keyword, only ``None`` values dropped), the inner
+        backend's :meth:`cache_identity` under ``identity`` and the ``namespace``; the last two only when
+        non-empty, so that keys of backends without an identity are the same as before they existed.
+        """
         merged = {**dict(getattr(self.inner, "default_sampling", None) or {}), **sampling}
         req = _request_record(self.name, self.model, messages, merged)
+        identity = self.cache_identity()
+        if identity:
+            req["identity"] = json.loads(_canonical(identity))  # as stored and hashed: plain JSON
         if self.namespace:
             req["namespace"] = self.namespace
         return hashlib.sha256(_canonical(req).encode()).hexdigest(), req

@@ -256,6 +256,47 @@ class HFBackend(BaseBackend):
     def __repr__(self) -> str:
         return f"HFBackend({self.model_id!r}, device={str(self.device)!r}, temperature={self.temperature})"
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What besides the messages and the call's sampling shapes a reply, for a response cache's key.
+
+        The weights (a fingerprint: every tensor's name, shape and dtype and a strided sample of its bytes, so
+        another checkpoint at the same path or a fine-tuned model differs), the tokenizer's chat template and
+        size, the eos/pad ids, the default sampling (used when a call leaves a keyword out) and
+        ``system_prompt``. The fingerprint is taken once, on first use; weights changed in place afterwards
+        are not seen. The device is left out: the same weights on another device differ in the last bits of
+        floating point only, like another batch composition, which no key can capture either.
+        """
+        weights = getattr(self, "_weights_fingerprint", None)
+        if weights is None:
+            torch = self._torch
+            h = hashlib.sha256()
+            n_params = 0
+            with torch.inference_mode():
+                for name, t in self.model.state_dict().items():
+                    flat = t.detach().reshape(-1)
+                    n_params += flat.numel()
+                    h.update(f"{name}|{tuple(t.shape)}|{t.dtype}\n".encode())
+                    if flat.numel():
+                        sample = torch.cat([flat[:: max(1, flat.numel() // 64)][:64], flat[-1:]])
+                        try:
+                            h.update(sample.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                        except (RuntimeError, TypeError, NotImplementedError):  # meta or quantized: shape only
+                            pass
+            weights = self._weights_fingerprint = f"{n_params}:{h.hexdigest()[:32]}"
+        template = self.tokenizer.chat_template
+        template = template if isinstance(template, str) else json.dumps(template, sort_keys=True, default=str)
+        return {
+            "weights": weights,
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "chat_template": hashlib.sha256(template.encode("utf-8")).hexdigest()[:32],
+            "vocab": len(self.tokenizer),
+            "eos_ids": list(self._eos_ids),
+            "pad_id": self._pad_id,
+            "defaults": {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                         "top_p": self.top_p, "seed": self.seed},
+            "system_prompt": self.system_prompt,
+        }
+
     # ------------------------------------------------------------------ request intake
 
     def _submit(self, messages: Sequence[Message], sampling: dict[str, Any]) -> concurrent.futures.Future:

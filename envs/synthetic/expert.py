@@ -326,6 +326,18 @@ class SimExpert(BaseBackend):
     def __repr__(self) -> str:
         return f"SimExpert(world_seed={self.world.seed}, vague_style={self.vague_style!r})"
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What shapes its replies besides the messages, for a response cache's key: the knowledge base (its seed
+        and a digest of its entities and facts, so a world built with other sizes differs too), ``vague_style``
+        and ``max_prompt_chars``."""
+        digest = getattr(self, "_world_digest", None)
+        if digest is None:
+            parts = [f"{e.name}|{e.type}" for e in self.world.entities]
+            parts += [f"{f.subject}|{f.relation}|{f.object}" for f in self.world.facts]
+            digest = self._world_digest = f"{stable_hash(*parts):016x}"
+        return {"world_seed": self.world.seed, "world": digest, "vague_style": self.vague_style,
+                "max_prompt_chars": self.max_prompt_chars}
+
     # ------------------------------------------------------------------ helpers
     def _entities(self, text: str) -> list[tuple[int, Any]]:
         """``(position, entity)`` for every mention, in order."""

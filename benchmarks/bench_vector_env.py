@@ -11,8 +11,10 @@ run C sub-envs with the backend limited to C requests in flight, and print:
   request (everything: the env, the vector env, the backend, the SDK, the socket calls)
 * server CPU  the fake server's share of one core over the same window: it runs in its own process
   (like a real server), so it is not charged to the client, but it shares the machine's cores
-* httpx pool  (``--http both``) the same run with ``lean_http=False``: the SDK's default httpx
-  transport, as before the lean transport
+* --http      which HTTP transport(s) the backend uses under the SDK: ``aiohttp`` (the default: one
+  aiohttp keep-alive pool) and/or ``httpx`` (the SDK's own httpx pools, ``http_transport="httpx"``);
+  ``--http aiohttp httpx`` (or ``both``) measures them side by side in one run, the first in the
+  ``ours`` columns, the next with its own ep/s, % of ideal and ms CPU per request
 * barrier     the batch ``step()`` of the same vector env: every turn waits for the slowest call
   (what the reference's rollout does); ``--no-barrier`` skips it
 
@@ -20,6 +22,7 @@ Targets: ours >= 80% of ideal at C = 32 (issue 3) and at C = 128 (issue 11) on 2
 figure at C = 512, and faster than the barrier under a long tail.
 
     python benchmarks/bench_vector_env.py [--median-ms 200 --sigma 0.6 --duration 8 --concurrency 32 128 512]
+        [--http aiohttp httpx] [--no-barrier]
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ TURNS = [
 CALLS_PER_EPISODE = 2
 
 
-def _venv(base_url: str, c: int, lean_http: bool = True) -> PromptCollabVectorEnv:
-    kw = {} if lean_http else {"lean_http": False}
-    backend = OpenAIBackend("fake-model", base_url=base_url, max_concurrency=c, timeout_s=30, deadline_s=60, **kw)
+def _venv(base_url: str, c: int, http: str = "aiohttp") -> PromptCollabVectorEnv:
+    backend = OpenAIBackend("fake-model", base_url=base_url, max_concurrency=c, timeout_s=30, deadline_s=60,
+                            http_transport=http)
     return PromptCollabVectorEnv(num_envs=c, env_llm=backend, task=[Task("q?", ("gold",))])
 
 
@@ -65,13 +68,13 @@ def proc_cpu_s(pid: int | None = None) -> float | None:
         return None
 
 
-def run_async(base_url: str, c: int, duration_s: float, warmup_s: float, *, lean_http: bool = True,
+def run_async(base_url: str, c: int, duration_s: float, warmup_s: float, *, http: str = "aiohttp",
               server_pid: int | None = None) -> dict[str, float | None]:
     """Steady state: every sub-env always busy; count episodes that end inside the window.
 
     Returns episodes/s, env-LLM requests/s, and the client's and the server's CPU over the window.
     """
-    venv = _venv(base_url, c, lean_http)
+    venv = _venv(base_url, c, http)
     try:
         seed = 0
         turn = {}
@@ -175,37 +178,43 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128, 512])
-    ap.add_argument("--http", choices=("lean", "httpx", "both"), default="lean",
-                    help="the backend's HTTP transport: the lean one (default), httpx's pools, or both side by side")
+    ap.add_argument("--http", nargs="+", choices=("aiohttp", "httpx", "both"), default=["aiohttp"],
+                    help="the backend's HTTP transport(s), measured side by side: aiohttp (default), httpx's "
+                         "pools; 'both' = aiohttp httpx")
     ap.add_argument("--no-barrier", action="store_true", help="skip the per-turn barrier column")
     args = ap.parse_args()
     median = args.median_ms / 1000
     mean = median * math.exp(args.sigma ** 2 / 2)
+    transports: list[str] = []
+    for h in args.http:
+        for t in (("aiohttp", "httpx") if h == "both" else (h,)):
+            if t not in transports:
+                transports.append(t)
     print("$ python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]))
     print(f"fake server latency: lognormal median {args.median_ms:.0f} ms, sigma {args.sigma} "
           f"(mean {mean * 1000:.0f} ms); {CALLS_PER_EPISODE} env-LLM calls per episode; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start\n")
+    print(f"ours = the {transports[0]} transport" + (f"; then {', '.join(transports[1:])}" if transports[1:] else ""))
     cols = [("C", 5), ("ideal ep/s", 11), ("ours ep/s", 10), ("% ideal", 8), ("req/s", 7),
             ("client CPU", 11), ("ms CPU/req", 11), ("server CPU", 11)]
-    if args.http == "both":
-        cols += [("httpx-pool ep/s", 16), ("% ideal", 8), ("ms CPU/req", 11)]
+    for t in transports[1:]:
+        cols += [(f"{t} ep/s", 13), ("% ideal", 8), ("ms CPU/req", 11)]
     if not args.no_barrier:
         cols += [("barrier ep/s", 13), ("ours/barrier", 13)]
     print("".join(f"{name:>{w}}" for name, w in cols))
     with server_process(median, args.sigma) as (base_url, server_pid):
         for c in args.concurrency:
             ideal = c / (mean * CALLS_PER_EPISODE)
-            lean = args.http != "httpx"
-            ours = run_async(base_url, c, args.duration, args.warmup, lean_http=lean, server_pid=server_pid)
+            ours = run_async(base_url, c, args.duration, args.warmup, http=transports[0], server_pid=server_pid)
             ms = ours["cpu_ms_per_request"]
             row = [f"{c:>5}", f"{ideal:>11.1f}", f"{ours['episodes_s']:>10.1f}",
                    f"{100 * ours['episodes_s'] / ideal:>7.0f}%", f"{ours['requests_s']:>7.0f}",
                    f"{_pct(ours['client_cpu']):>11}", f"{'n/a' if ms is None else f'{ms:.2f}':>11}",
                    f"{_pct(ours['server_cpu']):>11}"]
-            if args.http == "both":
-                hx = run_async(base_url, c, args.duration, args.warmup, lean_http=False, server_pid=server_pid)
+            for t in transports[1:]:
+                hx = run_async(base_url, c, args.duration, args.warmup, http=t, server_pid=server_pid)
                 hms = hx["cpu_ms_per_request"]
-                row += [f"{hx['episodes_s']:>16.1f}", f"{100 * hx['episodes_s'] / ideal:>7.0f}%",
+                row += [f"{hx['episodes_s']:>13.1f}", f"{100 * hx['episodes_s'] / ideal:>7.0f}%",
                         f"{'n/a' if hms is None else f'{hms:.2f}':>11}"]
             if not args.no_barrier:
                 barrier = run_barrier(base_url, c, args.duration, args.warmup)

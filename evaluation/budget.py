@@ -11,7 +11,8 @@ training tomorrow).
 Put it *inside* a record/replay cache (``CachedBackend(BudgetedBackend(raw, budget), path)``):
 then cache hits never reach the budget and only real calls are counted. Calls already in flight
 when the limit is reached finish, so the cost can exceed ``max_cost`` by at most the calls in
-flight.
+flight. A call that fails still costs what its attempts were billed for: the backend reports it on
+the :class:`~promptr1.llm_backends.EnvLLMError` (``cost_usd``), and the budget adds it.
 
 >>> from promptr1.llm_backends import Completion
 >>> from promptr1.llm_backends.base import BaseBackend
@@ -98,6 +99,15 @@ class Budget:
                 f"stop_reason={self.stop_reason!r})")
 
 
+def _error_cost(e: EnvLLMError) -> float:
+    """What a failed call was billed for (``EnvLLMError.cost_usd``; 0 when unknown or unreadable)."""
+    try:
+        cost = float(getattr(e, "cost_usd", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return cost if cost > 0 and cost != float("inf") else 0.0
+
+
 class BudgetedBackend:
     """``inner`` behind ``budget``: a refused call raises ``EnvLLMError(kind="budget")``.
 
@@ -125,23 +135,35 @@ class BudgetedBackend:
         if not self.budget.reserve():
             raise self._refused()
         c: Completion | None = None
+        failed_cost = 0.0
         try:
             c = self.inner.complete(messages, **sampling)
             return c
+        except EnvLLMError as e:  # failed attempts that reported usage were billed
+            failed_cost = _error_cost(e)
+            raise
         finally:
-            self.budget.settle(cached=bool(c is not None and c.cached),
-                               cost=float(c.cost_usd or 0.0) if c is not None else 0.0)
+            self._settle(c, failed_cost)
 
     async def acomplete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
         if not self.budget.reserve():
             raise self._refused()
         c: Completion | None = None
+        failed_cost = 0.0
         try:
             c = await self.inner.acomplete(messages, **sampling)
             return c
+        except EnvLLMError as e:
+            failed_cost = _error_cost(e)
+            raise
         finally:
-            self.budget.settle(cached=bool(c is not None and c.cached),
-                               cost=float(c.cost_usd or 0.0) if c is not None else 0.0)
+            self._settle(c, failed_cost)
+
+    def _settle(self, c: Completion | None, failed_cost: float) -> None:
+        if c is not None:
+            self.budget.settle(cached=bool(c.cached), cost=float(c.cost_usd or 0.0))
+        else:
+            self.budget.settle(cost=failed_cost)
 
     def close(self) -> None:
         if self.owns_inner:

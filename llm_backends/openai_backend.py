@@ -9,9 +9,16 @@ Built for failure (design.md section 6):
 * concurrency, requests per minute and tokens per minute are bounded by one
   :class:`~promptr1.llm_backends.limits.SharedLimiter` shared by every episode (and every
   backend given the same ``limiter=``);
-* when it gives up it raises :class:`EnvLLMError` with ``kind`` and ``attempts``; the
-  environment flags the episode and the text never reaches the agent;
-* the API key never appears in an exception message, a log line or a ``repr``.
+* an empty reply cut by the token limit (``finish_reason: "length"``) fails at once with
+  ``kind="max_tokens"`` (it would fail the same way again), and a reply body over
+  ``max_response_bytes`` (8 MiB by default, counted after gzip decoding) with ``kind="response_too_large"``;
+* when it gives up it raises :class:`EnvLLMError` with ``kind`` and ``attempts``, and the tokens and cost
+  the failed attempts reported (``usage`` on an empty reply is billed); the environment flags the
+  episode and the text never reaches the agent. A call that succeeds after failed attempts
+  includes their cost in ``Completion.cost_usd``;
+* the API key never appears in an exception message, a log line or a ``repr``; a key or header
+  with a line break (or another control character) is refused before any request, and a key read
+  from ``OPENAI_API_KEY`` loses surrounding whitespace.
 
 The retry loop runs on ``tenacity`` (with this module's policy for waits and stops; the first
 attempt runs before tenacity is set up, since most calls need no retry). All requests run on one
@@ -22,13 +29,14 @@ can run on that loop itself (:meth:`OpenAIBackend.io_loop_thread`) and skip the 
 
 Cost per request (it decides throughput at hundreds of requests per second, see
 ``benchmarks/bench_vector_env.py``): the ``openai`` package is the client, called as
-``client.post(path, body=..., cast_to=httpx.Response)``: the SDK builds the request, adds auth and
-maps errors, but neither transforms the parameters nor builds a pydantic model; we parse the JSON
-ourselves. Under it, :class:`_LeanTransport` (an httpx transport on asyncio protocols: one
-keep-alive pool of ``max_concurrency`` connections, one socket write per request) replaces
-httpx's default pool, whose per-request scan of every connection dominated the client's CPU.
-``lean_http=False`` (and any proxy from the environment, or a user's ``http_client``) keeps
-httpx's own transport.
+``client.post(path, body=..., cast_to=httpx.Response, stream=True)``: the SDK builds the request,
+adds auth and maps errors, but neither transforms the parameters nor builds a pydantic model; we
+read the body under the size cap and parse the JSON ourselves. Under it, :class:`_AiohttpTransport`
+(an httpx transport that hands the request to one ``aiohttp.ClientSession``: aiohttp's C HTTP
+parser, one keep-alive pool of ``max_concurrency`` connections) replaces httpx's default pool,
+whose per-request scan of every connection dominated the client's CPU. ``http_transport="httpx"``
+(and any proxy from the environment, or a user's ``http_client``) keeps httpx's own transport.
+(Here "httpx" is the package the SDK is built on: ``httpx2`` for openai 3.x.)
 """
 
 from __future__ import annotations
@@ -51,7 +59,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import aiohttp
 import openai
+import yarl  # aiohttp's URL type (installed with it)
 from tenacity import AsyncRetrying, retry_if_exception
 
 from .base import BaseBackend, Completion, EnvLLMError, LoopThread, Message, validate_messages
@@ -60,10 +70,13 @@ from .limits import SharedLimiter, estimate_tokens
 __all__ = [
     "SAMPLING_KEYS",
     "OpenAIBackend",
+    "ResponseTooLarge",
     "backoff_delay",
+    "check_header",
     "cost_usd",
     "parse_chat_payload",
     "parse_retry_after",
+    "parse_usage",
     "scrub_secrets",
 ]
 
@@ -80,6 +93,8 @@ MIN_ATTEMPT_S = 0.05
 #: pool scans all its connections on every request, so many small pools beat one large one.
 REQUESTS_PER_CLIENT = 16
 MAX_CLIENTS = 16
+#: The HTTP transports under the SDK's client (see :class:`OpenAIBackend`'s ``http_transport``).
+HTTP_TRANSPORTS = ("aiohttp", "httpx")
 
 PriceSpec = "tuple[float, float] | Mapping[str, tuple[float, float]] | None"
 
@@ -224,19 +239,41 @@ def parse_chat_payload(payload: Any) -> tuple[str, str | None, dict[str, int] | 
         raise ValueError(f"message content is {type(content).__name__}, expected a string")
     if not content or not content.strip():
         raise LookupError("the reply text is empty")
-    usage = payload.get("usage")
-    usage_out = None
-    if isinstance(usage, Mapping):
-        try:
-            usage_out = {
-                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                "completion_tokens": int(usage.get("completion_tokens") or 0),
-            }
-        except (TypeError, ValueError):
-            usage_out = None
     model = payload.get("model") if isinstance(payload.get("model"), str) else None
     finish = first.get("finish_reason") if isinstance(first.get("finish_reason"), str) else None
-    return content, finish, usage_out, model
+    return content, finish, parse_usage(payload), model
+
+
+def parse_usage(payload: Any) -> dict[str, int] | None:
+    """``{"prompt_tokens", "completion_tokens"}`` from a reply's ``usage``, or None when it reports none.
+
+    Works on any reply, usable or not: a server bills an empty or cut-off reply too.
+
+    >>> parse_usage({"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 612}})
+    {'prompt_tokens': 40, 'completion_tokens': 612}
+    >>> parse_usage({"usage": "n/a"}) is None
+    True
+    """
+    usage = payload.get("usage") if isinstance(payload, Mapping) else None
+    if not isinstance(usage, Mapping):
+        return None
+    try:
+        out = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+               "completion_tokens": int(usage.get("completion_tokens") or 0)}
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if out["prompt_tokens"] < 0 or out["completion_tokens"] < 0:
+        return None
+    return out
+
+
+def _finish_reason(payload: Any) -> str | None:
+    """``choices[0].finish_reason`` of a reply, if there is one."""
+    choices = payload.get("choices") if isinstance(payload, Mapping) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        fr = choices[0].get("finish_reason")
+        return fr if isinstance(fr, str) else None
+    return None
 
 
 def _display_url(url: str) -> str:
@@ -246,6 +283,38 @@ def _display_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+_SECRET_NAME = re.compile(r"(?i)auth|key|token|secret|passw|cookie|sig|credential|session")
+
+
+def _identity_url(url: str) -> str:
+    """``url`` without user info, and with the values of secret-looking query parameters masked.
+
+    >>> _identity_url("https://user:pw@example.com:8443/v1?api-version=2024-06-01&api_key=sk-123")
+    'https://example.com:8443/v1?api-version=2024-06-01&api_key=***'
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    query = urllib.parse.urlencode(
+        [(k, "***" if _SECRET_NAME.search(k) else v)
+         for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, query, ""))
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` as plain JSON types (sorted mapping keys; anything else becomes its ``repr``)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return repr(value)
 
 
 def _is_openai_host(url: str) -> bool:
@@ -277,363 +346,204 @@ def _httpx_limits(max_connections: int, keepalive: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# a lean HTTP/1.1 transport for the SDK's httpx client
+# header checks and the reply size cap
 # ---------------------------------------------------------------------------------------------
+#: Largest reply body accepted by default (after gzip/deflate decoding), in bytes.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 #: Idle keep-alive connections older than this are closed rather than reused (as httpx does), so
 #: a request does not race a server that drops idle connections.
 KEEPALIVE_EXPIRY_S = 5.0
-_MAX_HEAD_BYTES = 64 * 1024
+
+# RFC 9110 section 5: a field name is a token; a field value is visible characters, spaces and tabs.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HEADER_BAD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class _BodyStream(_httpx.AsyncByteStream):
-    """A response body already read off the socket, handed to httpx (which decodes gzip etc.)."""
+def _control_char_note(value: str) -> str:
+    """Which control character a value holds and where, without showing the value itself."""
+    m = _HEADER_VALUE_BAD.search(value)
+    if m is None:  # pragma: no cover - only called on a value that has one
+        return "a control character"
+    return f"{m.group()!r} at position {m.start()} of {len(value)}"
 
-    __slots__ = ("_body",)
 
-    def __init__(self, body: bytes) -> None:
-        self._body = body
+def check_header(name: str, value: str, *, what: str | None = None) -> None:
+    """Raise ``ValueError`` unless ``name: value`` is one well-formed header line.
+
+    A CR or LF in a value would end the header early and let the rest be read as further header lines
+    (header injection); a trailing newline is typical of a key pasted from a file. The message never
+    shows the value, since it may be a secret.
+
+    >>> check_header("X-Team", "research")
+    >>> check_header("Authorization", "Bearer sk-abc\\n")
+    Traceback (most recent call last):
+    ...
+    ValueError: header 'Authorization' has a control character in its value ('\\n' at position 13 of 14); a header value must be a single line of visible characters: remove line breaks (strip() a value read from a file).
+    """
+    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+        raise ValueError(f"header name {str(name)[:40]!r} is not a valid HTTP header name (letters, digits and "
+                         "!#$%&'*+-.^_`|~ only).")
+    if not isinstance(value, str):
+        raise TypeError(f"header {name!r} must have a str value, got {type(value).__name__}.")
+    if _HEADER_VALUE_BAD.search(value):
+        raise ValueError(f"{what or f'header {name!r}'} has a control character in its value "
+                         f"({_control_char_note(value)}); a header value must be a single line of visible "
+                         "characters: remove line breaks (strip() a value read from a file).")
+
+
+def _check_headers(headers: Any, what: str) -> None:
+    """:func:`check_header` on every item of a mapping (or httpx ``Headers``); ``None`` and omitted values pass."""
+    if not headers:
+        return
+    for k, v in headers.items():
+        if v is None or type(v).__name__ == "Omit":  # the SDK's way of removing a default header
+            continue
+        check_header(str(k), str(v), what=f"header {str(k)!r} ({what})")
+
+
+class ResponseTooLarge(Exception):
+    """A reply body over ``max_response_bytes`` (raised while reading it; the backend makes it an env error)."""
+
+    def __init__(self, limit: int, seen: int, how: str) -> None:
+        super().__init__(f"the reply body is larger than max_response_bytes={limit} ({how} {seen} bytes)")
+        self.limit, self.seen, self.how = limit, seen, how
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTTP transport: the SDK's httpx client on top of aiohttp
+# ---------------------------------------------------------------------------------------------
+_SKIP_REQUEST_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+class _AiohttpBody(_httpx.AsyncByteStream):
+    """An aiohttp response body handed to httpx as it arrives (httpx decodes gzip etc. above it).
+
+    Counts the bytes on the wire and stops at ``limit`` (the backend counts decoded bytes too). Closing it
+    returns a fully read connection to aiohttp's pool, and drops one that was not read to its end.
+    """
+
+    __slots__ = ("_limit", "_resp")
+
+    def __init__(self, resp, limit: int) -> None:
+        self._resp = resp
+        self._limit = limit
 
     async def __aiter__(self):
-        yield self._body
+        content = self._resp.content
+        seen = 0
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    return
+                seen += len(chunk)
+                if seen > self._limit:
+                    raise ResponseTooLarge(self._limit, seen, "read at least")
+                yield chunk
+        except aiohttp.ClientError as e:
+            raise _map_aiohttp_error(e) from None
+        except asyncio.TimeoutError:  # aiohttp's sock_read timeout outside a ClientError subclass
+            raise _httpx.ReadTimeout("no data within the read timeout") from None
 
     async def aclose(self) -> None:
-        pass
+        self._resp.release()
 
 
-class _ProtocolError(Exception):
-    pass
+def _map_aiohttp_error(e: BaseException) -> Exception:
+    """The httpx exception for an aiohttp one, so the SDK maps it (timeout / connection error) as with httpx."""
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, aiohttp.ConnectionTimeoutError):
+        return _httpx.ConnectTimeout(text)
+    if isinstance(e, aiohttp.ServerTimeoutError):
+        return _httpx.ReadTimeout(text)
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return _httpx.ConnectError(text)
+    if isinstance(e, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
+        return _httpx.RemoteProtocolError(text)  # dropped mid-reply, or a malformed status line/header/body framing
+    return _httpx.ReadError(text)
 
 
-class _H11Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: one request at a time, the response parsed as it arrives.
+class _AiohttpTransport(_httpx.AsyncBaseTransport):
+    """The bytes on the wire for the SDK's httpx client, through one aiohttp ``ClientSession``.
 
-    Framing follows RFC 9112 section 6: no body for HEAD, 1xx, 204 and 304; ``chunked``; else
-    ``Content-Length``; else the body runs to the end of the connection (which is then not reused).
+    The SDK stays the client (URL, headers, auth, error mapping); aiohttp sends the request and parses the
+    response with its C parser (llhttp), on one keep-alive pool of ``max_connections`` connections. Errors
+    come out as httpx's (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``), so
+    the SDK and the backend's retry policy treat them as before. Every header is checked for control
+    characters before anything is sent. HTTP and HTTPS (with the SSL context httpx would use); no proxies
+    (the backend keeps httpx's own transport when one is configured).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        self._buf = bytearray()
-        self._waiter: asyncio.Future | None = None
-        self._head_req = False
-        self._got_bytes = False
-        self._last_data = 0.0
-        self._reset_response()
-
-    def _reset_response(self) -> None:
-        self._status: int | None = None
-        self._reason = b""
-        self._version = b"HTTP/1.1"
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._mode = ""  # "length", "chunked", "close"
-        self._need = 0
-        self._chunks: list[bytes] = []
-        self._keep = True
-
-    # --- asyncio.Protocol -------------------------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes while idle: the connection is out of step; drop it
-            self.close()
-            return
-        self._got_bytes = True
-        self._last_data = self.loop.time()
-        self._buf += data
-        try:
-            self._parse()
-        except (_ProtocolError, ValueError, IndexError) as e:
-            self._fail(_httpx.RemoteProtocolError(f"malformed HTTP response: {e}"))
-            self.close()
-
-    def eof_received(self) -> bool:
-        if self._waiter is not None and self._status is not None and self._mode == "close":
-            self._finish(bytes(self._buf))
-            self._buf.clear()
-        return False  # close the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self._waiter is not None and not self._waiter.done():
-            if self._status is not None and self._mode == "close":
-                self._finish(bytes(self._buf))
-            else:
-                what = "before the response was complete" if self._got_bytes else "without sending a response"
-                self._fail(_httpx.RemoteProtocolError(f"server disconnected {what}"))
-
-    # --- requests ---------------------------------------------------------------------------
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def start(self, data: bytes, head_request: bool) -> asyncio.Future:
-        self._reset_response()
-        self._buf.clear()
-        self._head_req = head_request
-        self._got_bytes = False
-        self._last_data = self.loop.time()
-        self._waiter = fut = self.loop.create_future()
-        self.transport.write(data)
-        return fut
-
-    @property
-    def keep_alive(self) -> bool:
-        return self._keep and not self.closed
-
-    def _fail(self, exc: BaseException) -> None:
-        w, self._waiter = self._waiter, None
-        if w is not None and not w.done():
-            w.set_exception(exc)
-
-    def _finish(self, body: bytes) -> None:
-        w, self._waiter = self._waiter, None
-        if w is not None and not w.done():
-            w.set_result((self._status, self._reason, self._version, self._headers, body))
-
-    # --- parsing ----------------------------------------------------------------------------
-    def _parse(self) -> None:
-        buf = self._buf
-        while self._status is None:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > _MAX_HEAD_BYTES:
-                    raise _ProtocolError("response head too large")
-                return
-            lines = bytes(buf[:end]).split(b"\r\n")
-            del buf[: end + 4]
-            parts = lines[0].split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-                raise _ProtocolError(f"bad status line {lines[0][:80]!r}")
-            status = int(parts[1])
-            if 100 <= status < 200:  # informational (100 Continue, 103 Early Hints): skip it
-                continue
-            headers = []
-            length = None
-            chunked = False
-            conn = b""
-            for line in lines[1:]:
-                k, sep, v = line.partition(b":")
-                if not sep:
-                    raise _ProtocolError(f"bad header line {line[:80]!r}")
-                k, v = k.strip(), v.strip()
-                headers.append((k, v))
-                lk = k.lower()
-                if lk == b"content-length":
-                    length = int(v)
-                    if length < 0:
-                        raise _ProtocolError("negative Content-Length")
-                elif lk == b"transfer-encoding":
-                    chunked = v.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-                elif lk == b"connection":
-                    conn = v.lower()
-            self._status, self._version, self._headers = status, parts[0], headers
-            self._reason = parts[2] if len(parts) > 2 else b""
-            if parts[0] == b"HTTP/1.0":
-                self._keep = b"keep-alive" in conn
-            else:
-                self._keep = b"close" not in conn
-            if self._head_req or status in (204, 304):
-                self._mode, self._need = "length", 0
-            elif chunked:
-                self._mode, self._need = "chunked", -1
-            elif length is not None:
-                self._mode, self._need = "length", length
-            else:
-                self._mode, self._keep = "close", False
-        if self._mode == "length":
-            if len(buf) >= self._need:
-                body = bytes(buf[: self._need])
-                del buf[: self._need]
-                if buf:  # more than one response's worth of bytes: do not reuse
-                    self._keep = False
-                self._finish(body)
-        elif self._mode == "chunked":
-            self._parse_chunks()
-
-    def _parse_chunks(self) -> None:
-        buf = self._buf
-        while True:
-            if self._need == -1:  # expecting a chunk-size line
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > _MAX_HEAD_BYTES:
-                        raise _ProtocolError("chunk size line too long")
-                    return
-                size = int(bytes(buf[:end]).split(b";", 1)[0].strip(), 16)
-                del buf[: end + 2]
-                self._need = size if size > 0 else -2
-            elif self._need == -2:  # after the last chunk: trailers up to an empty line
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    return
-                del buf[: end + 2]
-                if end == 0:
-                    if buf:
-                        self._keep = False
-                    self._finish(b"".join(self._chunks))
-                    return
-            else:
-                if len(buf) < self._need + 2:
-                    return
-                self._chunks.append(bytes(buf[: self._need]))
-                del buf[: self._need + 2]
-                self._need = -1
-
-
-class _LeanTransport(_httpx.AsyncBaseTransport):
-    """A minimal HTTP/1.1 keep-alive transport for the SDK's httpx client, built on asyncio.
-
-    The SDK stays the client (URLs, headers, auth, error mapping); only the bytes on the wire go
-    through here. Compared with httpx's default pool it does one socket write per request
-    (head and body together), keeps idle connections in a LIFO stack (no scan of the whole pool
-    per request: closed connections are dropped when asyncio reports them closed) and reads
-    the response in a protocol callback instead of a chain of stream wrappers. At a few
-    hundred requests per second that is most of the client's CPU.
-
-    Plain HTTP and HTTPS (the ``ssl_context`` httpx would use); no proxies, no HTTP/2 (the
-    backend uses httpx's own transport when a proxy is configured). Errors are httpx's
-    (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``), so the SDK
-    maps them as usual. As with httpx, a connection the server drops is not retried here (the
-    request may have reached it): the backend's retry policy decides, and counts the attempt. A
-    connection the server closed while idle is never reused: asyncio reports the close at once.
-    """
-
-    def __init__(self, max_keepalive: int = 64, keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S) -> None:
-        self.max_keepalive = max(1, int(max_keepalive))
+    def __init__(self, max_connections: int, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S) -> None:
+        self.max_connections = max(1, int(max_connections))
+        self.max_response_bytes = int(max_response_bytes)
         self.keepalive_expiry_s = float(keepalive_expiry_s)
-        self._idle: dict[tuple[str, str, int], list[_H11Connection]] = {}
-        self._ssl = None
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple, aiohttp.ClientTimeout] = {}
         self._closed = False
-        self.opened = 0  # connections opened (for tests and stats)
-        self.active = 0  # requests in flight
 
-    def _ssl_context(self):
-        if self._ssl is None:
-            self._ssl = _httpx.create_ssl_context()
-        return self._ssl
-
-    async def _connect(self, key, timeout: float | None) -> _H11Connection:
-        scheme, host, port = key
-        loop = asyncio.get_running_loop()
-        ssl_ctx = self._ssl_context() if scheme == "https" else None
-        coro = loop.create_connection(lambda: _H11Connection(loop), host, port, ssl=ssl_ctx,
-                                      server_hostname=host if ssl_ctx is not None else None)
+    def _new_session(self) -> aiohttp.ClientSession:
         try:
-            if timeout is None:
-                _, conn = await coro
-            else:
-                _, conn = await asyncio.wait_for(coro, timeout)
-        except asyncio.TimeoutError:
-            raise _httpx.ConnectTimeout(f"no connection within {timeout} s") from None
-        except OSError as e:  # refused, unreachable, TLS failure (ssl.SSLError is an OSError)
-            raise _httpx.ConnectError(f"{type(e).__name__}: {e}") from None
-        self.opened += 1
-        return conn
+            ssl_ctx = _httpx.create_ssl_context()  # honours SSL_CERT_FILE like httpx
+        except Exception:  # pragma: no cover - an httpx without it: aiohttp's default verification
+            ssl_ctx = True
+        connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=self.keepalive_expiry_s,
+                                         ssl=ssl_ctx, ttl_dns_cache=300)
+        return aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None), raise_for_status=False, requote_redirect_url=False,
+        )
 
-    def _checkout(self, key) -> _H11Connection | None:
-        stack = self._idle.get(key)
-        if not stack:
-            return None
-        now = time.monotonic()
-        while stack:
-            conn = stack.pop()
-            if conn.closed or now - conn.idle_since > self.keepalive_expiry_s:
-                conn.close()
-                continue
-            return conn
-        return None
-
-    def _checkin(self, key, conn: _H11Connection) -> None:
-        if self._closed or not conn.keep_alive:
-            conn.close()
-            return
-        stack = self._idle.setdefault(key, [])
-        if len(stack) >= self.max_keepalive:
-            stale = stack.pop(0)  # the longest idle goes
-            stale.close()
-        conn.idle_since = time.monotonic()
-        stack.append(conn)
-
-    @staticmethod
-    def _encode(request, body: bytes) -> bytes:
-        raw = request.headers.raw
-        chunked = False
-        for k, v in raw:
-            if k.lower() == b"transfer-encoding" and b"chunked" in v.lower():
-                chunked = True
-        head = b"".join([request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n",
-                         *(k + b": " + v + b"\r\n" for k, v in raw), b"\r\n"])
-        if chunked:  # httpx set this for a streamed body; we read it whole: one chunk and the end
-            return head + (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
-        return head + body
+    def _timeout(self, t: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+        key = (t.get("connect"), t.get("read"), t.get("pool"))
+        out = self._timeouts.get(key)
+        if out is None:
+            if len(self._timeouts) > 256:
+                self._timeouts.clear()
+            connect, read, pool = key
+            out = aiohttp.ClientTimeout(total=None, connect=None if connect is None else connect + (pool or 0.0),
+                                        sock_connect=connect, sock_read=read)
+            self._timeouts[key] = out
+        return out
 
     async def handle_async_request(self, request):
         if self._closed:
-            raise RuntimeError("the transport is closed")
-        url = request.url
-        scheme = url.scheme
-        if scheme not in ("http", "https"):
-            raise _httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
-        key = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
-        timeouts = request.extensions.get("timeout") or {}
-        read_timeout = timeouts.get("read")
+            raise RuntimeError("the HTTP transport is closed")
+        headers = []
+        for k, v in request.headers.raw:
+            if _HEADER_BAD_BYTES.search(k) or _HEADER_BAD_BYTES.search(v):
+                name = k.decode("latin-1")
+                raise ValueError(f"header {name[:40]!r} has a control character (CR, LF ...) in its name or value; "
+                                 "the request was not sent. Remove line breaks from header values and keys.")
+            if k.lower().decode("latin-1") not in _SKIP_REQUEST_HEADERS:
+                headers.append((k.decode("latin-1"), v.decode("latin-1")))
+        session = self._session
+        if session is None or session.closed:
+            session = self._session = self._new_session()
         body = await request.aread()
-        data = self._encode(request, body)
-        head_request = request.method == "HEAD"
-        self.active += 1
+        timeout = self._timeout(request.extensions.get("timeout") or {})
+        url = yarl.URL(str(request.url), encoded=True)
         try:
-            conn = self._checkout(key) or await self._connect(key, timeouts.get("connect"))
-            try:
-                status, reason, version, headers, content = await self._exchange(conn, data, head_request,
-                                                                                 read_timeout)
-            except BaseException:  # dropped, timed out, cancelled: the connection is done for
-                conn.abort()
-                raise
-            self._checkin(key, conn)
-            return _httpx.Response(status, headers=headers, stream=_BodyStream(content),
-                                   extensions={"http_version": version, "reason_phrase": reason})
-        finally:
-            self.active -= 1
-
-    @staticmethod
-    async def _exchange(conn: _H11Connection, data: bytes, head_request: bool, read_timeout: float | None):
-        fut = conn.start(data, head_request)
-        if read_timeout is None:
-            return await fut
-        loop = conn.loop
-
-        # the read timeout is for silence, not for the whole response: re-arm while bytes arrive
-        def check() -> None:
-            if fut.done():
-                return
-            left = conn._last_data + read_timeout - loop.time()
-            if left > 0:
-                handles[0] = loop.call_later(left, check)
-            else:
-                fut.set_exception(_httpx.ReadTimeout(f"no data for {read_timeout} s"))
-
-        handles = [loop.call_later(read_timeout, check)]
-        try:
-            return await fut
-        finally:
-            handles[0].cancel()
+            resp = await session.request(request.method, url, headers=headers, data=body or None,
+                                         timeout=timeout, allow_redirects=False)
+        except aiohttp.ClientError as e:
+            raise _map_aiohttp_error(e) from None
+        except asyncio.TimeoutError:
+            raise _httpx.ConnectTimeout("no connection within the connect timeout") from None
+        return _httpx.Response(
+            resp.status, headers=resp.raw_headers, stream=_AiohttpBody(resp, self.max_response_bytes),
+            extensions={"http_version": b"HTTP/%d.%d" % tuple(resp.version),
+                        "reason_phrase": (resp.reason or "").encode("latin-1", "replace")},
+        )
 
     async def aclose(self) -> None:
         self._closed = True
-        for stack in self._idle.values():
-            for conn in stack:
-                conn.close()
-        self._idle.clear()
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
 
 
 def _env_proxy_applies(url: str) -> bool:
@@ -645,11 +555,20 @@ def _env_proxy_applies(url: str) -> bool:
     return not urllib.request.proxy_bypass_environment(parts.hostname or "", proxies)
 
 
-def _shutdown_loop_thread(lt: LoopThread) -> None:
-    """Stop a backend's loop thread and release its executor threads (best effort, idempotent)."""
+def _shutdown_loop_thread(lt: LoopThread, transports: Sequence[_AiohttpTransport] = ()) -> None:
+    """Close ``transports``, stop a backend's loop thread and release its executor threads (best effort, idempotent)."""
     loop = lt.loop
     if loop.is_closed():
         return
+    thread = getattr(lt, "_thread", None)
+    open_ones = [t for t in transports if not t._closed]
+    if open_ones and loop.is_running() and thread is not threading.current_thread():
+        async def _close_all():
+            await asyncio.gather(*(t.aclose() for t in open_ones), return_exceptions=True)
+        try:
+            asyncio.run_coroutine_threadsafe(_close_all(), loop).result(timeout=2)
+        except Exception as e:  # pragma: no cover - best effort (e.g. at interpreter exit)
+            log.debug("could not close the backend's HTTP transport: %r", e)
     lt.stop()
     thread = getattr(lt, "_thread", None)
     if thread is not None and thread is not threading.current_thread():
@@ -703,9 +622,12 @@ class OpenAIBackend(BaseBackend):
         default_sampling: sampling keywords applied to every call (a call's own keywords win).
         extra_body: extra JSON fields for every request (e.g. vLLM's ``top_k``).
         seed: seeds the backoff jitter.
-        lean_http: send requests through the lean HTTP/1.1 transport (one keep-alive pool sized
-            for the concurrency; much less CPU per request than httpx's default pool). False, a
-            proxy from the environment (``HTTPS_PROXY`` ...) or an ``http_client=`` keeps httpx's.
+        http_transport: ``"aiohttp"`` (default): the SDK's requests go through one aiohttp keep-alive
+            pool sized for the concurrency (much less CPU per request than httpx's default pool);
+            ``"httpx"``: httpx's own pools. A proxy from the environment (``HTTPS_PROXY`` ...) or an
+            ``http_client=`` always uses httpx's. ``lean_http=False`` is an old spelling of ``"httpx"``.
+        max_response_bytes: the largest reply body accepted (after gzip decoding; default 8 MiB): a
+            larger one fails the call at once with ``kind="response_too_large"``.
         **client_kwargs: passed to ``openai.AsyncOpenAI`` (``organization``, ``default_headers``,
             ``http_client``, ...). The SDK's own retries are always off.
     """
@@ -731,7 +653,9 @@ class OpenAIBackend(BaseBackend):
         limiter: SharedLimiter | None = None,
         extra_body: Mapping[str, Any] | None = None,
         seed: int | None = None,
-        lean_http: bool = True,
+        http_transport: str = "aiohttp",
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        lean_http: bool | None = None,
         **client_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -750,9 +674,19 @@ class OpenAIBackend(BaseBackend):
                     f"{k!r} is not a client keyword here: use OpenAIBackend(timeout_s=..., max_retries=..., "
                     "api_key=..., base_url=...)."
                 )
+        if lean_http is not None:  # the old switch: True = the fast pooled transport, False = httpx's
+            http_transport = "aiohttp" if lean_http else "httpx"
+        if http_transport not in HTTP_TRANSPORTS:
+            raise ValueError(f"http_transport must be one of {', '.join(map(repr, HTTP_TRANSPORTS))}, "
+                             f"got {http_transport!r}.")
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be a positive number of bytes (default "
+                             f"{DEFAULT_MAX_RESPONSE_BYTES}), got {max_response_bytes!r}.")
         self.model = model.strip()
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
-        key = api_key or os.environ.get("OPENAI_API_KEY")
+        # values read from the environment lose surrounding whitespace (a key pasted from a file ends in "\n")
+        env_url = (os.environ.get("OPENAI_BASE_URL") or "").strip()
+        self.base_url = (base_url or env_url or OPENAI_BASE_URL).rstrip("/")
+        key = api_key or (os.environ.get("OPENAI_API_KEY") or "").strip()
         if not key:
             if _is_openai_host(self.base_url):
                 raise ValueError(
@@ -761,6 +695,18 @@ class OpenAIBackend(BaseBackend):
                     "base_url / OPENAI_BASE_URL at a local server (vLLM, llama.cpp, Ollama)."
                 )
             key = "EMPTY"
+        if not isinstance(key, str):
+            raise TypeError(f"api_key must be a str, got {type(key).__name__}.")
+        if _HEADER_VALUE_BAD.search(key):  # it goes into the Authorization header: reject before any request
+            where = "api_key=..." if api_key else "the OPENAI_API_KEY environment variable"
+            raise ValueError(f"the API key from {where} has a control character ({_control_char_note(key)}), "
+                             "which would break the Authorization header; remove the line break (e.g. "
+                             "api_key=key.strip()).")
+        _check_headers(client_kwargs.get("default_headers"), "default_headers")
+        for k in ("organization", "project"):
+            v = client_kwargs.get(k)
+            if isinstance(v, str):
+                check_header(k, v, what=f"{k}=...")
         self._api_key = key
         self.timeout_s = float(timeout_s)
         self.deadline_s = float(deadline_s)
@@ -772,7 +718,8 @@ class OpenAIBackend(BaseBackend):
         self.default_sampling = dict(default_sampling or {})
         self.extra_body = dict(extra_body or {})
         self.seed = seed
-        self.lean_http = bool(lean_http)
+        self.http_transport = http_transport
+        self.max_response_bytes = int(max_response_bytes)
         self._client_kwargs = dict(client_kwargs)
         self._init_runtime()
 
@@ -783,7 +730,8 @@ class OpenAIBackend(BaseBackend):
         self._pid = os.getpid()
         self._clients: list = []
         self._client_load: list[int] = []
-        self._transport: _LeanTransport | None = None
+        self._transport: _AiohttpTransport | None = None
+        self._live_transports: list[_AiohttpTransport] = []
         self._rng = random.Random(self.seed)
         self._stats_lock = threading.Lock()
         self._stats: Counter = Counter()
@@ -794,7 +742,7 @@ class OpenAIBackend(BaseBackend):
         self._key_counter = itertools.count(1)
 
     def __getstate__(self) -> dict[str, Any]:
-        drop = {"_loop_thread", "_loop_lock", "_clients", "_client_load", "_transport", "_rng", "_stats_lock", "_stats", "_fail_kinds",
+        drop = {"_loop_thread", "_loop_lock", "_clients", "_client_load", "_transport", "_live_transports", "_rng", "_stats_lock", "_stats", "_fail_kinds",
                 "_error_kinds", "_warned_keys", "_pid", "_key_prefix", "_key_counter"}
         return {k: v for k, v in self.__dict__.items() if k not in drop}
 
@@ -815,9 +763,10 @@ class OpenAIBackend(BaseBackend):
                 self._loop_thread = LoopThread()
                 self._pid = os.getpid()
                 self._clients, self._client_load, self._transport = [], [], None
+                self._live_transports = []
                 self._key_prefix = f"promptr1-{os.urandom(6).hex()}"  # a forked child draws its own
-                # a forgotten backend does not leave its loop thread running forever
-                weakref.finalize(self, _shutdown_loop_thread, self._loop_thread)
+                # a forgotten backend does not leave its loop thread (or its open connections) behind
+                weakref.finalize(self, _shutdown_loop_thread, self._loop_thread, self._live_transports)
             return self._loop_thread.loop
 
     def io_loop_thread(self) -> LoopThread:
@@ -830,31 +779,40 @@ class OpenAIBackend(BaseBackend):
         self._io_loop()
         return self._loop_thread
 
-    def _uses_lean_transport(self) -> bool:
-        return self.lean_http and "http_client" not in self._client_kwargs and not _env_proxy_applies(self.base_url)
+    def _uses_aiohttp(self) -> bool:
+        """Whether requests go through the aiohttp transport (not with a proxy or a user's ``http_client``)."""
+        return (self.http_transport == "aiohttp" and "http_client" not in self._client_kwargs
+                and not _env_proxy_applies(self.base_url))
 
     def _new_client(self, n_clients: int):
         kwargs = dict(self._client_kwargs)
         if "http_client" not in kwargs:
             maxc = self.limiter.max_concurrency
-            if self._uses_lean_transport():
+            if self._uses_aiohttp():
                 # one client, one pool with a keep-alive connection for every request in flight
-                self._transport = _LeanTransport(max_keepalive=max(1, maxc))
+                self._transport = _AiohttpTransport(max(1, maxc), self.max_response_bytes)
+                self._live_transports.append(self._transport)
                 kwargs["http_client"] = openai.DefaultAsyncHttpxClient(transport=self._transport)
             else:
                 limits = _httpx_limits(max(maxc, 10), max(8, 2 * math.ceil(maxc / n_clients)))
                 if limits is not None:
                     kwargs["http_client"] = openai.DefaultAsyncHttpxClient(limits=limits)
-        return openai.AsyncOpenAI(
+        client = openai.AsyncOpenAI(
             api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s, **kwargs
         )
+        # every header the SDK will send (auth, organization, defaults, a user's client's own), checked once
+        _check_headers(client.default_headers, "the client's default headers")
+        user_client = self._client_kwargs.get("http_client")
+        if user_client is not None:
+            _check_headers(getattr(user_client, "headers", None), "http_client.headers")
+        return client
 
     def _acquire_client(self) -> int:
         """Index of the least-loaded HTTP client (created on first use, on the backend's loop)."""
         clients = self._clients
         if not clients:
-            if self._uses_lean_transport() or "http_client" in self._client_kwargs:
-                n = 1  # the lean pool has no per-request scan; a user's client cannot be duplicated
+            if self._uses_aiohttp() or "http_client" in self._client_kwargs:
+                n = 1  # aiohttp's pool has no per-request scan; a user's client cannot be duplicated
             else:  # httpx's pool scans all its connections per request: several small pools beat one large
                 n = min(MAX_CLIENTS, max(1, math.ceil(self.limiter.max_concurrency / REQUESTS_PER_CLIENT)))
             self._clients = clients = [self._new_client(n) for _ in range(n)]
@@ -926,6 +884,27 @@ class OpenAIBackend(BaseBackend):
         out["limiter"] = self.limiter.stats()
         return out
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What besides the messages and the call's sampling can change a reply (for a response cache's key).
+
+        The server (``base_url`` without credentials; secret-looking query values masked), the extra request
+        fields (``extra_body``), the default sampling fields beyond :data:`SAMPLING_KEYS`, and the headers sent
+        with every request except auth ones. Never the API key. JSON-safe: values JSON cannot hold become
+        their ``repr``.
+        """
+        ident: dict[str, Any] = {"base_url": _identity_url(self.base_url)}
+        if self.extra_body:
+            ident["extra_body"] = _json_safe(self.extra_body)
+        extra_sampling = {k: v for k, v in self.default_sampling.items() if k not in SAMPLING_KEYS}
+        if extra_sampling:
+            ident["default_sampling_extra"] = _json_safe(extra_sampling)
+        headers = self._client_kwargs.get("default_headers") or {}
+        kept = {str(k): str(v) for k, v in headers.items()
+                if isinstance(v, str) and not _SECRET_NAME.search(str(k))}
+        if kept:
+            ident["default_headers"] = dict(sorted(kept.items()))
+        return ident
+
     # --- the call -----------------------------------------------------------------------------
     def _request_params(self, msgs: list[dict[str, str]], sampling: Mapping[str, Any]) -> dict[str, Any]:
         merged = {**self.default_sampling, **sampling}
@@ -978,9 +957,10 @@ class OpenAIBackend(BaseBackend):
             p_tok, c_tok, estimated = sum(estimate_tokens(m["content"]) for m in msgs), estimate_tokens(text), True
         else:
             p_tok, c_tok, estimated = usage["prompt_tokens"], usage["completion_tokens"], False
-        cost = cost_usd(self.model, p_tok, c_tok, self.price_per_1k)
-        if cost is None and server_model and server_model != self.model:
-            cost = cost_usd(server_model, p_tok, c_tok, self.price_per_1k)
+        cost = self._price(p_tok, c_tok, server_model)
+        failed = st.get("failed_usage")  # what earlier failed attempts were billed for: part of this call's cost
+        if failed is not None and failed[2]:
+            cost = round((cost or 0.0) + failed[2], 12)
         errors = st["errors"]
         with self._stats_lock:
             stats = self._stats
@@ -990,11 +970,25 @@ class OpenAIBackend(BaseBackend):
             stats["retries"] += n - 1
             stats["prompt_tokens"] += p_tok
             stats["completion_tokens"] += c_tok
+            if failed is not None:
+                stats["prompt_tokens"] += failed[0]
+                stats["completion_tokens"] += failed[1]
             stats["latency_ms_total"] += int(elapsed * 1000)
             if cost:
                 stats["cost_usd_micros"] += int(round(cost * 1e6))
             if errors:
                 self._error_kinds.update(errors)
+        extra = {
+            "retries": n - 1,
+            "errors": list(errors),
+            "queue_s": (st["first_start"] or t_enter) - t_enter,
+            "request_latency_s": req_latency,
+            "finish_reason": finish,
+            "usage_estimated": estimated,
+        }
+        if failed is not None:  # the tokens above are this reply's; these were billed for the failed attempts
+            extra["failed_attempts_usage"] = {"prompt_tokens": failed[0], "completion_tokens": failed[1],
+                                              "cost_usd": failed[2]}
         return Completion(
             text=text,
             latency_s=elapsed,
@@ -1003,14 +997,7 @@ class OpenAIBackend(BaseBackend):
             cost_usd=cost,
             attempts=n,
             model=server_model or self.model,
-            extra={
-                "retries": n - 1,
-                "errors": list(errors),
-                "queue_s": (st["first_start"] or t_enter) - t_enter,
-                "request_latency_s": req_latency,
-                "finish_reason": finish,
-                "usage_estimated": estimated,
-            },
+            extra=extra,
         )
 
     def _retrying(self, st: dict[str, Any]) -> AsyncRetrying:
@@ -1055,13 +1042,18 @@ class OpenAIBackend(BaseBackend):
             f"last error {failure.kind}: {failure.detail}",
             [self._api_key],
         )
+        fp, fc, fcost = st.get("failed_usage") or (0, 0, 0.0)
+        if fp or fc:
+            msg += f" (the failed attempts were billed {fp} prompt + {fc} completion tokens)"
         with self._stats_lock:
             self._stats.update(calls=1, failures=1, attempts=n, retries=max(0, n - 1),
-                               latency_ms_total=int(elapsed * 1000))
+                               latency_ms_total=int(elapsed * 1000), prompt_tokens=fp, completion_tokens=fc,
+                               cost_usd_micros=int(round(fcost * 1e6)))
             self._fail_kinds[kind] += 1
             self._error_kinds.update(st["errors"])
         log.info("%s", msg)
-        err = EnvLLMError(msg, kind=kind, attempts=n, retryable=failure.retryable)
+        err = EnvLLMError(msg, kind=kind, attempts=n, retryable=failure.retryable, prompt_tokens=fp,
+                          completion_tokens=fc, cost_usd=fcost)
         err.errors = list(st["errors"])  # kinds of every failed attempt
         err.status = failure.status
         return err
@@ -1091,16 +1083,22 @@ class OpenAIBackend(BaseBackend):
             client = self._clients[ci]
             t0 = time.monotonic()
             try:
-                request = client.post("/chat/completions", body=params, cast_to=_httpx.Response,
+                # stream=True: the SDK hands back the response unread, and _read_body reads it under the size cap
+                request = client.post("/chat/completions", body=params, cast_to=_httpx.Response, stream=True,
                                       options={"timeout": per_try, "idempotency_key": st["key"]})
                 if _asyncio_timeout is not None:  # a guard behind the SDK's own timeout; no extra task
                     async with _asyncio_timeout(per_try + 0.05):
-                        raw = await request
+                        body = await self._read_body(await request)
                 else:  # pragma: no cover - Python 3.10
-                    raw = await asyncio.wait_for(request, timeout=per_try + 0.05)
-                body = raw.content
-            except (asyncio.TimeoutError, openai.APITimeoutError):
+                    body = await asyncio.wait_for(self._read_body_of(request), timeout=per_try + 0.05)
+            except (asyncio.TimeoutError, openai.APITimeoutError, _httpx.TimeoutException):
                 raise _AttemptError(timeout_kind, f"no reply within {per_try:.2f} s", retryable=not cut) from None
+            except ResponseTooLarge as e:
+                raise _AttemptError(
+                    "response_too_large",
+                    f"{e}; a chat reply is rarely more than a few hundred KB, so the server (or something between "
+                    "it and us) sent something else. If the replies are legitimately this large, raise "
+                    "OpenAIBackend(max_response_bytes=...)", retryable=False) from None
             except openai.APIStatusError as e:
                 status = int(getattr(e, "status_code", 0) or 0)
                 detail = f"HTTP {status}: {scrub_secrets(str(getattr(e, 'message', e)), [self._api_key], limit=300)}"
@@ -1114,8 +1112,13 @@ class OpenAIBackend(BaseBackend):
                     raise _AttemptError("server_error", detail, retryable=True, retry_after=ra, status=status) from None
                 hint = " (check OPENAI_API_KEY / api_key)" if status in (401, 403) else ""
                 raise _AttemptError("bad_request", detail + hint, retryable=False, status=status) from None
-            except openai.APIConnectionError as e:
-                raise _AttemptError("connection", type(e).__name__ + ": connection failed or dropped",
+            except (openai.APIConnectionError, _httpx.TransportError) as e:
+                cause = e.__cause__ if isinstance(e, openai.APIConnectionError) else e
+                why = f" ({type(cause).__name__}: {scrub_secrets(str(cause), [self._api_key], limit=200)})" if cause else ""
+                raise _AttemptError("connection", f"{type(e).__name__}: connection failed or dropped, or the "
+                                    f"HTTP response was malformed{why}", retryable=True) from None
+            except _httpx.DecodingError:
+                raise _AttemptError("malformed_reply", "the reply body could not be decoded (Content-Encoding)",
                                     retryable=True) from None
             except (openai.OpenAIError, OSError, ValueError, RuntimeError) as e:  # anything else the stack throws
                 raise _AttemptError("error", f"{type(e).__name__}: {scrub_secrets(str(e), [self._api_key], limit=300)}",
@@ -1131,11 +1134,59 @@ class OpenAIBackend(BaseBackend):
                                     retryable=True) from None
             try:
                 text, finish, usage, model = parse_chat_payload(payload)
-            except LookupError as e:
-                raise _AttemptError("empty_reply", str(e), retryable=True) from None
-            except ValueError as e:
+            except (LookupError, ValueError) as e:
+                failed_usage = parse_usage(payload)
+                if failed_usage is not None:  # billed although it failed: count it (budget, stats, the limiter)
+                    self._add_failed_usage(st, failed_usage, payload)
+                    slot.report_tokens(failed_usage["prompt_tokens"] + failed_usage["completion_tokens"])
+                if isinstance(e, LookupError):
+                    if _finish_reason(payload) == "length":  # it would fail the same way again: no retry
+                        spent = "" if failed_usage is None else f" after {failed_usage['completion_tokens']} completion tokens"
+                        mt = params.get("max_tokens")
+                        raise _AttemptError(
+                            "max_tokens",
+                            f"the server stopped at the token limit (finish_reason 'length'{spent}) before writing "
+                            f"any reply text: max_tokens={mt if mt is not None else 'the server default'} is too "
+                            "small for the reply (reasoning models spend tokens before answering); raise max_tokens",
+                            retryable=False) from None
+                    raise _AttemptError("empty_reply", str(e), retryable=True) from None
                 raise _AttemptError("malformed_reply", scrub_secrets(str(e), [self._api_key], limit=300),
                                     retryable=True) from None
             if usage is not None:
                 slot.report_tokens(usage["prompt_tokens"] + usage["completion_tokens"])
             return text, finish, usage, model, seconds
+
+    async def _read_body_of(self, request) -> bytes:  # pragma: no cover - Python 3.10
+        return await self._read_body(await request)
+
+    async def _read_body(self, raw) -> bytes:
+        """The whole (decoded) body of a streamed response, or ``ResponseTooLarge`` past ``max_response_bytes``."""
+        limit = self.max_response_bytes
+        try:
+            length = raw.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise ResponseTooLarge(limit, int(length), "Content-Length")
+            chunks = []
+            seen = 0
+            async for chunk in raw.aiter_bytes():  # decodes gzip/deflate/br piece by piece
+                seen += len(chunk)
+                if seen > limit:
+                    raise ResponseTooLarge(limit, seen, "decoded at least")
+                chunks.append(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            await raw.aclose()
+
+    def _price(self, p_tok: int, c_tok: int, server_model: str | None) -> float | None:
+        cost = cost_usd(self.model, p_tok, c_tok, self.price_per_1k)
+        if cost is None and server_model and server_model != self.model:
+            cost = cost_usd(server_model, p_tok, c_tok, self.price_per_1k)
+        return cost
+
+    def _add_failed_usage(self, st: dict[str, Any], usage: Mapping[str, int], payload: Any) -> None:
+        """Add what a failed attempt was billed for to the call's running total (``st["failed_usage"]``)."""
+        server_model = payload.get("model") if isinstance(payload, Mapping) else None
+        p, c = usage["prompt_tokens"], usage["completion_tokens"]
+        cost = self._price(p, c, server_model if isinstance(server_model, str) else None) or 0.0
+        fp, fc, fcost = st.get("failed_usage", (0, 0, 0.0))
+        st["failed_usage"] = (fp + p, fc + c, round(fcost + cost, 12))

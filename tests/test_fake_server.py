@@ -259,3 +259,34 @@ def test_measures_concurrency_and_scales_to_hundreds_of_connections():
     # all requests overlapped at the server (it does not serialize), and it says so
     assert stats["max_in_flight"] >= 0.9 * n
     assert elapsed < 5.0  # 200 x 0.3 s served concurrently, not one after another (60 s)
+
+
+def test_lengthcut_is_an_empty_reply_that_bills_max_tokens():
+    with FakeOpenAIServer(schedule=["lengthcut", "lengthcut"]) as srv:
+        data = json.loads(_post(srv, _body("a b c", max_tokens=40))[2])
+        assert data["choices"][0]["message"]["content"] == "" and data["choices"][0]["finish_reason"] == "length"
+        assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 40, "total_tokens": 43}
+        data = json.loads(_post(srv, _body("a b c"))[2])  # no max_tokens: the server's own limit
+        assert data["usage"]["completion_tokens"] == 612
+
+
+@pytest.mark.parametrize("fault", ["oversized", "oversized_chunked", "oversized_gzip"])
+def test_oversized_replies_are_valid_replies_of_the_asked_size(fault):
+    import gzip
+
+    with FakeOpenAIServer(schedule=[fault, None], oversize_bytes=300_000) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+        status, headers, raw = _post(srv, _body("hi"), conn=conn)
+        assert status == 200
+        if fault == "oversized_gzip":
+            assert headers["Content-Encoding"] == "gzip" and int(headers["Content-Length"]) == len(raw) < 5_000
+            raw = gzip.decompress(raw)
+        elif fault == "oversized_chunked":
+            assert headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in headers
+        else:
+            assert int(headers["Content-Length"]) == len(raw)
+        assert len(raw) == 300_000
+        assert json.loads(raw)["choices"][0]["message"]["content"].startswith("hi xxx")
+        # the connection is still usable (the framing was right)
+        assert json.loads(_post(srv, _body("next"), conn=conn)[2])["choices"][0]["message"]["content"] == "next"
+        conn.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import os
 import pickle
@@ -22,9 +23,10 @@ from pathlib import Path
 import pytest
 from promptr1.llm_backends import make_backend
 from promptr1.llm_backends.base import EnvLLMError
-from promptr1.testing.fake_server import FakeOpenAIServer
 from promptr1.llm_backends.limits import CrossLoopSemaphore, SharedLimiter, TokenBucket
-from promptr1.llm_backends.openai_backend import OpenAIBackend
+from promptr1.llm_backends.openai_backend import OpenAIBackend, _sdk_httpx
+
+from promptr1.testing.fake_server import FakeOpenAIServer
 
 MSGS = [{"role": "system", "content": "You are helpful"}, {"role": "user", "content": "one two three four"}]
 FAST = dict(backoff_base_s=0.01, backoff_max_s=0.04, timeout_s=5.0, deadline_s=20.0)
@@ -357,8 +359,8 @@ def test_error_text_from_server_is_scrubbed():
 
         orig = fs._response_bytes
 
-        def leaky(status, payload, keep, headers=(), raw=None):
-            return orig(status, srv_reply if status == 401 else payload, keep, headers, raw)
+        def leaky(status, payload, keep, headers=(), raw=None, **kw):
+            return orig(status, srv_reply if status == 401 else payload, keep, headers, raw, **kw)
 
         fs._response_bytes = leaky
         try:
@@ -408,7 +410,7 @@ def test_pickle_round_trip_keeps_configuration():
         assert b2.stats()["calls"] == 1
 
 
-# --- the HTTP layer: one lean keep-alive pool, raw responses ---------------------------------
+# --- the HTTP layer: one aiohttp keep-alive pool, raw responses ------------------------------
 def test_one_connection_pool_sized_for_the_concurrency_and_reused():
     with FakeOpenAIServer(latency=0.02) as srv:
         b = backend(srv, max_concurrency=16)
@@ -425,7 +427,7 @@ def test_one_connection_pool_sized_for_the_concurrency_and_reused():
         first, second, opened = asyncio.run(main())
         stats = srv.stats()
         assert [r.text for r in first + second] == [f"a{i}" for i in range(64)] + [f"b{i}" for i in range(64)]
-        assert len(b._clients) == 1 and b._transport.max_keepalive == 16  # one client, one pool of 16
+        assert len(b._clients) == 1 and b._transport.max_connections == 16  # one client, one pool of 16
         assert opened <= 16  # never more connections than requests in flight
         assert stats["connections_opened"] == opened  # the second burst reused them all (keep-alive)
         assert stats["max_in_flight"] == 16
@@ -433,18 +435,21 @@ def test_one_connection_pool_sized_for_the_concurrency_and_reused():
     with FakeOpenAIServer() as srv:
         big = backend(srv, max_concurrency=512)
         big.complete(MSGS)
-        assert big._transport.max_keepalive == 512
+        assert big._transport.max_connections == 512
         big.close()
 
 
-def test_lean_http_false_uses_the_sdk_httpx_pools():
+def test_http_transport_httpx_uses_the_sdk_httpx_pools():
     with FakeOpenAIServer(schedule=["429", None], retry_after_s=None) as srv:
-        b = backend(srv, max_concurrency=40, lean_http=False)
+        b = backend(srv, max_concurrency=40, http_transport="httpx")
         c = b.complete(MSGS)
         assert c.text == "one two three four" and c.extra["errors"] == ["rate_limit"]
         assert b._transport is None and len(b._clients) == 3  # one httpx pool per 16 requests in flight
-        assert "lean_http" not in repr(b) and pickle.loads(pickle.dumps(b)).lean_http is False
+        assert pickle.loads(pickle.dumps(b)).http_transport == "httpx"
         b.close()
+    assert OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", lean_http=False).http_transport == "httpx"  # old name
+    with pytest.raises(ValueError, match="http_transport must be one of 'aiohttp', 'httpx'"):
+        OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", http_transport="lean")
 
 
 def test_a_proxy_in_the_environment_gets_the_httpx_transport(monkeypatch):
@@ -452,11 +457,27 @@ def test_a_proxy_in_the_environment_gets_the_httpx_transport(monkeypatch):
                 "no_proxy"):
         monkeypatch.delenv(var, raising=False)
     b = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
-    assert b._uses_lean_transport()
+    assert b._uses_aiohttp()
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
-    assert not b._uses_lean_transport()  # the lean transport does not speak to proxies: httpx does
+    assert not b._uses_aiohttp()  # our aiohttp transport does not speak to proxies: httpx does
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert b._uses_lean_transport()
+    assert b._uses_aiohttp()
+
+
+def test_a_users_own_http_client_is_used_as_given():
+    hx = _sdk_httpx()
+    with FakeOpenAIServer() as srv:
+        seen = []
+
+        async def hook(request):
+            seen.append(request.url.path)
+
+        client = hx.AsyncClient(event_hooks={"request": [hook]})
+        b = backend(srv, http_client=client)
+        assert not b._uses_aiohttp()
+        assert b.complete(MSGS).text == "one two three four"
+        assert seen == ["/v1/chat/completions"] and b._transport is None
+        b.close()
 
 
 class _RawHTTPServer:
@@ -464,7 +485,10 @@ class _RawHTTPServer:
 
     The reply mode is the last user message: ``chunked`` (with a chunk extension and a trailer),
     ``close`` (no length: the body runs to the end of the connection), ``continue`` (a 100 first),
-    ``trickle`` (the response one byte at a time), ``gzip`` (Content-Encoding), ``length``. With
+    ``trickle`` (the response one byte at a time), ``gzip`` (Content-Encoding), ``length``. Malformed
+    framings (each around a complete, valid reply, so a lax parser would accept it): ``badlength``
+    (``Content-Length: 0_NN``), ``negchunk`` (a negative chunk size where the last chunk belongs),
+    ``nocrlf`` (chunk data not followed by CRLF), ``trailerflood`` (a trailer section of 1 MB). With
     ``one_per_connection``, a second request on a connection is read and then dropped unanswered.
     """
 
@@ -528,6 +552,12 @@ class _RawHTTPServer:
                     import gzip
                     z = gzip.compress(data)
                     out = hdr + b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(z) + z
+                elif mode in ("negchunk", "nocrlf", "trailerflood"):
+                    out = hdr + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(data) + data
+                    out += {"negchunk": b"\r\n-5\r\n\r\n", "nocrlf": b"XX0\r\n\r\n",
+                            "trailerflood": b"\r\n0\r\n" + b"X-Trailer: aaaaaaaaaaaaaaaa\r\n" * 40000 + b"\r\n"}[mode]
+                elif mode == "badlength":
+                    out = hdr + b"Content-Length: 0_%d\r\n\r\n" % len(data) + data
                 else:
                     out = hdr + b"Content-Length: %d\r\n\r\n" % len(data) + data
                     if mode == "continue":
@@ -548,7 +578,7 @@ class _RawHTTPServer:
 
 
 @pytest.mark.parametrize("mode", ["length", "chunked", "close", "continue", "trickle", "gzip"])
-def test_lean_transport_reads_every_http11_framing(mode):
+def test_aiohttp_transport_reads_every_http11_framing(mode):
     with _RawHTTPServer() as srv:
         b = OpenAIBackend("m", base_url=srv.base_url, **FAST)
         for _ in range(3):  # a reused connection after each framing (a new one after "close")
@@ -556,6 +586,19 @@ def test_lean_transport_reads_every_http11_framing(mode):
             assert c.text == f"reply via {mode}" and c.attempts == 1
             assert (c.prompt_tokens, c.completion_tokens, c.model) == (1, 3, "raw")
         assert srv.connections == (3 if mode == "close" else 1)
+        b.close()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("mode", ["badlength", "negchunk", "nocrlf", "trailerflood"])
+def test_malformed_http_framing_is_a_failed_attempt_not_a_reply(mode, transport):
+    # the hand-written parser this replaced accepted all four as a good reply
+    with _RawHTTPServer() as srv:
+        b = OpenAIBackend("m", base_url=srv.base_url, **{**FAST, "max_retries": 1}, http_transport=transport)
+        with pytest.raises(EnvLLMError) as ei:
+            b.complete([{"role": "user", "content": mode}])
+        assert ei.value.kind == "connection" and ei.value.attempts == 2
+        assert "malformed" in str(ei.value)
         b.close()
 
 
@@ -740,3 +783,163 @@ def test_limiter_validation_and_pickle():
         SharedLimiter(max_concurrency=0)
     lim = pickle.loads(pickle.dumps(SharedLimiter(5, rpm=60, tpm=1000)))
     assert (lim.max_concurrency, lim.rpm, lim.tpm) == (5, 60, 1000) and lim.stats()["acquired"] == 0
+
+
+# --- headers: no injection, keys from the environment stripped --------------------------------
+INJECTED = "sk-inject-SECRET-4242\r\nX-Injected: yes"
+
+
+@pytest.mark.parametrize("bad_key", [INJECTED, "sk-trailing-SECRET-4242\n", "sk-nul-SECRET\x00-4242"])
+def test_a_key_with_a_control_character_is_refused_before_any_request(bad_key):
+    with FakeOpenAIServer() as srv:
+        with pytest.raises(ValueError) as ei:
+            OpenAIBackend("m", base_url=srv.base_url, api_key=bad_key)
+        assert srv.stats()["requests"] == 0 and srv.stats()["connections_opened"] == 0
+    msg = str(ei.value)
+    assert "control character" in msg and "api_key" in msg
+    assert "SECRET" not in msg and "sk-" not in msg  # the key itself is never shown
+
+
+def test_an_injected_key_from_the_environment_is_refused_and_not_shown(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", INJECTED)
+    with FakeOpenAIServer() as srv:
+        with pytest.raises(ValueError, match="OPENAI_API_KEY") as ei:
+            OpenAIBackend("m", base_url=srv.base_url)
+        assert srv.stats()["requests"] == 0
+    assert "SECRET" not in str(ei.value)
+
+
+def test_whitespace_around_a_key_from_the_environment_is_stripped(monkeypatch):
+    with FakeOpenAIServer(api_key="local-key") as srv:
+        monkeypatch.setenv("OPENAI_API_KEY", "  local-key\n")  # pasted from a file
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url + "\n")
+        b = OpenAIBackend("m", **FAST)
+        assert b.complete(MSGS).text == "one two three four"
+        assert srv.chat_records()[0].authorized
+        b.close()
+
+
+@pytest.mark.parametrize("headers", [{"X-Team": "research\r\nX-Injected: yes"}, {"X-Bad\nName": "v"}])
+def test_default_headers_with_control_characters_are_refused(headers):
+    with pytest.raises(ValueError, match="header"):
+        OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", default_headers=headers)
+
+
+def test_the_transport_checks_every_header_before_sending():
+    from promptr1.llm_backends.openai_backend import _AiohttpTransport
+
+    hx = _sdk_httpx()
+    with FakeOpenAIServer() as srv:
+        transport = _AiohttpTransport(4)
+        request = hx.Request("POST", srv.base_url + "/chat/completions", content=b"{}",
+                             headers=[(b"X-Evil", b"a\r\nX-Injected: SECRET")])
+
+        async def send():
+            try:
+                await transport.handle_async_request(request)
+            finally:
+                await transport.aclose()
+
+        with pytest.raises(ValueError, match="control character") as ei:
+            asyncio.run(send())
+        assert "SECRET" not in str(ei.value)
+        assert srv.stats()["connections_opened"] == 0
+
+
+# --- the reply size cap ------------------------------------------------------------------------
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("fault,how", [("oversized", "Content-Length"), ("oversized_chunked", "read at least"),
+                                       ("oversized_gzip", "decoded at least")])
+def test_an_oversized_reply_is_an_env_error_at_once(fault, how, transport):
+    with FakeOpenAIServer(schedule=[fault, None], oversize_bytes=1 << 20) as srv:
+        b = backend(srv, max_response_bytes=64 * 1024, http_transport=transport)
+        with pytest.raises(EnvLLMError) as ei:
+            b.complete(MSGS)
+        assert ei.value.kind == "response_too_large" and ei.value.attempts == 1 and not ei.value.retryable
+        msg = str(ei.value)
+        assert "max_response_bytes=65536" in msg and "larger than" in msg
+        if transport == "aiohttp" or fault != "oversized_chunked":
+            assert how in msg
+        assert len(srv.chat_records()) == 1  # not retried
+        assert b.complete(MSGS).text == "one two three four"  # the next call is fine
+        b.close()
+
+
+def test_the_default_cap_is_8_mib_and_a_large_reply_under_it_passes():
+    with FakeOpenAIServer(schedule=["oversized_gzip"], oversize_bytes=4 << 20) as srv:
+        b = backend(srv)
+        assert b.max_response_bytes == 8 * 1024 * 1024
+        c = b.complete(MSGS)
+        assert len(c.text) > 4_000_000 and c.text.startswith("one two three four")
+        b.close()
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", max_response_bytes=0)
+
+
+# --- usage billed by failed attempts ------------------------------------------------------------
+def test_an_empty_reply_cut_by_max_tokens_fails_at_once_with_its_usage():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("lengthcut",)) as srv:
+        b = backend(srv, max_retries=7, price_per_1k=(1.0, 2.0))
+        with pytest.raises(EnvLLMError) as ei:
+            b.complete(MSGS, max_tokens=612)
+        err = ei.value
+        assert err.kind == "max_tokens" and err.attempts == 1 and not err.retryable
+        assert len(srv.chat_records()) == 1  # not retried: it would fail the same way
+        assert "max_tokens=612 is too small" in str(err) and "612 completion tokens" in str(err)
+        assert (err.prompt_tokens, err.completion_tokens) == (7, 612)
+        assert err.cost_usd == pytest.approx(7 / 1000 * 1.0 + 612 / 1000 * 2.0)
+        s = b.stats()
+        assert (s["prompt_tokens"], s["completion_tokens"]) == (7, 612)
+        assert s["cost_usd"] == pytest.approx(err.cost_usd) and s["failure_kinds"] == {"max_tokens": 1}
+        b.close()
+
+
+def test_usage_of_every_failed_attempt_is_counted():
+    # "empty" and "emptytext" replies report usage (the prompt was billed); a retry that succeeds pays for them
+    with FakeOpenAIServer(schedule=["empty", "emptytext", None]) as srv:
+        b = backend(srv, price_per_1k=(1.0, 2.0))
+        c = b.complete(MSGS)
+        assert c.attempts == 3 and (c.prompt_tokens, c.completion_tokens) == (7, 4)  # this reply's own usage
+        # the server billed "empty" 7 + 4 tokens (a reply it then dropped) and "emptytext" 7 + 0
+        assert c.extra["failed_attempts_usage"] == {"prompt_tokens": 14, "completion_tokens": 4,
+                                                    "cost_usd": pytest.approx(0.014 + 0.008)}
+        assert c.cost_usd == pytest.approx(21 / 1000 * 1.0 + 8 / 1000 * 2.0)
+        s = b.stats()
+        assert (s["prompt_tokens"], s["completion_tokens"]) == (21, 8) and s["cost_usd"] == pytest.approx(c.cost_usd)
+        b.close()
+    with FakeOpenAIServer(fault_rate=1.0, faults=("empty",)) as srv:
+        b = backend(srv, max_retries=3, price_per_1k=(1.0, 2.0))
+        with pytest.raises(EnvLLMError) as ei:
+            b.complete(MSGS)
+        assert ei.value.kind == "empty_reply" and ei.value.attempts == 4
+        assert (ei.value.prompt_tokens, ei.value.completion_tokens) == (28, 16)
+        assert ei.value.cost_usd == pytest.approx(0.028 + 0.032)
+        assert "billed 28 prompt + 16 completion tokens" in str(ei.value)
+        err = pickle.loads(pickle.dumps(ei.value))
+        assert (err.prompt_tokens, err.cost_usd) == (28, pytest.approx(0.06))
+        b.close()
+
+
+def test_failures_without_usage_cost_nothing():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("500",), retry_after_s=None) as srv, \
+            pytest.raises(EnvLLMError) as ei:
+        backend(srv, max_retries=1, price_per_1k=(1.0, 2.0)).complete(MSGS)
+    assert (ei.value.prompt_tokens, ei.value.completion_tokens, ei.value.cost_usd) == (0, 0, 0.0)
+
+
+# --- what a response cache must key on -----------------------------------------------------------
+def test_cache_identity_names_the_server_and_extra_fields_never_the_key():
+    b = OpenAIBackend("m", base_url="http://user:pw@127.0.0.1:8000/v1?api-version=1&api_key=" + SECRET,
+                      api_key=SECRET, extra_body={"top_k": 5, "repetition_penalty": 1.1},
+                      default_sampling={"temperature": 0.0, "top_k": 3},
+                      default_headers={"X-Route": "pool-a", "Authorization": "Bearer " + SECRET, "Api-Key": SECRET})
+    ident = b.cache_identity()
+    assert ident == {"base_url": "http://127.0.0.1:8000/v1?api-version=1&api_key=***",
+                     "extra_body": {"repetition_penalty": 1.1, "top_k": 5},
+                     "default_sampling_extra": {"top_k": 3},
+                     "default_headers": {"X-Route": "pool-a"}}
+    text = json.dumps(ident)  # JSON-safe
+    assert SECRET not in text and "pw" not in text
+    plain = OpenAIBackend("m", base_url="http://127.0.0.1:8000/v1")
+    assert plain.cache_identity() == {"base_url": "http://127.0.0.1:8000/v1"}
+    assert plain.cache_identity() != OpenAIBackend("m", base_url="http://127.0.0.1:8001/v1").cache_identity()

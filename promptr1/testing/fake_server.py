@@ -26,6 +26,11 @@ Faults (one per request, by ``schedule`` or with probability ``fault_rate``):
 ``"empty"``   HTTP 200 with ``"choices": []``
 ``"emptytext"`` HTTP 200 with an empty message content
 ``"badjson"`` HTTP 200 whose body is not valid JSON
+``"lengthcut"`` HTTP 200 with empty content, ``finish_reason: "length"`` and ``usage`` billing
+              ``max_tokens`` completion tokens (a model that spent its budget before answering)
+``"oversized"`` HTTP 200, a valid reply padded to ``oversize_bytes`` (with ``Content-Length``)
+``"oversized_chunked"`` the same body sent ``Transfer-Encoding: chunked`` (no length up front)
+``"oversized_gzip"`` the same body gzip-compressed (``Content-Encoding: gzip``): small on the wire
 ============  ====================================================================
 
 Latency (per request, seeded): a number of seconds, or one of :func:`constant`,
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gzip
 import hashlib
 import json
 import math
@@ -56,7 +62,10 @@ __all__ = [
     "uniform",
 ]
 
-FAULTS = ("429", "400", "401", "404", "500", "502", "503", "504", "hang", "drop", "empty", "emptytext", "badjson")
+FAULTS = ("429", "400", "401", "404", "500", "502", "503", "504", "hang", "drop", "empty", "emptytext", "badjson",
+          "lengthcut", "oversized", "oversized_chunked", "oversized_gzip")
+#: Completion tokens a ``"lengthcut"`` reply bills when the request has no ``max_tokens``.
+LENGTHCUT_DEFAULT_TOKENS = 612
 _STATUS_TEXT = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
     411: "Length Required", 413: "Payload Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
@@ -313,14 +322,22 @@ def _resolve(fut: asyncio.Future, value: bool) -> None:
 
 
 def _response_bytes(status: int, payload: Any, keep_alive: bool, extra_headers: Mapping[str, str] = (),
-                    raw: bytes | None = None) -> bytes:
+                    raw: bytes | None = None, *, encoding: str | None = None) -> bytes:
+    """One HTTP/1.1 response: the body with ``Content-Length``; ``encoding="gzip"`` compresses it first,
+    ``encoding="chunked"`` sends it in 64 KiB chunks with no length up front."""
     body = raw if raw is not None else json.dumps(payload).encode()
-    lines = [
-        f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Unknown')}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        f"Connection: {'keep-alive' if keep_alive else 'close'}",
-    ]
+    lines = [f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Unknown')}", "Content-Type: application/json"]
+    if encoding == "gzip":
+        body = gzip.compress(body, compresslevel=6, mtime=0)
+        lines.append("Content-Encoding: gzip")
+    if encoding == "chunked":
+        lines.append("Transfer-Encoding: chunked")
+        step = 64 * 1024
+        body = b"".join(b"%x\r\n" % len(body[i:i + step]) + body[i:i + step] + b"\r\n"
+                        for i in range(0, len(body), step)) + b"0\r\n\r\n"
+    else:
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append(f"Connection: {'keep-alive' if keep_alive else 'close'}")
     lines += [f"{k}: {v}" for k, v in dict(extra_headers).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -348,6 +365,8 @@ class FakeOpenAIServer:
         model: the id listed by ``GET /v1/models``.
         seed: seeds latency and fault draws.
         record_bodies: keep each request's JSON body in :attr:`records`.
+        oversize_bytes: the body size of the ``"oversized*"`` faults (before gzip), default 9 MiB
+            (just over the backend's default cap of 8 MiB).
 
     Use as a context manager (``with FakeOpenAIServer() as srv: srv.base_url``) or call
     :meth:`start` / :meth:`stop`. :meth:`stats` and :attr:`records` hold what the server
@@ -371,6 +390,7 @@ class FakeOpenAIServer:
         record_bodies: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        oversize_bytes: int = 9 * 1024 * 1024,
     ) -> None:
         bad = [f for f in faults if f not in FAULTS]
         if bad:
@@ -397,6 +417,7 @@ class FakeOpenAIServer:
         self.model = model
         self.seed = int(seed)
         self.record_bodies = record_bodies
+        self.oversize_bytes = int(oversize_bytes)
         self.host = host
         self._port = port
         self.records: list[RequestRecord] = []
@@ -548,10 +569,10 @@ class FakeOpenAIServer:
                 self._in_flight -= 1
 
     def _send(self, conn: _HTTPConnection, rec: RequestRecord, status: int, payload: Any, keep: bool,
-              headers: Mapping[str, str] = (), raw: bytes | None = None) -> bool:
+              headers: Mapping[str, str] = (), raw: bytes | None = None, encoding: str | None = None) -> bool:
         rec.status = status
         self._finish(rec)
-        conn.send(_response_bytes(status, payload, keep, headers, raw))
+        conn.send(_response_bytes(status, payload, keep, headers, raw, encoding=encoding))
         return keep
 
     async def _dispatch(self, conn: _HTTPConnection, req: _Request, rec: RequestRecord) -> bool:
@@ -614,11 +635,14 @@ class FakeOpenAIServer:
         if isinstance(max_tokens, int) and max_tokens > 0 and _count_tokens(text) > max_tokens:
             text = " ".join(text.split()[:max_tokens])
             finish = "length"
-        if fault == "emptytext":
+        if fault in ("emptytext", "lengthcut"):
             text = ""
         prompt_tokens = sum(_count_tokens(m.get("content", "")) for m in messages
                             if isinstance(m, Mapping) and isinstance(m.get("content", ""), str))
         completion_tokens = _count_tokens(text)
+        if fault == "lengthcut":
+            finish = "length"
+            completion_tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else LENGTHCUT_DEFAULT_TOKENS
         choices = [] if fault == "empty" else [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
         ]
@@ -631,4 +655,10 @@ class FakeOpenAIServer:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+        if fault is not None and fault.startswith("oversized"):
+            # a valid reply whose text pads the body to oversize_bytes
+            base = len(json.dumps(payload).encode())
+            choices[0]["message"]["content"] = text + " " + "x" * max(0, self.oversize_bytes - base - 1)
+            encoding = {"oversized_chunked": "chunked", "oversized_gzip": "gzip"}.get(fault)
+            return self._send(conn, rec, 200, payload, keep, encoding=encoding)
         return self._send(conn, rec, 200, payload, keep)

@@ -145,6 +145,7 @@ class GRPOConfig(RunSettings):
     """Consecutive steps above ``max_env_error_rate`` before training stops."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.eval_tasks is None:
             self.eval_tasks = []
         if not 0.0 <= float(self.max_env_error_rate) <= 1.0:

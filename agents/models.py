@@ -8,6 +8,7 @@ id or folder. Training, SFT and evaluation all load through :func:`load_policy`.
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from promptr1.agents.checkpoint import find_latest_checkpoint
 from promptr1.llm_backends.model_cache import MODELS, model_folder
 
-__all__ = ["MODELS", "load_policy", "resolve_dtype", "resolve_model_path", "sequence_logprobs"]
+__all__ = ["MODELS", "check_model_name", "load_policy", "resolve_dtype", "resolve_model_path", "sequence_logprobs"]
 
 def resolve_model_path(name: str) -> str:
     """``smollm2`` -> the cached SmolLM2-135M-Instruct folder; ``tiny`` -> the tiny test model;
@@ -29,6 +30,52 @@ def resolve_model_path(name: str) -> str:
         if ckpt is not None:
             return str(ckpt)
     return name
+
+
+#: The folder commands write their runs under by default: ``runs/NAME`` is a local path, never a hub id.
+RUNS_ROOT = "runs"
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_name(name: str, *, what: str = "model") -> None:
+    """Fail at once, in one line, for a model name that cannot load: a local-looking path that does not exist, or a
+    folder without a model (``config.json``) or a tokenizer. Cheap (no weights read), so that a command can check
+    every model it will need before its first expensive step. Names that look like Hugging Face ids pass through.
+
+    A name is local-looking when it starts with ``.``, ``/`` or ``~``, has more than one ``/``, or its first part is
+    a folder here or ``runs`` (where commands write by default): ``runs/x`` is never looked up on the hub. With
+    ``HF_HUB_OFFLINE=1`` an id that is not in the local hub cache fails here too.
+    """
+    if name in MODELS:
+        return
+    p = pathlib.Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise FileNotFoundError(f"{what} {name!r} is a file; expected a model folder (with config.json), a "
+                                    "training run folder, or a Hugging Face id.")
+        folder = pathlib.Path(resolve_model_path(str(p)))
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{what} {name!r} holds no model (no config.json) and no complete checkpoint; "
+                                    "give a model folder, a training run folder, or a Hugging Face id.")
+        if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+            raise FileNotFoundError(f"{what} {name!r}: {folder} holds a model but no tokenizer (none of "
+                                    f"{', '.join(_TOKENIZER_FILES)}); save it with tokenizer.save_pretrained(folder).")
+        return
+    parts = pathlib.PurePosixPath(name.replace("\\", "/")).parts
+    local = (name.startswith((".", "/", "~")) or len(parts) > 2
+             or (len(parts) == 2 and (parts[0] == RUNS_ROOT or pathlib.Path(parts[0]).is_dir())))
+    if not local and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            local = not isinstance(try_to_load_from_cache(name, "config.json"), str)
+        except Exception:  # an id the hub library rejects: let from_pretrained say why
+            local = False
+    if local:
+        raise FileNotFoundError(f"{what} {name!r}: no such folder. Give a model folder, a training run folder "
+                                "(its latest checkpoint is used), a registered name "
+                                f"({', '.join(sorted(MODELS))}), or a Hugging Face id (ORG/NAME).")
 
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,

@@ -84,9 +84,7 @@ class EvalConfig(RunSettings):
     """Write ``chart.png`` (matplotlib)."""
 
     def __post_init__(self) -> None:
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:  # RunSettings' own checks, should it get some
-            parent()
+        super().__post_init__()
         if not self.tasks:
             raise ValueError("EvalConfig needs at least one task source (--tasks FILE ... or positional files).")
         if not self.methods:

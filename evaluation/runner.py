@@ -321,6 +321,11 @@ def run_evaluation(
     players = {name: as_player(a, rollout=rollout, batch_size=cfg.batch_size, seed=cfg.seed, name=name)
                for name, a in (agents or {}).items()}
     methods = [parse_method(m, cfg.model) for m in cfg.methods]
+    from promptr1.agents.models import check_model_name
+
+    for m in methods:  # every agent resolves before the first call (a wrong path is one line, not a hub lookup)
+        if m.kind == "agent" and m.model not in players:
+            check_model_name(m.model, what=f"method {m.label!r}: agent model")
     data = _load_datasets(cfg, datasets)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,11 +385,10 @@ def _write_outputs(result: EvalResult, cfg: EvalConfig, out: Path) -> None:
         *(f"task type of `{name}`: {why}" for name, why in result.task_types.items()),
     ]
     result.paths["report"] = out / "report.md"
-    result.paths["report"].write_text(render_markdown(result.rows, result.averages, status=status, notes=notes),
-                                      encoding="utf-8")
+    atomic_write_text(result.paths["report"], render_markdown(result.rows, result.averages, status=status, notes=notes))
     result.paths["transcripts"] = out / "transcripts.jsonl"
     result.paths["summary"] = out / "summary.json"
-    result.paths["summary"].write_text(json.dumps(result.to_json(status), indent=2, default=str), encoding="utf-8")
+    atomic_write_text(result.paths["summary"], json.dumps(result.to_json(status), indent=2, default=str))
     if cfg.chart and result.rows:
         result.paths["chart"] = write_chart(result.rows, result.averages, out / "chart.png")
 

@@ -117,6 +117,21 @@ class RunSettings:
     progress: bool = True
     """Show a console progress bar."""
 
+    def __post_init__(self) -> None:
+        """Reject episode and decoding settings no run can use, when the settings are made (before any load)."""
+        positive = {"max_turns": self.max_turns, "max_response_chars": self.max_response_chars,
+                    "max_new_tokens": self.max_new_tokens, "max_seq_len": self.max_seq_len}
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= 1; got {value!r}.")
+        if self.env_max_tokens < 0:
+            raise ConfigError(f"--env-max-tokens must be >= 0 (0: no limit); got {self.env_max_tokens!r}.")
+        for name in ("temperature", "env_temperature"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (0: greedy); got {getattr(self, name)!r}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"--top-p must be in (0, 1]; got {self.top_p!r}.")
+
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~promptr1.envs.collab_env.PromptCollabEnv` for these settings: every
         env of a run (SFT demonstrations, training, evaluation) is built from the same ones."""

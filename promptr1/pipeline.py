@@ -97,6 +97,10 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
     import_plugins(cfg.plugins)  # 1. before anything that looks a name up
     cfg.loss_config()  # an unknown --algo or a bad loss setting fails here, before any model loads
     check_training_settings(cfg, given_backend=env_llm is not None)
+    if not cfg.resume:
+        from promptr1.agents.models import check_model_name
+
+        check_model_name(cfg.model, what="--model")
     if cfg.dry_run:
         print(dry_run_report(cfg), flush=True)
         return 0

@@ -1,13 +1,23 @@
-"""Shared test helpers: loading the repository's scripts (``benchmarks/``, ``examples/``) as modules.
+"""Shared test helpers: loading the repository's scripts (``benchmarks/``, ``examples/``) as modules; hypothesis
+profiles.
 
-Tests import it as ``from conftest import load_script`` (pytest puts ``tests/`` on the path).
+Tests import it as ``from conftest import load_script`` (pytest puts ``tests/`` on the path). Under CI (``CI`` set,
+as ``.ci/run`` runs) hypothesis is derandomized and keeps no example database, so a CI run is the same every time;
+elsewhere it explores new examples on every run.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import pathlib
+import os
 from types import ModuleType
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

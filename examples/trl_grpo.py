@@ -22,6 +22,10 @@ from typing import Any
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL; we know
 
 
+#: What the final save writes (besides tokenizer files): an earlier run's are never overwritten unasked.
+SAVED_MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json", "training_args.bin")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -52,7 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3)
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--output-dir", default="runs/trl-grpo")
+    p.add_argument("--output-dir", default="runs/trl-grpo",
+                   help="the trained model and tokenizer are saved here at the end (and checkpoints, see --save-steps)")
+    p.add_argument("--save-steps", type=int, default=0,
+                   help="also write a checkpoint every N steps (0: only the final model)")
+    p.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept (the newest)")
+    p.add_argument("--resume", default="", help="'auto': continue from the newest checkpoint in --output-dir; or a "
+                   "checkpoint folder")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --output-dir that holds an earlier run")
     p.add_argument("--report-to", default="none", help="none, tensorboard, wandb, ...")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -69,6 +80,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from promptr1.integrations.trl import env_reward, make_rollout_func, tasks_to_dataset
 
     a = parse_args(argv)
+    from promptr1.agents.checkpoint import claim_output_dir
+
+    # never write over an earlier run: its checkpoints and its saved model
+    claim_output_dir(a.output_dir, resume=a.resume, overwrite=a.overwrite, names=SAVED_MODEL_FILES,
+                     command="examples/trl_grpo.py")
     tasks = list(load_tasks(a.tasks, split="train"))
     if a.questions > 0:
         tasks = tasks[: a.questions]
@@ -89,7 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bf16=a.bf16, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=a.gradient_checkpointing,
         use_vllm=a.use_vllm, vllm_mode=a.vllm_mode, vllm_server_base_url=a.vllm_server_base_url,
         vllm_gpu_memory_utilization=a.vllm_gpu_memory_utilization, vllm_max_model_length=a.max_seq_len,
-        mask_truncated_completions=False, logging_steps=1, save_strategy="no", report_to=a.report_to,
+        mask_truncated_completions=False, logging_steps=1, report_to=a.report_to,
+        save_strategy="steps" if a.save_steps > 0 else "no", save_steps=max(a.save_steps, 1),
+        save_total_limit=a.save_total_limit,
         seed=a.seed, disable_tqdm=True,
     )
     # the same env settings for the dataset's prompts and the rollout's envs
@@ -101,7 +119,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rollout_func=make_rollout_func(tasks, env_llm=a.env_llm, env_kwargs=env_kwargs,
                                        max_new_tokens=a.max_new_tokens, max_seq_len=a.max_seq_len),
     )
-    trainer.train()
+    resume: bool | str | None = None
+    if a.resume:
+        resume = True if a.resume == "auto" else a.resume
+    trainer.train(resume_from_checkpoint=resume)
+    # The trained model and its tokenizer, loadable by from_pretrained and by `promptr1 eval agent:OUTPUT_DIR`
+    trainer.save_model(a.output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(a.output_dir)
+        print(f"saved the trained model and tokenizer to {a.output_dir}")
     logs = [h for h in trainer.state.log_history if "loss" in h]
     last = logs[-1] if logs else {}
     if trainer.accelerator.is_main_process:

@@ -444,8 +444,28 @@ def test_missing_trl_names_the_install_command(monkeypatch):
     assert importlib.import_module("promptr1.integrations.trl") is not None
 
 
-def test_example_runs_one_step_on_cpu(tmp_path):
+def test_example_runs_saves_and_its_output_evaluates(tmp_path, capsys):
     ex = load_script("examples/trl_grpo.py")
-    logs = ex.main(["--max-steps", "1", "--num-generations", "2", "--batch-size", "2", "--max-new-tokens", "8",
-                    "--questions", "2", "--output-dir", str(tmp_path / "run")])
+    out = tmp_path / "run"
+    argv = ["--max-steps", "2", "--num-generations", "2", "--batch-size", "2", "--max-new-tokens", "8",
+            "--questions", "2", "--output-dir", str(out), "--save-steps", "1"]
+    logs = ex.main(argv)
     assert "rewards/env_reward/mean" in logs and "reward/format" in logs
+    # the final model and tokenizer, and the scheduled checkpoints (save_total_limit 2)
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert (out / "tokenizer_config.json").is_file() or (out / "tokenizer.json").is_file()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    # a second run into the same folder is refused; the saved model is untouched
+    saved = (out / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="earlier run"):
+        ex.main(argv)
+    assert (out / "model.safetensors").read_bytes() == saved
+    # what docs/integrations-trl.md shows: evaluate the output folder with `promptr1 eval`
+    from promptr1.cli import main
+
+    capsys.readouterr()
+    rc = main(["eval", "synthetic", "--methods", f"trained=agent:{out}", "--env-llm", "sim", "--limit", "2",
+               "--max-turns", "2", "--max-new-tokens", "8", "--output-dir", str(tmp_path / "eval"), "--chart",
+               "false", "--progress", "false"])
+    assert rc == 0, capsys.readouterr().err
+    assert "trained" in (tmp_path / "eval" / "report.md").read_text()

@@ -55,7 +55,8 @@ class EnvLLMError(RuntimeError):
 
     ``kind`` is a short machine-readable reason (``"timeout"``, ``"rate_limit"``,
     ``"server_error"``, ``"connection"``, ``"empty_reply"``, ``"malformed_reply"``, ``"bad_request"``,
-    ``"deadline"``, ``"replay_miss"``, ``"error"``); ``attempts`` is how many calls were made.
+    ``"deadline"``, ``"replay_miss"``, ``"max_tokens"`` (an empty reply cut by ``max_tokens``), ``"response_too_large"``,
+    ``"budget"``, ``"error"``); ``attempts`` is how many calls were made.
 
     ``prompt_tokens``, ``completion_tokens`` and ``cost_usd`` add up what the failed attempts were billed for
     (servers report usage on a reply they then fail, e.g. an empty reply cut by ``max_tokens``); a budget counts

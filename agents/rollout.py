@@ -23,11 +23,12 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from promptr1.agents.episode import Episode, env_step, record_step, start_episode
 from promptr1.tags import STOP_STRINGS
 
 __all__ = [
@@ -47,9 +48,6 @@ __all__ = [
 
 #: An agent turn ends at the closing tag of a request or of an answer (or at the EOS token).
 DEFAULT_STOP_STRINGS: tuple[str, ...] = STOP_STRINGS
-
-#: Reward given to an episode cut short because it outgrew ``max_seq_len`` (the lowest reward).
-OVERFLOW_REWARD = -1.0
 
 
 class TemplateError(ValueError):
@@ -449,54 +447,6 @@ class RolloutConfig:
     batch_wait_s: float = 0.05
 
 
-@dataclass
-class Episode:
-    """One multi-turn episode as tokens, with what the environment said about it."""
-
-    task: Any
-    group: int
-    ids: list[int] = field(default_factory=list)
-    mask: list[int] = field(default_factory=list)  # 1 on agent tokens
-    logp: list[float] = field(default_factory=list)  # sampler log-prob on agent tokens, 0 elsewhere
-    prompt_len: int = 0
-    messages: list[dict[str, str]] = field(default_factory=list)
-    reward: float = 0.0
-    components: dict[str, Any] = field(default_factory=dict)
-    turns: int = 0
-    done: bool = False
-    terminated: bool = False
-    truncated: bool = False
-    overflow: bool = False
-    env_error: str | None = None
-    episode_stats: dict[str, Any] = field(default_factory=dict)
-    gen_tokens: int = 0
-    segments: list[tuple[list[int], bool]] = field(default_factory=list)
-    """``(token_ids, is_agent)`` in order: the input of :func:`promptr1.agents.masks.build_action_mask`."""
-    prefill: str = ""
-    """Text the next agent turn opens with (the framing's prefill, already in ``ids`` as context)."""
-    cache: Any = field(default=None, repr=False)
-    """The KV cache of a prefix of ``ids`` kept between turns (``kv_reuse``); dropped when the episode ends."""
-
-    def add(self, ids: Sequence[int], is_agent: bool, logps: Sequence[float] | None = None) -> None:
-        """Append a segment: agent tokens (with their sampler log-probs) or context tokens."""
-        ids = list(ids)
-        self.segments.append((ids, bool(is_agent)))
-        self.ids += ids
-        self.mask += [int(bool(is_agent))] * len(ids)
-        self.logp += list(logps) if logps is not None else [0.0] * len(ids)
-
-    @property
-    def num_action_tokens(self) -> int:
-        return int(sum(self.mask))
-
-
-async def _env_step(env: Any, action: str):
-    astep = getattr(env, "astep", None)
-    if astep is not None:
-        return await astep(action)
-    return await asyncio.to_thread(env.step, action)
-
-
 def run_episodes(
     model: Any,
     tokenizer: Any,
@@ -560,51 +510,17 @@ async def arun_episodes(
     timings.setdefault("generate_s", 0.0)
     timings.setdefault("env_s", 0.0)
     eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    episodes: list[Episode] = []
-    for i, (env, task, g) in enumerate(zip(envs, tasks, groups)):
-        _, info = env.reset(seed=None if seed is None else seed + i, options={"task": task})
-        ep = Episode(task=task, group=int(g))
-        ep.messages = [dict(m) for m in info["messages"]]
-        ep.add(framer.prompt_ids(ep.messages), False)
-        ep.prompt_len = len(ep.ids)
-        if ep.prompt_len >= cfg.max_seq_len:
-            raise ValueError(
-                f"the opening prompt of task {getattr(task, 'id', '?')!r} is {ep.prompt_len} tokens, not below "
-                f"max_seq_len={cfg.max_seq_len}; raise max_seq_len."
-            )
-        episodes.append(ep)
+    episodes = [start_episode(env, task, group=g, seed=None if seed is None else seed + i, framer=framer,
+                              max_seq_len=cfg.max_seq_len)
+                for i, (env, task, g) in enumerate(zip(envs, tasks, groups))]
 
     def apply(k: int, s: Any, text: str, result: tuple) -> None:
         """Record env step ``result`` of episode ``k``; leaves it done or waiting for its next turn."""
-        obs, reward, terminated, truncated, info = result
-        ep = episodes[k]
-        ep.turns += 1
-        history = ep.messages
-        ep.messages = history + [{"role": "assistant", "content": text}]
-        if terminated or truncated:
-            ep.cache = None
-            ep.done, ep.terminated, ep.truncated = True, bool(terminated), bool(truncated)
-            ep.reward = float(reward)
-            ep.components = dict(info.get("reward_components") or {})
-            ep.env_error = info.get("env_error")
-            ep.episode_stats = dict(info.get("episode") or {})
-            return
-        ended_with_eos = bool(s.ids) and s.ids[-1] in eos_ids
-        ep.prefill = str(info.get("turn_prefill") or "")
-        frame = framer.reply_text(history, text, obs, ended_with_eos) + ep.prefill
-        reply_ids = framer.encode(frame)
-        ep.messages.append({"role": "user", "content": obs})
-        if len(ep.ids) + len(reply_ids) + 1 >= cfg.max_seq_len:
-            # No room for another agent turn: end the episode here with the lowest reward.
-            ep.cache = None
-            ep.done, ep.truncated, ep.overflow = True, True, True
-            ep.reward = OVERFLOW_REWARD
-            ep.components = {"total": OVERFLOW_REWARD, "overflow": True}
-            return
-        ep.add(reply_ids, False)
+        record_step(episodes[k], text, result, framer=framer, ended_with_eos=bool(s.ids) and s.ids[-1] in eos_ids,
+                    max_seq_len=cfg.max_seq_len)
 
     async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, tuple]:
-        return k, s, text, await _env_step(envs[k], text)
+        return k, s, text, await env_step(envs[k], text)
 
     ready = list(range(len(episodes)))  # episodes waiting for their next agent turn
     pending: set[asyncio.Task] = set()  # env steps in flight

@@ -21,33 +21,20 @@ import torch
 
 from promptr1.agents.config import SFTConfig
 from promptr1.config import config_to_dict
-from promptr1.agents.rollout import ChatFramer, collate_episodes, Episode
+from promptr1.agents.episode import Episode, agent_turn, record_step, start_episode
+from promptr1.agents.rollout import ChatFramer, collate_episodes
 
 __all__ = ["build_sft_example", "run_sft", "sft_examples"]
 
 
-def build_sft_example(env: Any, task: Any, turns: Sequence[str], framer: ChatFramer,
-                      eos_ids: Sequence[int] = ()) -> Episode:
-    """Play ``turns`` in ``env`` on ``task``; return the token sequence with agent tokens masked in."""
-    _, info = env.reset(options={"task": task})
-    ep = Episode(task=task, group=0)
-    ep.messages = [dict(m) for m in info["messages"]]
-    ep.add(framer.prompt_ids(ep.messages), False)
-    ep.prompt_len = len(ep.ids)
+def build_sft_example(env: Any, task: Any, turns: Sequence[str], framer: ChatFramer) -> Episode:
+    """Play ``turns`` in ``env`` on ``task`` through the episode engine; return the token sequence with agent
+    tokens masked in (laid out as a rollout's, the framing's prefill included)."""
+    ep = start_episode(env, task, framer=framer)
     for turn in turns:
-        ep.add(framer.encode(turn), True)
-        obs, reward, terminated, truncated, info = env.step(turn)
-        history = ep.messages
-        ep.messages = history + [{"role": "assistant", "content": turn}]
-        ep.turns += 1
-        if terminated or truncated:
-            ep.reward = float(reward)
-            ep.components = dict(info.get("reward_components") or {})
-            ep.env_error = info.get("env_error")
+        text = agent_turn(ep, turn, framer)
+        if not record_step(ep, text, env.step(text), framer=framer):
             break
-        reply = framer.encode(framer.reply_text(history, turn, obs, False))
-        ep.messages.append({"role": "user", "content": obs})
-        ep.add(reply, False)
     return ep
 
 
@@ -173,9 +160,9 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     if acc.is_main_process:
         from promptr1.agents.checkpoint import write_checkpoint
 
-        final = write_checkpoint(out, cfg.steps, model=acc.unwrap_model(model), tokenizer=tokenizer, optimizer=None,
-                                 scheduler=None, trainer_state={"kind": "sft", "config": config_to_dict(cfg),
-                                                                "final_nll": losses[-1] if losses else math.nan})
+        write_checkpoint(out, cfg.steps, model=acc.unwrap_model(model), tokenizer=tokenizer, optimizer=None,
+                         scheduler=None, trainer_state={"kind": "sft", "config": config_to_dict(cfg),
+                                                        "final_nll": losses[-1] if losses else math.nan})
     acc.wait_for_everyone()
     dropped = f" ({len(pool) - len(examples)} of {len(pool)} dropped)" if len(examples) < len(pool) else ""
     log(f"sft: {cfg.steps} steps on {len(examples)} demonstrations{dropped} in {time.perf_counter() - t0:.1f}s; "

@@ -29,6 +29,7 @@ import gymnasium as gym
 from promptr1.envs.framing import FRAMINGS, Framing
 from promptr1.envs.protocol import ParsedTurn, parse_turn
 from promptr1.envs.spaces import UnicodeText
+from promptr1.envs.step_info import StepInfo
 from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, make_backend
 from promptr1.rewards import ANSWER_METRICS, REWARD_VARIANTS, answer_metric_for, compute_reward
@@ -303,9 +304,9 @@ class PromptCollabEnv(gym.Env):
             return self._end(pending.parsed, terminated=False, truncated=True,
                              action_truncated=pending.action_truncated, completion=completion, out_of_turns=True)
         self.messages.append({"role": "user", "content": obs})
-        info = self._info(pending.parsed, pending.action_truncated, completion)
-        info["turn_prefill"] = self.framing.turn_prefill  # what the agent's next turn opens with
-        return self._fit_obs(obs), 0.0, False, False, info
+        info = dataclasses.replace(self._info(pending.parsed, pending.action_truncated, completion),
+                                   turn_prefill=self.framing.turn_prefill)  # what the agent's next turn opens with
+        return self._fit_obs(obs), 0.0, False, False, info.to_info()
 
     def _end(self, parsed: ParsedTurn, *, terminated: bool, truncated: bool, action_truncated: bool,
              completion: Completion | None = None, out_of_turns: bool = False):
@@ -320,27 +321,27 @@ class PromptCollabEnv(gym.Env):
         breakdown = compute_reward(blocks, self.task.answers, variant=self.reward_variant,
                                    answer_metric=answer_metric_for(self.answer_metric, self.task.ability))
         self.last_reward_components = breakdown.as_dict()
-        info = self._info(parsed, action_truncated, completion)
-        info["reward_components"] = self.last_reward_components
-        info["episode"] = {"r": breakdown.total, "l": self.turn, **self.episode_stats}
-        return "", float(breakdown.total), terminated, truncated, info
+        info = dataclasses.replace(self._info(parsed, action_truncated, completion),
+                                   reward_components=self.last_reward_components,
+                                   episode={"r": breakdown.total, "l": self.turn, **self.episode_stats})
+        return "", float(breakdown.total), terminated, truncated, info.to_info()
 
-    def _info(self, parsed: ParsedTurn, action_truncated: bool, completion: Completion | None) -> dict[str, Any]:
-        return {
-            "task_id": self.task.id if self.task else "",
-            "turn": self.turn,
-            "turn_kind": parsed.kind,
-            "parsed_prompt": parsed.prompt,
-            "answer": parsed.answer,
-            "tool_call": parsed.tool_call,
-            "action_truncated": action_truncated,
-            "env_error": self.env_error,
-            "env_llm_latency_s": completion.latency_s if completion else 0.0,
-            "env_llm_tokens": (completion.prompt_tokens + completion.completion_tokens) if completion else 0,
-            "env_llm_attempts": completion.attempts if completion else 0,
-            "env_llm_cached": bool(completion.cached) if completion else False,
-            "env_system_prompt": self.env_system_prompt,
-        }
+    def _info(self, parsed: ParsedTurn, action_truncated: bool, completion: Completion | None) -> StepInfo:
+        return StepInfo(
+            task_id=self.task.id if self.task else "",
+            turn=self.turn,
+            turn_kind=parsed.kind,
+            parsed_prompt=parsed.prompt,
+            answer=parsed.answer,
+            tool_call=parsed.tool_call,
+            action_truncated=action_truncated,
+            env_error=self.env_error,
+            env_llm_latency_s=completion.latency_s if completion else 0.0,
+            env_llm_tokens=(completion.prompt_tokens + completion.completion_tokens) if completion else 0,
+            env_llm_attempts=completion.attempts if completion else 0,
+            env_llm_cached=bool(completion.cached) if completion else False,
+            env_system_prompt=self.env_system_prompt,
+        )
 
     def _fit_obs(self, obs: str) -> str:
         return obs if len(obs) <= self.max_observation_chars else obs[: self.max_observation_chars]

@@ -68,6 +68,7 @@ from promptr1.envs.decompose import (
     innermost_phrase,
     parse_word_problem,
 )
+from promptr1.envs.step_info import StepInfo
 from promptr1.registry import UnknownNameError, did_you_mean
 from promptr1.rewards.embedders import Embedder, make_embedder
 from promptr1.tags import RESPONSE_CLOSE, RESPONSE_OPEN, answer_turn, prompt_turn
@@ -270,7 +271,7 @@ class StrategyWrapper(gym.Env):
         if terminated or truncated:
             self._done = True
         else:
-            prompt = info.get("parsed_prompt") or ""
+            prompt = StepInfo.from_info(info).parsed_prompt or ""
             reply = obs_text
             if reply.startswith(RESPONSE_OPEN) and reply.endswith(RESPONSE_CLOSE):
                 reply = reply[len(RESPONSE_OPEN):-len(RESPONSE_CLOSE)]

@@ -22,7 +22,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from promptr1.agents.rollout import ChatFramer, Episode, RolloutConfig, arun_episodes, rollout_config
+from promptr1.agents.episode import Episode, env_step, record_step, start_episode
+from promptr1.agents.rollout import ChatFramer, RolloutConfig, arun_episodes, rollout_config
 
 __all__ = [
     "AgentPolicy",
@@ -108,13 +109,6 @@ class ModelPolicy:
         return f"ModelPolicy({self.name!r}, temperature={self.rollout.temperature})"
 
 
-async def _env_step(env: Any, action: str) -> tuple:
-    astep = getattr(env, "astep", None)
-    if astep is not None:
-        return await astep(action)
-    return await asyncio.to_thread(env.step, action)
-
-
 class TextPolicyPlayer:
     """Plays an :class:`AgentPolicy` (text in, text out): episodes advance independently, and the
     policy is asked for the turns of up to ``batch_size`` waiting episodes at once while the other
@@ -129,15 +123,11 @@ class TextPolicyPlayer:
     async def aplay(self, envs: Sequence[Any], tasks: Sequence[Any], *, seed: int | None = None) -> list[Episode]:
         if len(envs) != len(tasks):
             raise ValueError(f"envs and tasks must have equal lengths, got {len(envs)} and {len(tasks)}.")
-        episodes: list[Episode] = []
-        for i, (env, task) in enumerate(zip(envs, tasks)):
-            _, info = env.reset(seed=None if seed is None else seed + i, options={"task": task})
-            ep = Episode(task=task, group=i)
-            ep.messages = [dict(m) for m in info["messages"]]
-            episodes.append(ep)
+        episodes = [start_episode(env, task, group=i, seed=None if seed is None else seed + i)
+                    for i, (env, task) in enumerate(zip(envs, tasks))]
 
         async def step(k: int, action: str) -> tuple[int, str, tuple]:
-            return k, action, await _env_step(envs[k], action)
+            return k, action, await env_step(envs[k], action)
 
         ready = list(range(len(episodes)))
         pending: set[asyncio.Future] = set()
@@ -152,18 +142,8 @@ class TextPolicyPlayer:
             if pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for fut in sorted(done, key=lambda f: f.result()[0]):
-                    k, action, (obs, reward, terminated, truncated, info) = fut.result()
-                    ep = episodes[k]
-                    ep.turns += 1
-                    ep.messages.append({"role": "assistant", "content": action})
-                    if terminated or truncated:
-                        ep.done, ep.terminated, ep.truncated = True, bool(terminated), bool(truncated)
-                        ep.reward = float(reward)
-                        ep.components = dict(info.get("reward_components") or {})
-                        ep.env_error = info.get("env_error")
-                        ep.episode_stats = dict(info.get("episode") or {})
-                    else:
-                        ep.messages.append({"role": "user", "content": obs})
+                    k, action, result = fut.result()
+                    if record_step(episodes[k], action, result):
                         ready.append(k)
         return episodes
 

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from promptr1.envs.step_info import StepInfo
+
 __all__ = ["main", "read_turns"]
 
 
@@ -102,8 +104,8 @@ def _play_episode(env, turns: Iterator[str], *, seed: int, task_index: int | Non
         "turns": list(env.turns),
         "finished": done,
         "reward": reward if done else None,
-        "reward_components": step_info.get("reward_components"),
-        "env_error": step_info.get("env_error"),
+        "reward_components": StepInfo.from_info(step_info).reward_components,
+        "env_error": StepInfo.from_info(step_info).env_error,
     }
     if as_json:
         print(json.dumps(record, ensure_ascii=False))
@@ -114,7 +116,7 @@ def _play_episode(env, turns: Iterator[str], *, seed: int, task_index: int | Non
         elif not interactive:
             pass
         if interactive and done:
-            rc = step_info["reward_components"]
+            rc = StepInfo.from_info(step_info).reward_components
             print(f"reward {reward:+.3f}  (format {rc['format']:.2f}, answer {rc['answer']:.3f}); gold: "
                   + " | ".join(env.task.answers))
     return record

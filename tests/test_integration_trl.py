@@ -412,8 +412,8 @@ def test_vllm_sampler_converts_colocate_and_server_outputs(monkeypatch, tiny_pat
         ptrl.VLLMTurnSampler(types.SimpleNamespace(vllm_generation=sleepy))
 
 
-def test_custom_sampler_routes_our_rollout_and_is_restored(tiny_path):
-    """The bridge that lets vLLM (or any engine) generate inside our rollout restores the module's sampler."""
+def test_custom_sampler_generates_every_turn_of_our_rollout(tiny_path):
+    """Another engine (vLLM, or any function with sample_turns' signature) generates inside our rollout."""
     from promptr1.agents import rollout as rollout_module
 
     model, tok = load_tiny(tiny_path)
@@ -425,9 +425,8 @@ def test_custom_sampler_routes_our_rollout_and_is_restored(tiny_path):
         calls.append(len(prompts))
         return sample_turns(forced, t, prompts, **kw)
 
-    with ptrl._turns_sampled_by(sampler):
-        eps = run_episodes(None, tok, [PromptCollabEnv(task=TASKS, env_llm="echo")], [TASKS[0]], [0],
-                           RolloutConfig(max_new_tokens=64))
+    eps = run_episodes(None, tok, [PromptCollabEnv(task=TASKS, env_llm="echo")], [TASKS[0]], [0],
+                       RolloutConfig(max_new_tokens=64), sampler=sampler)
     assert rollout_module.sample_turns is original
     assert calls == [1, 1] and eps[0].turns == 2 and eps[0].terminated
 

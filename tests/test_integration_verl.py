@@ -269,3 +269,26 @@ def test_missing_verl_names_the_install_command(monkeypatch):
     monkeypatch.delitem(sys.modules, "promptr1.integrations.verl")
     with pytest.raises(ImportError, match=r"pip install 'prompt-r1\[verl\]'"):
         importlib.import_module("promptr1.integrations.verl")
+
+
+@pytest.mark.parametrize("framing", ["ours", "reference"])
+def test_verl_loop_plays_the_episode_every_other_path_plays(framing):
+    """The fifth path of tests/test_episode_engine.py: verl's per-episode loop, fed the same scripted agent tokens
+    (plus server garbage after the stop, which the loop cuts), gives the training rollout's episode exactly."""
+    from test_episode_engine import TASK, MAX_SEQ_LEN, agent_ids, make_env, play_rollout, summary
+    from transformers import AutoTokenizer
+
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path())
+    turns = iter(agent_ids(framing, tok))
+
+    async def generate(ids, max_tokens):
+        out = next(turns)
+        if framing == "ours":  # a server that runs past the stop string; the loop cuts at our stop
+            out = out + tok(GARBAGE, add_special_tokens=False)["input_ids"]
+        return out, [-0.5] * len(out), {}
+
+    ep = asyncio.run(pverl.play_episode(make_env(framing), TASK, tok, generate, max_new_tokens=64,
+                                        max_seq_len=MAX_SEQ_LEN))
+    assert summary(ep) == summary(play_rollout(framing, tok))

@@ -46,8 +46,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
-import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -69,7 +67,6 @@ from promptr1.agents.rollout import (
     Episode,
     RolloutConfig,
     SampledTurn,
-    arun_episodes,
     run_episodes,
 )
 from promptr1.agents.seeding import derived_seed
@@ -488,31 +485,6 @@ class VLLMTurnSampler:
         return turns
 
 
-_SAMPLER_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _turns_sampled_by(sampler: Callable[..., list[SampledTurn]]) -> Iterator[None]:
-    """Route :mod:`promptr1.agents.rollout`'s turn sampling through ``sampler`` while the block runs.
-
-    A bridge: ``arun_episodes`` has no parameter for another generation engine yet, and it samples
-    through the module's ``sample_turns``. Once it takes ``sampler=``, :meth:`PromptR1Rollout._play`
-    passes it directly and this is not used.
-    """
-    from promptr1.agents import rollout as rollout_module
-
-    if not _SAMPLER_LOCK.acquire(blocking=False):
-        raise RuntimeError("another promptr1 rollout with a custom sampler is running in this process; run them one at a time.")
-    original = rollout_module.sample_turns
-    rollout_module.sample_turns = sampler
-    try:
-        yield
-    finally:
-        rollout_module.sample_turns = original
-        _SAMPLER_LOCK.release()
-
-
-_ROLLOUT_TAKES_SAMPLER = "sampler" in inspect.signature(arun_episodes).parameters
 
 
 # ----------------------------------------------------------------------------- the rollout function
@@ -652,15 +624,8 @@ class PromptR1Rollout:
         self.last_timings = timings
 
         def play() -> list[Episode]:
-            if sampler is None:
-                return run_episodes(model, tokenizer, envs, tasks, groups, cfg, framer=framer,
-                                    generator=generator, timings=timings)
-            if _ROLLOUT_TAKES_SAMPLER:
-                return asyncio.run(arun_episodes(model, tokenizer, envs, tasks, groups, cfg, framer=framer,
-                                                 generator=generator, timings=timings, sampler=sampler))
-            with _turns_sampled_by(sampler):
-                return run_episodes(model, tokenizer, envs, tasks, groups, cfg, framer=framer,
-                                    generator=generator, timings=timings)
+            return run_episodes(model, tokenizer, envs, tasks, groups, cfg, framer=framer, generator=generator,
+                                timings=timings, sampler=sampler)
 
         try:
             asyncio.get_running_loop()

@@ -37,7 +37,6 @@ advantage estimator.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pathlib
 import threading
@@ -59,7 +58,8 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 import torch
 
-from promptr1.agents.rollout import OVERFLOW_REWARD, ChatFramer, Episode
+from promptr1.agents.episode import Episode, env_step, record_step, start_episode
+from promptr1.agents.rollout import ChatFramer
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.framing import FRAMINGS
 from promptr1.envs.tasks import Task, assign_types, split_prompt
@@ -115,13 +115,6 @@ def cut_at_stop(tokenizer: Any, ids: Sequence[int], stop_strings: Sequence[str],
     return len(out)
 
 
-async def _astep(env: Any, action: str) -> tuple:
-    astep = getattr(env, "astep", None)
-    if astep is not None:
-        return await astep(action)
-    return await asyncio.to_thread(env.step, action)
-
-
 async def play_episode(
     env: Any,
     task: Task,
@@ -153,14 +146,10 @@ async def play_episode(
         if stop_strings is None:
             stop_strings = FRAMINGS.get("ours").stop_strings
     eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    _, info = env.reset(seed=seed, options={"task": task})
-    ep = Episode(task=task, group=0)
-    ep.messages = [dict(m) for m in info["messages"]]
-    ep.add(framer.prompt_ids(ep.messages), False)
-    ep.prompt_len = len(ep.ids)
-    if ep.prompt_len >= max_seq_len:
-        raise ValueError(f"the opening prompt of task {task.id!r} is {ep.prompt_len} tokens, not below "
-                         f"max_seq_len={max_seq_len}; raise it (verl: data.max_prompt_length / max_response_length).")
+    try:
+        ep = start_episode(env, task, seed=seed, framer=framer, max_seq_len=max_seq_len)
+    except ValueError as e:
+        raise ValueError(f"{e} (verl: data.max_prompt_length / max_response_length)") from None
     while True:
         budget = min(max_new_tokens, max_seq_len - len(ep.ids))
         t0 = time.perf_counter()
@@ -174,29 +163,11 @@ async def play_episode(
         ep.gen_tokens += len(ids)
         text = ep.prefill + tokenizer.decode(ids, skip_special_tokens=True)
         t0 = time.perf_counter()
-        obs, reward, terminated, truncated, step_info = await _astep(env, text)
+        result = await env_step(env, text)
         timings["env_s"] += time.perf_counter() - t0
-        ep.turns += 1
-        history = ep.messages
-        ep.messages = history + [{"role": "assistant", "content": text}]
-        if terminated or truncated:
-            ep.done, ep.terminated, ep.truncated = True, bool(terminated), bool(truncated)
-            ep.reward = float(reward)
-            ep.components = dict(step_info.get("reward_components") or {})
-            ep.env_error = step_info.get("env_error")
-            ep.episode_stats = dict(step_info.get("episode") or {})
+        if not record_step(ep, text, result, framer=framer, ended_with_eos=bool(ids) and ids[-1] in eos_ids,
+                           max_seq_len=max_seq_len):
             return ep
-        ended_with_eos = bool(ids) and ids[-1] in eos_ids
-        ep.prefill = str(step_info.get("turn_prefill") or "")
-        frame = framer.reply_text(history, text, obs, ended_with_eos) + ep.prefill
-        reply_ids = framer.encode(frame)
-        ep.messages.append({"role": "user", "content": obs})
-        if len(ep.ids) + len(reply_ids) + 1 >= max_seq_len:
-            ep.done, ep.truncated, ep.overflow = True, True, True
-            ep.reward = OVERFLOW_REWARD
-            ep.components = {"total": OVERFLOW_REWARD, "overflow": True}
-            return ep
-        ep.add(reply_ids, False)
 
 
 def _num(x: Any) -> float:

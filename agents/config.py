@@ -108,7 +108,7 @@ class GRPOConfig(RunSettings):
     eval_warm_start: bool = True
     """Also evaluate the policy right after the SFT warm-start (separates SFT's gain from RL's)."""
 
-    # --- validation during training; the env LLM's budget, cache and limits (``promptr1 train`` only)
+    # --- validation during training (``promptr1 train`` only)
     eval_every: int = 0
     """Validate the live policy every N steps (and before the first, see ``eval_before_train``) on ``eval_tasks``
     (empty: the test split of ``tasks``), greedy, through the evaluation wing; logged under ``eval/`` (ref: 10;
@@ -117,24 +117,6 @@ class GRPOConfig(RunSettings):
     """With ``eval_every``: validate before the first step too (ref: yes)."""
     eval_limit: int = 0
     """Questions per validation dataset (its first ones); 0: all."""
-    max_calls: int | None = None
-    """Stop cleanly at the end of the step in which this many uncached env-LLM calls were made: checkpoint, exit
-    code 3; ``--resume auto`` continues with a fresh budget. Refused calls flag their episodes (dropped)."""
-    max_cost: float | None = None
-    """Same, once the env LLM's cost reaches this many USD (the cost comes from a price: ``env_price_per_1k``)."""
-    cache: str | None = None
-    """Record/replay cache file for env-LLM calls (SQLite); cached replies are free and not counted."""
-    cache_mode: str = "replay-or-record"
-    """``replay-or-record``, ``replay`` (a miss is an env error), ``record`` or ``off``."""
-    env_max_concurrency: int | None = None
-    """Env-LLM requests in flight at once (backends that take ``max_concurrency``: ``openai``); None: theirs."""
-    env_rpm: float | None = None
-    """Env-LLM requests per minute (backends that take ``rpm``: ``openai``); None: no limit."""
-    env_tpm: float | None = None
-    """Env-LLM tokens per minute (backends that take ``tpm``: ``openai``); None: no limit."""
-    env_price_per_1k: list[float] = None  # type: ignore[assignment]
-    """Two numbers, USD per 1,000 input and per 1,000 output tokens (backends that take ``price_per_1k``:
-    ``openai``): the cost that ``max_cost`` and ``--dry-run`` count."""
     dry_run: bool = False
     """Print the expected env-LLM calls, tokens and cost per step and for the run, then exit (no model loaded)."""
     max_env_error_rate: float = 0.5

@@ -92,7 +92,7 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     from promptr1.agents.seeding import seed_everything
     from promptr1.envs.collab_env import PromptCollabEnv
     from promptr1.envs.tasks import load_tasks
-    from promptr1.llm_backends import make_backend
+    from promptr1.llm_backends import from_settings
 
     from promptr1.agents.checkpoint import claim_output_dir
 
@@ -108,7 +108,7 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     if demo is None:
         from promptr1.envs.demonstrations import demonstration as demo  # type: ignore[no-redef]
     tasks = list(tasks) if tasks is not None else list(load_tasks(cfg.tasks, split="train"))
-    backend = env_llm if env_llm is not None else make_backend(cfg.env_llm)
+    backend = env_llm if env_llm is not None else from_settings(cfg)[0]
     n_needed = cfg.steps * cfg.batch_size
     pool = [tasks[i % len(tasks)] for i in range(min(n_needed, len(tasks)))]
     t0 = time.perf_counter()

@@ -93,7 +93,8 @@ class GRPOTrainer:
     Args:
         cfg: the :class:`GRPOConfig`.
         model, tokenizer: an already loaded policy (default: load ``cfg.model``).
-        env_llm: an LLMBackend instance (default: ``make_backend(cfg.env_llm)``).
+        env_llm: an LLMBackend instance (default: the one ``cfg`` describes, with its limits, budget and cache:
+            :func:`promptr1.llm_backends.from_settings`).
         tasks: the training tasks (default: ``load_tasks(cfg.tasks, split="train")``).
         env_kwargs: extra keyword arguments for every :class:`PromptCollabEnv`.
         env_factory: a zero-argument callable returning an env (anything with ``reset(seed, options)``
@@ -159,12 +160,12 @@ class GRPOTrainer:
 
         from promptr1.envs.collab_env import PromptCollabEnv
         from promptr1.envs.tasks import load_tasks
-        from promptr1.llm_backends import make_backend
+        from promptr1.llm_backends import from_settings
 
         self.tasks = list(tasks) if tasks is not None else list(load_tasks(cfg.tasks, split="train"))
         if not self.tasks:
             raise ValueError(f"no training tasks in {cfg.tasks!r}.")
-        self.env_llm = env_llm if env_llm is not None else (make_backend(cfg.env_llm) if env_factory is None else None)
+        self.env_llm = env_llm if env_llm is not None else (from_settings(cfg)[0] if env_factory is None else None)
         n_env = cfg.batch_questions * cfg.group_size
         kw = {**cfg.env_kwargs(), **(env_kwargs or {})}
         if env_factory is not None:

@@ -10,6 +10,9 @@ vector envs and process boundaries.
 True
 >>> StepInfo.from_info({"turn": 2, "env_error": "timeout: slow"}).env_error
 'timeout: slow'
+>>> info = StepInfo(turn=3, extra={"strategy": "split"}).to_info()
+>>> info["strategy"], "extra" in info, "reward_components" in info
+('split', False, False)
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class StepInfo:
     def to_info(self) -> dict[str, Any]:
         """The Gymnasium ``info`` dict: every field but ``extra`` (whose keys are merged in); the end-of-episode
         and next-turn fields only where they apply."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _OPTIONAL}
+        out = {name: getattr(self, name) for name in _FIELDS if name not in _OPTIONAL}
         for name in _OPTIONAL:
             value = getattr(self, name)
             if value is not None:
@@ -76,4 +79,4 @@ class StepInfo:
 
 
 _OPTIONAL = ("turn_prefill", "reward_components", "episode")
-_FIELDS = {f.name for f in dataclasses.fields(StepInfo)} - {"extra"}
+_FIELDS = tuple(f.name for f in dataclasses.fields(StepInfo) if f.name != "extra")

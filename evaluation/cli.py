@@ -75,7 +75,10 @@ def _chat(cfg: ChatConfig) -> int:
     except OSError as exc:  # a model folder that is not there or not a model
         raise FileNotFoundError(str(exc)) from exc
     task = Task(question=cfg.question.strip(), answers=("",), id="chat")
-    env = PromptCollabEnv(task=task, env_llm=cfg.env_llm, **cfg.env_kwargs())
+    from promptr1.llm_backends import from_settings
+
+    backend, _ = from_settings(cfg)
+    env = PromptCollabEnv(task=task, env_llm=backend, **cfg.env_kwargs())
     try:
         ep = policy.play([env], [task], seed=cfg.seed)[0]
     finally:

@@ -70,14 +70,6 @@ class EvalConfig(RunSettings):
     """Agent episodes played together: one rollout batch, generated together and in flight together."""
     concurrency: int = 16
     """Env-LLM calls of the direct/CoT baselines in flight at once (the backend's own limiter still applies)."""
-    max_calls: int | None = None
-    """Stop cleanly after this many uncached env-LLM calls; partial results are kept (exit code 3)."""
-    max_cost: float | None = None
-    """Stop cleanly once env-LLM cost reaches this many USD (calls in flight may add a little; exit code 3)."""
-    cache: str | None = None
-    """Record/replay cache file for env-LLM calls (SQLite; cached replies do not count against the budget)."""
-    cache_mode: str = "replay-or-record"
-    """``replay-or-record``, ``replay`` (offline: a miss is an env error), ``record`` or ``off``."""
     embedder: str = "minilm"
     """SSim embedder: ``minilm`` (the paper's all-MiniLM-L6-v2, offline) or ``hashing`` (fast, for tests)."""
     chart: bool = True
@@ -100,11 +92,6 @@ class EvalConfig(RunSettings):
         self.task_types()  # NAME=TYPE entries are checked now
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {self.limit!r}.")
-        from promptr1.llm_backends.cache import CACHE_MODES
-
-        self.cache_mode = str(self.cache_mode).strip().lower().replace("_", "-")
-        if self.cache_mode not in CACHE_MODES:
-            raise ValueError(f"cache_mode must be one of {', '.join(CACHE_MODES)}; got {self.cache_mode!r}.")
 
     def episode_settings(self) -> dict[str, Any]:
         """Everything that shapes an episode or its score: the env's settings (turns, reply length, reward

@@ -42,9 +42,9 @@ from typing import Any
 
 from promptr1.envs.tasks import Task, load_tasks, type_summary
 from promptr1.fileio import atomic_write_text
-from promptr1.llm_backends import EnvLLMError, LLMBackend, make_backend
+from promptr1.llm_backends import EnvLLMError, LLMBackend
 
-from .budget import Budget, BudgetedBackend, is_budget_stop
+from promptr1.llm_backends.budget import Budget, is_budget_stop
 from .config import EvalConfig
 from .methods import MethodSpec, baseline_messages, parse_method
 from .policies import EpisodePlayer, ModelPolicy, as_player, rollout_config
@@ -260,7 +260,8 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
                 "made with the settings of this command, delete that one file to resume (the transcripts are kept); "
                 "otherwise use another output_dir."
             ) from None
-        diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
+        diff = {k: (old.get(k), v) for k, v in mine.items() if k in old and old[k] != v}  # keys an older version
+        # did not record were at their default then
         if diff:
             what = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
             raise ValueError(
@@ -271,13 +272,9 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
 
 
 def _build_backend(spec: str, cfg: EvalConfig, given: Mapping[str, LLMBackend], budget: Budget) -> LLMBackend:
-    owned = spec not in given
-    backend: LLMBackend = BudgetedBackend(make_backend(spec) if owned else given[spec], budget, owns_inner=owned)
-    if cfg.cache and cfg.cache_mode != "off":
-        from promptr1.llm_backends.cache import CachedBackend
+    from promptr1.llm_backends import from_settings
 
-        backend = CachedBackend(backend, cfg.cache, cfg.cache_mode)
-    return backend
+    return from_settings(cfg, given=given.get(spec), spec=spec, budget=budget)[0]
 
 
 def _load_datasets(cfg: EvalConfig, given: Mapping[str, Sequence[Task]] | None) -> list[tuple[str, list[Task]]]:

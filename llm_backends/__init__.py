@@ -15,9 +15,10 @@ Specs accepted by :func:`make_backend` (and by ``gym.make("PromptR1-v0", env_llm
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from .base import BaseBackend, Completion, EnvLLMError, LLMBackend, Message, validate_messages
+from .specs import BACKENDS, available_backends, make_backend, register_backend
 
 __all__ = [
     "BACKENDS",
@@ -27,71 +28,16 @@ __all__ = [
     "LLMBackend",
     "Message",
     "available_backends",
+    "from_settings",
     "make_backend",
     "register_backend",
     "validate_messages",
 ]
 
-from promptr1.registry import Registry
 
-#: Env-LLM specs by name. Entries are lazy ``"module:attribute"`` references, imported on first use so
-#: that ``import promptr1`` stays light. ``sim`` lives with the synthetic world it answers about;
-#: ``scripted`` and ``echo`` are test doubles from :mod:`promptr1.testing`.
-BACKENDS: Registry[Callable[..., LLMBackend]] = Registry(
-    "env_llm",
-    {
-        "sim": "promptr1.envs.synthetic.expert:SimExpert",
-        "scripted": "promptr1.testing.scripted:ScriptedBackend",
-        "echo": "promptr1.testing.scripted:EchoBackend",
-        "openai": "promptr1.llm_backends.openai_backend:OpenAIBackend",
-        "hf": "promptr1.llm_backends.hf_backend:HFBackend",
-        "smollm2": "promptr1.llm_backends.hf_backend:smollm2_backend",
-    },
-    display={"openai": "openai:MODEL", "hf": "hf:ID_OR_PATH"},
-    extra="(or an LLMBackend instance)",
-)
+def from_settings(settings: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """The env LLM a run's settings describe, with its limits, budget and cache, and the budget
+    (:func:`promptr1.llm_backends.assemble.from_settings`)."""
+    from .assemble import from_settings as build
 
-#: Specs that need an argument after the colon.
-_NEEDS_ARG = ("openai", "hf")
-
-
-def register_backend(name: str, factory: str | Callable[..., LLMBackend], *, overwrite: bool = False) -> None:
-    """Make ``name`` (or ``name:ARG``) usable as an ``env_llm`` spec.
-
-    ``factory`` (a callable, or a lazy ``"module:attribute"`` string) is called as ``factory(**kwargs)``
-    for ``name`` and ``factory(ARG, **kwargs)`` for ``name:ARG``.
-    """
-    BACKENDS.register(name, factory, overwrite=overwrite)
-
-
-def available_backends() -> list[str]:
-    return BACKENDS.names()
-
-
-def make_backend(spec: str | LLMBackend, **kwargs: Any) -> LLMBackend:
-    """Build an environment LLM from a spec string, or pass an instance through.
-
-    >>> make_backend("echo").name
-    'echo'
-    >>> make_backend("gpt4")
-    Traceback (most recent call last):
-    ...
-    promptr1.registry.UnknownNameError: unknown env_llm 'gpt4'. Expected one of: echo, hf:ID_OR_PATH, openai:MODEL, scripted, sim, smollm2 (or an LLMBackend instance).
-    """
-    if not isinstance(spec, str):
-        if isinstance(spec, LLMBackend):
-            if kwargs:
-                raise TypeError("keyword arguments are only used with a spec string, not a backend instance.")
-            return spec
-        raise TypeError(
-            f"env_llm must be a spec string such as 'sim' or 'openai:gpt-4o-mini', or an object with "
-            f"name/complete/acomplete; got {type(spec).__name__}."
-        )
-    name, sep, arg = spec.partition(":")
-    name = name.strip().lower()
-    if name not in BACKENDS:
-        raise BACKENDS.unknown(spec)
-    if name in _NEEDS_ARG and not arg:
-        raise ValueError(f"env_llm {spec!r} needs a model: write '{name}:MODEL', e.g. 'openai:gpt-4o-mini'.")
-    factory = BACKENDS.get(name)
-    return factory(arg, **kwargs) if sep else factory(**kwargs)
+    return build(settings, **kwargs)

@@ -51,16 +51,90 @@ class ConfigError(ValueError):
     """A configuration key or value that the command does not accept."""
 
 
+#: The values of ``cache_mode``.
+CACHE_MODES = ("replay-or-record", "replay", "record", "off")
+
+
 @dataclass
-class RunSettings:
-    """Settings shared by ``promptr1 train``, ``sft``, ``eval`` and ``chat``."""
+class BackendSettings:
+    """The env LLM of a run and everything around it: sampling, system prompt, client limits, price, budget and
+    cache. One block, read by every command, the TRL example and the verl agent loop;
+    :func:`promptr1.llm_backends.from_settings` turns it into the backend a run uses."""
+
+    # --- the env LLM
+    env_llm: str = "sim"
+    """Environment LLM spec (``sim``, ``smollm2``, ``openai:MODEL``, ``hf:PATH``...)."""
+    env_temperature: float = 0.0
+    """Env-LLM sampling temperature (0: greedy, so that replies are reproducible)."""
+    env_max_tokens: int = 512
+    """Env-LLM reply budget in tokens (0: no limit, as in the reference)."""
+    env_system_prompt: str | None = "auto"
+    """The env LLM's system message: ``auto`` (the backend's preferred one, else ours), a text, or none (YAML
+    ``null``, or ``--env-system-prompt none``) for no system message."""
+    env_max_concurrency: int | None = None
+    """Env-LLM requests in flight at once (backends that take ``max_concurrency``: ``openai``); none: theirs."""
+    env_rpm: float | None = None
+    """Env-LLM requests per minute (backends that take ``rpm``: ``openai``); none: no limit."""
+    env_tpm: float | None = None
+    """Env-LLM tokens per minute (backends that take ``tpm``: ``openai``); none: no limit."""
+    env_price_per_1k: list[float] = None  # type: ignore[assignment]
+    """Two numbers, USD per 1,000 input and per 1,000 output tokens (backends that take ``price_per_1k``:
+    ``openai``): the cost that ``max_cost`` and ``--dry-run`` count."""
+
+    # --- budget and cache
+    max_calls: int | None = None
+    """Stop cleanly once this many uncached env-LLM calls were made (none: no limit): ``train`` finishes the step,
+    writes a checkpoint and exits 3 (``--resume auto`` continues with a fresh budget); ``eval`` keeps its partial
+    results and exits 3 (the same command resumes). Refused calls flag their episodes, which are dropped."""
+    max_cost: float | None = None
+    """Same, once the env LLM's cost reaches this many USD (the cost comes from a price: ``env_price_per_1k``, or
+    the backend's own price table)."""
+    cache: str | None = None
+    """Record/replay cache file for env-LLM calls (SQLite); cached replies are free and not counted."""
+    cache_mode: str = "replay-or-record"
+    """``replay-or-record``, ``replay`` (offline: a miss is an env error), ``record`` or ``off``."""
+
+    def __post_init__(self) -> None:
+        """Reject budget, cache and limit settings no run can use, when the settings are made."""
+        if self.env_price_per_1k is None:
+            self.env_price_per_1k = []
+        if isinstance(self.env_system_prompt, str) and self.env_system_prompt.strip().lower() in ("none", "null"):
+            self.env_system_prompt = None
+        if self.env_max_tokens < 0:
+            raise ConfigError(f"--env-max-tokens must be >= 0 (0: no limit); got {self.env_max_tokens!r}.")
+        if self.env_temperature < 0:
+            raise ConfigError(f"--env-temperature must be >= 0 (0: greedy); got {self.env_temperature!r}.")
+        if self.max_calls is not None and self.max_calls < 0:
+            raise ConfigError(f"--max-calls must be >= 0 (or left out), got {self.max_calls!r}.")
+        if self.max_cost is not None and self.max_cost < 0:
+            raise ConfigError(f"--max-cost must be >= 0 (or left out), got {self.max_cost!r}.")
+        mode = str(self.cache_mode).strip().lower().replace("_", "-")
+        if mode not in CACHE_MODES:
+            raise ConfigError(f"--cache-mode must be one of {', '.join(CACHE_MODES)}; got {self.cache_mode!r}.")
+        self.cache_mode = mode
+        for name in ("env_max_concurrency", "env_rpm", "env_tpm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (or left out), got {value!r}.")
+        if self.env_price_per_1k and (len(self.env_price_per_1k) != 2 or any(float(v) < 0 for v in self.env_price_per_1k)):
+            raise ConfigError(f"--env-price-per-1k takes two numbers >= 0, USD per 1,000 input tokens and per 1,000 "
+                              f"output tokens (e.g. --env-price-per-1k 0.15 0.6); got {self.env_price_per_1k!r}.")
+
+    def env_sampling(self) -> dict[str, Any]:
+        """Keyword arguments of every env-LLM call."""
+        return {"temperature": self.env_temperature,
+                **({"max_tokens": self.env_max_tokens} if self.env_max_tokens > 0 else {})}
+
+
+@dataclass
+class RunSettings(BackendSettings):
+    """Settings shared by ``promptr1 train``, ``sft``, ``eval`` and ``chat`` (the env LLM's in
+    :class:`BackendSettings`)."""
 
     # --- who plays
     model: str = "smollm2"
     """Agent policy: ``smollm2`` (offline SmolLM2-135M-Instruct), ``tiny`` (random test model), an HF id or
     folder, or a training run folder (its latest checkpoint)."""
-    env_llm: str = "sim"
-    """Environment LLM spec (``sim``, ``smollm2``, ``openai:MODEL``, ``hf:PATH``...)."""
     tasks: list[str] = field(default_factory=lambda: ["synthetic"])
     """Task sources: ``synthetic`` (bundled) or parquet/JSONL files. Training concatenates them; evaluation
     reports each as its own dataset."""
@@ -75,10 +149,6 @@ class RunSettings:
     answer_metric: str = "f1"
     """What the reward's answer term measures: ``f1`` for every task (ref), ``em``, ``math``, ``ssim``, or ``auto``
     (F1 for QA, numeric-equivalent EM for math, SSim for text, by task type)."""
-    env_temperature: float = 0.0
-    """Env-LLM sampling temperature (0: greedy, so that replies are reproducible)."""
-    env_max_tokens: int = 512
-    """Env-LLM reply budget in tokens (0: no limit, as in the reference)."""
 
     # --- agent decoding
     max_new_tokens: int = 256
@@ -119,16 +189,14 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         """Reject episode and decoding settings no run can use, when the settings are made (before any load)."""
+        super().__post_init__()
         positive = {"max_turns": self.max_turns, "max_response_chars": self.max_response_chars,
                     "max_new_tokens": self.max_new_tokens, "max_seq_len": self.max_seq_len}
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= 1; got {value!r}.")
-        if self.env_max_tokens < 0:
-            raise ConfigError(f"--env-max-tokens must be >= 0 (0: no limit); got {self.env_max_tokens!r}.")
-        for name in ("temperature", "env_temperature"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (0: greedy); got {getattr(self, name)!r}.")
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature must be >= 0 (0: greedy); got {self.temperature!r}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"--top-p must be in (0, 1]; got {self.top_p!r}.")
 
@@ -141,8 +209,8 @@ class RunSettings:
             "reward_variant": self.reward_variant,
             "answer_metric": self.answer_metric,
             "framing": self.framing,
-            "sampling": {"temperature": self.env_temperature,
-                         **({"max_tokens": self.env_max_tokens} if self.env_max_tokens > 0 else {})},
+            "sampling": self.env_sampling(),
+            "env_system_prompt": self.env_system_prompt,
         }
 
 

@@ -22,7 +22,6 @@ the config will cost in env-LLM calls, tokens and dollars, and loads nothing.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import pathlib
@@ -40,8 +39,6 @@ __all__ = [
     "FAILED_EXIT_CODE",
     "BudgetStopCallback",
     "ValidationCallback",
-    "backend_kwargs",
-    "build_env_backend",
     "dry_run_report",
     "run_training",
     "sft_main",
@@ -58,9 +55,6 @@ FAILED_EXIT_CODE = 1
 #: What ``promptr1 train`` writes into its output_dir besides the trainer's checkpoints and logs.
 RUN_OUTPUTS = ("sft", "validation", "eval", "eval.json", "summary.json")
 
-#: Settings passed to the env LLM's factory as keyword arguments: setting -> keyword.
-BACKEND_OPTIONS = {"env_max_concurrency": "max_concurrency", "env_rpm": "rpm", "env_tpm": "tpm",
-                   "env_price_per_1k": "price_per_1k"}
 
 
 def train_main(argv: Sequence[str]) -> int:
@@ -117,7 +111,9 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
     out = pathlib.Path(cfg.output_dir)
     if cfg.cpu or not torch.cuda.is_available():
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    backend, budget = build_env_backend(cfg, env_llm)  # 2. once per run
+    from promptr1.llm_backends import from_settings
+
+    backend, budget = from_settings(cfg, given=env_llm)  # 2. once per run: limits, budget, cache
     if cfg.max_cost is not None and not cfg.env_price_per_1k:
         print("promptr1 train: warning: --max-cost is set but no price was given (--env-price-per-1k IN OUT); "
               "a backend without its own price table reports every call as $0, so only --max-calls can stop it.",
@@ -193,94 +189,18 @@ def write_training_summary(out: pathlib.Path, status: str, reason: str, step: in
 # ----------------------------------------------------------------------------- the env LLM of a run
 
 
-def _keyword_names(factory: Any) -> tuple[set[str], bool]:
-    """The keyword parameters a backend factory names, and whether it also takes ``**kwargs``."""
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return set(), True  # cannot tell: let the factory decide
-    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return named, any(p.kind is p.VAR_KEYWORD for p in params)
-
-
-def backend_kwargs(cfg: GRPOConfig) -> dict[str, Any]:
-    """Keyword arguments for the env LLM's factory from ``env_max_concurrency``, ``env_rpm``, ``env_tpm`` and
-    ``env_price_per_1k``; a :class:`ConfigError` when the spec's factory does not take one of them.
-
-    >>> backend_kwargs(GRPOConfig(env_llm="openai:gpt-4o-mini", env_rpm=500, env_price_per_1k=[0.15, 0.6]))
-    {'rpm': 500, 'price_per_1k': (0.15, 0.6)}
-    >>> backend_kwargs(GRPOConfig(env_llm="sim", env_rpm=500))
-    Traceback (most recent call last):
-    ...
-    promptr1.config.ConfigError: --env-rpm is passed to the env LLM as rpm=, but env_llm 'sim' (SimExpert) takes no such argument: concurrency, rate limits and prices are options of backends that call a server (openai:MODEL). Drop --env-rpm, or use such a backend.
-    """
-    given: dict[str, Any] = {}
-    for setting, keyword in BACKEND_OPTIONS.items():
-        value = getattr(cfg, setting)
-        if value is None or (isinstance(value, list) and not value):
-            continue
-        if setting == "env_price_per_1k":
-            if len(value) != 2 or any(float(v) < 0 for v in value):
-                raise ConfigError(f"--env-price-per-1k takes two numbers >= 0, USD per 1,000 input tokens and per "
-                                  f"1,000 output tokens (e.g. --env-price-per-1k 0.15 0.6); got {value!r}.")
-            value = (float(value[0]), float(value[1]))
-        elif not value > 0:
-            raise ConfigError(f"--{setting.replace('_', '-')} must be > 0 (or left out), got {value!r}.")
-        given[keyword] = value
-    if not given:
-        return {}
-    from promptr1.llm_backends import BACKENDS
-
-    name = cfg.env_llm.partition(":")[0].strip().lower()
-    factory = BACKENDS.get(name)
-    named, var_kw = _keyword_names(factory)
-    for setting, keyword in BACKEND_OPTIONS.items():
-        if keyword in given and keyword not in named and not var_kw:
-            option = "--" + setting.replace("_", "-")
-            raise ConfigError(
-                f"{option} is passed to the env LLM as {keyword}=, but env_llm {cfg.env_llm!r} "
-                f"({getattr(factory, '__name__', type(factory).__name__)}) takes no such argument: concurrency, rate "
-                f"limits and prices are options of backends that call a server (openai:MODEL). Drop {option}, or "
-                "use such a backend."
-            )
-    return given
-
-
 def check_training_settings(cfg: GRPOConfig, *, given_backend: bool = False) -> None:
-    """Reject bad validation, budget, cache and env-LLM limit settings before anything is loaded."""
-    from promptr1.llm_backends.cache import CACHE_MODES
+    """Reject bad validation and env-LLM limit settings before anything is loaded (the budget and cache settings
+    are checked when the settings are made)."""
+    from promptr1.llm_backends.assemble import backend_kwargs
 
     for name in ("eval_every", "eval_limit"):
         if int(getattr(cfg, name)) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)!r}.")
-    if cfg.max_calls is not None and cfg.max_calls < 0:
-        raise ConfigError(f"--max-calls must be >= 0 (or left out), got {cfg.max_calls!r}.")
-    if cfg.max_cost is not None and cfg.max_cost < 0:
-        raise ConfigError(f"--max-cost must be >= 0 (or left out), got {cfg.max_cost!r}.")
-    mode = str(cfg.cache_mode).strip().lower().replace("_", "-")
-    if mode not in CACHE_MODES:
-        raise ConfigError(f"--cache-mode must be one of {', '.join(CACHE_MODES)}; got {cfg.cache_mode!r}.")
     kwargs = backend_kwargs(cfg)
     if kwargs and given_backend:
         raise ConfigError(f"{sorted(kwargs)} configure a backend built from --env-llm; an env LLM passed in as an "
                           "object is used as it is. Build it with those arguments instead.")
-
-
-def build_env_backend(cfg: GRPOConfig, env_llm: Any = None) -> tuple[Any, Any]:
-    """The run's env LLM, ``CachedBackend(BudgetedBackend(backend))`` (the cache only with ``cache``), and its
-    :class:`~promptr1.evaluation.budget.Budget`. Closing the result closes ``backend`` unless it was given."""
-    from promptr1.evaluation.budget import Budget, BudgetedBackend
-    from promptr1.llm_backends import make_backend
-
-    inner = env_llm if env_llm is not None else make_backend(cfg.env_llm, **backend_kwargs(cfg))
-    budget = Budget(cfg.max_calls, cfg.max_cost)
-    backend: Any = BudgetedBackend(inner, budget, owns_inner=env_llm is None)
-    mode = str(cfg.cache_mode).strip().lower().replace("_", "-")
-    if cfg.cache and mode != "off":
-        from promptr1.llm_backends.cache import CachedBackend
-
-        backend = CachedBackend(backend, cfg.cache, mode)
-    return backend, budget
 
 
 # ----------------------------------------------------------------------------- callbacks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from promptr1.evaluation.budget import Budget, BudgetedBackend
+from promptr1.llm_backends.budget import Budget, BudgetedBackend
 from promptr1.llm_backends.base import BaseBackend, EnvLLMError
 from promptr1.llm_backends.openai_backend import OpenAIBackend
 

@@ -281,7 +281,7 @@ def test_key_mixes_the_backend_identity(tmp_path):
 
 
 def test_identity_through_a_budget_wrapper_and_a_bad_identity(tmp_path):
-    from promptr1.evaluation.budget import Budget, BudgetedBackend
+    from promptr1.llm_backends.budget import Budget, BudgetedBackend
 
     path = tmp_path / "c.sqlite"
     direct = CachedBackend(IdentityBackend("http://a/v1"), path)

@@ -16,7 +16,7 @@ import re
 import pytest
 
 from promptr1.config import RunSettings
-from promptr1.evaluation.budget import Budget, BudgetedBackend
+from promptr1.llm_backends.budget import Budget, BudgetedBackend
 from promptr1.evaluation.cli import chat_main, eval_main
 from promptr1.evaluation.config import ChatConfig, EvalConfig
 from promptr1.evaluation.policies import ModelPolicy, rollout_config
@@ -251,8 +251,8 @@ def test_eval_help_lists_every_option(capsys):
 def test_eval_config_adds_only_eval_settings():
     shared = {f.name for f in dataclasses.fields(RunSettings)}
     own = {f.name for f in dataclasses.fields(EvalConfig)} - shared
-    assert own == {"methods", "transfer_env_llms", "split", "limit", "batch_size", "concurrency", "max_calls",
-                   "max_cost", "cache", "cache_mode", "embedder", "chart", "preset", "task_type"}
+    assert own == {"methods", "transfer_env_llms", "split", "limit", "batch_size", "concurrency", "embedder", "chart",
+                   "preset", "task_type"}
     # Shared settings keep their name and type; evaluation only changes two defaults, on purpose: it decodes
     # greedily (a reproducible score) and writes to its own folder.
     changed = {}

@@ -39,7 +39,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, Message
+from .base import Completion, EnvLLMError, LLMBackend, Message
 
 __all__ = ["BUDGET_ERROR_KIND", "Budget", "BudgetedBackend", "is_budget_stop"]
 

@@ -141,11 +141,8 @@ class GRPOConfig(RunSettings):
         user gave (``None`` fields are the ones left to the algorithm)."""
         from promptr1.agents.losses import LossConfig
 
+        # None: not given, the algorithm's value; 0 for clip_eps_high / dual_clip_c: off (LossConfig reads it so)
         given = {name: getattr(self, name) for name in self.ALGORITHM_SETTINGS if getattr(self, name) is not None}
-        if given.get("clip_eps_high") == 0:
-            given["clip_eps_high"] = None  # 0: no clip-higher, the upper range equals clip_eps
-        if given.get("dual_clip_c") == 0:
-            given["dual_clip_c"] = None  # 0: no dual clip
         given["kl_in_reward"] = self.kl_in_reward
         return LossConfig.from_algorithm(self.algo, **given)
 

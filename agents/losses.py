@@ -148,6 +148,32 @@ def _check_pair(logp: Tensor, other: Tensor, name: str) -> None:
         )
 
 
+def clip_settings(clip_eps: float, clip_eps_high: float | None,
+                  dual_clip_c: float | None) -> tuple[float | None, float | None]:
+    """Check the PPO clip settings and give ``(clip_eps_high, dual_clip_c)`` with 0 read as None: "off" (no
+    clip-higher, no dual clip), the same at every stage (settings, ``LossConfig``, the loss function).
+
+    >>> clip_settings(0.2, 0, 0), clip_settings(0.2, 0.28, 3.0)
+    ((None, None), (0.28, 3.0))
+    >>> clip_settings(0.2, None, 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: dual_clip_c must be > 1 (the dual-clip paper uses 3), or 0 / None to disable it; got 1.0.
+    """
+    if not 0.0 <= clip_eps < 1.0:
+        raise ValueError(f"clip_eps must be in [0, 1) (PPO uses 0.2); got {clip_eps}.")
+    if clip_eps_high == 0:
+        clip_eps_high = None
+    if clip_eps_high is not None and clip_eps_high < 0:
+        raise ValueError(f"clip_eps_high must be >= 0 (DAPO uses 0.28; 0 / None: clip_eps); got {clip_eps_high}.")
+    if dual_clip_c == 0:
+        dual_clip_c = None
+    if dual_clip_c is not None and dual_clip_c <= 1.0:
+        raise ValueError(f"dual_clip_c must be > 1 (the dual-clip paper uses 3), or 0 / None to disable it; "
+                         f"got {dual_clip_c}.")
+    return clip_eps_high, dual_clip_c
+
+
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -177,15 +203,8 @@ def policy_loss(
     (-1.2, 1.0)
     """
     _check_pair(logp, old_logp, "old_logp")
-    if not 0.0 <= clip_eps < 1.0:
-        raise ValueError(f"clip_eps must be in [0, 1) (PPO uses 0.2); got {clip_eps}.")
+    clip_eps_high, dual_clip_c = clip_settings(clip_eps, clip_eps_high, dual_clip_c)
     clip_eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    if clip_eps_high < 0.0:
-        raise ValueError(f"clip_eps_high must be >= 0 (DAPO uses 0.28); got {clip_eps_high}.")
-    if dual_clip_c is not None and dual_clip_c <= 1.0:
-        raise ValueError(
-            f"dual_clip_c must be > 1 (the dual-clip paper uses 3); got {dual_clip_c}. Use None to disable."
-        )
     mask = mask.to(device=logp.device, dtype=logp.dtype)
     in_mask = mask != 0
     adv = _expand_advantages(advantages, logp)  # (B, T)
@@ -405,9 +424,9 @@ class LossConfig:
     clip_eps: float = 0.2
     """PPO clip: ratio lower bound ``1 - clip_eps`` [ref: 0.2]."""
     clip_eps_high: float | None = None
-    """Ratio upper bound ``1 + clip_eps_high``; None = ``clip_eps`` (DAPO clip-higher: 0.28)."""
+    """Ratio upper bound ``1 + clip_eps_high``; None or 0 = ``clip_eps`` (DAPO clip-higher: 0.28)."""
     dual_clip_c: float | None = None
-    """Dual-clip bound for negative advantages (e.g. 3.0); None disables it."""
+    """Dual-clip bound for negative advantages (e.g. 3.0); None or 0 disables it."""
     loss_agg: str = "token-mean"
     """Loss aggregation, one of ``AGG_MODES`` [ref: token-mean]."""
     norm_length: int | None = None
@@ -428,12 +447,7 @@ class LossConfig:
             raise _unknown("loss aggregation mode (loss_agg)", self.loss_agg, AGG_MODES)
         if self.kl_estimator not in KL_KINDS:
             raise _unknown("KL estimator (kl_estimator)", self.kl_estimator, list(KL_KINDS))
-        if not 0.0 <= self.clip_eps < 1.0:
-            raise ValueError(f"clip_eps must be in [0, 1) (PPO uses 0.2); got {self.clip_eps}.")
-        if self.clip_eps_high is not None and self.clip_eps_high < 0:
-            raise ValueError(f"clip_eps_high must be >= 0 or None; got {self.clip_eps_high}.")
-        if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
-            raise ValueError(f"dual_clip_c must be > 1 (e.g. 3.0) or None; got {self.dual_clip_c}.")
+        self.clip_eps_high, self.dual_clip_c = clip_settings(self.clip_eps, self.clip_eps_high, self.dual_clip_c)
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0 (ref 0.001; 0 disables the KL term); got {self.kl_coef}.")
         if self.adv_eps < 0:

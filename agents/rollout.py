@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from promptr1.agents.episode import Episode, env_step, record_step, start_episode
+from promptr1.config import RunSettings
 from promptr1.tags import STOP_STRINGS
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "collate_episodes",
     "rollout_config",
     "run_episodes",
+    "stop_strings_for",
     "sample_turns",
     "template_family",
 ]
@@ -427,7 +429,7 @@ def sample_turns(
 @dataclass
 class RolloutConfig:
     max_new_tokens: int = 96
-    max_seq_len: int = 1024
+    max_seq_len: int = RunSettings.max_seq_len  # one default for a whole episode's tokens, the settings'  
     temperature: float = 1.0
     top_p: float = 1.0
     #: HF-style repetition penalty on tokens already in the sequence (1.0: none; ref evaluation: 1.05).
@@ -470,16 +472,26 @@ def run_episodes(
                                      generator=generator, timings=timings, seed=seed, sampler=sampler))
 
 
+def stop_strings_for(framing: str) -> tuple[str, ...]:
+    """Where an agent turn ends under ``framing`` (besides the end-of-turn token): the one source every player
+    (our rollout, the TRL rollout, the verl loop) takes its stop strings from.
+
+    >>> stop_strings_for("ours"), stop_strings_for("reference")
+    (('</interaction_prompt>', '</answer>'), ())
+    """
+    from promptr1.envs.framing import FRAMINGS
+
+    return tuple(FRAMINGS.get(framing).stop_strings)
+
+
 def rollout_config(settings: Any, **overrides: Any) -> RolloutConfig:
     """The :class:`RolloutConfig` of a command's settings (:class:`promptr1.config.RunSettings`): its agent
     decoding, and the stop strings of its framing (the reference framing stops only at the end-of-turn token)."""
-    from promptr1.envs.framing import FRAMINGS
-
     values = dict(max_new_tokens=settings.max_new_tokens, max_seq_len=settings.max_seq_len,
                   temperature=settings.temperature, top_p=settings.top_p,
                   repetition_penalty=settings.repetition_penalty, kv_reuse=settings.kv_reuse,
                   max_batch_tokens=settings.rollout_max_batch_tokens,
-                  stop_strings=FRAMINGS.get(settings.framing).stop_strings)
+                  stop_strings=stop_strings_for(settings.framing))
     values.update(overrides)
     return RolloutConfig(**values)
 

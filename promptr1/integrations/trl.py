@@ -68,10 +68,11 @@ from promptr1.agents.rollout import (
     RolloutConfig,
     SampledTurn,
     run_episodes,
+    stop_strings_for,
 )
 from promptr1.agents.seeding import derived_seed
+from promptr1.config import RunSettings
 from promptr1.envs.collab_env import PromptCollabEnv
-from promptr1.envs.framing import FRAMINGS
 from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import BaseBackend, Completion, EnvLLMError
 from promptr1.tags import STOP_STRINGS
@@ -108,8 +109,9 @@ if _older_than_tested(TRL_VERSION):
         f"promptr1.integrations.trl was tested with TRL {TESTED_TRL}; TRL {TRL_VERSION} is installed and its "
         f"rollout_func contract may differ. Upgrade with `pip install 'trl>={TESTED_TRL}'`.", UserWarning, stacklevel=2)
 
-#: Reference context length (design.md section 7: 8k tokens an episode).
-DEFAULT_MAX_SEQ_LEN = 8192
+#: Tokens an episode, prompt included: the same default as every command's ``max_seq_len`` (the reference trains
+#: with 8,192: pass ``max_seq_len=8192`` for its recipe).
+DEFAULT_MAX_SEQ_LEN = RunSettings.max_seq_len
 
 
 # ----------------------------------------------------------------------------- data
@@ -529,7 +531,7 @@ class PromptR1Rollout:
         self.max_new_tokens = max_new_tokens
         self.max_seq_len = int(max_seq_len)
         if stop_strings is None:  # the env's framing decides where a turn stops
-            stop_strings = FRAMINGS.get(self.env_kwargs.get("framing", "ours")).stop_strings
+            stop_strings = stop_strings_for(self.env_kwargs.get("framing", "ours"))
         self.stop_strings = tuple(stop_strings)
         self.independent = bool(independent)
         self.drop_env_errors = bool(drop_env_errors)

@@ -59,9 +59,8 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 import torch
 
 from promptr1.agents.episode import Episode, env_step, record_step, start_episode
-from promptr1.agents.rollout import ChatFramer
+from promptr1.agents.rollout import ChatFramer, stop_strings_for
 from promptr1.envs.collab_env import PromptCollabEnv
-from promptr1.envs.framing import FRAMINGS
 from promptr1.envs.tasks import Task, assign_types, split_prompt
 
 __all__ = [
@@ -142,9 +141,7 @@ async def play_episode(
     for key in ("generate_s", "env_s"):
         timings.setdefault(key, 0.0)
     if stop_strings is None:
-        stop_strings = getattr(getattr(env, "framing", None), "stop_strings", None)
-        if stop_strings is None:
-            stop_strings = FRAMINGS.get("ours").stop_strings
+        stop_strings = stop_strings_for(getattr(getattr(env, "framing", None), "name", "ours"))
     eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     try:
         ep = start_episode(env, task, seed=seed, framer=framer, max_seq_len=max_seq_len)
@@ -329,8 +326,7 @@ class PromptR1AgentLoop(AgentLoopBase):
         self.prompt_length = int(self.rollout_config.prompt_length)
         self.response_length = int(self.rollout_config.response_length)
         self.framer = _shared_framer(self.tokenizer)
-        framing = FRAMINGS.get(self.env_kwargs.get("framing", "ours"))
-        self.stop_strings = tuple(framing.stop_strings)
+        self.stop_strings = stop_strings_for(self.env_kwargs.get("framing", "ours"))
 
     def _server_sampling(self, sampling_params: Mapping[str, Any], max_tokens: int) -> dict[str, Any]:
         params = dict(sampling_params)

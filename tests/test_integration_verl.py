@@ -125,7 +125,7 @@ def trainer_config(tmp_path, *, framing="ours", prompt_length=1024, response_len
     }), settings
 
 
-def build_loop(tmp_path, monkeypatch, tok, server, **kw):
+def build_loop(tmp_path, monkeypatch, tok, server, overrides=None, **kw):
     """The agent loop as verl's AgentLoopWorker builds it: our YAML through OmegaConf, then hydra.instantiate."""
     config, settings = trainer_config(tmp_path, **kw)
     monkeypatch.setenv("PROMPTR1_SETTINGS", str(settings))
@@ -134,8 +134,11 @@ def build_loop(tmp_path, monkeypatch, tok, server, **kw):
         _agent_loop_registry[entry.name] = entry
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
+    entry = _agent_loop_registry["promptr1"]
+    if overrides:
+        entry = OmegaConf.merge(entry, {"overrides": overrides})
     return hydra.utils.instantiate(
-        config=_agent_loop_registry["promptr1"], trainer_config=DictConfigWrap(config=config), server_manager=server,
+        config=entry, trainer_config=DictConfigWrap(config=config), server_manager=server,
         tokenizer=tok, processor=None, hf_model_type=None, dataset_cls=RLHFDataset,
         data_config=DictConfigWrap(config.data), tools=ToolListWrap([]))
 
@@ -222,7 +225,7 @@ def test_env_error_episode_is_masked_and_leaves_its_group(tmp_path, monkeypatch,
     model, tok = tiny
     loop = build_loop(tmp_path, monkeypatch, tok, ScriptedServer(tok, "ours"))
     failing = ScriptedBackend([EnvLLMError("server down", kind="http_503")])
-    monkeypatch.setattr(pverl, "_shared_backend", lambda spec, kw: failing)
+    monkeypatch.setattr(pverl, "_shared_backend", lambda settings: failing)
     out = asyncio.run(loop.run(dict(SAMPLING), **row(2)))
     assert out.extra_fields["reward_extra_info"]["env_error"] == 1.0
     assert sum(out.response_mask) == 0 and len(out.response_ids) > 0
@@ -292,3 +295,23 @@ def test_verl_loop_plays_the_episode_every_other_path_plays(framing):
     ep = asyncio.run(pverl.play_episode(make_env(framing), TASK, tok, generate, max_new_tokens=64,
                                         max_seq_len=MAX_SEQ_LEN))
     assert summary(ep) == summary(play_rollout(framing, tok))
+
+
+def test_agent_loop_honours_the_settings_budget_and_cache(tmp_path, monkeypatch, tiny):
+    """The loop's env LLM comes from promptr1.llm_backends.from_settings: the settings' budget refuses calls past
+    max_calls (the episode is flagged and masked) and its cache records the calls."""
+    model, tok = tiny
+    server = ScriptedServer(tok, "ours")
+    cache = tmp_path / "cache.sqlite"
+    pverl._BACKENDS.clear()
+    loop = build_loop(tmp_path, monkeypatch, tok, server, overrides={"max_calls": 1, "cache": str(cache)},
+                      framing="ours")
+    assert loop.settings.max_calls == 1 and loop.settings.cache == str(cache)
+    first = asyncio.run(loop.run(dict(SAMPLING), **row(3)))
+    second = asyncio.run(loop.run(dict(SAMPLING), **row(4)))
+    pverl._BACKENDS.clear()
+    assert first.extra_fields["reward_extra_info"]["env_error"] == 0.0
+    assert second.extra_fields["reward_extra_info"]["env_error"] == 1.0 and not any(second.response_mask)
+    assert cache.is_file()
+    with pytest.raises(Exception, match="not promptr1 settings"):  # hydra wraps the loop's ValueError
+        build_loop(tmp_path, monkeypatch, tok, server, overrides={"rpm": 5}, framing="ours")

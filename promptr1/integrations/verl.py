@@ -255,17 +255,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _shared_backend(spec: str, backend_kwargs: Mapping[str, Any]) -> Any:
-    """One env-LLM backend per process and spec (every rollout of a worker shares its client and limiter)."""
-    from promptr1.llm_backends import make_backend
+def _shared_backend(settings: Any) -> Any:
+    """One env LLM per process and backend settings, built by :func:`promptr1.llm_backends.from_settings`: every
+    rollout of a worker shares its client, limiter, budget and cache."""
+    import dataclasses
 
-    kw = dict(backend_kwargs)
-    if isinstance(kw.get("price_per_1k"), list):
-        kw["price_per_1k"] = tuple(kw["price_per_1k"])
-    key = (os.getpid(), spec, repr(sorted(kw.items())))
+    from promptr1.config import BackendSettings
+    from promptr1.llm_backends import from_settings
+
+    block = {f.name: getattr(settings, f.name) for f in dataclasses.fields(BackendSettings)}
+    key = (os.getpid(), repr(sorted(block.items())))
     with _SHARED_LOCK:
         if key not in _BACKENDS:
-            _BACKENDS[key] = make_backend(spec, **kw)
+            _BACKENDS[key] = from_settings(settings)[0]
         return _BACKENDS[key]
 
 
@@ -300,8 +302,12 @@ class PromptR1AgentLoop(AgentLoopBase):
         a bundled promptr1 config (``paper``) or a YAML file: the env LLM, the episode settings (turns, reply
         length, reward variant, answer metric, framing, env sampling) and ``max_new_tokens`` come from it;
     ``env_llm``
-        the env LLM spec (overrides the settings'); ``backend_kwargs``: its keyword arguments
-        (``max_concurrency``, ``rpm``, ``tpm``, ``price_per_1k`` for ``openai:``), one backend per worker process;
+        the env LLM spec (overrides the settings');
+    ``overrides``
+        other promptr1 settings over the settings file's, e.g. the env LLM's limits, price, budget and cache
+        (``{env_max_concurrency: 64, env_rpm: 5000, env_price_per_1k: [0.15, 0.6], max_cost: 20, cache: FILE}``):
+        the env LLM is built from them by :func:`promptr1.llm_backends.from_settings`, once per worker process (so
+        limits and budget apply per worker);
     ``env_kwargs``
         more :class:`PromptCollabEnv` keyword arguments (override the settings');
     ``max_new_tokens``
@@ -313,13 +319,22 @@ class PromptR1AgentLoop(AgentLoopBase):
     """
 
     def __init__(self, *args: Any, settings: str | None = None, env_llm: str | None = None,
-                 backend_kwargs: Mapping[str, Any] | None = None, env_kwargs: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None, env_kwargs: Mapping[str, Any] | None = None,
                  max_new_tokens: int | None = None, mask_env_errors: bool = True, **kwargs: Any) -> None:
+        import dataclasses
+
         kwargs.pop("name", None)  # the YAML entry's own name
         super().__init__(*args, **kwargs)
         cfg = _settings_from(settings)
-        self.env_llm_spec = str(env_llm or cfg.env_llm)
-        self.backend_kwargs = dict(_plain(backend_kwargs) or {})
+        changes = dict(_plain(overrides) or {})
+        if env_llm:
+            changes["env_llm"] = str(env_llm)
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(cfg)})
+        if unknown:
+            raise ValueError(f"agent loop overrides {unknown} are not promptr1 settings; see `promptr1 train --help` "
+                             "for their names (e.g. env_rpm, max_cost, cache).")
+        self.settings = cfg = dataclasses.replace(cfg, **changes)
+        self.env_llm_spec = cfg.env_llm
         self.env_kwargs = {**cfg.env_kwargs(), **dict(_plain(env_kwargs) or {})}
         self.max_new_tokens = int(max_new_tokens or cfg.max_new_tokens)
         self.mask_env_errors = bool(mask_env_errors)
@@ -344,7 +359,7 @@ class PromptR1AgentLoop(AgentLoopBase):
         from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics
 
         task = task_from_row(kwargs)
-        backend = _shared_backend(self.env_llm_spec, self.backend_kwargs)
+        backend = _shared_backend(self.settings)
         env = PromptCollabEnv(task=task, env_llm=backend, **self.env_kwargs)
         request_id = uuid4().hex  # one per episode: turns reuse the server's prefix cache
         steps: list[int] = []

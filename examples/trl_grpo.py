@@ -26,11 +26,34 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experi
 SAVED_MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json", "training_args.bin")
 
 
+def load_settings(name: str | None, *, env_llm: str | None = None) -> Any:
+    """The promptr1 settings whose env-LLM block this run uses: a bundled config or a YAML file (None: the
+    defaults), with ``env_llm`` over its own when given."""
+    import dataclasses
+    import pathlib
+
+    from promptr1.agents.config import GRPOConfig
+    from promptr1.config import bundled_config, load_config
+
+    cfg = GRPOConfig()
+    if name:
+        path = name if pathlib.Path(name).is_file() else bundled_config(name)
+        if path is None:
+            raise FileNotFoundError(f"--settings {name!r}: no such file and no bundled promptr1 config of that name.")
+        cfg = load_config(GRPOConfig, path)
+    return dataclasses.replace(cfg, env_llm=env_llm) if env_llm else cfg
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="tiny", help="agent model: HF id or folder, or a promptr1 name (tiny, smollm2)")
-    p.add_argument("--env-llm", default="sim", help="the large LLM: sim, openai:MODEL, hf:ID, smollm2, ...")
+    p.add_argument("--env-llm", default=None,
+                   help="the large LLM: sim, openai:MODEL, hf:ID, smollm2, ... (default: the settings', sim)")
+    p.add_argument("--settings", default=None,
+                   help="a promptr1 config (bundled name such as 'paper', or a YAML file) whose env-LLM block is used: "
+                        "env_llm, env sampling and system prompt, limits (env_rpm, env_max_concurrency ...), price, "
+                        "budget (max_calls, max_cost) and cache")
     p.add_argument("--tasks", default="synthetic", help="synthetic, a .parquet (official schema) or .jsonl file")
     p.add_argument("--questions", type=int, default=0, help="use only the first N tasks (0: all)")
     p.add_argument("--max-turns", type=int, default=5, help="agent turns per episode (ref: 5)")
@@ -78,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     from promptr1.integrations.trl import env_reward, make_rollout_func, tasks_to_dataset
+    from promptr1.llm_backends import from_settings
 
     a = parse_args(argv)
     from promptr1.agents.checkpoint import claim_output_dir
@@ -110,13 +134,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save_total_limit=a.save_total_limit,
         seed=a.seed, disable_tqdm=True,
     )
+    # The env LLM as every promptr1 command builds it: the settings' block (limits, price, budget, cache)
+    settings = load_settings(a.settings, env_llm=a.env_llm)
+    backend, budget = from_settings(settings)
     # the same env settings for the dataset's prompts and the rollout's envs
-    env_kwargs = {"max_turns": a.max_turns, "framing": a.framing, "reward_variant": a.reward_variant}
+    env_kwargs = {"max_turns": a.max_turns, "framing": a.framing, "reward_variant": a.reward_variant,
+                  "sampling": settings.env_sampling(), "env_system_prompt": settings.env_system_prompt}
     trainer = GRPOTrainer(
         model=str(path), processing_class=tokenizer, args=args,
         train_dataset=tasks_to_dataset(tasks, env_kwargs=env_kwargs),
         reward_funcs=[env_reward],
-        rollout_func=make_rollout_func(tasks, env_llm=a.env_llm, env_kwargs=env_kwargs,
+        rollout_func=make_rollout_func(tasks, env_llm=backend, env_kwargs=env_kwargs,
                                        max_new_tokens=a.max_new_tokens, max_seq_len=a.max_seq_len),
     )
     resume: bool | str | None = None
@@ -133,6 +161,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if trainer.accelerator.is_main_process:
         keys = ("rewards/env_reward/mean", "reward/format", "reward/answer", "env_llm/error_rate", "rollout/turns_mean")
         print("step", last.get("step"), " ".join(f"{k}={last[k]:.3f}" for k in keys if k in last))
+        print(f"env LLM: {budget.calls} uncached calls, ${budget.cost:.4f}"
+              + (f" (budget: {budget.stop_reason})" if budget.stop_reason else ""))
+    backend.close()
     return last
 
 

@@ -443,6 +443,28 @@ def test_missing_trl_names_the_install_command(monkeypatch):
     assert importlib.import_module("promptr1.integrations.trl") is not None
 
 
+def test_example_takes_the_env_llm_block_of_a_settings_file(tmp_path, capsys, monkeypatch):
+    """The TRL example builds its env LLM with from_settings: a settings file's budget and cache wrap it, and the
+    rollout's envs use that backend and the file's env system prompt."""
+    import promptr1.llm_backends as backends
+    from promptr1.llm_backends.cache import CachedBackend
+
+    built = []
+    real = backends.from_settings
+    monkeypatch.setattr(backends, "from_settings", lambda settings, **kw: built.append(real(settings, **kw)) or built[-1])
+    ex = load_script("examples/trl_grpo.py")
+    settings = tmp_path / "settings.yaml"
+    cache = tmp_path / "cache.sqlite"
+    settings.write_text(f"env_llm: sim\nmax_calls: 3\ncache: {cache}\nenv_system_prompt: none\n")
+    ex.main(["--max-steps", "1", "--num-generations", "2", "--batch-size", "2", "--max-new-tokens", "8",
+             "--questions", "2", "--output-dir", str(tmp_path / "run"), "--settings", str(settings)])
+    (backend, budget), = built
+    assert isinstance(backend, CachedBackend) and backend.path == str(cache) and budget.max_calls == 3
+    assert budget.calls <= 3 and f"env LLM: {budget.calls} uncached calls" in capsys.readouterr().out
+    assert ex.load_settings(str(settings)).env_system_prompt is None
+    assert ex.load_settings("paper", env_llm="sim").env_llm == "sim"
+
+
 def test_example_runs_saves_and_its_output_evaluates(tmp_path, capsys):
     ex = load_script("examples/trl_grpo.py")
     out = tmp_path / "run"

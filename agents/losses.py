@@ -11,7 +11,7 @@ What the trainer calls:
 * :func:`promptr1.agents.advantages.compute_advantages` on the episode rewards;
 * :func:`compute_loss` with a :class:`LossConfig` (``LossConfig.from_algorithm("dapo")`` for ``--algo dapo``).
 
-Defaults (design.md §7, from Prompt-R1's verl configuration): PPO-clip 0.2, KL to the frozen reference with the
+Defaults (docs/architecture.md, training defaults, from Prompt-R1's verl configuration): PPO-clip 0.2, KL to the frozen reference with the
 low-variance k3 estimator at coefficient 0.001 as a loss term, token-mean aggregation, no entropy bonus.
 """
 
@@ -405,7 +405,7 @@ def entropy_from_logits(logits: Tensor, *, temperature: float = 1.0, chunk_size:
 class LossConfig:
     """Everything that defines the RL algorithm: advantage estimator, policy loss and their settings.
 
-    Defaults are Prompt-R1's GRPO (design.md §7, verl's GRPO recipe); ``LossConfig.from_algorithm(name)``
+    Defaults are Prompt-R1's GRPO (docs/architecture.md, training defaults, verl's GRPO recipe); ``LossConfig.from_algorithm(name)``
     applies an algorithm's overrides (``--algo``).
     """
 

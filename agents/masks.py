@@ -3,7 +3,7 @@
 An episode is a token sequence made of segments: the prompt (system + question, chat template), then for each
 turn the agent's sampled tokens, then the environment LLM's reply wrapped in the template. Only the agent's
 sampled tokens are actions: they get mask 1; everything else (prompt, environment replies, template tokens,
-padding) gets 0. Token ids are kept exactly as sampled or tokenized once (token-in, token-out; design.md §7);
+padding) gets 0. Token ids are kept exactly as sampled or tokenized once (token-in, token-out; docs/architecture.md, training defaults);
 this module never decodes or re-encodes anything.
 
 Padding is on the right. For a causal LM the logits at position ``t`` predict token ``t + 1``, so the loss

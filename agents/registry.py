@@ -118,7 +118,7 @@ def get_algorithm(name: str) -> AlgoSpec:
 
 
 # Built-in algorithms. Sources of the defaults:
-#   grpo:   DeepSeekMath (arXiv 2402.03300) as configured by Prompt-R1 (design.md §7): std-normalised group
+#   grpo:   DeepSeekMath (arXiv 2402.03300) as configured by Prompt-R1 (docs/architecture.md, training defaults): std-normalised group
 #           advantage, PPO-clip 0.2, dual clip c = 3 for negative advantages (the reference's verl always
 #           applies it), k3 KL loss coef 0.001, token-mean.
 #   drgrpo: "Understanding R1-Zero-Like Training" (arXiv 2503.20783): no std division, per-sequence token

@@ -608,7 +608,8 @@ class GRPOTrainer:
             "step": self.step,
             "cursor": self.cursor,
             "config": config_to_dict(self.cfg),
-            "reference_model": resolve_model_path(self.cfg.model) if self.cfg.model in ("tiny",) else self.cfg.model,
+            # a registered short name is saved as its folder, so that resuming needs no registry (or plug-in)
+            "reference_model": resolve_model_path(self.cfg.model),
             "num_processes": self.accelerator.num_processes,
         }
 

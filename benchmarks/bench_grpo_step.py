@@ -65,6 +65,8 @@ from typing import Any
 
 import torch
 
+import promptr1.testing  # noqa: E402,F401  (registers the test doubles: the `tiny` model, `echo`/`scripted` env LLMs)
+
 
 def reward_of(text: str) -> float:
     """A reward with within-group variance: depends on the completion's characters."""

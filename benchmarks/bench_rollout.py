@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+import promptr1.testing  # noqa: E402,F401  (registers the test doubles: the `tiny` model, `echo`/`scripted` env LLMs)
+
 #: A short system message (without one, SmolLM2's template adds its ~30-token default one).
 SYSTEM = "You ask the big model."
 

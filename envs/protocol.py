@@ -1,4 +1,4 @@
-"""Parsing one agent turn of the Prompt-R1 protocol (design.md section 2).
+"""Parsing one agent turn of the Prompt-R1 protocol (docs/architecture.md, the turn protocol).
 
 An intermediate turn is ``<think>...</think><interaction_prompt>...</interaction_prompt>``; inside
 the prompt tag the agent may write plain text or a JSON tool call

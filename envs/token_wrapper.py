@@ -34,7 +34,7 @@ from promptr1.tags import STOP_STRINGS
 
 __all__ = ["DEFAULT_STOP_STRINGS", "TokenWrapper", "load_tokenizer", "vocab_from_texts"]
 
-#: Closing tags that end an agent turn (design.md §2).
+#: Closing tags that end an agent turn (docs/architecture.md, the turn protocol).
 DEFAULT_STOP_STRINGS: tuple[str, ...] = STOP_STRINGS
 
 

@@ -29,6 +29,8 @@ from promptr1.agents.registry import (
     register_policy_loss,
 )
 
+import promptr1.testing  # noqa: E402,F401  (registers the test doubles: the `tiny` model, `echo`/`scripted` env LLMs)
+
 ALGO_NAME = "reinforce-loo"
 
 

@@ -18,6 +18,8 @@ from typing import Any
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.token_wrapper import TokenWrapper, load_tokenizer, vocab_from_texts
 
+import promptr1.testing  # noqa: E402,F401  (registers the test doubles: the `tiny` model, `echo`/`scripted` env LLMs)
+
 #: Where SB3 writes TensorBoard logs: beside the GRPO trainer's ``runs/promptr1``.
 DEFAULT_LOGDIR = "runs/sb3"
 

@@ -7,7 +7,7 @@ the vector env so that many episodes wait on the network at once).
 
 A backend that cannot produce a reply raises :class:`EnvLLMError` (after its own retries).
 The environment turns that into ``info["env_error"]``; the error text never reaches the
-agent as if the large LLM had said it (design.md section 6).
+agent as if the large LLM had said it (docs/architecture.md, environment errors).
 """
 
 from __future__ import annotations

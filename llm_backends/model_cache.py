@@ -21,12 +21,12 @@ from promptr1.registry import Registry
 
 __all__ = ["MODELS", "atomic_build_dir", "default_cache_dir", "model_folder"]
 
-#: Short model names -> a zero-argument function returning the model folder (lazy references).
+#: Short model names -> a zero-argument function returning the model folder (lazy references). The random test
+#: model ``tiny`` is registered by :mod:`promptr1.testing` when it is imported.
 MODELS: Registry[Callable[[], pathlib.Path]] = Registry(
     "model name",
     {
         "smollm2": "promptr1.llm_backends.smollm2:smollm2_model_dir",
-        "tiny": "promptr1.testing.tiny_model:tiny_model_path",
     },
 )
 

@@ -1,6 +1,6 @@
 """``openai:MODEL``: any OpenAI-compatible chat server (OpenAI, vLLM, llama.cpp's server, Ollama).
 
-Built for failure (design.md section 6):
+Built for failure (docs/architecture.md, environment errors):
 
 * every attempt has a timeout (``timeout_s``) and every call a total ``deadline_s``;
 * 429, 408, 5xx, timeouts, dropped connections and empty or malformed replies are retried

@@ -11,20 +11,18 @@ __all__ = ["BACKENDS", "available_backends", "make_backend", "register_backend"]
 from promptr1.registry import Registry
 
 #: Env-LLM specs by name. Entries are lazy ``"module:attribute"`` references, imported on first use so
-#: that ``import promptr1`` stays light. ``sim`` lives with the synthetic world it answers about;
-#: ``scripted`` and ``echo`` are test doubles from :mod:`promptr1.testing`.
+#: that ``import promptr1`` stays light. Only this layer's backends are named here: ``sim`` is registered by
+#: :mod:`promptr1.envs.synthetic` (it answers about that world), the test doubles ``scripted`` and ``echo`` by
+#: :mod:`promptr1.testing` when it is imported (``--plugins promptr1.testing`` on the command line).
 BACKENDS: Registry[Callable[..., LLMBackend]] = Registry(
     "env_llm",
     {
-        "sim": "promptr1.envs.synthetic.expert:SimExpert",
-        "scripted": "promptr1.testing.scripted:ScriptedBackend",
-        "echo": "promptr1.testing.scripted:EchoBackend",
         "openai": "promptr1.llm_backends.openai_backend:OpenAIBackend",
         "hf": "promptr1.llm_backends.hf_backend:HFBackend",
         "smollm2": "promptr1.llm_backends.hf_backend:smollm2_backend",
     },
     display={"openai": "openai:MODEL", "hf": "hf:ID_OR_PATH"},
-    extra="(or an LLMBackend instance)",
+    extra="(or an LLMBackend instance; the test doubles echo and scripted come with --plugins promptr1.testing)",
 )
 
 #: Specs that need an argument after the colon.
@@ -47,12 +45,12 @@ def available_backends() -> list[str]:
 def make_backend(spec: str | LLMBackend, **kwargs: Any) -> LLMBackend:
     """Build an environment LLM from a spec string, or pass an instance through.
 
-    >>> make_backend("echo").name
-    'echo'
+    >>> make_backend("sim").name
+    'sim'
     >>> make_backend("gpt4")
     Traceback (most recent call last):
     ...
-    promptr1.registry.UnknownNameError: unknown env_llm 'gpt4'. Expected one of: echo, hf:ID_OR_PATH, openai:MODEL, scripted, sim, smollm2 (or an LLMBackend instance).
+    promptr1.registry.UnknownNameError: unknown env_llm 'gpt4'. Expected one of: ...hf:ID_OR_PATH, openai:MODEL, ...sim, smollm2 (or an LLMBackend instance; the test doubles echo and scripted come with --plugins promptr1.testing).
     """
     if not isinstance(spec, str):
         if isinstance(spec, LLMBackend):

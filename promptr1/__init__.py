@@ -1,6 +1,8 @@
 """prompt-r1: Prompt-R1 (arXiv 2511.01016) as a Gymnasium environment plus RL agents.
 
-Importing this package registers ``PromptR1-v0`` with Gymnasium.
+Importing this package registers ``PromptR1-v0`` with Gymnasium and the bundled synthetic world's env LLM
+``sim`` (:mod:`promptr1.envs.synthetic`): the package root is where the layers are wired together, and no library
+module imports it.
 """
 
 from __future__ import annotations
@@ -25,3 +27,5 @@ def register_envs() -> None:
 
 
 register_envs()
+
+import promptr1.envs.synthetic  # noqa: E402,F401  (registers the `sim` env LLM)

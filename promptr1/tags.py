@@ -1,4 +1,4 @@
-"""The tags of the Prompt-R1 turn protocol (design.md section 2), defined once for every layer.
+"""The tags of the Prompt-R1 turn protocol (docs/architecture.md, the turn protocol), defined once for every layer.
 
 An intermediate agent turn is ``<think>...</think><interaction_prompt>...</interaction_prompt>``; the
 large LLM's reply comes back as ``<interaction_response>...</interaction_response>``; a final turn is

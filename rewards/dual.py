@@ -1,4 +1,4 @@
-"""The dual-constrained reward of Prompt-R1 (design.md section 3): format + answer correctness.
+"""The dual-constrained reward of Prompt-R1 (docs/reward.md): format + answer correctness.
 
 The reward is a pure function of the agent's turns (its assistant blocks, in order, each
 exactly as generated) and the gold answers:

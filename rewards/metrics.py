@@ -1,7 +1,7 @@
 """Answer metrics: SQuAD normalisation, token F1, exact and substring match, math equivalence.
 
 Every function here is pure and cheap. The QA metrics reproduce the ones the Prompt-R1
-reference uses to score answers (design.md section 3): text is lower-cased, stripped of ASCII
+reference uses to score answers (docs/reward.md): text is lower-cased, stripped of ASCII
 punctuation and of the articles *a*, *an*, *the*, and its whitespace is folded, in that order.
 
 Gold answers (``golds``) are a single string or an iterable of strings (a list, a tuple, a

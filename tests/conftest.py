@@ -15,6 +15,8 @@ from types import ModuleType
 
 from hypothesis import settings
 
+import promptr1.testing  # noqa: F401  (registers the test doubles: --model tiny, --env-llm echo / scripted)
+
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")

@@ -246,6 +246,7 @@ def test_bad_arguments_get_clear_errors():
 def test_gym_make_in_fresh_interpreter():
     code = (
         "import gymnasium as gym\n"
+        "import promptr1.testing  # the echo test double\n"
         "from promptr1.envs.tasks import Task\n"
         "env = gym.make('promptr1:PromptR1-v0', task=[Task('q?', ('a',))], env_llm='echo')\n"
         "obs, info = env.reset(seed=0)\n"

@@ -1,4 +1,4 @@
-"""Environment errors are not answers (design.md section 6), end to end.
+"""Environment errors are not answers (docs/architecture.md, environment errors), end to end.
 
 500 episodes run through the vector env and the real `openai` client against the loopback fake
 server, with faults injected into 20% of the episodes. Every failing episode must be flagged, no

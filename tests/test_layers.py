@@ -1,30 +1,37 @@
 """The package's layers only point down, test doubles stay out of the library, and imports form no cycle.
 
 Every ``import`` statement of every library module is read from the source (module level and inside
-functions alike, so a "lazy" import counts too) and checked against the layer map of design.md section 4:
+functions alike, so a "lazy" import counts too) and checked against the layer map of docs/architecture.md, layers:
 
-    0  promptr1 (root), promptr1.registry, promptr1.config, promptr1.plugins, promptr1.tags, promptr1.fileio
+    0  promptr1.registry, promptr1.config, promptr1.plugins, promptr1.tags, promptr1.fileio
     1  promptr1.rewards, promptr1.llm_backends           (never import envs, agents, evaluation)
     2  promptr1.envs                                      (never imports agents or evaluation)
     3  promptr1.agents                                    (training; never imports evaluation)
     4  promptr1.evaluation                                (may use the rollout and model loading of agents)
        promptr1.integrations                              (TRL/verl adapters over the env and the rollout)
     5  promptr1.pipeline, promptr1.cli, promptr1.play     (the commands, above both wings)
+       promptr1 (the package root: wires the layers together, registering the env and the synthetic world's
+       env LLM; no library module imports it)
 
-``promptr1.testing`` (the tiny model, the fake server, scripted backends and agents) may import anything, and
-no library module imports it; registries may name a test double lazily by a "module:attr" string.
+A lazy registry entry (a ``"promptr1.module:attribute"`` string) counts as an import of that module, so a registry
+cannot hide an upward dependency; and the two packages of layer 1 (rewards, llm_backends) and of layer 4
+(evaluation, integrations) never reference each other. ``promptr1.testing`` (the tiny model, the fake server,
+scripted backends and agents) may import anything, registers its doubles itself when imported, and no library
+module imports or names it.
 """
 
 from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
 
 import promptr1
 
 ROOT = pathlib.Path(promptr1.__file__).resolve().parent.parent
+LAZY_REF = re.compile(r"^promptr1(\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$")
 FOLDERS = {"promptr1": "promptr1", "envs": "promptr1.envs", "agents": "promptr1.agents",
            "evaluation": "promptr1.evaluation", "rewards": "promptr1.rewards",
            "llm_backends": "promptr1.llm_backends"}
@@ -56,12 +63,13 @@ def _level(module: str) -> int | None:
         if module == prefix or module.startswith(prefix + "."):
             return level
     if module == "promptr1":
-        return 0
+        return 5
     raise AssertionError(f"{module} is in no layer; add it to LEVELS in tests/test_layers.py")
 
 
-def _imports(module: str, path: pathlib.Path) -> set[str]:
-    """Project modules imported by ``module`` (absolute, resolved from relative imports)."""
+def _imports(module: str, path: pathlib.Path, lazy: bool = True) -> set[str]:
+    """Project modules imported by ``module`` (absolute, resolved from relative imports), and with ``lazy`` the
+    modules its lazy registry entries name (a dependency, though not an import-time one)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     is_pkg = path.name == "__init__.py"
     out: set[str] = set()
@@ -80,10 +88,13 @@ def _imports(module: str, path: pathlib.Path) -> set[str]:
             for a in node.names:  # `from pkg import submodule`
                 if f"{target}.{a.name}" in MODULES:
                     out.add(f"{target}.{a.name}")
+        elif lazy and isinstance(node, ast.Constant) and isinstance(node.value, str) and LAZY_REF.match(node.value):
+            out.add(node.value.partition(":")[0])  # a registry's lazy "module:attribute" entry
     return {m for m in out if m == "promptr1" or m.startswith("promptr1.")}
 
 
-GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
+GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}  # imports and registry strings: what layers check
+IMPORTS = {m: _imports(m, p, lazy=False) for m, p in MODULES.items()}  # imports only: what cycles are made of
 
 
 def test_every_module_has_a_layer():
@@ -101,6 +112,39 @@ def test_imports_point_down(module):
         assert theirs <= mine, f"{module} (layer {mine}) imports {target} (layer {theirs}): layers point down"
 
 
+@pytest.mark.parametrize("a, b", [("promptr1.rewards", "promptr1.llm_backends"),
+                                  ("promptr1.evaluation", "promptr1.integrations")])
+def test_packages_of_one_layer_do_not_reference_each_other(a, b):
+    for module, targets in GRAPH.items():
+        for mine, other in ((a, b), (b, a)):
+            if module == mine or module.startswith(mine + "."):
+                crossing = sorted(t for t in targets if t == other or t.startswith(other + "."))
+                assert not crossing, f"{module} references {crossing}: same-layer packages stay independent"
+
+
+def test_registry_strings_resolve_and_count_as_imports():
+    """Every lazy registry entry names a module that exists, and the layer check above sees it (so a library module
+    naming a test double by string fails ``test_imports_point_down`` like an import would)."""
+    refs = {}
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and LAZY_REF.match(node.value):
+                refs[node.value] = module
+    assert len(refs) >= 10
+    import importlib
+
+    for ref, module in refs.items():
+        target, _, attr = ref.partition(":")
+        assert hasattr(importlib.import_module(target), attr), f"{module} names {ref}, which does not exist"
+        assert target in GRAPH[module]
+
+
+def test_the_checker_sees_an_upward_registry_string(tmp_path):
+    f = tmp_path / "mod.py"
+    f.write_text('REG = {"sim": "promptr1.envs.synthetic.expert:SimExpert"}\n')
+    assert "promptr1.envs.synthetic.expert" in _imports("promptr1.llm_backends.mod", f)
+
+
 def test_training_wing_does_not_import_evaluation():
     for module, targets in GRAPH.items():
         if module.startswith("promptr1.agents"):
@@ -114,8 +158,8 @@ def test_no_import_cycles():
     def visit(m: str) -> None:
         state[m] = 1
         stack.append(m)
-        for t in sorted(GRAPH.get(m, ())):
-            if t not in GRAPH or t == m:
+        for t in sorted(IMPORTS.get(m, ())):
+            if t not in IMPORTS or t == m:
                 continue
             if state.get(t) == 1:
                 cycle = stack[stack.index(t):] + [t]
@@ -125,7 +169,7 @@ def test_no_import_cycles():
         stack.pop()
         state[m] = 2
 
-    for m in sorted(GRAPH):
+    for m in sorted(IMPORTS):
         if m not in state:
             visit(m)
 

@@ -27,7 +27,8 @@ def test_play_reads_turns_from_stdin_and_prints_transcript(tmp_path):
     tasks = tmp_path / "t.jsonl"
     tasks.write_text(json.dumps({"question": "Capital of France?", "answers": ["Paris"]}) + "\n", encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "promptr1.cli", "play", "--task", str(tasks), "--env-llm", "echo"],
+        [sys.executable, "-c", "import sys, promptr1.testing; from promptr1.cli import main; sys.exit(main())",
+         "play", "--task", str(tasks), "--env-llm", "echo"],
         input="<think>x</think><answer>Lyon</answer>\n", capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

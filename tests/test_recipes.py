@@ -1,5 +1,5 @@
 """The paper's recipe as bundled configs (``paper``, ``paper-1gpu``, ``verl-paper``, the verl agent loops) and as
-a TRL launch line (docs/training.md): each parses and carries the paper's numbers (design.md section 7)."""
+a TRL launch line (docs/training.md): each parses and carries the paper's numbers (docs/architecture.md, training defaults)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Known-answer tests for the dual-constrained reward (design.md section 3).
+"""Known-answer tests for the dual-constrained reward (docs/reward.md).
 
 Expected values are computed by hand in the tables: format = 0.4 per well-formed prompt turn
 (all turns but the last) + 0.25 + 0.25 for a non-empty answer in the last turn + 0.1 if the
@@ -52,7 +52,7 @@ CASES = [
     ("2 turns: wrong answer", [P, F("Lyon")], "Paris", 1.0, 0.0, 0.0),
     ("2 turns: partial answer F1 2/3", [P, F("Paris France")], "Paris", 1.0, 2 / 3, 2 / 3),
     ("json tool call in prompt turn", [P_JSON, F("Paris")], "Paris", 1.0, 1.0, 1.0),
-    # ---- the quirks (design.md section 3)
+    # ---- the quirks (docs/reward.md)
     ("3 good prompts, then no answer", [P, P, P, P], "Paris", 1.0, 0.0, 0.0),
     ("3 good prompts, then garbage", [P, P, P, "I give up"], "Paris", 1.0, 0.0, 0.0),
     ("1 turn: direct wrong answer", [F("Lyon")], "Paris", 0.6, 0.0, -0.4),

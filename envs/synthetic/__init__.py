@@ -10,6 +10,8 @@ Neither is a language model; ``docs/synthetic.md`` states the rules the expert f
 
 from __future__ import annotations
 
+from promptr1.llm_backends import BACKENDS, register_backend
+
 from .world import (
     KINDS,
     RELATIONS,
@@ -44,3 +46,6 @@ def __getattr__(name: str):  # the expert pulls in the backend layer; load it on
 
         return SimExpert
     raise AttributeError(f"module 'promptr1.envs.synthetic' has no attribute {name!r}")
+
+if "sim" not in BACKENDS:  # the simulated expert answers about this world: registered with it
+    register_backend("sim", "promptr1.envs.synthetic.expert:SimExpert")

@@ -39,7 +39,7 @@ __all__ = [
 #: Bump when the recipe changes so that stale cached copies are rebuilt.
 TINY_MODEL_VERSION = 2
 
-#: The Prompt-R1 turn-protocol tags (design.md section 2); they appear often in the corpus so
+#: The Prompt-R1 turn-protocol tags (docs/architecture.md, the turn protocol); they appear often in the corpus so
 #: that the tokenizer spends few tokens on them.
 PROTOCOL_TAGS: tuple[str, ...] = (
     "<think>",

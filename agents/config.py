@@ -76,6 +76,11 @@ class GRPOConfig(RunSettings):
     """Subtract ``kl_coef * sum_t KL`` from each episode's reward before the advantages, instead of a loss term."""
     recompute_old_logp: bool = True
     """Recompute old log-probs with a no-grad forward of the training model before the update."""
+    truncated_reward: str = "ours"
+    """What an episode that ends on an env reply (out of turns, or over ``max_seq_len``) trains on: ``ours`` (the
+    reward function's value: ``-1 + min(0.4 k, 1)`` for k well-formed prompts, -1 on overflow) or ``reference``
+    (0, as in the official trainer, whose score sits on a masked token). Our trainer, the TRL rollout and the verl
+    loop read it; reports always show the reward function's value."""
 
     # --- systems
     deterministic: bool = False
@@ -133,6 +138,9 @@ class GRPOConfig(RunSettings):
         if not 0.0 <= float(self.max_env_error_rate) <= 1.0:
             raise ValueError(f"max_env_error_rate is a share of a step's episodes, between 0 and 1 (1: never stop); "
                              f"got {self.max_env_error_rate!r}.")
+        if self.truncated_reward not in ("ours", "reference"):
+            raise ValueError(f"truncated_reward must be 'ours' (the reward function's value) or 'reference' (0 for "
+                             f"episodes ending on an env reply); got {self.truncated_reward!r}.")
         if int(self.env_error_patience) < 1:
             raise ValueError(f"env_error_patience counts steps and must be >= 1; got {self.env_error_patience!r}.")
 

@@ -27,10 +27,14 @@ from typing import Any
 
 from promptr1.envs.step_info import StepInfo
 
-__all__ = ["OVERFLOW_REWARD", "Episode", "agent_turn", "env_step", "record_step", "start_episode"]
+__all__ = ["OVERFLOW_REWARD", "TRUNCATED_REWARD_MODES", "Episode", "agent_turn", "ends_on_context", "env_step",
+           "record_step", "start_episode", "training_reward"]
 
 #: Reward given to an episode cut short because it outgrew ``max_seq_len`` (the lowest reward).
 OVERFLOW_REWARD = -1.0
+
+#: Values of the ``truncated_reward`` setting (see :func:`training_reward`).
+TRUNCATED_REWARD_MODES = ("ours", "reference")
 
 
 @dataclass
@@ -62,6 +66,9 @@ class Episode:
     """The KV cache of a prefix of ``ids`` kept between turns (``kv_reuse``); dropped when the episode ends."""
     last_step: StepInfo | None = field(default=None, repr=False)
     """The env's report of the last step played."""
+    framing: Any = field(default=None, repr=False)
+    """The env's :class:`~promptr1.envs.framing.Framing` (None: an env without one); it decides how a reply is
+    spliced into ``ids``."""
 
     def add(self, ids: Sequence[int], is_agent: bool, logps: Sequence[float] | None = None) -> None:
         """Append a segment: agent tokens (with their sampler log-probs) or context tokens."""
@@ -74,6 +81,45 @@ class Episode:
     @property
     def num_action_tokens(self) -> int:
         return int(sum(self.mask))
+
+
+def ends_on_context(ep: Episode) -> bool:
+    """True for an episode whose stream ends on context rather than on an agent turn: it ran out of turns
+    (the last reply, and the reference's ``<think>\n`` prefill, follow the last agent turn) or outgrew
+    ``max_seq_len``. An env-error episode is not counted (it leaves its group anyway)."""
+    return bool(ep.done and ep.truncated and ep.env_error is None)
+
+
+def training_reward(ep: Episode, mode: str = "ours") -> float:
+    """The reward an episode trains on, under the ``truncated_reward`` setting (one rule for our trainer, the TRL
+    rollout and the verl loop). ``ep.reward`` (the reward function's value, what reports show) is not changed.
+
+    ``"ours"`` (default)
+        ``ep.reward``: an episode that ran out of turns trains on its reward (``-1 + min(0.4 k, 1)`` for ``k``
+        well-formed prompt turns under the faithful reward), one that overflowed on -1.
+    ``"reference"``
+        0.0 for an episode that :func:`ends_on_context`, else ``ep.reward``. The official trainer writes the score
+        on the last response token and its GRPO sums ``reward * action_mask``, so such an episode, which ends on
+        masked tokens, trains at 0 whatever the reward function says.
+
+    >>> ep = Episode(task=None, group=0, reward=-0.2, done=True, truncated=True)
+    >>> training_reward(ep), training_reward(ep, "reference")
+    (-0.2, 0.0)
+    """
+    if mode not in TRUNCATED_REWARD_MODES:
+        raise ValueError(f"truncated_reward must be one of {', '.join(TRUNCATED_REWARD_MODES)} ('ours': the reward "
+                         f"function's value; 'reference': 0 for episodes ending on an env reply); got {mode!r}.")
+    if mode == "reference" and ends_on_context(ep):
+        return 0.0
+    return float(ep.reward)
+
+
+def _env_framing(env: Any) -> Any:
+    for obj in (env, getattr(env, "unwrapped", None), getattr(env, "env", None)):
+        framing = getattr(obj, "__dict__", {}).get("framing")
+        if framing is not None and hasattr(framing, "stop_strings"):
+            return framing
+    return None
 
 
 async def env_step(env: Any, action: str) -> tuple:
@@ -89,10 +135,10 @@ def start_episode(env: Any, task: Any, *, group: int = 0, seed: int | None = Non
                   max_seq_len: int | None = None) -> Episode:
     """Reset ``env`` on ``task`` and open the episode: the chat, and with a ``framer`` the prompt's token ids."""
     _, info = env.reset(seed=seed, options={"task": task})
-    ep = Episode(task=task, group=int(group))
+    ep = Episode(task=task, group=int(group), framing=_env_framing(env))
     ep.messages = [dict(m) for m in info["messages"]]
     if framer is not None:
-        ep.add(framer.prompt_ids(ep.messages), False)
+        ep.add(framer.prompt_ids(_agent_view(ep)), False)
         ep.prompt_len = len(ep.ids)
         if max_seq_len is not None and ep.prompt_len >= max_seq_len:
             raise ValueError(
@@ -139,13 +185,30 @@ def record_step(ep: Episode, text: str, result: tuple, *, framer: Any = None, en
     ep.messages.append({"role": "user", "content": obs})
     if framer is None:
         return True
-    reply_ids = framer.encode(framer.reply_text(history, text, obs, ended_with_eos) + ep.prefill)
-    if max_seq_len is not None and len(ep.ids) + len(reply_ids) + 1 >= max_seq_len:
+    one_message = getattr(ep.framing, "one_message", False)
+    if one_message:
+        # the whole conversation is re-sent each turn as one user message: the context is rebuilt, not extended
+        reply_ids = framer.prompt_ids(_agent_view(ep))
+        room = len(reply_ids) + 1
+    else:
+        # the reference framing keeps the agent's end-of-turn token and the frame's own (doubled, as in its stream)
+        keep_eos = getattr(ep.framing, "doubled_end_token", False)
+        reply_ids = framer.encode(framer.reply_text(history, text, obs, ended_with_eos and not keep_eos) + ep.prefill)
+        room = len(ep.ids) + len(reply_ids) + 1
+    if max_seq_len is not None and room >= max_seq_len:
         # No room for another agent turn: end the episode here with the lowest reward.
         ep.cache = None
         ep.done, ep.truncated, ep.overflow = True, True, True
         ep.reward = OVERFLOW_REWARD
         ep.components = {"total": OVERFLOW_REWARD, "overflow": True}
         return False
+    if one_message:
+        ep.ids, ep.mask, ep.logp, ep.segments, ep.cache = [], [], [], [], None
     ep.add(reply_ids, False)
     return True
+
+
+def _agent_view(ep: Episode) -> list[dict[str, str]]:
+    """The chat the agent model is given: the episode's chat, or the framing's rewrite of it."""
+    view = getattr(ep.framing, "agent_view", None)
+    return view(ep.messages) if view is not None else ep.messages

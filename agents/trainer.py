@@ -46,6 +46,7 @@ from promptr1.agents.logger import Callback, CallbackList, Logger
 from promptr1.agents.models import load_policy, resolve_dtype, resolve_model_path, sequence_logprobs
 from promptr1.agents.seeding import derived_seed, seed_everything
 from promptr1.plugins import import_plugins
+from promptr1.agents.episode import ends_on_context, training_reward
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
 
 __all__ = ["GRPOTrainer", "TrainingFailed"]
@@ -365,7 +366,9 @@ class GRPOTrainer:
         self.callbacks.on_rollout_end(self, episodes)
 
         batch = collate_episodes(episodes, self.tokenizer.pad_token_id)
-        rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)  # (N,)
+        # the training signal: the reward function's value, or 0 for episodes ending on an env reply under
+        # truncated_reward="reference" (the official trainer's); reports keep e.reward
+        rewards = torch.tensor([training_reward(e, cfg.truncated_reward) for e in episodes], dtype=torch.float32)
         groups = torch.tensor([e.group for e in episodes])
         ok = torch.tensor([e.env_error is None for e in episodes])  # (N,) env failures leave their group
 
@@ -490,6 +493,9 @@ class GRPOTrainer:
         # the share of episodes that reached the env LLM and failed there (what max_env_error_rate watches)
         r["env_llm/failure_rate"] = sum(e.env_error is not None for e in tried) / len(tried) if tried else 0.0
         r["rollout/overflow"] = float(sum(e.overflow for e in episodes))
+        # share of episodes whose stream ends on an env reply (out of turns or overflow): those the reference
+        # trains at 0 (truncated_reward="reference")
+        r["rollout/masked_end_rate"] = float(np.mean([ends_on_context(e) for e in episodes])) if episodes else 0.0
         r["rollout/turns_mean"] = float(np.mean([e.turns for e in episodes]))
         r["rollout/action_tokens_mean"] = float(np.mean([e.num_action_tokens for e in episodes]))
         r["rollout/seq_len_mean"] = float(np.mean([len(e.ids) for e in episodes]))
@@ -500,6 +506,7 @@ class GRPOTrainer:
             r["reward/std"] = float(np.std(rewards))
             r["reward/max"] = float(np.max(rewards))
             r["reward/min"] = float(np.min(rewards))
+            r["reward/train_mean"] = float(np.mean([training_reward(e, self.cfg.truncated_reward) for e in ok]))
             comps: dict[str, list[float]] = {}
             for e in ok:
                 for k, v in e.components.items():

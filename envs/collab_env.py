@@ -26,7 +26,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from promptr1.envs.framing import FRAMINGS, Framing
+from promptr1.envs.framing import FRAMINGS, Framing, reference_history_reply
 from promptr1.envs.protocol import ParsedTurn, parse_turn
 from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.step_info import StepInfo
@@ -38,7 +38,10 @@ from promptr1.tags import THINK_OPEN
 #: What the reference prefills at the start of every agent turn after the first.
 REFERENCE_TURN_PREFILL = THINK_OPEN + "\n"
 
-__all__ = ["DEFAULT_AGENT_SYSTEM_PROMPT", "DEFAULT_ENV_SYSTEM_PROMPT", "PromptCollabEnv"]
+__all__ = ["DEFAULT_AGENT_SYSTEM_PROMPT", "DEFAULT_ENV_SYSTEM_PROMPT", "ENV_HISTORY_MODES", "PromptCollabEnv"]
+
+#: Values of ``env_history``: what the env LLM's history keeps of each of its replies.
+ENV_HISTORY_MODES = ("seen", "full", "reference")
 
 DEFAULT_AGENT_SYSTEM_PROMPT = (
     "You are a small assistant that answers questions by consulting a large language model. "
@@ -85,6 +88,11 @@ class PromptCollabEnv(gym.Env):
             backend's ``preferred_system_prompt`` when it has one (``smollm2``: none, its template's own),
             else :data:`DEFAULT_ENV_SYSTEM_PROMPT`. ``info["env_system_prompt"]`` says which was used.
         agent_system_prompt: the agent's system message.
+        env_history: what the env LLM's history keeps of each of its earlier replies: ``"seen"`` (default) the
+            reply as the agent saw it (cut at ``max_response_chars``; under the reference framing the visible part
+            of its JSON text, decoded), never more; ``"full"`` the whole reply, re-sent on every later turn;
+            ``"reference"`` the reference's: the whole reply when its ``{"results": [...]}`` text fits in
+            ``max_response_chars``, else an empty assistant message (its re-parse of the cut JSON fails).
         backend_kwargs: extra keyword arguments when ``env_llm`` is a spec string.
     """
 
@@ -107,6 +115,7 @@ class PromptCollabEnv(gym.Env):
         env_system_prompt: str | None = "auto",
         framing: str = "ours",
         agent_system_prompt: str | None = DEFAULT_AGENT_SYSTEM_PROMPT,
+        env_history: str = "seen",
         render_mode: str | None = None,
         backend_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
@@ -114,6 +123,9 @@ class PromptCollabEnv(gym.Env):
             raise ValueError(f"max_turns must be a positive int (ref: 5), got {max_turns!r}.")
         if max_response_chars < 1 or max_action_chars < 1:
             raise ValueError("max_response_chars and max_action_chars must be >= 1.")
+        if env_history not in ENV_HISTORY_MODES:
+            raise ValueError(f"env_history must be one of {', '.join(ENV_HISTORY_MODES)} (seen: the reply as the agent "
+                             f"saw it; full: the whole reply; reference: the official code's), got {env_history!r}.")
         if task_order not in ("random", "sequential"):
             raise ValueError(f"task_order must be 'random' or 'sequential', got {task_order!r}.")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -131,6 +143,7 @@ class PromptCollabEnv(gym.Env):
         self.max_response_chars = max_response_chars
         self.max_action_chars = max_action_chars
         self.max_observation_chars = max_observation_chars
+        self.env_history = env_history
         self.reward_variant = reward_variant
         self.answer_metric = answer_metric
         self.task_order = task_order
@@ -142,7 +155,7 @@ class PromptCollabEnv(gym.Env):
                             f"got {type(env_system_prompt).__name__}.")
         self.env_system_prompt = env_system_prompt
         self.framing: Framing = FRAMINGS.get(framing)
-        if self.framing.name == "reference" and agent_system_prompt == DEFAULT_AGENT_SYSTEM_PROMPT:
+        if self.framing.name.startswith("reference") and agent_system_prompt == DEFAULT_AGENT_SYSTEM_PROMPT:
             agent_system_prompt = None  # the reference framing's own system message (with the tool schema)
         self.agent_system_prompt = self.framing.agent_system_prompt(agent_system_prompt)
         self.render_mode = render_mode
@@ -260,6 +273,7 @@ class PromptCollabEnv(gym.Env):
         truncated_action = len(action) > self.max_action_chars
         if truncated_action:
             action = action[: self.max_action_chars]
+        action = self.framing.preprocess_action(action)
         if self.framing.turn_prefill and self.turns and not action.startswith(self.framing.turn_prefill):
             action = self.framing.turn_prefill + action  # the prefilled opening is part of the scored turn
         self.turns.append(action)
@@ -293,7 +307,7 @@ class PromptCollabEnv(gym.Env):
         reply = completion.text
         if called:
             self.llm_history.append({"role": "user", "content": pending.parsed.prompt or ""})
-            self.llm_history.append({"role": "assistant", "content": reply})
+            self.llm_history.append({"role": "assistant", "content": self._history_reply(reply)})
             self.episode_stats["env_llm_latency_s"] += completion.latency_s
             self.episode_stats["env_llm_tokens"] += completion.prompt_tokens + completion.completion_tokens
             self.episode_stats["env_llm_attempts"] += completion.attempts
@@ -307,6 +321,14 @@ class PromptCollabEnv(gym.Env):
         info = dataclasses.replace(self._info(pending.parsed, pending.action_truncated, completion),
                                    turn_prefill=self.framing.turn_prefill)  # what the agent's next turn opens with
         return self._fit_obs(obs), 0.0, False, False, info.to_info()
+
+    def _history_reply(self, reply: str) -> str:
+        """What the env LLM's history keeps of ``reply`` (``env_history``)."""
+        if self.env_history == "full":
+            return reply
+        if self.env_history == "reference":
+            return reference_history_reply(reply, self.max_response_chars)
+        return self.framing.seen_reply(reply, self.max_response_chars)
 
     def _end(self, parsed: ParsedTurn, *, terminated: bool, truncated: bool, action_truncated: bool,
              completion: Completion | None = None, out_of_turns: bool = False):

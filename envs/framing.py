@@ -23,7 +23,24 @@ Two framings are built in (``PromptCollabEnv(framing=...)``, ``--framing`` on ev
     * generation stops only at the end-of-turn token.
 
     The reference's system-prompt sentences are its own prose, which we do not copy: ours say the same
-    things. For a bit-exact system message, pass its text as ``agent_system_prompt``.
+    things. For a bit-exact system message, pass its whole text as ``agent_system_prompt``: a text you give is
+    used verbatim (our ``# Tools`` block is added only to the default introduction).
+
+    The agent's end-of-turn token is kept and the reply's frame opens with its own, so the stream holds two
+    before each reply, as the reference's does (``doubled_end_token``).
+
+``reference-eval``
+    The official *evaluation* scripts' agent side (``--preset reference``): the reference framing, and
+
+    * a plain-text prompt is wrapped into the JSON tool call before it is checked, and text after the first
+      ``</interaction_prompt>`` is dropped (:meth:`Framing.preprocess_action`);
+    * the agent model is given the whole conversation as one user message each turn (:meth:`Framing.agent_view`):
+      ``"\\n<|im_start|>system\\n" + system + "<|im_end|>\\n<|im_start|>\\nuser\\n" + question + "\\n"``, then
+      per turn the agent's text + ``<|im_end|>`` and the reply framed as
+      ``<|im_end|>\\n<|im_start|>user\\nREPLY<|im_end|>\\n<|im_start|>assistant\\n<think>\\n``; so each turn
+      starts a fresh assistant message (no prefill);
+    * an episode that runs out of turns predicts ``Maximum turns reached without final answer``, one that
+      outgrows the context ``Maximum context length exceeded``.
 
 >>> ref = FRAMINGS.get("reference")
 >>> ref.wrap_reply("Paris", 2048)
@@ -37,12 +54,14 @@ Two framings are built in (``PromptCollabEnv(framing=...)``, ``--framing`` on ev
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from promptr1.registry import Registry
 from promptr1.tags import PROMPT_CLOSE, PROMPT_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN, STOP_STRINGS, THINK_OPEN
 
-__all__ = ["FRAMINGS", "Framing", "OurFraming", "PROMPT_TOOL", "ReferenceFraming"]
+__all__ = ["FRAMINGS", "Framing", "OurFraming", "PROMPT_TOOL", "ReferenceEvalFraming", "ReferenceFraming",
+           "reference_history_reply"]
 
 #: The one tool of the reference framing, as a function-calling schema (our wording of its description).
 PROMPT_TOOL: dict = {
@@ -69,14 +88,33 @@ class Framing:
     stop_strings: tuple[str, ...]
     #: Text that opens every agent turn after the first (context the agent continues from).
     turn_prefill: str = ""
+    #: Keep the agent's end-of-turn token before the reply's frame, which opens with its own (two in a row).
+    doubled_end_token: bool = False
+    #: Give the agent model the whole conversation as one user message each turn (:meth:`agent_view`).
+    one_message: bool = False
+    #: The prediction of an episode that ran out of turns / outgrew the context (None: its answer, if any).
+    out_of_turns_prediction: str | None = None
+    overflow_prediction: str | None = None
 
     def agent_system_prompt(self, base: str | None) -> str | None:
         """The agent's system message, from the env's ``agent_system_prompt`` (``None``: none)."""
         return base
 
+    def preprocess_action(self, action: str) -> str:
+        """The agent's turn as the env reads, scores and records it."""
+        return action
+
+    def agent_view(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """The chat the agent model is given, from the episode's chat (only used when ``one_message``)."""
+        return messages
+
     def wrap_reply(self, reply: str, max_chars: int) -> str:
         """The observation that carries the large LLM's reply back to the agent."""
         return RESPONSE_OPEN + reply[:max_chars] + RESPONSE_CLOSE
+
+    def seen_reply(self, reply: str, max_chars: int) -> str:
+        """The part of the reply the agent was shown (what ``env_history="seen"`` keeps for the env LLM)."""
+        return reply[:max_chars]
 
     def check_call(self, inner: str) -> tuple[str | None, str | None]:
         """``(prompt, None)`` for a call to make, or ``(None, error)`` for one to refuse."""
@@ -96,7 +134,9 @@ class OurFraming(Framing):
 
 class ReferenceFraming(Framing):
     def agent_system_prompt(self, base: str | None) -> str | None:
-        intro = base if base is not None else "You are a helpful assistant."
+        if base is not None:  # the user's text, verbatim (a bit-exact system message)
+            return base
+        intro = "You are a helpful assistant."
         return (
             f"{intro}\n\n# Tools\n\nTo answer the user's question you can consult a large language model through a "
             "tool. Give it your explanation and analysis of the question, and your reasoning so far.\n\n"
@@ -113,6 +153,19 @@ class ReferenceFraming(Framing):
             body = body[:max_chars] + "..."
         return f"{RESPONSE_OPEN}\n{body}\n{RESPONSE_CLOSE}"
 
+    def seen_reply(self, reply: str, max_chars: int) -> str:
+        body = json.dumps({"results": [reply.strip()]})
+        if len(body) <= max_chars:
+            return reply.strip()
+        # the visible prefix of the JSON string, decoded (an escape cut in half is left out)
+        escaped = body[len('{"results": ["'):max_chars]
+        for cut in range(7):
+            try:
+                return json.loads('"' + escaped[: len(escaped) - cut] + '"')
+            except ValueError:
+                continue
+        return ""
+
     def error_reply(self, error: str) -> str:
         return f"{RESPONSE_OPEN}\n{error}\n{RESPONSE_CLOSE}"
 
@@ -123,6 +176,8 @@ class ReferenceFraming(Framing):
             return None, "Error: JSONDecodeError"
         if not isinstance(call, dict) or "name" not in call:
             return None, "Error: No tool name"
+        if "arguments" not in call:  # checked before the tool's name, as the reference's batched step does
+            return None, "Error: No tool arguments"
         if call["name"] != PROMPT_TOOL["function"]["name"]:
             return None, "Error: ToolNotFoundError"
         args = call.get("arguments")
@@ -131,11 +186,58 @@ class ReferenceFraming(Framing):
         return args["prompt"], None
 
 
+_CALL_RE = re.compile(re.escape(PROMPT_OPEN) + "(.*?)" + re.escape(PROMPT_CLOSE), re.DOTALL)
+_IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
+
+
+class ReferenceEvalFraming(ReferenceFraming):
+    """The official evaluation scripts' agent side (see the module docstring)."""
+
+    def preprocess_action(self, action: str) -> str:
+        for inner in _CALL_RE.findall(action):
+            content = inner.strip()
+            try:
+                json.loads(content)
+                continue
+            except ValueError:
+                pass
+            call = json.dumps({"name": PROMPT_TOOL["function"]["name"], "arguments": {"prompt": content}})
+            action = action.replace(f"{PROMPT_OPEN}{inner}{PROMPT_CLOSE}", f"{PROMPT_OPEN}\n{call}\n{PROMPT_CLOSE}")
+        if PROMPT_OPEN in action and PROMPT_CLOSE in action:
+            action = action.split(PROMPT_CLOSE)[0] + PROMPT_CLOSE
+        return action
+
+    def agent_view(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        rest = list(messages)
+        system = rest.pop(0)["content"] if rest and rest[0]["role"] == "system" else ""
+        question = rest.pop(0)["content"] if rest else ""
+        text = f"\n{_IM_START}system\n{system}{_IM_END}\n{_IM_START}\nuser\n{question}\n"
+        for i in range(0, len(rest) - 1, 2):
+            turn, reply = rest[i]["content"], rest[i + 1]["content"]
+            text += (f"{self.preprocess_action(turn)}{_IM_END}{_IM_END}\n{_IM_START}user\n{reply}{_IM_END}\n"
+                     f"{_IM_START}assistant\n{THINK_OPEN}\n")
+        return [{"role": "user", "content": text}]
+
+
+def reference_history_reply(reply: str, max_chars: int) -> str:
+    """What the reference keeps of a reply in the env LLM's history: it re-parses the reply's JSON text as the agent
+    saw it, so a reply whose ``{"results": [...]}`` text is longer than ``max_chars`` (cut, unparseable) leaves an
+    empty assistant message.
+
+    >>> reference_history_reply(" Paris ", 2048), reference_history_reply("x" * 3000, 2048)
+    ('Paris', '')
+    """
+    return reply.strip() if len(json.dumps({"results": [reply.strip()]})) <= max_chars else ""
+
+
 #: Framings by name (``PromptCollabEnv(framing=...)``).
 FRAMINGS: Registry[Framing] = Registry(
     "framing",
     {
         "ours": OurFraming("ours", STOP_STRINGS),
-        "reference": ReferenceFraming("reference", (), turn_prefill=THINK_OPEN + "\n"),
+        "reference": ReferenceFraming("reference", (), turn_prefill=THINK_OPEN + "\n", doubled_end_token=True),
+        "reference-eval": ReferenceEvalFraming("reference-eval", (), one_message=True,
+                                               out_of_turns_prediction="Maximum turns reached without final answer",
+                                               overflow_prediction="Maximum context length exceeded"),
     },
 )

@@ -39,10 +39,14 @@ class EvalConfig(RunSettings):
 
     #: ``--preset NAME`` fills the settings the user did not give (an explicit value always wins).
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # The official evaluation's decoding: agent at temperature 0.7, top-p 0.8, repetition penalty 1.05, up to
-        # 8,192 tokens a turn and 10 turns; no token limit on the large LLM.
-        "reference": {"temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.05, "max_new_tokens": 8192,
-                      "max_turns": 10, "max_seq_len": 32768, "env_max_tokens": 0},
+        # The official evaluation scripts (batch_inference.py, vllm_infer/config.py): agent at temperature 0.7,
+        # top-p 0.8, no repetition penalty (1.05 is defined there but never sent), up to 8,192 tokens a turn and
+        # 10 turns; replies cut at 8,192 characters; the large LLM gets no temperature and no token limit and an
+        # empty message for a reply whose JSON was cut; the agent side of those scripts (reference-eval framing:
+        # plain-text prompts wrapped into the tool call, one user message, fixed out-of-turns prediction).
+        "reference": {"temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.0, "max_new_tokens": 8192,
+                      "max_turns": 10, "max_seq_len": 32768, "env_max_tokens": 0, "env_temperature": None,
+                      "max_response_chars": 8192, "framing": "reference-eval", "env_history": "reference"},
     }
 
     temperature: float = 0.0
@@ -50,8 +54,9 @@ class EvalConfig(RunSettings):
     (the reference evaluates at 0.7: ``--preset reference``)."""
     output_dir: str = "runs/eval"
     preset: str = ""
-    """``reference``: the official evaluation's decoding (agent temperature 0.7, top-p 0.8, repetition penalty
-    1.05, 8,192 tokens a turn, 10 turns, no env token limit) for every setting you do not give."""
+    """``reference``: the official evaluation scripts' settings (agent temperature 0.7, top-p 0.8, no repetition
+    penalty, 8,192 tokens a turn, 10 turns, replies cut at 8,192 characters, no env temperature or token limit,
+    ``framing: reference-eval``, ``env_history: reference``) for every setting you do not give."""
     methods: list[str] = field(default_factory=lambda: ["direct", "cot", "agent"])
     """``direct`` (the env LLM alone), ``cot`` (the env LLM asked to reason step by step), ``agent`` (the
     ``--model`` agent in front of the env LLM), ``agent:MODEL`` (another agent), each optionally labelled

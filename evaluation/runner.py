@@ -213,7 +213,7 @@ class _Run:
                 stats = env.env.episode_stats
                 comps = ep.components or {}
                 self.finish(
-                    job, comps.get("answer_text") or "", ep.env_error,
+                    job, episode_prediction(ep, self.cfg.framing), ep.env_error,
                     turns=ep.messages, num_turns=ep.turns, env_llm_calls=stats["env_llm_calls"],
                     latency_s=env.latency_s, env_llm_latency_s=stats["env_llm_latency_s"],
                     tokens=stats["env_llm_tokens"], cost_usd=stats["env_llm_cost_usd"],
@@ -370,13 +370,33 @@ def _status(result: EvalResult) -> str:
     return status
 
 
+def episode_prediction(ep: Any, framing: str) -> str:
+    """An agent episode's prediction: its answer; under a framing that names one (``reference-eval``, the official
+    evaluation scripts'), the fixed text of an episode that ran out of turns or outgrew the context.
+
+    >>> from promptr1.agents.episode import Episode
+    >>> ep = Episode(task=None, group=0, done=True, truncated=True)
+    >>> episode_prediction(ep, "reference-eval"), episode_prediction(ep, "reference")
+    ('Maximum turns reached without final answer', '')
+    """
+    from promptr1.envs.framing import FRAMINGS
+
+    answer = (ep.components or {}).get("answer_text") or ""
+    if ep.truncated and not ep.env_error:
+        fr = FRAMINGS.get(framing)
+        fixed = fr.overflow_prediction if ep.overflow else fr.out_of_turns_prediction
+        if fixed is not None:
+            return fixed
+    return answer
+
+
 def _write_outputs(result: EvalResult, cfg: EvalConfig, out: Path) -> None:
     status = _status(result)
     notes = [
         f"env LLMs: {', '.join(f'`{e}`' for e in cfg.env_llms)}",
         f"methods: {', '.join(f'`{m}`' for m in cfg.methods)}",
         f"episodes: max_turns={cfg.max_turns}, reward variant `{cfg.reward_variant}`, env temperature "
-        f"{cfg.env_temperature:g}; agent temperature {cfg.temperature:g}"
+        f"{'the server default' if cfg.env_temperature is None else format(cfg.env_temperature, 'g')}; agent temperature {cfg.temperature:g}"
         f"{' (greedy)' if cfg.temperature == 0 else ''}; SSim embedder: {cfg.embedder}",
         f"this run: {result.calls} uncached env-LLM calls, ${result.cost_usd:.4f}",
         *(f"task type of `{name}`: {why}" for name, why in result.task_types.items()),

@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_dataset=tasks_to_dataset(tasks, env_kwargs=env_kwargs),
         reward_funcs=[env_reward],
         rollout_func=make_rollout_func(tasks, env_llm=backend, env_kwargs=env_kwargs,
-                                       max_new_tokens=a.max_new_tokens, max_seq_len=a.max_seq_len),
+                                       max_new_tokens=a.max_new_tokens, max_seq_len=a.max_seq_len,
+                                       truncated_reward=settings.truncated_reward),
     )
     resume: bool | str | None = None
     if a.resume:

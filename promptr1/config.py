@@ -64,8 +64,9 @@ class BackendSettings:
     # --- the env LLM
     env_llm: str = "sim"
     """Environment LLM spec (``sim``, ``smollm2``, ``openai:MODEL``, ``hf:PATH``...)."""
-    env_temperature: float = 0.0
-    """Env-LLM sampling temperature (0: greedy, so that replies are reproducible)."""
+    env_temperature: float | None = 0.0
+    """Env-LLM sampling temperature (0: greedy, so that replies are reproducible); none (YAML ``null``,
+    ``--env-temperature none``) sends no temperature, so the server's default applies (ref: none is sent)."""
     env_max_tokens: int = 512
     """Env-LLM reply budget in tokens (0: no limit, as in the reference)."""
     env_system_prompt: str | None = "auto"
@@ -102,7 +103,7 @@ class BackendSettings:
             self.env_system_prompt = None
         if self.env_max_tokens < 0:
             raise ConfigError(f"--env-max-tokens must be >= 0 (0: no limit); got {self.env_max_tokens!r}.")
-        if self.env_temperature < 0:
+        if self.env_temperature is not None and self.env_temperature < 0:
             raise ConfigError(f"--env-temperature must be >= 0 (0: greedy); got {self.env_temperature!r}.")
         if self.max_calls is not None and self.max_calls < 0:
             raise ConfigError(f"--max-calls must be >= 0 (or left out), got {self.max_calls!r}.")
@@ -122,7 +123,7 @@ class BackendSettings:
 
     def env_sampling(self) -> dict[str, Any]:
         """Keyword arguments of every env-LLM call."""
-        return {"temperature": self.env_temperature,
+        return {**({"temperature": self.env_temperature} if self.env_temperature is not None else {}),
                 **({"max_tokens": self.env_max_tokens} if self.env_max_tokens > 0 else {})}
 
 
@@ -146,6 +147,10 @@ class RunSettings(BackendSettings):
     """Env-LLM reply truncation in characters (ref: 2048)."""
     reward_variant: str = "faithful"
     """Reward variant (``faithful`` is the reference's; ``answer_gated`` fixes its quirks)."""
+    env_history: str = "seen"
+    """What the env LLM's history keeps of its earlier replies: ``seen`` (the reply as the agent saw it, cut at
+    ``max_response_chars``; never more), ``full`` (the whole reply, re-sent every later turn) or ``reference``
+    (the official code's: an empty assistant message once the reply's JSON text is over ``max_response_chars``)."""
     answer_metric: str = "f1"
     """What the reward's answer term measures: ``f1`` for every task (ref), ``em``, ``math``, ``ssim``, or ``auto``
     (F1 for QA, numeric-equivalent EM for math, SSim for text, by task type)."""
@@ -171,8 +176,10 @@ class RunSettings(BackendSettings):
     episodes than fit are generated in several batches and the caches of those waiting are kept off the
     accelerator, so its memory is bounded whatever the number of episodes (0: no cap)."""
     framing: str = "ours"
-    """Agent-side framing: ``ours`` (forgiving) or ``reference`` (the official code's: tool schema, JSON results,
-    ``<think>`` prefill, stop only at the end-of-turn token, error replies to malformed calls)."""
+    """Agent-side framing: ``ours`` (forgiving), ``reference`` (the official training code's: tool schema, JSON
+    results, ``<think>`` prefill, stop only at the end-of-turn token, error replies to malformed calls) or
+    ``reference-eval`` (the official evaluation scripts': plain-text prompts wrapped into the tool call, the whole
+    conversation as one user message)."""
 
     # --- systems and outputs
     seed: int = 0
@@ -199,6 +206,8 @@ class RunSettings(BackendSettings):
             raise ConfigError(f"--temperature must be >= 0 (0: greedy); got {self.temperature!r}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"--top-p must be in (0, 1]; got {self.top_p!r}.")
+        if self.env_history not in ("seen", "full", "reference"):
+            raise ConfigError(f"--env-history must be seen, full or reference; got {self.env_history!r}.")
 
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~promptr1.envs.collab_env.PromptCollabEnv` for these settings: every
@@ -209,6 +218,7 @@ class RunSettings(BackendSettings):
             "reward_variant": self.reward_variant,
             "answer_metric": self.answer_metric,
             "framing": self.framing,
+            "env_history": self.env_history,
             "sampling": self.env_sampling(),
             "env_system_prompt": self.env_system_prompt,
         }

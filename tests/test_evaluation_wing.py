@@ -269,7 +269,8 @@ def test_reference_preset_fills_only_what_the_user_did_not_give():
     from promptr1.config import ConfigError, load_config
 
     cfg = load_config(EvalConfig, overrides=["--preset", "reference", "--max-turns", "3"])
-    assert (cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.max_new_tokens) == (0.7, 0.8, 1.05, 8192)
+    # no repetition penalty: the official scripts define 1.05 but never send it
+    assert (cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.max_new_tokens) == (0.7, 0.8, 1.0, 8192)
     assert cfg.max_turns == 3  # the user's value wins over the preset's 10
     assert "max_tokens" not in cfg.env_kwargs()["sampling"]  # no token limit on the large LLM
     assert load_config(EvalConfig).temperature == 0.0  # no preset: greedy

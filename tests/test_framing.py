@@ -56,7 +56,8 @@ def test_reference_turns_replies_and_prefill():
     ('["prompt"]', "Error: No tool name"),
     ('{"name": "search", "arguments": {"query": "q"}}', "Error: ToolNotFoundError"),
     ('{"name": "prompt", "arguments": {"text": "q"}}', "Error: Invalid tool arguments"),
-    ('{"name": "prompt"}', "Error: Invalid tool arguments"),
+    ('{"name": "prompt"}', "Error: No tool arguments"),  # the reference's batched step (its training path)
+    ('{"name": "search"}', "Error: No tool arguments"),  # arguments are checked before the name
 ])
 def test_malformed_calls_get_the_reference_error_reply_and_no_llm_call(inner, error):
     backend = ScriptedBackend(["never"])
@@ -94,7 +95,9 @@ def test_rollout_config_takes_the_framings_stop_strings():
 def test_reference_episode_token_by_token(monkeypatch):
     """The whole token sequence of a two-turn reference episode equals the ChatML transcript written by hand:
     system with the tool schema, the question, turn 1, the JSON reply as a user turn, the <think> prefill
-    (context), turn 2; the mask covers exactly the generated tokens."""
+    (context), turn 2; the mask covers exactly the generated tokens. The agent's end-of-turn token is followed
+    by the frame's own, as in the reference's stream (generation.py appends NousToolEnv's reply, which opens with
+    <|im_end|>, to the sampled ids, which end with it)."""
     from promptr1.testing.tiny_model import tiny_model_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,7 +125,7 @@ def test_reference_episode_token_by_token(monkeypatch):
     system = FRAMINGS.get("reference").agent_system_prompt(None)
     reply = '<interaction_response>\n{"results": ["Mira Osk founded it."]}\n</interaction_response>'
     expected = (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{TASK.prompt}<|im_end|>\n"
-                f"<|im_start|>assistant\n{turns[0]}<|im_end|>\n<|im_start|>user\n{reply}<|im_end|>\n"
+                f"<|im_start|>assistant\n{turns[0]}<|im_end|><|im_end|>\n<|im_start|>user\n{reply}<|im_end|>\n"
                 f"<|im_start|>assistant\n<think>\n{turns[1]}<|im_end|>")
     assert tok.decode(ep.ids) == expected
     generated = [tok.decode([i for i, m in zip(seg, [1] * len(seg))]) for seg, is_agent in ep.segments if is_agent]

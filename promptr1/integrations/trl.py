@@ -70,6 +70,7 @@ from promptr1.agents.rollout import (
     run_episodes,
     stop_strings_for,
 )
+from promptr1.agents.episode import TRUNCATED_REWARD_MODES, ends_on_context, training_reward
 from promptr1.agents.seeding import derived_seed
 from promptr1.config import RunSettings
 from promptr1.envs.collab_env import PromptCollabEnv
@@ -237,11 +238,14 @@ class TaskIndex:
 # ----------------------------------------------------------------------------- TRL's fields
 
 
-def episodes_to_trl(episodes: Sequence[Episode], *, drop_env_errors: bool = True) -> dict[str, list]:
+def episodes_to_trl(episodes: Sequence[Episode], *, drop_env_errors: bool = True,
+                    truncated_reward: str = "ours") -> dict[str, list]:
     """Our episodes as the dict TRL's ``rollout_func`` returns (see the module docstring).
 
     ``prompt_ids + completion_ids`` is ``Episode.ids``; ``[0] * len(prompt_ids) + env_mask`` is
-    ``Episode.mask`` (all zeros for an env-error episode when ``drop_env_errors``).
+    ``Episode.mask`` (all zeros for an env-error episode when ``drop_env_errors``). ``episode_reward`` is the
+    training signal (:func:`promptr1.agents.episode.training_reward` under ``truncated_reward``);
+    ``episode_info["reward"]`` the reward function's value.
     """
     out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs", "env_mask",
                                              "episode_reward", "env_error", "reward_components", "episode_info")}
@@ -254,7 +258,7 @@ def episodes_to_trl(episodes: Sequence[Episode], *, drop_env_errors: bool = True
         out["completion_ids"].append(list(ep.ids[p:]))
         out["logprobs"].append([float(x) for x in ep.logp[p:]])
         out["env_mask"].append(mask)
-        out["episode_reward"].append(float(ep.reward))
+        out["episode_reward"].append(training_reward(ep, truncated_reward))
         out["env_error"].append(ep.env_error)
         out["reward_components"].append(dict(ep.components))
         out["episode_info"].append({
@@ -263,6 +267,8 @@ def episodes_to_trl(episodes: Sequence[Episode], *, drop_env_errors: bool = True
             "terminated": ep.terminated,
             "truncated": ep.truncated,
             "overflow": ep.overflow,
+            "masked_end": ends_on_context(ep),
+            "reward": float(ep.reward),
             "action_tokens": ep.num_action_tokens,
             "seq_len": len(ep.ids),
             **{k: v for k, v in ep.episode_stats.items() if k.startswith("env_llm_")},
@@ -321,6 +327,7 @@ def episode_metrics(
         r["rollout/turns_mean"] = _mean([float(e.get("turns", 0)) for e in info])
         r["rollout/terminated_rate"] = _mean([float(bool(e.get("terminated"))) for e in info])
         r["rollout/overflow"] = float(sum(bool(e.get("overflow")) for e in info))
+        r["rollout/masked_end_rate"] = _mean([float(bool(e.get("masked_end"))) for e in info])
         r["rollout/action_tokens_mean"] = _mean([float(e.get("action_tokens", 0)) for e in info])
         r["rollout/seq_len_mean"] = _mean([float(e.get("seq_len", 0)) for e in info])
         for key, name in (("env_llm_calls", "calls"), ("env_llm_tokens", "tokens"), ("env_llm_latency_s", "latency_s")):
@@ -516,6 +523,7 @@ class PromptR1Rollout:
         drop_env_errors: bool = True,
         sampler: Callable[..., list[SampledTurn]] | None = None,
         seed: int | None = None,
+        truncated_reward: str = "ours",
     ) -> None:
         self.tasks = _as_tasks(tasks, split, None)
         self.index = TaskIndex(self.tasks)
@@ -535,6 +543,10 @@ class PromptR1Rollout:
         self.stop_strings = tuple(stop_strings)
         self.independent = bool(independent)
         self.drop_env_errors = bool(drop_env_errors)
+        if truncated_reward not in TRUNCATED_REWARD_MODES:
+            raise ValueError(f"truncated_reward must be one of {', '.join(TRUNCATED_REWARD_MODES)}; "
+                             f"got {truncated_reward!r}.")
+        self.truncated_reward = truncated_reward
         self.sampler = sampler
         self.seed = seed
         self.envs: list[Any] = []
@@ -696,7 +708,7 @@ class PromptR1Rollout:
         if episodes:
             self._warn_if_prompt_differs(prompts[0], episodes[0])
         self.last_episodes = episodes
-        return episodes_to_trl(episodes, drop_env_errors=self.drop_env_errors)
+        return episodes_to_trl(episodes, drop_env_errors=self.drop_env_errors, truncated_reward=self.truncated_reward)
 
 
 def make_rollout_func(tasks: Any = "synthetic", **kwargs: Any) -> PromptR1Rollout:
@@ -725,5 +737,7 @@ def make_rollout_func(tasks: Any = "synthetic", **kwargs: Any) -> PromptR1Rollou
             the trainer's vLLM engine when ``use_vllm``, else the training model.
         seed: seed the sampler per call (derived from seed, step, rank); default: torch's global RNG,
             which TRL seeds from ``args.seed``.
+        truncated_reward: ``"ours"`` (the reward function's value) or ``"reference"`` (0 for an episode that ends
+            on an env reply, as the official trainer trains it); ``GRPOConfig.truncated_reward``.
     """
     return PromptR1Rollout(tasks, **kwargs)

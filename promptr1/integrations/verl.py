@@ -58,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 import torch
 
-from promptr1.agents.episode import Episode, env_step, record_step, start_episode
+from promptr1.agents.episode import Episode, ends_on_context, env_step, record_step, start_episode, training_reward
 from promptr1.agents.rollout import ChatFramer, stop_strings_for
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.tasks import Task, assign_types, split_prompt
@@ -84,7 +84,7 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 AGENT_LOOP_CONFIG = CONFIG_DIR / "verl-agent-loops.yaml"
 
 #: Keys of ``reward_extra_info`` (the same for every episode, as verl stacks them into columns).
-REWARD_EXTRA_KEYS = ("score", "format", "answer", "env_error", "turns", "overflow", "env_llm_calls")
+REWARD_EXTRA_KEYS = ("score", "format", "answer", "env_error", "turns", "overflow", "masked_end", "env_llm_calls")
 
 Generate = Callable[[list[int], int], Awaitable[tuple[list[int], list[float] | None, dict[str, Any]]]]
 
@@ -174,12 +174,15 @@ def _num(x: Any) -> float:
         return 0.0
 
 
-def episode_to_verl(ep: Episode, *, with_logprobs: bool = True, mask_env_errors: bool = True) -> dict[str, Any]:
+def episode_to_verl(ep: Episode, *, with_logprobs: bool = True, mask_env_errors: bool = True,
+                    truncated_reward: str = "ours") -> dict[str, Any]:
     """An :class:`Episode` as the fields of verl's ``AgentLoopOutput``: ``prompt_ids`` (the opening chat),
     ``response_ids`` (every agent turn and every framed reply: ``ep.ids[prompt_len:]``), ``response_mask`` (1 on
     agent tokens; all 0 for an env-error episode when ``mask_env_errors``), ``response_logprobs`` (the sampler's,
     0.0 on reply tokens), ``reward_score``, ``num_turns`` (chat messages, system excluded) and
-    ``reward_extra_info`` (:data:`REWARD_EXTRA_KEYS`, numbers)."""
+    ``reward_extra_info`` (:data:`REWARD_EXTRA_KEYS`, numbers). ``reward_score`` is the training signal
+    (:func:`~promptr1.agents.episode.training_reward` under ``truncated_reward``), ``score`` the reward function's
+    value, ``masked_end`` 1 for an episode that ends on an env reply."""
     p = ep.prompt_len
     mask = list(ep.mask[p:])
     if ep.env_error and mask_env_errors:
@@ -193,6 +196,7 @@ def episode_to_verl(ep: Episode, *, with_logprobs: bool = True, mask_env_errors:
         "env_error": 1.0 if ep.env_error else 0.0,
         "turns": float(ep.turns),
         "overflow": 1.0 if ep.overflow else 0.0,
+        "masked_end": 1.0 if ends_on_context(ep) else 0.0,
         "env_llm_calls": _num(stats.get("env_llm_calls")),
     }
     return {
@@ -200,7 +204,7 @@ def episode_to_verl(ep: Episode, *, with_logprobs: bool = True, mask_env_errors:
         "response_ids": list(ep.ids[p:]),
         "response_mask": mask,
         "response_logprobs": list(ep.logp[p:]) if with_logprobs else None,
-        "reward_score": float(ep.reward),
+        "reward_score": training_reward(ep, truncated_reward),
         "num_turns": sum(1 for m in ep.messages if m.get("role") != "system"),
         "reward_extra_info": extra,
     }
@@ -383,7 +387,7 @@ class PromptR1AgentLoop(AgentLoopBase):
                                 max_new_tokens=self.max_new_tokens, max_seq_len=prompt_len + self.response_length,
                                 stop_strings=self.stop_strings, timings=timings)
         fields = episode_to_verl(ep, with_logprobs=bool(sampling_params.get("logprobs")),
-                                 mask_env_errors=self.mask_env_errors)
+                                 mask_env_errors=self.mask_env_errors, truncated_reward=self.settings.truncated_reward)
         extra_fields: dict[str, Any] = {"reward_extra_info": fields.pop("reward_extra_info"),
                                         "turn_scores": [], "tool_rewards": []}
         if steps:

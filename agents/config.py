@@ -32,6 +32,24 @@ class GRPOConfig(RunSettings):
         "clip_eps", "clip_eps_high", "dual_clip_c", "kl_coef", "kl_estimator", "entropy_coef", "loss_agg",
     )
 
+    #: ``--help``'s headings of this command's own settings (the shared ones': :data:`promptr1.config.SHARED_HELP_GROUPS`).
+    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "model": ("lora_r", "lora_alpha", "lora_dropout"),
+        "environment": ("eval_tasks",),
+        "rollout": ("batch_questions", "group_size"),
+        "algorithm": ("algo", "steps", "lr", "lr_scheduler", "warmup_steps", "weight_decay", "max_grad_norm",
+                      "update_epochs", "minibatches", "micro_batch_size", "clip_eps", "clip_eps_high", "dual_clip_c",
+                      "kl_coef", "kl_estimator", "kl_in_reward", "entropy_coef", "loss_agg", "recompute_old_logp",
+                      "truncated_reward"),
+        "warm start": ("sft_steps", "sft_lr", "sft_batch_size"),
+        "evaluation": ("eval_every", "eval_before_train", "eval_limit", "eval_reference_scores", "eval_episodes",
+                       "eval_warm_start"),
+        "budget": ("dry_run",),
+        "system": ("mixed_precision", "gradient_checkpointing", "deterministic", "max_env_error_rate",
+                   "env_error_patience"),
+        "output": ("resume", "save_every", "keep_checkpoints", "log_every", "num_transcripts"),
+    }
+
     eval_tasks: list[str] = None  # type: ignore[assignment]
     """Held-out tasks for the final evaluation; empty means the test split of ``tasks``."""
 
@@ -53,10 +71,13 @@ class GRPOConfig(RunSettings):
     lr: float = 2e-6
     """AdamW learning rate (ref: 1e-6 for 3B-7B agents; a 135M model tolerates more)."""
     weight_decay: float = 0.0
+    """AdamW weight decay (ref: 0)."""
     warmup_steps: int = 0
+    """Steps over which the learning rate rises linearly from 0 to ``lr`` (0: no warm-up)."""
     lr_scheduler: str = "constant"
     """``constant``, ``linear`` or ``cosine`` (after warm-up)."""
     max_grad_norm: float = 1.0
+    """Clip the gradient's global norm to this before each optimizer step (0: no clipping; ref: 1.0)."""
     clip_eps: float | None = None
     """PPO clip range (algorithm's; grpo: 0.2, ref)."""
     clip_eps_high: float | None = None
@@ -88,18 +109,23 @@ class GRPOConfig(RunSettings):
     mixed_precision: str = "auto"
     """``no``, ``bf16``, ``fp16``, or ``auto`` (bf16 where the GPU supports it, else no)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them: less accelerator memory, slower steps."""
     lora_r: int = 0
     """LoRA rank (0 disables LoRA; needs ``pip install peft``)."""
     lora_alpha: int = 16
+    """LoRA scaling: the adapter's update is multiplied by ``lora_alpha / lora_r`` (with ``lora_r`` > 0)."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA adapters' input during training (with ``lora_r`` > 0)."""
 
     # --- outputs
     save_every: int = 0
     """Write a checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
+    """Checkpoints kept in ``output_dir``; older ones are deleted as new ones are written (0: keep all)."""
     resume: str = ""
     """``auto`` (latest in output_dir), a checkpoint folder, or empty for a fresh run."""
     log_every: int = 1
+    """Write metrics to TensorBoard and the console every N steps."""
     num_transcripts: int = 2
     """Full transcripts written to TensorBoard per step."""
 
@@ -107,7 +133,9 @@ class GRPOConfig(RunSettings):
     sft_steps: int = 0
     """Supervised warm-start steps on generated demonstrations before RL (0: none)."""
     sft_lr: float = 5e-5
+    """Learning rate of the warm start (as ``promptr1 sft --lr``)."""
     sft_batch_size: int = 8
+    """Demonstrations per warm-start step (as ``promptr1 sft --batch-size``)."""
     eval_episodes: int = 0
     """After training, evaluate untrained vs trained on this many held-out episodes (0: skip)."""
     eval_warm_start: bool = True
@@ -122,6 +150,10 @@ class GRPOConfig(RunSettings):
     """With ``eval_every``: validate before the first step too (ref: yes)."""
     eval_limit: int = 0
     """Questions per validation dataset (its first ones); 0: all."""
+    eval_reference_scores: bool = False
+    """Each validation also logs the scores the reference's training logs for its validation (its
+    ``qa_em_and_format``: ``score``, ``em``, ``sm``, ``f1``, ``format``, every row scored as QA) as
+    ``eval/reference/<dataset>/<score>``, for curves comparable with the paper's (the ``paper`` configs turn it on)."""
     dry_run: bool = False
     """Print the expected env-LLM calls, tokens and cost per step and for the run, then exit (no model loaded)."""
     max_env_error_rate: float = 0.5
@@ -159,11 +191,27 @@ class GRPOConfig(RunSettings):
 class SFTConfig(RunSettings):
     """``promptr1 sft``: supervised warm-start on demonstrations of the turn protocol."""
 
+    #: Shared settings a warm start does not use (its turns are scripted demonstrations, not sampled; the episode's
+    #: reward is not trained on): left out of ``promptr1 sft --help`` and refused on its command line.
+    IGNORED_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "max_new_tokens", "temperature", "top_p", "repetition_penalty", "kv_reuse", "rollout_max_batch_tokens",
+        "model_dtype", "reward_variant", "answer_metric",
+    )
+    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "algorithm": ("steps", "batch_size", "lr", "weight_decay", "max_grad_norm"),
+        "system": ("mixed_precision",),
+    }
+
     steps: int = 30
+    """Optimizer steps, each on ``batch_size`` demonstrations (token-mean NLL of the agent's tokens)."""
     batch_size: int = 8
+    """Demonstrations per step."""
     lr: float = 5e-5
+    """AdamW learning rate (cosine schedule, warm-up over the first tenth of the steps)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Clip the gradient's global norm to this before each optimizer step (0: no clipping)."""
     mixed_precision: str = "auto"
     """``no``, ``bf16``, ``fp16``, or ``auto`` (bf16 where the GPU supports it, else no)."""
 

@@ -36,7 +36,13 @@ def eval_main(argv: Sequence[str]) -> int:
         lead += 1
     if lead and any(a == "--tasks" or a.startswith("--tasks=") for a in argv[lead:]):
         return _die("give task files either first, as positional arguments, or with --tasks, not both.", "eval")
-    return run_command(EvalConfig, argv, "eval", _evaluate, positional="tasks")
+    return run_command(EvalConfig, argv, "eval", _evaluate, positional="tasks",
+                       usage="[TASK_FILE ...] [--config FILE|NAME] [options]",
+                       about="Evaluate agents and baselines (--methods) on task files (given first, or with --tasks), "
+                             "against one or more env LLMs; writes a report, transcripts and a chart to --output-dir.",
+                       epilog="Exit codes: 0 complete, 1 every episode of some method and env LLM failed on the env "
+                              "LLM, 2 usage error, 3 stopped by the budget (--max-calls, --max-cost; the same "
+                              "command resumes).")
 
 
 def _evaluate(cfg: EvalConfig) -> int:
@@ -58,7 +64,9 @@ def chat_main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--question", argv[0], *argv[1:]]
-    return run_command(ChatConfig, argv, "chat", _chat)
+    return run_command(ChatConfig, argv, "chat", _chat, usage='"QUESTION" [options]',
+                       about="Ask one question: the agent (--model) plays one episode with the env LLM; prints the "
+                             "multi-turn transcript and the answer.")
 
 
 def _chat(cfg: ChatConfig) -> int:

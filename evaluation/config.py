@@ -27,7 +27,7 @@ __all__ = ["ChatConfig", "EvalConfig", "EPISODE_SETTINGS"]
 #: Settings besides the env's (:meth:`~promptr1.config.RunSettings.env_kwargs`) that shape an episode or its
 #: score: a resumed evaluation must use the same values as the run it resumes (see :meth:`EvalConfig.episode_settings`).
 EPISODE_SETTINGS = ("split", "max_new_tokens", "max_seq_len", "temperature", "top_p", "repetition_penalty",
-                    "embedder", "seed", "task_type")
+                    "embedder", "seed", "task_type", "metrics")
 
 
 @dataclass
@@ -46,7 +46,16 @@ class EvalConfig(RunSettings):
         # plain-text prompts wrapped into the tool call, one user message, fixed out-of-turns prediction).
         "reference": {"temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.0, "max_new_tokens": 8192,
                       "max_turns": 10, "max_seq_len": 32768, "env_max_tokens": 0, "env_temperature": None,
-                      "max_response_chars": 8192, "framing": "reference-eval", "env_history": "reference"},
+                      "max_response_chars": 8192, "framing": "reference-eval", "env_history": "reference",
+                      "metrics": "reference"},  # scored as its eval_scores.py scores
+    }
+
+    #: ``--help``'s headings of this command's own settings (the shared ones': :data:`promptr1.config.SHARED_HELP_GROUPS`).
+    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "environment": ("split", "task_type"),
+        "rollout": ("preset", "batch_size", "concurrency"),
+        "evaluation": ("methods", "transfer_env_llms", "limit", "metrics", "embedder"),
+        "output": ("chart",),
     }
 
     temperature: float = 0.0
@@ -75,6 +84,11 @@ class EvalConfig(RunSettings):
     """Agent episodes played together: one rollout batch, generated together and in flight together."""
     concurrency: int = 16
     """Env-LLM calls of the direct/CoT baselines in flight at once (the backend's own limiter still applies)."""
+    metrics: str = "ours"
+    """How predictions are scored: ``ours`` (an empty prediction scores 0 on every metric; math EM also accepts an
+    equal number: ``30.0``, ``\\boxed{30}``, ``1/2`` = ``0.5``) or ``reference`` (the official ``eval_scores.py``
+    exactly: SM and SSim 1 for an empty prediction, F1 1 when both sides normalise to nothing, math EM on
+    normalised text only). ``--preset reference`` sets ``reference``."""
     embedder: str = "minilm"
     """SSim embedder: ``minilm`` (the paper's all-MiniLM-L6-v2, offline) or ``hashing`` (fast, for tests)."""
     chart: bool = True
@@ -95,6 +109,9 @@ class EvalConfig(RunSettings):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
         self.task_types()  # NAME=TYPE entries are checked now
+        from promptr1.rewards.metrics import METRIC_SETS
+
+        METRIC_SETS[self.metrics]  # an unknown name: "unknown metric set ... Did you mean ...?"
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {self.limit!r}.")
 
@@ -125,6 +142,14 @@ class EvalConfig(RunSettings):
 @dataclass
 class ChatConfig(RunSettings):
     """``promptr1 chat "QUESTION"``: one question, the agent's multi-turn transcript and its answer."""
+
+    #: Shared settings one question does not use (no task files, no score, nothing written, one episode): left out
+    #: of ``promptr1 chat --help`` and refused on its command line.
+    IGNORED_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "tasks", "reward_variant", "answer_metric", "rollout_max_batch_tokens", "output_dir", "overwrite",
+        "progress",
+    )
+    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {"environment": ("question",)}
 
     question: str = ""
     """The question to ask (or give it as the first argument)."""

@@ -38,6 +38,10 @@ __all__ = [
     "bundled_config",
     "parse_command",
     "config_help",
+    "command_help",
+    "help_problems",
+    "ignored_settings",
+    "plain_text",
     "config_to_dict",
     "load_config",
     "parse_overrides",
@@ -183,9 +187,13 @@ class RunSettings(BackendSettings):
 
     # --- systems and outputs
     seed: int = 0
+    """Random seed: which tasks are drawn, the agent's sampling, and any random initialisation (the same seed
+    replays the same run on the same machine; ``train --deterministic`` also makes GPU kernels repeatable)."""
     cpu: bool = False
     """Force the CPU even when an accelerator is present."""
     output_dir: str = "runs/promptr1"
+    """Folder the run writes to: checkpoints, logs and the summary (``train``, ``sft``), the report, transcripts
+    and chart (``eval``)."""
     overwrite: bool = False
     """Delete an earlier run's results in ``output_dir`` and start afresh. Without it ``train`` and ``sft`` refuse a
     folder holding an earlier run's checkpoints (unless resuming) and ``eval`` resumes from the results there."""
@@ -413,16 +421,205 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def config_help(cls: type) -> str:
-    """A table of options, defaults and their documentation."""
-    docs = _field_docs(cls)
-    lines = [f"options ({cls.__name__}; also accepted as keys of a YAML file given with --config FILE):"]
-    for f in fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        shown = "(algorithm's)" if default is None and f.name in getattr(cls, "ALGORITHM_SETTINGS", ()) else repr(default)
-        line = f"  --{f.name.replace('_', '-'):<24} {shown:<18} {docs.get(f.name, '')}"
-        lines.append(line.rstrip())
-    return "\n".join(lines)
+#: The headings of ``--help``, in order, each with what it covers.
+HELP_HEADINGS: dict[str, str] = {
+    "model": "the agent: which model, how it is loaded and adapted",
+    "environment": "the tasks, the env LLM and the episode",
+    "rollout": "how the agent samples its turns, and how many episodes play at once",
+    "algorithm": "the optimisation: steps, learning rate, loss",
+    "warm start": "supervised warm start before RL",
+    "evaluation": "what is evaluated, on what, and how it is scored",
+    "budget": "the env LLM's rate limits, price, budget and cache",
+    "system": "seed, device, precision, plug-ins, failure rules",
+    "output": "where results go and what is logged",
+}
+
+#: The heading of each setting that every command shares (:class:`RunSettings`, :class:`BackendSettings`). A
+#: command's config adds its own settings' headings in its ``HELP_GROUPS`` class attribute, same shape; a subclass's
+#: entry wins. A setting under no heading is listed under "other", and the tests fail (see :func:`help_problems`).
+SHARED_HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "model": ("model", "model_dtype"),
+    "environment": ("tasks", "env_llm", "env_temperature", "env_max_tokens", "env_system_prompt", "max_turns",
+                    "max_response_chars", "env_history", "reward_variant", "answer_metric", "framing"),
+    "rollout": ("max_new_tokens", "max_seq_len", "temperature", "top_p", "repetition_penalty", "kv_reuse",
+                "rollout_max_batch_tokens"),
+    "budget": ("max_calls", "max_cost", "env_price_per_1k", "env_max_concurrency", "env_rpm", "env_tpm", "cache",
+               "cache_mode"),
+    "system": ("seed", "cpu", "plugins"),
+    "output": ("output_dir", "overwrite", "progress"),
+}
+
+
+def _help_headings(cls: type) -> dict[str, str]:
+    """``{setting: heading}`` for ``cls``: :data:`SHARED_HELP_GROUPS`, then each class's ``HELP_GROUPS`` along the
+    MRO (a subclass's entry wins)."""
+    out = {name: heading for heading, names in SHARED_HELP_GROUPS.items() for name in names}
+    for klass in reversed(cls.__mro__):
+        for heading, names in klass.__dict__.get("HELP_GROUPS", {}).items():
+            for name in names:
+                out.pop(name, None)  # listed where the subclass puts it, in the subclass's order
+                out[name] = heading
+    return out
+
+
+def ignored_settings(cls: type) -> tuple[str, ...]:
+    """The settings ``cls`` inherits but its command does not use (its ``IGNORED_SETTINGS``): left out of its
+    ``--help`` and refused on its command line (a YAML file shared with other commands may still hold them)."""
+    return tuple(getattr(cls, "IGNORED_SETTINGS", ()))
+
+
+def plain_text(text: str) -> str:
+    """A docstring's reStructuredText markup as plain text, for ``--help``.
+
+    >>> plain_text("``auto`` or :class:`~promptr1.config.RunSettings` (see :func:`load_config`, :data:`X`).")
+    'auto or RunSettings (see load_config(), X).'
+    >>> plain_text("turns separated by lines of ``---``::")
+    'turns separated by lines of ---:'
+    """
+    import re
+
+    def role(m: re.Match) -> str:
+        target = m["target"].split(".")[-1] if m["tilde"] else m["target"]
+        return target + ("()" if m["role"] in ("func", "meth") and not target.endswith(")") else "")
+
+    text = re.sub(r":(?P<role>[a-z]+):`(?P<tilde>~?)(?P<target>[^`]+)`", role, text)
+    text = re.sub(r"``(.+?)``", r"\1", text, flags=re.DOTALL)
+    text = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"\1", text)  # *emphasis*
+    return re.sub(r"::(?=\s|$)", ":", text)
+
+
+def help_width() -> int:
+    """The width ``--help`` wraps to: the terminal's (``COLUMNS`` when set), between 40 and 120 columns."""
+    import shutil
+
+    return max(40, min(120, shutil.get_terminal_size((100, 24)).columns - 1))
+
+
+def _metavar(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if _is_list(tp):
+        (item,) = typing.get_args(tp)[:1] or (str,)
+        return f"{_metavar(item)} [...]"
+    return {bool: "[BOOL]", int: "INT", float: "NUM", str: "TEXT"}.get(tp, "VALUE")
+
+
+def _shown_default(cls: type, f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if default is None:
+        return "the algorithm's" if f.name in getattr(cls, "ALGORITHM_SETTINGS", ()) else "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, (list, tuple)):
+        return " ".join(map(str, default)) if default else "none"
+    if default == "":
+        return "empty"
+    return str(default)
+
+
+def render_options(sections: Sequence[tuple[str, Sequence[tuple[str, str]]]], width: int | None = None) -> str:
+    """Sections of ``(option, description)`` pairs under their headings, wrapped to ``width`` columns (the
+    terminal's by default): an option's description beside it, or under it when the option is long."""
+    import textwrap
+
+    width = width or help_width()
+    col = min(30, max(16, width // 3))
+    out: list[str] = []
+    for heading, rows in sections:
+        if not rows:
+            continue
+        out.append("")
+        out.extend(textwrap.wrap(heading, width, subsequent_indent="  ", break_on_hyphens=False))
+        for option, text in rows:
+            lead = f"  {option}"
+            if len(lead) + 2 > col:
+                out.extend(textwrap.wrap(lead, width, subsequent_indent="      ", break_on_hyphens=False))
+                lead = ""
+            body = textwrap.wrap(text, width - col, break_on_hyphens=False) or [""]
+            out.append((lead.ljust(col) + body[0]).rstrip())
+            out.extend(" " * col + line for line in body[1:])
+    return "\n".join(out[1:])
+
+
+def _option_rows(cls: type) -> dict[str, list[tuple[str, str]]]:
+    """``{heading: [(option, description)]}`` of ``cls``'s settings in field order, its ignored ones left out."""
+    docs, headings, hidden = _field_docs(cls), _help_headings(cls), set(ignored_settings(cls))
+    types_ = _field_types(cls)
+    rank = {name: i for i, name in enumerate(headings)}  # under a heading, settings in the order they are listed
+    groups: dict[str, list[tuple[str, str]]] = {h: [] for h in (*HELP_HEADINGS, "other")}
+    for f in sorted(fields(cls), key=lambda f: rank.get(f.name, len(rank))):
+        if f.name in hidden:
+            continue
+        option = f"--{f.name.replace('_', '-')} {_metavar(types_[f.name])}"
+        text = plain_text(docs.get(f.name, "")).strip()
+        text = f"{text} (default: {_shown_default(cls, f)})".strip()
+        groups[headings.get(f.name, "other")].append((option, text))
+    return groups
+
+
+def help_problems(cls: type) -> list[str]:
+    """What ``cls``'s ``--help`` lacks: settings without a description, settings under no heading, and ignored
+    settings that are not settings (each a sentence saying how to fix it). Empty when the help is complete."""
+    docs, headings, names = _field_docs(cls), _help_headings(cls), {f.name for f in fields(cls)}
+    problems = []
+    for name in sorted(names - set(ignored_settings(cls))):
+        if not docs.get(name, "").strip():
+            problems.append(f"{cls.__name__}.{name} has no description: add a docstring (a string literal on the "
+                            f"line after the field).")
+        if headings.get(name) not in HELP_HEADINGS:
+            problems.append(f"{cls.__name__}.{name} is under no help heading: add it to SHARED_HELP_GROUPS "
+                            f"(promptr1/config.py) or to {cls.__name__}.HELP_GROUPS, under one of "
+                            f"{', '.join(HELP_HEADINGS)}.")
+    problems += [f"{cls.__name__}.IGNORED_SETTINGS names {n!r}, which is not one of its settings."
+                 for n in ignored_settings(cls) if n not in names]
+    return problems
+
+
+def config_help(cls: type, *, width: int | None = None) -> str:
+    """The options of ``cls`` for ``--help``: grouped under :data:`HELP_HEADINGS`, each with its value type,
+    description and default, in plain text wrapped to ``width`` (the terminal's by default)."""
+    groups = _option_rows(cls)
+    sections = [(f"{h} ({HELP_HEADINGS[h]}):" if h in HELP_HEADINGS else f"{h}:", rows) for h, rows in groups.items()]
+    return render_options(sections, width)
+
+
+def command_help(cls: type, prog: str, *, usage: str = "[options]", about: str = "", epilog: str = "",
+                 width: int | None = None) -> str:
+    """A sub-command's whole ``--help``: usage, what it does, the options of ``cls`` by heading, the general
+    options (``--config``, ``--help``) and ``epilog``, wrapped to ``width`` columns (the terminal's by default)."""
+    import textwrap
+
+    width = width or help_width()
+
+    def para(text: str) -> str:
+        return "\n".join(textwrap.wrap(plain_text(" ".join(text.split())), width, break_on_hyphens=False))
+
+    head = textwrap.wrap(f"usage: promptr1 {prog} {usage}", width, subsequent_indent="    ", break_on_hyphens=False)
+    parts = ["\n".join(head)]
+    if about:
+        parts.append(para(about))
+    parts.append(para("Every option is also a key of a YAML file given with --config (underscores or dashes); "
+                      "options on the command line win over the file."))
+    parts.append(config_help(cls, width=width))
+    parts.append(render_options([("general:", [
+        ("--config FILE|NAME", ("A YAML file of these options, or a bundled config by name: "
+                                f"{', '.join(bundled_configs()) or 'none'}.")),
+        ("-h, --help", "Show this help and exit."),
+    ])], width))
+    if epilog:
+        parts.extend(para(p) for p in epilog.split("\n\n"))
+    return "\n\n".join(parts)
+
+
+def bundled_configs() -> list[str]:
+    """Names of the configs shipped in ``promptr1/configs``."""
+    from importlib import resources
+
+    try:
+        folder = resources.files("promptr1") / "configs"
+        return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    except (ModuleNotFoundError, TypeError, OSError):
+        return []
 
 
 # ----------------------------------------------------------------------------- commands
@@ -458,14 +655,16 @@ USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ImportError, Value
 
 
 def run_command(cls: type[C], argv: Sequence[str], prog: str, body: Callable[[C], int | None], *,
-                default_config: str | None = None, positional: str | None = None) -> int:
+                default_config: str | None = None, positional: str | None = None, usage: str | None = None,
+                about: str = "", epilog: str = "") -> int:
     """A sub-command's frame: parse ``argv`` into ``cls`` (``--help`` prints the options), import the plug-ins
     once, before anything else, then return ``body(cfg)``'s exit code. A usage error (:data:`USAGE_ERRORS`) prints
-    ``promptr1 PROG: message`` and returns 2."""
+    ``promptr1 PROG: message`` and returns 2. ``usage``, ``about`` and ``epilog``: see :func:`parse_command`."""
     import sys
 
     try:
-        cfg = parse_command(cls, argv, prog, default_config=default_config, positional=positional)
+        cfg = parse_command(cls, argv, prog, default_config=default_config, positional=positional, usage=usage,
+                            about=about, epilog=epilog)
         if cfg is None:
             return 0
         from promptr1.plugins import import_plugins
@@ -478,24 +677,34 @@ def run_command(cls: type[C], argv: Sequence[str], prog: str, body: Callable[[C]
 
 
 def parse_command(cls: type[C], argv: Sequence[str], prog: str, *, default_config: str | None = None,
-                  positional: str | None = None) -> C | None:
-    """Parse a sub-command's arguments into ``cls``; ``None`` after printing ``--help``.
+                  positional: str | None = None, usage: str | None = None, about: str = "",
+                  epilog: str = "") -> C | None:
+    """Parse a sub-command's arguments into ``cls``; ``None`` after printing ``--help`` (:func:`command_help`:
+    ``usage`` is what follows ``promptr1 PROG`` in its first line, ``about`` what the command does, ``epilog``
+    paragraphs after the options).
 
     ``--config FILE.yaml`` (or a bundled name) is read first, then ``--key value`` options. Leading
     arguments that are not options are the values of the list setting ``positional`` (e.g. task files).
+    A setting in ``cls.IGNORED_SETTINGS`` is refused on the command line (a YAML file may hold it).
     Raises :class:`ConfigError` for anything it cannot accept.
     """
     argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):
-        usage = f"usage: promptr1 {prog} " + (f"[{positional.upper()} ...] " if positional else "")
-        print(usage + "[--config FILE.yaml] [--key value ...]\n")
-        print(config_help(cls))
+        if usage is None:
+            usage = (f"[{positional.upper()} ...] " if positional else "") + "[--config FILE|NAME] [options]"
+        print(command_help(cls, prog, usage=usage, about=about or (cls.__doc__ or "").strip(), epilog=epilog))
         return None
     lead: list[str] = []
     if positional:
         while argv and not argv[0].startswith("-"):
             lead.append(argv.pop(0))
     path, rest = _split_config(argv)
+    ignored = set(ignored_settings(cls))
+    for tok in rest:
+        name = tok[2:].split("=", 1)[0].replace("-", "_") if tok.startswith("--") else ""
+        if name in ignored:
+            raise ConfigError(f"option '--{name.replace('_', '-')}' does not apply to promptr1 {prog}: drop it "
+                              f"('promptr1 {prog} --help' lists the options it takes).")
     if path is None and default_config is not None:
         path = str(bundled_config(default_config) or "") or None
     if lead:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -37,11 +38,13 @@ from promptr1.config import ConfigError, run_command
 __all__ = [
     "BUDGET_EXIT_CODE",
     "FAILED_EXIT_CODE",
+    "QUICKSTART_OPTIONS",
     "BudgetStopCallback",
     "ValidationCallback",
     "dry_run_report",
     "run_training",
     "sft_main",
+    "train_base_config",
     "train_main",
 ]
 
@@ -57,13 +60,49 @@ RUN_OUTPUTS = ("sft", "validation", "eval", "eval.json", "summary.json")
 
 
 
+#: The options that keep ``promptr1 train``'s quickstart: without ``--config``, a command line holding only these
+#: (or nothing) starts from the bundled ``quickstart`` config; any other option starts from the plain defaults.
+#: They change how long the quickstart runs, where it writes and on what, not what it trains.
+QUICKSTART_OPTIONS = ("steps", "sft_steps", "eval_episodes", "eval_warm_start", "output_dir", "overwrite", "resume",
+                      "save_every", "seed", "cpu", "progress", "dry_run")
+
+TRAIN_ABOUT = ("Train the agent with GRPO (or another registered algorithm, --algo): an optional supervised warm "
+               "start, then RL against the env LLM, then an optional held-out evaluation.")
+TRAIN_EPILOG = (
+    "Which settings a run starts from: with --config, that file's, then your options. Without --config, 'promptr1 "
+    "train' alone runs the CPU quickstart (bundled config 'quickstart'), and so does a command line whose options "
+    "are only " + ", ".join("--" + n.replace("_", "-") for n in QUICKSTART_OPTIONS) + ": 'promptr1 train --steps 2 "
+    "--overwrite' is the quickstart, shorter. Any other option without --config starts from the defaults listed "
+    "above; 'promptr1 train --config quickstart --model NAME ...' keeps the quickstart's settings with any option."
+    "\n\nExit codes: 0 done, 1 training failed, 2 usage error, 3 stopped by the env LLM's budget (--resume auto "
+    "continues).")
+
+
+def train_base_config(argv: Sequence[str]) -> str | None:
+    """The bundled config ``promptr1 train ARGV`` starts from when ARGV names none: ``quickstart`` when every option
+    is one of :data:`QUICKSTART_OPTIONS` (or there is none), else ``None`` (the plain defaults).
+
+    >>> train_base_config([]), train_base_config(["--steps", "2", "--output-dir=runs/q"])
+    ('quickstart', 'quickstart')
+    >>> train_base_config(["--steps", "2", "--model", "tiny"]), train_base_config(["--config", "paper"])
+    (None, None)
+    """
+    names = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    if "config" in names:
+        return None
+    return "quickstart" if names <= set(QUICKSTART_OPTIONS) else None
+
+
 def train_main(argv: Sequence[str]) -> int:
-    """``promptr1 train``; with no arguments, the bundled CPU quickstart."""
+    """``promptr1 train``; with no arguments (or only :data:`QUICKSTART_OPTIONS`), the bundled CPU quickstart."""
     argv = list(argv)
-    if not argv:
-        print("promptr1 train: no arguments, running the CPU quickstart (bundled config 'quickstart'; "
-              "see `promptr1 train --help`).", flush=True)
-    return run_command(GRPOConfig, argv, "train", run_training, default_config=None if argv else "quickstart")
+    base = None if any(a in ("-h", "--help") for a in argv) else train_base_config(argv)
+    if base == "quickstart":
+        given = f" with {' '.join(argv)}" if argv else ""
+        print(f"promptr1 train: running the CPU quickstart (bundled config 'quickstart'){given}; "
+              "see `promptr1 train --help`.", flush=True)
+    return run_command(GRPOConfig, argv, "train", run_training, default_config=base, about=TRAIN_ABOUT,
+                       epilog=TRAIN_EPILOG)
 
 
 def sft_main(argv: Sequence[str]) -> int:
@@ -74,7 +113,10 @@ def sft_main(argv: Sequence[str]) -> int:
         run_sft(cfg)
         return 0
 
-    return run_command(SFTConfig, argv, "sft", sft)
+    return run_command(SFTConfig, argv, "sft", sft,
+                       about="Supervised warm start: fine-tune the agent on scripted demonstrations of the turn "
+                             "protocol played against the env LLM; writes a checkpoint to --output-dir that "
+                             "'promptr1 train --model' can start from.")
 
 
 def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Callback] = ()) -> int:
@@ -295,6 +337,12 @@ class ValidationCallback(Callback):
             model.train(was_training)
         writer = getattr(getattr(trainer, "logger", None), "writer", None)
         scalars = result.log_to(writer, step) if writer is not None else result.scalars()
+        if getattr(cfg, "eval_reference_scores", False):  # the reference's validation scores, eval/reference/*
+            reference = _reference_validation_scalars(result.records)
+            for key, value in reference.items():
+                if writer is not None:
+                    writer.add_scalar(key, value, step)
+            scalars = {**scalars, **reference}
         if writer is not None:
             writer.flush()
         entry = {"step": step, "seconds": round(time.perf_counter() - t0, 3), "partial": result.partial,
@@ -312,6 +360,33 @@ class ValidationCallback(Callback):
         print(f"promptr1 train: validation at step {step}: {'; '.join(parts) or 'no episodes'} "
               f"[{entry['seconds']:.0f}s]", file=sys.stderr, flush=True)
         return result
+
+
+def _reference_validation_scalars(records: Sequence[Mapping[str, Any]],
+                                  prefix: str = "eval/reference") -> dict[str, float]:
+    """``{PREFIX/<dataset>/<score>: mean}`` of the reference's validation scores (``score``, ``em``, ``sm``, ``f1``,
+    ``format``: :func:`promptr1.rewards.reference_validation_scores`) over each dataset's agent episodes; episodes
+    whose env LLM failed are left out, as everywhere in the evaluation. Each episode is scored from the env's own
+    reward breakdown (the blocks it scored), or from its assistant turns when the record holds none."""
+    from promptr1.rewards.dual import REFERENCE_VALIDATION_SCORES, reference_validation_scores
+
+    by_dataset: dict[str, list[dict[str, float]]] = {}
+    for r in records:
+        if r.get("env_error") or r.get("reward") is None:  # a failed episode, or a baseline (no episode reward)
+            continue
+        comps = r.get("reward_components") or {}
+        if "format_raw" in comps:
+            scores = reference_validation_scores(None, r["gold"], components=comps)
+        else:  # e.g. an episode that outgrew max_seq_len: no breakdown
+            scores = reference_validation_scores(
+                [m["content"] for m in r.get("turns", []) if m.get("role") == "assistant"], r["gold"])
+        by_dataset.setdefault(str(r["dataset"]), []).append(scores)
+    out = {}
+    for dataset, rows in by_dataset.items():
+        name = re.sub(r"[^A-Za-z0-9_.\-@]+", "_", dataset)
+        for score in REFERENCE_VALIDATION_SCORES:
+            out[f"{prefix}/{name}/{score}"] = sum(row[score] for row in rows) / len(rows)
+    return out
 
 
 # ----------------------------------------------------------------------------- --dry-run

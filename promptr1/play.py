@@ -65,20 +65,70 @@ def _interactive_turns() -> Iterator[str]:
         yield "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the other commands' help: options under headings, each with its default, in plain text
+    wrapped to the terminal."""
+
+    def format_help(self) -> str:
+        import textwrap
+
+        from promptr1.config import help_width, plain_text, render_options
+
+        width = help_width()
+        sections = []
+        for group in self._action_groups:
+            rows = []
+            for action in group._group_actions:
+                option = ", ".join(action.option_strings)
+                if action.nargs != 0:
+                    option += f" {action.metavar or action.dest.upper()}"
+                text = action.help or ""
+                if action.default is not None and action.default is not False and action.default != argparse.SUPPRESS:
+                    text += f" (default: {action.default})"
+                rows.append((option, text))
+            sections.append((f"{group.title}:", rows))
+        paras = [textwrap.fill(f"usage: {self.prog} [options]", width, subsequent_indent="    ")]
+        for para in plain_text(self.description or "").split("\n\n"):
+            if para.startswith("    "):  # an example: its lines kept, a long one continued with a backslash, as typed
+                lines = []
+                for line in para.splitlines():
+                    parts = textwrap.wrap(line.strip(), width - 2, initial_indent="    ", subsequent_indent="    ",
+                                          break_on_hyphens=False) or [""]
+                    lines += [part + " \\" for part in parts[:-1]] + parts[-1:]
+                paras.append("\n".join(lines))
+            else:
+                paras.append(textwrap.fill(" ".join(para.split()), width, break_on_hyphens=False))
+        paras.append(render_options(sections, width))
+        return "\n\n".join(paras) + "\n"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="promptr1 play", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="synthetic:test",
-                   help="task source: synthetic[:train|:test], a .parquet (official schema) or .jsonl file")
-    p.add_argument("--env-llm", default="sim", help="env LLM spec: sim, openai:MODEL, hf:PATH, smollm2 (default: sim)")
-    p.add_argument("--seed", type=int, default=0, help="episode seed (picks the task)")
-    p.add_argument("--task-index", type=int, default=None, help="play this task of the source instead of a random one")
-    p.add_argument("--max-turns", type=int, default=5, help="agent turns before truncation (ref: 5)")
-    p.add_argument("--turns", type=Path, default=None, help="file of agent turns (--- separated, or a JSON list)")
-    p.add_argument("--demo", action="store_true", help="play the synthetic task's scripted demonstration")
-    p.add_argument("--episodes", type=int, default=1, help="with --demo: how many episodes to play")
-    p.add_argument("--reward-variant", default="faithful", help="faithful (reference) or answer_gated")
-    p.add_argument("--json", action="store_true", help="print one JSON record per episode instead of text")
+    p = _Parser(prog="promptr1 play", description=__doc__, add_help=False)
+    env = p.add_argument_group("environment (the task and the env LLM you play against)")
+    env.add_argument("--task", default="synthetic:test", metavar="SOURCE",
+                     help="Task source: synthetic[:train|:test], a .parquet (official schema) or .jsonl file.")
+    env.add_argument("--task-index", type=int, default=None, metavar="INT",
+                     help="Play this task of the source (0-based) instead of one drawn with --seed.")
+    env.add_argument("--seed", type=int, default=0, metavar="INT",
+                     help="Episode seed: picks the task (with --demo, episode N uses seed + N).")
+    env.add_argument("--env-llm", default="sim", metavar="SPEC",
+                     help="Env LLM spec: sim, smollm2, openai:MODEL, hf:PATH.")
+    env.add_argument("--max-turns", type=int, default=5, metavar="INT",
+                     help="Agent turns before the episode is truncated (ref: 5).")
+    env.add_argument("--reward-variant", default="faithful", metavar="NAME",
+                     help="faithful (the reference's reward) or answer_gated.")
+    turns = p.add_argument_group("turns (default: typed at the prompt, or read from stdin when it is not a tty)")
+    turns.add_argument("--turns", type=Path, default=None, metavar="FILE",
+                       help="File of agent turns: turns separated by lines of ---, or a JSON list of strings.")
+    turns.add_argument("--demo", action="store_true",
+                       help="Play the synthetic task's scripted demonstration instead of your turns.")
+    turns.add_argument("--episodes", type=int, default=1, metavar="INT",
+                       help="With --demo: how many episodes to play (their mean reward is printed).")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true",
+                     help="Print one JSON record per episode (task, turns, reward and its components) instead of "
+                          "the transcript.")
+    out.add_argument("-h", "--help", action="help", help="Show this help and exit.")
     return p
 
 
@@ -123,7 +173,10 @@ def _play_episode(env, turns: Iterator[str], *, seed: int, task_index: int | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error argparse reported (2): an exit code, as other commands
+        return int(exc.code or 0)
     from promptr1.envs.collab_env import PromptCollabEnv
 
     try:

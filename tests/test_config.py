@@ -61,7 +61,7 @@ def test_help_lists_every_option_with_docs():
     for f in dataclasses.fields(GRPOConfig):
         assert f"--{f.name.replace('_', '-')} " in text
     assert "greedy" in text  # the attribute docstring of a RunSettings field is shown
-    assert "(algorithm's)" in text  # settings left to --algo say so
+    assert "(default: the algorithm's)" in text  # settings left to --algo say so
 
 
 def test_bundled_quickstart_config_parses():

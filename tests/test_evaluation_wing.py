@@ -245,14 +245,16 @@ def test_eval_help_lists_every_option(capsys):
         assert old not in out
     assert chat_main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(f"--{f.name.replace('_', '-')} " in out for f in dataclasses.fields(ChatConfig))
+    used = [f for f in dataclasses.fields(ChatConfig) if f.name not in ChatConfig.IGNORED_SETTINGS]
+    assert all(f"--{f.name.replace('_', '-')} " in out for f in used)
+    assert "--tasks " not in out and "--output-dir " not in out  # one question: no task files, nothing written
 
 
 def test_eval_config_adds_only_eval_settings():
     shared = {f.name for f in dataclasses.fields(RunSettings)}
     own = {f.name for f in dataclasses.fields(EvalConfig)} - shared
     assert own == {"methods", "transfer_env_llms", "split", "limit", "batch_size", "concurrency", "embedder", "chart",
-                   "preset", "task_type"}
+                   "preset", "task_type", "metrics"}
     # Shared settings keep their name and type; evaluation only changes two defaults, on purpose: it decodes
     # greedily (a reproducible score) and writes to its own folder.
     changed = {}
@@ -324,7 +326,7 @@ def test_report_says_which_task_type_each_dataset_got_and_the_user_can_set_it(tm
     cfg = load_config(EvalConfig, overrides=[*base, "--output-dir", str(tmp_path / "b"), "--task-type", "numbers=qa"])
     res = run_evaluation(cfg, backends={"echo": EchoBackend()})
     assert "qa 3 (set by the user (task_type=qa))" in res.paths["report"].read_text()
-    assert set(res.rows[0].metrics) == {"em", "f1"}  # scored as QA
+    assert set(res.rows[0].metrics) == {"em", "sm", "f1"}  # scored as QA
     with pytest.raises(ConfigError, match="NAME=TYPE"):
         load_config(EvalConfig, overrides=[*base, "--task-type", "numbers=maths"])
     cfg = load_config(EvalConfig, overrides=[*base, "--output-dir", str(tmp_path / "c"), "--task-type", "other=qa"])

@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 
 from promptr1.cli import main
+from promptr1.evaluation.config import ChatConfig
 from promptr1.llm_backends.cache import CachedBackend
 
 #: One value for each shared setting, none of them a default.
@@ -34,7 +35,7 @@ class Captured(Exception):
     """Raised by a stand-in once it has seen what an entry point built."""
 
 
-def check(backend, env, cache):
+def check(backend, env, cache, reward_variant="answer_gated"):
     """``backend`` is what the entry point built from the settings, ``env`` the env it plays in."""
     assert isinstance(backend, CachedBackend) and backend.path == str(cache)
     budget = backend.inner.budget
@@ -44,7 +45,7 @@ def check(backend, env, cache):
     assert (inner.limiter.max_concurrency, inner.limiter.rpm, inner.limiter.tpm) == (3, 120.0, 9000.0)
     assert env.env_system_prompt == "Be terse." and env.sampling == {"temperature": 0.3, "max_tokens": 77}
     assert (env.max_turns, env.max_response_chars, env.reward_variant, env.framing.name) == (
-        3, 99, "answer_gated", "reference")
+        3, 99, reward_variant, "reference")
     assert env.env_llm is backend
 
 
@@ -110,13 +111,17 @@ def test_eval(given, tmp_path, monkeypatch):
 
 def test_chat(given, monkeypatch):
     argv, cache = given
+    reward_variant = "answer_gated"
+    if argv[0] != "--config":  # chat's command line refuses what it ignores (no gold answer, so no reward); YAML not
+        argv = as_flags({k: v for k, v in VALUES.items() if k not in ChatConfig.IGNORED_SETTINGS}, cache)
+        reward_variant = "faithful"
     import promptr1.envs.collab_env as env_mod
     import promptr1.evaluation.policies as policies
 
     class Env(env_mod.PromptCollabEnv):
         def __init__(self, **kw):
             super().__init__(**kw)
-            check(self.env_llm, self, cache)
+            check(self.env_llm, self, cache, reward_variant)
             raise Captured
 
     monkeypatch.setattr(env_mod, "PromptCollabEnv", Env)

@@ -1,7 +1,7 @@
 """Reports: the Markdown report, the plain-text comparison table, the PNG chart, and the JSONL of records.
 
 Scores are shown with 95 % confidence intervals from :func:`~promptr1.evaluation.stats.mean_ci`:
-Wilson's interval for 0/1 measures (EM, format rate), mean ± 1.96 standard errors clipped to the
+Wilson's interval for 0/1 measures (EM, SM, format rate), mean ± 1.96 standard errors clipped to the
 measure's range for continuous ones (F1, SSim, reward, turns).
 """
 
@@ -63,8 +63,9 @@ def render_markdown(
         "## Scores",
         "",
         (
-            "Percent, `mean [95% CI]`; EM and F1 for QA, EM with numeric equivalence for math, SSim (cosine "
-            "of sentence embeddings) for text. Wilson interval for EM, mean ± 1.96 SE for F1 and SSim. "
+            "Percent, `mean [95% CI]`; EM, SM (substring match, either way) and F1 for QA, EM for math, SSim "
+            "(cosine of sentence embeddings) for text, computed with the metric set named in the notes above. "
+            "Wilson interval for EM and SM, mean ± 1.96 SE for F1 and SSim. "
             "`n` = scored episodes; env-LLM failures are not scored."
         ),
         "",
@@ -132,7 +133,7 @@ def render_markdown(
 
 
 def format_table(result: EvalResult) -> str:
-    """A plain-text table, one line per (method, env LLM, dataset): episodes, then reward, F1, EM
+    """A plain-text table, one line per (method, env LLM, dataset): episodes, then reward, F1, EM, SM
     (SSim for text tasks), format rate and turns as ``mean [95% CI]``, and the seconds spent.
 
     The env LLM and the dataset appear in the name only when the result holds several. This is the
@@ -141,7 +142,8 @@ def format_table(result: EvalResult) -> str:
     rows = result.rows
     many_env = len({r.env_llm for r in rows}) > 1
     many_ds = len({r.dataset for r in rows}) > 1
-    names = ["reward", "f1", "em", *(["ssim"] if any("ssim" in r.metrics for r in rows) else []), "format", "turns"]
+    names = ["reward", "f1", "em", *(["sm"] if any("sm" in r.metrics for r in rows) else []),
+             *(["ssim"] if any("ssim" in r.metrics for r in rows) else []), "format", "turns"]
 
     def name_of(r: ScoreRow) -> str:
         return r.method + (f" @ {r.env_llm}" if many_env else "") + (f" [{r.dataset}]" if many_ds else "")
@@ -162,7 +164,7 @@ def format_table(result: EvalResult) -> str:
         lines.append(fmt(cells))
         if r.errors:
             lines.append(f"  ({r.errors} episodes not scored: env-LLM errors)")
-    lines.append("mean [95% CI]: Wilson for EM and format rate, normal for reward, F1, SSim and turns; "
+    lines.append("mean [95% CI]: Wilson for EM, SM and format rate, normal for reward, F1, SSim and turns; "
                  "time: wall seconds of the policy (all its datasets).")
     return "\n".join(lines)
 

@@ -48,12 +48,15 @@ def episode_record(
     reward: float | None = None,
     format_ok: float | None = None,
     reward_variant: str | None = None,
+    reward_components: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The one per-episode record (a line of ``transcripts.jsonl``).
 
     ``turns`` is the whole chat; ``metrics`` the paper's metrics of ``prediction`` (empty when the
     env LLM failed: not scored). ``reward``, ``format`` (1.0 when the format score reached its cap)
-    and ``reward_variant`` are set for agent episodes, None for the single-call baselines.
+    and ``reward_variant`` are set for agent episodes, None for the single-call baselines; so is
+    ``reward_components``, the env's reward breakdown (``format_raw``, ``answer_text``, ...), which
+    scores the episode again as the reference's training validation does.
     """
     return {
         "dataset": dataset,
@@ -77,6 +80,7 @@ def episode_record(
         "reward": None if reward is None else float(reward),
         "format": None if format_ok is None else float(format_ok),
         "reward_variant": reward_variant,
+        "reward_components": None if reward_components is None else dict(reward_components),
     }
 
 

@@ -45,6 +45,7 @@ from promptr1.fileio import atomic_write_text
 from promptr1.llm_backends import EnvLLMError, LLMBackend
 
 from promptr1.llm_backends.budget import Budget, is_budget_stop
+from promptr1.rewards.metrics import METRIC_SETS
 from .config import EvalConfig
 from .methods import MethodSpec, baseline_messages, parse_method
 from .policies import EpisodePlayer, ModelPolicy, as_player, rollout_config
@@ -157,7 +158,8 @@ class _Run:
         metrics = {}
         if not error:
             text = task_type(job.task.ability) == "text"
-            metrics = score_prediction(prediction, job.task.answers, job.task.ability, self.embedder if text else None)
+            metrics = score_prediction(prediction, job.task.answers, job.task.ability, self.embedder if text else None,
+                                       metrics=self.cfg.metrics)
         rec = episode_record(dataset=job.dataset, method=job.method.label, env_llm=job.env_llm, index=job.index,
                              task=job.task, prediction=prediction, metrics=metrics, env_error=error, **fields)
         append_jsonl(self.jsonl, rec)
@@ -218,7 +220,7 @@ class _Run:
                     latency_s=env.latency_s, env_llm_latency_s=stats["env_llm_latency_s"],
                     tokens=stats["env_llm_tokens"], cost_usd=stats["env_llm_cost_usd"],
                     reward=ep.reward, format_ok=float(float(comps.get("format", 0.0) or 0.0) >= 1.0 - 1e-9),
-                    reward_variant=comps.get("variant", self.cfg.reward_variant),
+                    reward_variant=comps.get("variant", self.cfg.reward_variant), reward_components=comps,
                 )
             self.log(f"{chunk[0].method.label} @ {chunk[0].env_llm}: {min(start + size, len(jobs))}/{len(jobs)} episodes")
 
@@ -398,6 +400,7 @@ def _write_outputs(result: EvalResult, cfg: EvalConfig, out: Path) -> None:
         f"episodes: max_turns={cfg.max_turns}, reward variant `{cfg.reward_variant}`, env temperature "
         f"{'the server default' if cfg.env_temperature is None else format(cfg.env_temperature, 'g')}; agent temperature {cfg.temperature:g}"
         f"{' (greedy)' if cfg.temperature == 0 else ''}; SSim embedder: {cfg.embedder}",
+        f"metrics: `{cfg.metrics}`: {METRIC_SETS[cfg.metrics].description}",
         f"this run: {result.calls} uncached env-LLM calls, ${result.cost_usd:.4f}",
         *(f"task type of `{name}`: {why}" for name, why in result.task_types.items()),
     ]

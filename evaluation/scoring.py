@@ -1,14 +1,16 @@
 """What an episode is scored on: the paper's metric per task type, and the episode's own numbers.
 
-:data:`METRICS` names the paper's metrics for each task type: EM and token F1 for QA, EM with
-numeric equivalence for math, SSim (cosine of sentence embeddings) for text. :data:`MEASURES`
+:data:`METRICS` names the paper's metrics for each task type: EM, SM (substring match) and token F1
+for QA, EM for math, SSim (cosine of sentence embeddings) for text. :data:`MEASURES`
 describes every number an evaluation reports per episode (those metrics, plus the agent's
 episode reward, its format rate and its turn count): its title, whether it is a 0/1 outcome
 (Wilson interval) or continuous (normal interval), and its plausible range.
 
 :func:`extract_prediction` reads the answer out of a free-text reply (the direct and CoT
-baselines); :func:`score_prediction` scores a prediction. An empty prediction scores 0 on every
-metric, SSim included.
+baselines); :func:`score_prediction` scores a prediction with a metric set
+(:data:`promptr1.rewards.metrics.METRIC_SETS`): ``ours`` by default (numeric equivalence for math EM;
+an empty prediction scores 0 on every metric, SSim included) or ``reference``, the official
+``eval_scores.py`` exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from promptr1.rewards import exact_match, extract_answer, numeric_match, token_f1
+from promptr1.rewards import extract_answer
+from promptr1.rewards.metrics import METRIC_SETS
 
 __all__ = [
     "MEASURES",
@@ -32,7 +35,7 @@ __all__ = [
 ]
 
 #: Metrics reported per task type (the paper's).
-METRICS: dict[str, tuple[str, ...]] = {"qa": ("em", "f1"), "math": ("em",), "text": ("ssim",)}
+METRICS: dict[str, tuple[str, ...]] = {"qa": ("em", "sm", "f1"), "math": ("em",), "text": ("ssim",)}
 #: The metric that stands for a dataset in averages and in the chart.
 PRIMARY_METRIC: dict[str, str] = {"qa": "f1", "math": "em", "text": "ssim"}
 
@@ -53,6 +56,7 @@ class Measure:
 #: its cap 1.0; ``turns``: agent turns taken).
 MEASURES: dict[str, Measure] = {
     "em": Measure("EM", True, (0.0, 1.0)),
+    "sm": Measure("SM", True, (0.0, 1.0)),
     "f1": Measure("F1", False, (0.0, 1.0)),
     "ssim": Measure("SSim", False, (-1.0, 1.0)),
     "reward": Measure("reward", False, None),
@@ -115,23 +119,25 @@ def extract_prediction(reply: str, ability: str, *, cot: bool = False) -> str:
     return text
 
 
-def score_prediction(pred: str, golds: Sequence[str], ability: str, embedder: Any = None) -> dict[str, float]:
-    """The paper's metrics for one prediction; an empty prediction scores 0 on all of them.
+def score_prediction(pred: str, golds: Sequence[str], ability: str, embedder: Any = None,
+                     metrics: str = "ours") -> dict[str, float]:
+    """The paper's metrics for one prediction (:data:`METRICS` of its task type), computed with the metric set
+    ``metrics``: ``ours`` (an empty prediction scores 0 on all of them; math EM with numeric equivalence) or
+    ``reference`` (the official ``eval_scores.py``).
 
     >>> score_prediction("The Eiffel Tower", ["Eiffel Tower"], "qa")
-    {'em': 1.0, 'f1': 1.0}
-    >>> score_prediction("30.0", ["30"], "math")
-    {'em': 1.0}
-    >>> score_prediction("", ["30"], "math")
-    {'em': 0.0}
+    {'em': 1.0, 'sm': 1.0, 'f1': 1.0}
+    >>> score_prediction("30.0", ["30"], "math"), score_prediction("30.0", ["30"], "math", metrics="reference")
+    ({'em': 1.0}, {'em': 0.0})
+    >>> score_prediction("", ["Paris"], "qa"), score_prediction("", ["Paris"], "qa", metrics="reference")
+    ({'em': 0.0, 'sm': 0.0, 'f1': 0.0}, {'em': 0.0, 'sm': 1.0, 'f1': 0.0})
     """
     kind = task_type(ability)
-    if not pred.strip():
+    mset = METRIC_SETS[metrics]
+    if mset.empty_scores_zero and not pred.strip():
         return {name: 0.0 for name in METRICS[kind]}
     if kind == "text":
-        from promptr1.rewards.similarity import ssim
-
-        return {"ssim": ssim(pred, list(golds), embedder=embedder)}
+        return {"ssim": mset.fn("ssim")(pred, list(golds), embedder=embedder)}
     if kind == "math":
-        return {"em": max(numeric_match(pred, golds), exact_match(pred, golds))}
-    return {"em": exact_match(pred, golds), "f1": token_f1(pred, golds)}
+        return {"em": mset.fn("math_em")(pred, golds)}
+    return {name: mset.fn(name)(pred, golds) for name in METRICS["qa"]}

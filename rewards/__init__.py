@@ -16,10 +16,12 @@ from .dual import (
     blocks_from_chatml,
     compute_reward,
     reference_score,
+    reference_validation_scores,
     register_reward_variant,
     unregister_reward_variant,
 )
 from .metrics import (
+    METRIC_SETS,
     exact_match,
     extract_answer,
     math_equal,
@@ -32,6 +34,7 @@ from .metrics import (
 
 __all__ = [
     "ANSWER_METRICS",
+    "METRIC_SETS",
     "AUTO_ANSWER_METRIC",
     "REWARD_VARIANTS",
     "RewardBreakdown",
@@ -47,6 +50,7 @@ __all__ = [
     "numeric_match",
     "parse_number",
     "reference_score",
+    "reference_validation_scores",
     "register_reward_variant",
     "substring_match",
     "token_f1",

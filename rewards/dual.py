@@ -40,7 +40,7 @@ of the reference (see its description and ``docs/reward.md``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -68,6 +68,7 @@ __all__ = [
     "blocks_from_chatml",
     "compute_reward",
     "reference_score",
+    "reference_validation_scores",
     "register_reward_variant",
     "unregister_reward_variant",
 ]
@@ -419,6 +420,58 @@ def reference_score(turns: Sequence[str], answers: Any) -> float:
     -1.0
     """
     return compute_reward(turns, answers).total
+
+
+#: The scores the reference logs for every validation row (its ``qa_em_and_format`` module), in its order.
+REFERENCE_VALIDATION_SCORES = ("score", "em", "sm", "f1", "format")
+
+
+def reference_validation_scores(turns: Sequence[str] | None, answers: Any, *,
+                                components: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """The five numbers the reference's training logs for a validation episode, every row scored as QA
+    (its validation file is labelled one QA source): ``score`` (the faithful total), ``em``, ``sm``,
+    ``f1`` of the last turn's first ``<answer>``, and ``format`` (the format score before its cap).
+
+    ``em`` and ``f1`` are those of :func:`~promptr1.rewards.metrics.exact_match` and
+    :func:`~promptr1.rewards.metrics.token_f1`, ``sm`` is the one-way
+    :func:`~promptr1.rewards.metrics.substring_match` (a gold answer inside the answer): they are
+    computed on any closed answer tag, an empty one included, and are 0 without one. ``score`` counts
+    the F1 only for a non-empty answer once the format score reached its cap, as the reward does.
+
+    ``components``: the env's reward breakdown (``RewardBreakdown.as_dict()``) instead of ``turns``:
+    its ``answer_text`` and ``format_raw`` are used, so the blocks the env scored (with the prefill of an
+    episode that ran out of turns) are the ones scored here.
+
+    >>> good = "<think>t</think><interaction_prompt>p</interaction_prompt>"
+    >>> reference_validation_scores([good, "<think>t</think><answer>Paris, France</answer>"], ["Paris"])
+    {'score': 0.6666666666666666, 'em': 0.0, 'sm': 1.0, 'f1': 0.6666666666666666, 'format': 1.0}
+    >>> reference_validation_scores([good, good, "<answer>Paris</answer>"], ["Paris"])  # format 1.3 is logged
+    {'score': 1.0, 'em': 1.0, 'sm': 1.0, 'f1': 1.0, 'format': 1.3}
+    >>> reference_validation_scores(["<think>t</think><answer>Paris</answer>"], "Paris")  # not capped: no answer
+    {'score': -0.4, 'em': 1.0, 'sm': 1.0, 'f1': 1.0, 'format': 0.6}
+    >>> reference_validation_scores([], "Paris")
+    {'score': -1.0, 'em': 0.0, 'sm': 0.0, 'f1': 0.0, 'format': 0.0}
+    """
+    golds = _as_golds(answers)
+    if components is None:
+        breakdown = compute_reward(_check_turns(turns), golds)
+        answer_text, fmt_raw = breakdown.answer_text, breakdown.format_raw
+    else:
+        if "format_raw" not in components:
+            raise ValueError(f"components hold no 'format_raw' (keys: {sorted(components)}); pass the episode's "
+                             "turns instead, or the env's RewardBreakdown.as_dict().")
+        answer_text, fmt_raw = components.get("answer_text"), float(components["format_raw"])
+    fmt = min(fmt_raw, FORMAT_CAP)
+    has_answer = bool(answer_text and answer_text.strip())
+    f1 = token_f1(answer_text, golds) if answer_text is not None else 0.0
+    total, _ = _combine_faithful(fmt, f1 if has_answer else 0.0, has_answer)
+    return {
+        "score": float(total),
+        "em": exact_match(answer_text, golds) if answer_text is not None else 0.0,
+        "sm": substring_match(answer_text, golds) if answer_text is not None else 0.0,
+        "f1": f1,
+        "format": float(fmt_raw),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

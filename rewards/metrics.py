@@ -1,5 +1,10 @@
 """Answer metrics: SQuAD normalisation, token F1, exact and substring match, math equivalence.
 
+Two metric sets score an evaluation (:data:`METRIC_SETS`, chosen with ``--metrics``): ``ours``
+(the default) and ``reference``, the official evaluation script's (``eval_scores.py`` of the
+Prompt-R1 code) reproduced exactly: its rules for empty answers included, and no numeric
+equivalence for math (see ``docs/evaluation.md``).
+
 Every function here is pure and cheap. The QA metrics reproduce the ones the Prompt-R1
 reference uses to score answers (docs/reward.md): text is lower-cased, stripped of ASCII
 punctuation and of the articles *a*, *an*, *the*, and its whitespace is folded, in that order.
@@ -19,20 +24,30 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Real
 
+from promptr1.registry import Registry, resolve_reference
 from promptr1.tags import ANSWER_CLOSE, ANSWER_OPEN
 
 __all__ = [
     "Golds",
+    "METRIC_SETS",
+    "MetricSet",
+    "either_way_substring_match",
     "exact_match",
     "extract_answer",
     "math_equal",
+    "math_exact_match",
     "normalize_answer",
     "numeric_match",
     "parse_number",
+    "reference_exact_match",
+    "reference_math_exact_match",
+    "reference_substring_match",
+    "reference_token_f1",
     "substring_match",
     "token_f1",
 ]
@@ -196,6 +211,33 @@ def substring_match(pred: str, golds: Golds) -> float:
     """
     norm = normalize_answer(_check_pred(pred, "substring_match"))
     return 1.0 if any(normalize_answer(g) in norm for g in _as_golds(golds)) else 0.0
+
+
+def either_way_substring_match(pred: str, golds: Golds) -> float:
+    """SM as our evaluation reports it: 1.0 if, after normalisation, a gold answer occurs inside ``pred``
+    or ``pred`` occurs inside a gold answer; else 0.0.
+
+    Both directions, as the reference's evaluation script, but stricter on empty text: a prediction
+    that normalises to nothing scores 0.0 (the reference gives it 1.0, since the empty string occurs
+    in every gold answer), and a gold answer that normalises to nothing matches nothing.
+
+    >>> either_way_substring_match("It is the Eiffel Tower", "Eiffel Tower")  # gold inside the prediction
+    1.0
+    >>> either_way_substring_match("Paris", "Paris, France")  # prediction inside the gold
+    1.0
+    >>> either_way_substring_match("Lyon", ["Paris", "Rome"])
+    0.0
+    >>> either_way_substring_match("", "Paris"), either_way_substring_match("The.", "Paris")
+    (0.0, 0.0)
+    """
+    norm = normalize_answer(_check_pred(pred, "either_way_substring_match"))
+    if not norm:
+        return 0.0
+    for gold in _as_golds(golds):
+        g = normalize_answer(gold)
+        if g and (g in norm or norm in g):
+            return 1.0
+    return 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,3 +422,169 @@ def numeric_match(pred: str, golds: Golds) -> float:
     """
     _check_pred(pred, "numeric_match")
     return 1.0 if any(math_equal(pred, g) for g in _as_golds(golds)) else 0.0
+
+
+def math_exact_match(pred: str, golds: Golds) -> float:
+    """Our math EM: 1.0 if ``pred`` equals a gold answer, else 0.0. Two numbers are equal when their values are
+    (:func:`math_equal`); otherwise the texts are compared by :func:`math_equal` and after SQuAD normalisation.
+
+    Numbers are never compared as normalised text, which deletes the decimal point: ``"3.0"`` is not ``"30"``.
+
+    >>> math_exact_match("30.0", "30"), math_exact_match(r"\\boxed{30}", "30"), math_exact_match("1/2", "0.5")
+    (1.0, 1.0, 1.0)
+    >>> math_exact_match("3.0", "30"), math_exact_match("31", "30")
+    (0.0, 0.0)
+    >>> math_exact_match("The Yes.", ["yes"])  # not numbers: SQuAD normalisation still applies
+    1.0
+    """
+    _check_pred(pred, "math_exact_match")
+    pred_number = parse_number(pred)
+    for gold in _as_golds(golds):
+        if math_equal(pred, gold):
+            return 1.0
+        if pred_number is None or parse_number(gold) is None:
+            if exact_match(pred, gold):
+                return 1.0
+    return 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference evaluation's metrics (its eval_scores.py), exactly
+# ---------------------------------------------------------------------------------------------
+#
+# The official evaluation script scores every prediction against each gold answer and keeps the
+# best, starting from 0 (so no gold answers score 0). Its normalisation is the SQuAD one above.
+# Where it differs from ours is on empty text and on math; the doctests below are worked out by
+# hand from its definitions.
+
+
+def reference_exact_match(pred: str, golds: Golds) -> float:
+    """The reference's EM: 1.0 if the normalised ``pred`` equals a normalised gold answer.
+
+    The same test as :func:`exact_match`; the reference applies it to math answers too, where
+    normalisation deletes the decimal point and every other punctuation mark (see
+    :func:`reference_math_exact_match`). A prediction that normalises to nothing matches a gold
+    answer that does too.
+
+    >>> reference_exact_match("The Eiffel Tower.", ["eiffel tower"])
+    1.0
+    >>> reference_exact_match("", "Paris"), reference_exact_match("", "The")
+    (0.0, 1.0)
+    """
+    return exact_match(_check_pred(pred, "reference_exact_match"), golds)
+
+
+def reference_math_exact_match(pred: str, golds: Golds) -> float:
+    """The reference's math EM: plain EM on SQuAD-normalised text, no numeric equivalence.
+
+    Normalisation drops ``.``, ``/``, ``\\``, ``{`` and ``}``: ``"30.0"`` becomes ``"300"``,
+    ``\\boxed{30}`` becomes ``"boxed30"``, ``"1/2"`` becomes ``"12"`` and ``"0.5"`` becomes ``"05"``,
+    so none of them equals its gold answer, while ``"3.0"`` equals ``"30"``.
+
+    >>> reference_math_exact_match("30.0", "30"), reference_math_exact_match(r"\\boxed{30}", "30")
+    (0.0, 0.0)
+    >>> reference_math_exact_match("1/2", "0.5"), reference_math_exact_match("3.0", "30")
+    (0.0, 1.0)
+    >>> reference_math_exact_match("30", ["30"])
+    1.0
+    """
+    return exact_match(_check_pred(pred, "reference_math_exact_match"), golds)
+
+
+def reference_substring_match(pred: str, golds: Golds) -> float:
+    """The reference's SM: 1.0 if, after normalisation, a gold answer occurs in ``pred`` or ``pred``
+    occurs in a gold answer.
+
+    The empty string occurs in every string, so a prediction that normalises to nothing scores 1.0
+    against any gold answer.
+
+    >>> reference_substring_match("It is the Eiffel Tower", "Eiffel Tower")
+    1.0
+    >>> reference_substring_match("Paris", "Paris, France")
+    1.0
+    >>> reference_substring_match("Lyon", "Paris")
+    0.0
+    >>> reference_substring_match("", "Paris"), reference_substring_match("", [])
+    (1.0, 0.0)
+    """
+    norm = normalize_answer(_check_pred(pred, "reference_substring_match"))
+    for gold in _as_golds(golds):
+        g = normalize_answer(gold)
+        if g in norm or norm in g:
+            return 1.0
+    return 0.0
+
+
+def reference_token_f1(pred: str, golds: Golds) -> float:
+    """The reference's F1: token F1 as :func:`token_f1`, except that a prediction and a gold answer
+    that both normalise to nothing score 1.0.
+
+    >>> reference_token_f1("Barack Obama", "Obama")
+    0.6666666666666666
+    >>> reference_token_f1("", ""), reference_token_f1("the", "a")  # both empty after normalisation
+    (1.0, 1.0)
+    >>> reference_token_f1("", "Paris"), reference_token_f1("Paris", [])
+    (0.0, 0.0)
+    """
+    pred_tokens = normalize_answer(_check_pred(pred, "reference_token_f1")).split()
+    best = 0.0
+    for gold in _as_golds(golds):
+        gold_tokens = normalize_answer(gold).split()
+        score = 1.0 if not pred_tokens and not gold_tokens else _f1_from_tokens(pred_tokens, gold_tokens)
+        best = max(best, score)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric sets
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricSet:
+    """How an evaluation scores a prediction: a function for each metric, and the rule for empty predictions.
+
+    ``metrics`` maps ``em``, ``sm``, ``f1`` (QA), ``math_em`` (math) and ``ssim`` (text) to a function
+    ``fn(pred, golds)`` (``ssim`` also takes ``embedder=``), or to a lazy ``"module:attribute"``.
+    ``empty_scores_zero``: a prediction that is empty or blank scores 0 on every metric.
+    """
+
+    name: str
+    description: str
+    metrics: Mapping[str, Callable[..., float] | str]
+    empty_scores_zero: bool
+
+    def fn(self, metric: str) -> Callable[..., float]:
+        """The function of ``metric`` (``em``, ``sm``, ``f1``, ``math_em``, ``ssim``).
+
+        >>> METRIC_SETS["reference"].fn("sm")("", "Paris")
+        1.0
+        """
+        if metric not in self.metrics:
+            raise KeyError(f"metric set {self.name!r} has no metric {metric!r}; it has {sorted(self.metrics)}.")
+        entry = self.metrics[metric]
+        return resolve_reference(entry) if isinstance(entry, str) else entry
+
+
+#: The metric sets an evaluation can use (``--metrics NAME``): ``ours`` (default) and ``reference``.
+METRIC_SETS: Registry[MetricSet] = Registry(
+    "metric set",
+    {
+        "ours": MetricSet(
+            "ours",
+            "EM, SM (both directions), token F1; math EM with numeric equivalence; SSim; an empty prediction "
+            "scores 0 on every metric",
+            {"em": exact_match, "sm": either_way_substring_match, "f1": token_f1, "math_em": math_exact_match,
+             "ssim": "promptr1.rewards.similarity:ssim"},
+            empty_scores_zero=True,
+        ),
+        "reference": MetricSet(
+            "reference",
+            "the official eval_scores.py: EM, SM (both directions), F1 (1.0 when both sides normalise to "
+            "nothing); math EM on normalised text only; SSim 1.0 when either side is empty",
+            {"em": reference_exact_match, "sm": reference_substring_match, "f1": reference_token_f1,
+             "math_em": reference_math_exact_match, "ssim": "promptr1.rewards.similarity:reference_ssim"},
+            empty_scores_zero=False,
+        ),
+    },
+)

@@ -30,7 +30,7 @@ import numpy as np
 
 from .metrics import Golds, _as_golds
 
-__all__ = ["Embedder", "cosine_rows", "default_embedder", "ssim", "ssim_batch"]
+__all__ = ["Embedder", "cosine_rows", "default_embedder", "reference_ssim", "ssim", "ssim_batch"]
 
 
 class Embedder(Protocol):
@@ -119,3 +119,40 @@ def ssim(pred: str, golds: Golds, embedder: Embedder | str | None = None) -> flo
     (``"minilm"``, ``"hashing"``), or None for MiniLM. Empty ``pred`` scores 0.0.
     """
     return ssim_batch([pred], [golds], embedder)[0]
+
+
+def reference_ssim(pred: str, golds: Golds, embedder: Embedder | str | None = None) -> float:
+    """SSim exactly as the reference's evaluation script computes it (its sentence-embedding backend).
+
+    Both texts are stripped; if either is then empty the pair scores 1.0, otherwise the cosine of their
+    embeddings. The best pair counts, starting from 0: a negative cosine scores 0.0, and so does a
+    prediction with no gold text. (Ours, :func:`ssim`: an empty prediction scores 0.0, and the best
+    cosine is kept even when negative.)
+
+    >>> class Bag:  # a toy embedder: letter counts
+    ...     def encode(self, texts):
+    ...         import numpy as np
+    ...         return np.array([[t.count(c) for c in "abc"] for t in texts], dtype=float)
+    >>> reference_ssim("", ["ab"], embedder=Bag()), reference_ssim("  ", ["ab"], embedder=Bag())
+    (1.0, 1.0)
+    >>> reference_ssim("ab", [""], embedder=Bag())  # an empty gold text too
+    1.0
+    >>> round(reference_ssim(" ab ", ["a", "c"], embedder=Bag()), 4)
+    0.7071
+    >>> reference_ssim("ab", [], embedder=Bag())
+    0.0
+    """
+    if not isinstance(pred, str):
+        raise TypeError(f"reference_ssim expects the prediction as a str; got {type(pred).__name__}.")
+    p = pred.strip()
+    gold_texts = [g.strip() for g in _as_golds(golds)]
+    best = 0.0
+    if any(not p or not g for g in gold_texts):
+        return 1.0
+    if gold_texts:
+        vectors = np.asarray(_resolve(embedder).encode([p, *gold_texts]), dtype=np.float64)
+        if vectors.ndim != 2 or vectors.shape[0] != 1 + len(gold_texts):
+            raise ValueError(f"embedder.encode returned shape {vectors.shape}; expected ({1 + len(gold_texts)}, d).")
+        cos = cosine_rows(np.repeat(vectors[:1], len(gold_texts), axis=0), vectors[1:])
+        best = max(best, float(cos.max()))
+    return best

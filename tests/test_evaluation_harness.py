@@ -307,7 +307,7 @@ def test_yaml_config_and_cli_give_the_same_run(tmp_path, capsys):
 
 
 def test_empty_prediction_scores_zero():
-    assert score_prediction("", ["Paris"], "qa") == {"em": 0.0, "f1": 0.0}
+    assert score_prediction("", ["Paris"], "qa") == {"em": 0.0, "sm": 0.0, "f1": 0.0}
     assert score_prediction("   ", ["0"], "math") == {"em": 0.0}
     assert score_prediction("", ["a long story"], "text", embedder=HashingEmbedder()) == {"ssim": 0.0}
 

@@ -195,7 +195,7 @@ class SFTConfig(RunSettings):
     #: reward is not trained on): left out of ``promptr1 sft --help`` and refused on its command line.
     IGNORED_SETTINGS: ClassVar[tuple[str, ...]] = (
         "max_new_tokens", "temperature", "top_p", "repetition_penalty", "kv_reuse", "rollout_max_batch_tokens",
-        "model_dtype", "reward_variant", "answer_metric",
+        "reward_variant", "answer_metric",
     )
     HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "algorithm": ("steps", "batch_size", "lr", "weight_decay", "max_grad_norm"),

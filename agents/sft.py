@@ -103,7 +103,8 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
         mp = "bf16" if (not cfg.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else "no"
     acc = Accelerator(cpu=cfg.cpu, mixed_precision=mp)
     if model is None:
-        model, tokenizer = load_policy(cfg.model)
+        # float32 weights (fine-tuning updates are below bf16's resolution) unless a dtype is asked for explicitly
+        model, tokenizer = load_policy(cfg.model, dtype=torch.float32 if cfg.model_dtype == "auto" else cfg.model_dtype)
     framer = ChatFramer(tokenizer)
     if demo is None:
         from promptr1.envs.demonstrations import demonstration as demo  # type: ignore[no-redef]

@@ -70,6 +70,18 @@ def test_sft_then_train_from_it(tmp_path, tiny_path):
     assert rc == 0
 
 
+def test_sft_honours_model_dtype(tmp_path, tiny_path):
+    import json
+
+    from promptr1.agents.checkpoint import find_latest_checkpoint
+
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", tiny_path, "--steps", "1", "--batch-size", "2", "--max-turns", "4",
+                 "--model-dtype", "bf16", "--output-dir", str(out), "--progress", "false"]) == 0
+    config = json.loads((find_latest_checkpoint(out) / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+
+
 @pytest.mark.slow
 def test_real_llm_environment_preset(tmp_path, tiny_path):
     """Training against a real local LLM (SmolLM2-135M-Instruct in process) as the environment."""

@@ -20,19 +20,26 @@ error text never reaches the agent as if the large LLM had said it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 
 from promptr1.envs.framing import FRAMINGS, Framing, reference_history_reply
-from promptr1.envs.protocol import ParsedTurn, parse_turn
+from promptr1.envs.protocol import ParsedTurn, call_target, parse_turn
 from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.step_info import StepInfo
 from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, make_backend
-from promptr1.rewards import ANSWER_METRICS, REWARD_VARIANTS, answer_metric_for, compute_reward
+from promptr1.rewards import (
+    ANSWER_METRICS,
+    COST_AWARE_VARIANTS,
+    REWARD_VARIANTS,
+    answer_metric_for,
+    compute_reward,
+    cost_penalty,
+)
 from promptr1.tags import THINK_OPEN
 
 #: What the reference prefills at the start of every agent turn after the first.
@@ -62,6 +69,7 @@ class _Pending:
     messages: list[dict[str, str]]
     parsed: ParsedTurn
     action_truncated: bool
+    target: str | None = None  # which env LLM (several env LLMs only)
 
 
 class PromptCollabEnv(gym.Env):
@@ -94,6 +102,13 @@ class PromptCollabEnv(gym.Env):
             ``"reference"`` the reference's: the whole reply when its ``{"results": [...]}`` text fits in
             ``max_response_chars``, else an empty assistant message (its re-parse of the cut JSON fails).
         backend_kwargs: extra keyword arguments when ``env_llm`` is a spec string.
+        default_model, model_prices, cost_weight, cost_reference_usd: for several env LLMs (opt-in, see
+            docs/cost-aware.md): ``env_llm={"cheap": spec, "strong": spec}`` names them; the agent picks one per call
+            (``[strong] ...`` in a plain-text prompt, ``"model": "strong"`` in a JSON call's arguments; none: the
+            ``default_model``, else the first; an unknown name gets an error reply). Each keeps its own history;
+            ``model_prices`` (``{name: (USD per 1k input tokens, per 1k output tokens)}``) prices their calls (a model
+            without one: its backend's own cost); the agent's system text lists them. ``reward_variant="cost_aware"``
+            subtracts ``cost_weight x dollars`` (divided by ``cost_reference_usd`` when set) from the total.
     """
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
@@ -101,7 +116,7 @@ class PromptCollabEnv(gym.Env):
     def __init__(
         self,
         task: Any = "synthetic",
-        env_llm: str | LLMBackend = "sim",
+        env_llm: str | LLMBackend | Mapping[str, str | LLMBackend] = "sim",
         *,
         max_turns: int = 5,
         max_response_chars: int = 2048,
@@ -118,6 +133,10 @@ class PromptCollabEnv(gym.Env):
         env_history: str = "seen",
         render_mode: str | None = None,
         backend_kwargs: Mapping[str, Any] | None = None,
+        default_model: str | None = None,
+        model_prices: Mapping[str, Sequence[float]] | None = None,
+        cost_weight: float = 0.0,
+        cost_reference_usd: float | None = None,
     ) -> None:
         if not isinstance(max_turns, int) or max_turns < 1:
             raise ValueError(f"max_turns must be a positive int (ref: 5), got {max_turns!r}.")
@@ -138,7 +157,30 @@ class PromptCollabEnv(gym.Env):
         self.tasks = load_tasks(task, split=split)
         if len(self.tasks) == 0:
             raise ValueError(f"task source {task!r} holds no tasks.")
-        self.env_llm: LLMBackend = make_backend(env_llm, **dict(backend_kwargs or {}))
+        # Several env LLMs (opt-in): {"cheap": spec or backend, "strong": ...}; the agent names one per call
+        self.env_llms: dict[str, LLMBackend] = {}
+        if isinstance(env_llm, Mapping):
+            if not env_llm:
+                raise ValueError("env_llm as a mapping needs at least one entry, e.g. {'cheap': 'sim', 'strong': ...}.")
+            self.env_llms = {str(k): make_backend(v, **dict(backend_kwargs or {})) for k, v in env_llm.items()}
+            default_model = default_model or next(iter(self.env_llms))
+            if default_model not in self.env_llms:
+                raise ValueError(f"default_model {default_model!r} is not one of the env LLMs {sorted(self.env_llms)}.")
+            self.env_llm: LLMBackend = self.env_llms[default_model]
+        else:
+            if default_model is not None or model_prices:
+                raise ValueError("default_model and model_prices are for several env LLMs: pass env_llm as a mapping "
+                                 "{'cheap': spec, 'strong': spec}.")
+            self.env_llm = make_backend(env_llm, **dict(backend_kwargs or {}))
+        self.default_model = default_model
+        self.model_prices = {str(k): (float(v[0]), float(v[1])) for k, v in dict(model_prices or {}).items()}
+        unknown = sorted(set(self.model_prices) - set(self.env_llms))
+        if unknown:
+            raise ValueError(f"model_prices names {unknown}, which are not env LLMs ({sorted(self.env_llms)}).")
+        if reward_variant in COST_AWARE_VARIANTS:
+            cost_penalty(0.0, cost_weight, cost_reference_usd)  # the settings are checked now
+        self.cost_weight = float(cost_weight)
+        self.cost_reference_usd = cost_reference_usd
         self.max_turns = max_turns
         self.max_response_chars = max_response_chars
         self.max_action_chars = max_action_chars
@@ -158,6 +200,8 @@ class PromptCollabEnv(gym.Env):
         if self.framing.name.startswith("reference") and agent_system_prompt == DEFAULT_AGENT_SYSTEM_PROMPT:
             agent_system_prompt = None  # the reference framing's own system message (with the tool schema)
         self.agent_system_prompt = self.framing.agent_system_prompt(agent_system_prompt)
+        if self.env_llms:
+            self.agent_system_prompt = "\n\n".join(p for p in (self.agent_system_prompt, self.models_note()) if p)
         self.render_mode = render_mode
 
         self.observation_space = UnicodeText(max_observation_chars)
@@ -171,12 +215,18 @@ class PromptCollabEnv(gym.Env):
         self.task: Task | None = None
         self.turns: list[str] = []  # the agent's turns, as given (after length truncation)
         self.messages: list[dict[str, str]] = []  # the agent's chat: system?, user, assistant, user, ...
-        self.llm_history: list[dict[str, str]] = []  # what the env LLM has seen: prompts and its replies
+        self.llm_history: list[dict[str, str]] = []  # what the (default) env LLM has seen: prompts and its replies
+        self.llm_histories: dict[str, list[dict[str, str]]] = {}  # with several env LLMs: each one's own history
         self.done = True
         self.env_error: str | None = None
         self.last_reward_components: dict[str, Any] | None = None
         self.episode_stats = {"env_llm_calls": 0, "env_llm_latency_s": 0.0, "env_llm_tokens": 0,
                               "env_llm_attempts": 0, "env_llm_cost_usd": 0.0}
+        if getattr(self, "env_llms", None):
+            self.llm_histories = {name: [] for name in self.env_llms}
+            self.llm_history = self.llm_histories[self.default_model]
+            self.episode_stats["calls_by_model"] = {name: 0 for name in self.env_llms}
+            self.episode_stats["cost_by_model"] = {name: 0.0 for name in self.env_llms}
 
     @property
     def turn(self) -> int:
@@ -227,7 +277,7 @@ class PromptCollabEnv(gym.Env):
         if isinstance(pending, tuple):
             return pending
         try:
-            completion = self.env_llm.complete(pending.messages, **self.sampling)
+            completion = self._backend(pending).complete(pending.messages, **self.sampling)
         except EnvLLMError as exc:
             return self._finish(pending, None, exc)
         except Exception as exc:  # a backend bug must not crash a training run; flag the episode
@@ -240,7 +290,7 @@ class PromptCollabEnv(gym.Env):
         if isinstance(pending, tuple):
             return pending
         try:
-            completion = await self.env_llm.acomplete(pending.messages, **self.sampling)
+            completion = await self._backend(pending).acomplete(pending.messages, **self.sampling)
         except EnvLLMError as exc:
             return self._finish(pending, None, exc)
         except Exception as exc:
@@ -255,9 +305,32 @@ class PromptCollabEnv(gym.Env):
         return text
 
     def close(self) -> None:
-        close = getattr(self.env_llm, "close", None)
-        if callable(close):
-            close()
+        for backend in (self.env_llms.values() if self.env_llms else [self.env_llm]):
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+
+    # ------------------------------------------------------------------ several env LLMs
+    def models_note(self) -> str:
+        """The line of the agent's system text that lists the env LLMs it may ask, their prices, and how to name one."""
+        parts = []
+        for name in self.env_llms:
+            price = self.model_prices.get(name)
+            shown = f"${price[0]:g} / ${price[1]:g} per 1,000 input / output tokens" if price else "its own price"
+            parts.append(f"{name} ({shown}{'; the default' if name == self.default_model else ''})")
+        how = ('add "model": NAME to the call\'s arguments' if self.framing.name.startswith("reference")
+               else "start the request with the model's name in brackets, e.g. [" + next(iter(self.env_llms)) + "]")
+        return f"Large models you can ask: {', '.join(parts)}. To choose one, {how}."
+
+    def _backend(self, pending: _Pending) -> LLMBackend:
+        return self.env_llms[pending.target] if pending.target else self.env_llm
+
+    def _call_cost(self, target: str | None, completion: Completion) -> float:
+        """Dollars of one call: from ``model_prices`` when the model has one, else the backend's own accounting."""
+        price = self.model_prices.get(target or "")
+        if price is not None:
+            return (completion.prompt_tokens * price[0] + completion.completion_tokens * price[1]) / 1000.0
+        return float(completion.cost_usd or 0.0)
 
     # ------------------------------------------------------------------ the turn logic
     def _begin(self, action: Any):
@@ -288,17 +361,31 @@ class PromptCollabEnv(gym.Env):
 
         if parsed.kind != "prompt":  # an answer, or a turn with neither tag: the episode ends here
             return self._end(parsed, terminated=True, truncated=False, action_truncated=truncated_action)
+        target = None
+        if self.env_llms:
+            target, prompt = call_target(parsed.inner or "", parsed.prompt or "")
+            target = target or self.default_model
+            if target not in self.env_llms:  # a name the env does not have: an error reply, never an exception
+                error = f"Error: unknown model {target!r}; the models are {', '.join(self.env_llms)}"
+                return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
+                                    obs=self.framing.error_reply(error))
+            parsed = dataclasses.replace(parsed, prompt=prompt)
         if not parsed.prompt:  # an empty request: nothing to send; the LLM's answer to nothing is nothing
             return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False)
         system = [] if self.env_system_prompt is None else [{"role": "system", "content": self.env_system_prompt}]
-        messages = [*system, *self.llm_history, {"role": "user", "content": parsed.prompt}]
-        return _Pending(messages, parsed, truncated_action)
+        history = self.llm_histories[target] if target else self.llm_history
+        messages = [*system, *history, {"role": "user", "content": parsed.prompt}]
+        return _Pending(messages, parsed, truncated_action, target)
 
     def _finish(self, pending: _Pending, completion: Completion | None, error: EnvLLMError | None, *,
                 called: bool = True, obs: str | None = None):
         if called:
             self.episode_stats["env_llm_calls"] += 1
         if error is not None:
+            if called and pending.target:
+                self.episode_stats["calls_by_model"][pending.target] += 1
+                self.episode_stats["cost_by_model"][pending.target] += float(getattr(error, "cost_usd", 0.0) or 0.0)
+            self.episode_stats["env_llm_cost_usd"] += float(getattr(error, "cost_usd", 0.0) or 0.0)
             self.env_error = f"{error.kind}: {error}"
             self.episode_stats["env_llm_attempts"] += getattr(error, "attempts", 1)
             return self._end(pending.parsed, terminated=False, truncated=True,
@@ -306,12 +393,17 @@ class PromptCollabEnv(gym.Env):
         assert completion is not None
         reply = completion.text
         if called:
-            self.llm_history.append({"role": "user", "content": pending.parsed.prompt or ""})
-            self.llm_history.append({"role": "assistant", "content": self._history_reply(reply)})
+            history = self.llm_histories[pending.target] if pending.target else self.llm_history
+            history.append({"role": "user", "content": pending.parsed.prompt or ""})
+            history.append({"role": "assistant", "content": self._history_reply(reply)})
             self.episode_stats["env_llm_latency_s"] += completion.latency_s
             self.episode_stats["env_llm_tokens"] += completion.prompt_tokens + completion.completion_tokens
             self.episode_stats["env_llm_attempts"] += completion.attempts
-            self.episode_stats["env_llm_cost_usd"] += completion.cost_usd or 0.0
+            cost = self._call_cost(pending.target, completion)
+            self.episode_stats["env_llm_cost_usd"] += cost
+            if pending.target:
+                self.episode_stats["calls_by_model"][pending.target] += 1
+                self.episode_stats["cost_by_model"][pending.target] += cost
         if obs is None:
             obs = self.framing.wrap_reply(reply, self.max_response_chars)
         if self.turn >= self.max_turns:
@@ -343,10 +435,16 @@ class PromptCollabEnv(gym.Env):
         breakdown = compute_reward(blocks, self.task.answers, variant=self.reward_variant,
                                    answer_metric=answer_metric_for(self.answer_metric, self.task.ability))
         self.last_reward_components = breakdown.as_dict()
+        total = float(breakdown.total)
+        if self.reward_variant in COST_AWARE_VARIANTS:
+            spent = float(self.episode_stats["env_llm_cost_usd"])
+            penalty = cost_penalty(spent, self.cost_weight, self.cost_reference_usd)
+            total -= penalty
+            self.last_reward_components.update(total=total, cost_usd=spent, cost_penalty=penalty)
         info = dataclasses.replace(self._info(parsed, action_truncated, completion),
                                    reward_components=self.last_reward_components,
-                                   episode={"r": breakdown.total, "l": self.turn, **self.episode_stats})
-        return "", float(breakdown.total), terminated, truncated, info.to_info()
+                                   episode={"r": total, "l": self.turn, **self.episode_stats})
+        return "", total, terminated, truncated, info.to_info()
 
     def _info(self, parsed: ParsedTurn, action_truncated: bool, completion: Completion | None) -> StepInfo:
         return StepInfo(

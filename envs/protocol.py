@@ -24,7 +24,7 @@ from promptr1.tags import (
     THINK_OPEN,
 )
 
-__all__ = ["ParsedTurn", "parse_turn", "wrap_response", "extract_prompt"]
+__all__ = ["ParsedTurn", "call_target", "extract_prompt", "parse_turn", "wrap_response"]
 
 _PROMPT_RE = re.compile(re.escape(PROMPT_OPEN) + "(.*?)" + re.escape(PROMPT_CLOSE), re.DOTALL)
 _ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + "(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
@@ -72,6 +72,42 @@ def extract_prompt(inner: str) -> tuple[str, bool]:
             if isinstance(args, dict) and isinstance(args.get("prompt"), str):
                 return args["prompt"].strip(), True
     return text, False
+
+
+_TARGET_RE = re.compile(r"^\s*\[([A-Za-z0-9][A-Za-z0-9_.-]*)\]\s*")
+
+
+def call_target(inner: str, prompt: str) -> tuple[str | None, str]:
+    """Which env LLM a call names, and the prompt without the name (for envs with several env LLMs).
+
+    A JSON call names it in its arguments (``{"name": "prompt", "arguments": {"prompt": ..., "model": "strong"}}``);
+    a plain-text call starts with it in brackets (``[strong] What is ...?``). ``None``: the env's default.
+
+    >>> call_target("[strong] Who founded X?", "[strong] Who founded X?")
+    ('strong', 'Who founded X?')
+    >>> call_target('{"name": "prompt", "arguments": {"prompt": "Who?", "model": "cheap"}}', "Who?")
+    ('cheap', 'Who?')
+    >>> call_target("Who founded X?", "Who founded X?")
+    (None, 'Who founded X?')
+    """
+    text = inner.strip()
+    if text.startswith("{") and text.endswith("}"):
+        try:
+            call = json.loads(text)
+        except (ValueError, RecursionError):
+            call = None
+        args = call.get("arguments") if isinstance(call, dict) else None
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except (ValueError, RecursionError):
+                args = None
+        if isinstance(args, dict) and args.get("model") is not None:
+            return str(args["model"]), prompt
+    m = _TARGET_RE.match(prompt)
+    if m:
+        return m.group(1), prompt[m.end():]
+    return None, prompt
 
 
 def parse_turn(text: str) -> ParsedTurn:

@@ -177,7 +177,10 @@ class _Run:
                 t0 = time.perf_counter()
                 reply, error, c = "", None, None
                 try:
-                    c = await self.backends[job.env_llm].acomplete(messages, **self.sampling)
+                    backend = self.backends[job.env_llm]
+                    if isinstance(backend, Mapping):  # several env LLMs: a baseline asks the default one
+                        backend = backend[self.cfg.env_default_model or next(iter(backend))]
+                    c = await backend.acomplete(messages, **self.sampling)
                     reply = c.text
                 except EnvLLMError as exc:
                     error = f"{exc.kind}: {exc}"
@@ -276,6 +279,8 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
 def _build_backend(spec: str, cfg: EvalConfig, given: Mapping[str, LLMBackend], budget: Budget) -> LLMBackend:
     from promptr1.llm_backends import from_settings
 
+    if cfg.env_models and spec == cfg.env_llm and spec not in given:  # several env LLMs in the agent's env
+        return from_settings(cfg, budget=budget)[0]
     return from_settings(cfg, given=given.get(spec), spec=spec, budget=budget)[0]
 
 

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backend, budget = from_settings(settings)
     # the same env settings for the dataset's prompts and the rollout's envs
     env_kwargs = {"max_turns": a.max_turns, "framing": a.framing, "reward_variant": a.reward_variant,
-                  "sampling": settings.env_sampling(), "env_system_prompt": settings.env_system_prompt}
+                  "sampling": settings.env_sampling(), "env_system_prompt": settings.env_system_prompt,
+                  **settings.model_kwargs()}  # several env LLMs and the cost term, when the settings use them
     trainer = GRPOTrainer(
         model=str(path), processing_class=tokenizer, args=args,
         train_dataset=tasks_to_dataset(tasks, env_kwargs=env_kwargs),

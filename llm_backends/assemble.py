@@ -31,7 +31,7 @@ from promptr1.config import BackendSettings, ConfigError
 from .base import LLMBackend
 from .budget import Budget, BudgetedBackend
 
-__all__ = ["BACKEND_OPTIONS", "backend_kwargs", "from_settings"]
+__all__ = ["BACKEND_OPTIONS", "EnvLLMs", "backend_kwargs", "from_settings"]
 
 #: Settings passed to the env LLM's factory as keyword arguments: setting -> keyword.
 BACKEND_OPTIONS = {"env_max_concurrency": "max_concurrency", "env_rpm": "rpm", "env_tpm": "tpm",
@@ -84,6 +84,21 @@ def backend_kwargs(settings: BackendSettings, spec: str | None = None) -> dict[s
     return given
 
 
+class EnvLLMs(dict):
+    """Several env LLMs by name (``env_models``), as :class:`~promptr1.envs.collab_env.PromptCollabEnv` takes them
+    (``env_llm={name: backend}``); :meth:`close` closes them all."""
+
+    @property
+    def name(self) -> str:
+        return "+".join(self)
+
+    def close(self) -> None:
+        for backend in self.values():
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+
+
 def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None, spec: str | None = None,
                   budget: Budget | None = None) -> tuple[Any, Budget]:
     """The env LLM of ``settings`` as a run uses it, and its :class:`~promptr1.llm_backends.budget.Budget`.
@@ -91,10 +106,21 @@ def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None,
     ``given``: an already-built backend, used as is (the budget and the cache still wrap it; it is not closed
     with the result, and limit settings, which configure a backend built here, are refused). ``spec``: another
     env LLM than ``settings.env_llm`` (an evaluation's transfer env LLMs), sharing ``budget`` when given.
-    Closing the result closes the cache, the budget wrapper and a backend built here.
+    Closing the result closes the cache, the budget wrapper and a backend built here. With ``env_models`` (several
+    env LLMs) the result is an :class:`EnvLLMs` mapping, each entry built so, all sharing one budget.
     """
     from .specs import make_backend
 
+    models = dict(settings.env_models_map()[0]) if getattr(settings, "env_models", None) and spec is None else {}
+    if models:  # several env LLMs: each built like a single one, sharing one budget (and the cache file)
+        if given is not None:
+            raise ConfigError("env_models builds its env LLMs from their specs; an env LLM passed in as an object "
+                              "cannot stand for several. Pass env_llm={name: backend, ...} to the env instead.")
+        budget = budget if budget is not None else Budget(settings.max_calls, settings.max_cost)
+        built = EnvLLMs()
+        for name, model_spec in models.items():
+            built[name] = from_settings(settings, spec=model_spec, budget=budget)[0]
+        return built, budget
     kwargs = backend_kwargs(settings, spec)
     if given is not None and kwargs:
         raise ConfigError(f"{sorted(kwargs)} configure a backend built from --env-llm; an env LLM passed in as an "

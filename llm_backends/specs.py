@@ -50,7 +50,7 @@ def make_backend(spec: str | LLMBackend, **kwargs: Any) -> LLMBackend:
     >>> make_backend("gpt4")
     Traceback (most recent call last):
     ...
-    promptr1.registry.UnknownNameError: unknown env_llm 'gpt4'. Expected one of: ...hf:ID_OR_PATH, openai:MODEL, ...sim, smollm2 (or an LLMBackend instance; the test doubles echo and scripted come with --plugins promptr1.testing).
+    promptr1.registry.UnknownNameError: unknown env_llm 'gpt4'. Expected one of: ...hf:ID_OR_PATH, openai:MODEL, ...smollm2 (or an LLMBackend instance; the test doubles echo and scripted come with --plugins promptr1.testing).
     """
     if not isinstance(spec, str):
         if isinstance(spec, LLMBackend):

@@ -99,10 +99,23 @@ class BackendSettings:
     cache_mode: str = "replay-or-record"
     """``replay-or-record``, ``replay`` (offline: a miss is an env error), ``record`` or ``off``."""
 
+    # --- several env LLMs (opt-in; docs/cost-aware.md)
+    env_models: list[str] = None  # type: ignore[assignment]
+    """``NAME=SPEC`` entries (e.g. ``cheap=sim strong=sim-strong``): several env LLMs in one env, the agent naming one
+    per call (``[strong] ...``, or ``"model"`` in a JSON call); empty: the one ``env_llm``."""
+    env_model_prices: list[str] = None  # type: ignore[assignment]
+    """``NAME=IN:OUT`` entries: a model's USD per 1,000 input and output tokens (a model without one: its backend's own
+    cost)."""
+    env_default_model: str = ""
+    """The model a call that names none goes to (empty: the first of ``env_models``)."""
+
     def __post_init__(self) -> None:
         """Reject budget, cache and limit settings no run can use, when the settings are made."""
         if self.env_price_per_1k is None:
             self.env_price_per_1k = []
+        self.env_models = list(self.env_models or [])
+        self.env_model_prices = list(self.env_model_prices or [])
+        self.env_models_map()  # NAME=SPEC / NAME=IN,OUT entries are checked now
         if isinstance(self.env_system_prompt, str) and self.env_system_prompt.strip().lower() in ("none", "null"):
             self.env_system_prompt = None
         if self.env_max_tokens < 0:
@@ -124,6 +137,35 @@ class BackendSettings:
         if self.env_price_per_1k and (len(self.env_price_per_1k) != 2 or any(float(v) < 0 for v in self.env_price_per_1k)):
             raise ConfigError(f"--env-price-per-1k takes two numbers >= 0, USD per 1,000 input tokens and per 1,000 "
                               f"output tokens (e.g. --env-price-per-1k 0.15 0.6); got {self.env_price_per_1k!r}.")
+
+    def env_models_map(self) -> tuple[dict[str, str], dict[str, tuple[float, float]]]:
+        """``({name: spec}, {name: (usd_in, usd_out) per 1k tokens})`` from ``env_models`` and ``env_model_prices``.
+
+        >>> BackendSettings(env_models=["cheap=sim", "strong=sim-strong"], env_model_prices=["strong=0.01:0.04"]).env_models_map()
+        ({'cheap': 'sim', 'strong': 'sim-strong'}, {'strong': (0.01, 0.04)})
+        """
+        models: dict[str, str] = {}
+        for entry in self.env_models:
+            name, sep, spec = str(entry).partition("=")
+            if not sep or not name.strip() or not spec.strip() or name.strip() in models:
+                raise ConfigError(f"--env-models takes NAME=SPEC entries with distinct names (e.g. cheap=sim "
+                                  f"strong=openai:gpt-4o); got {entry!r}.")
+            models[name.strip()] = spec.strip()
+        prices: dict[str, tuple[float, float]] = {}
+        for entry in self.env_model_prices:
+            name, sep, values = str(entry).partition("=")
+            try:
+                pair = tuple(float(v) for v in values.split(":"))
+            except ValueError:
+                pair = ()
+            if not sep or len(pair) != 2 or min(pair) < 0 or name.strip() not in models:
+                raise ConfigError(f"--env-model-prices takes NAME=IN:OUT entries (USD per 1,000 input / output tokens, "
+                                  f">= 0) for models of --env-models {sorted(models)}; got {entry!r}.")
+            prices[name.strip()] = (pair[0], pair[1])
+        if self.env_default_model and self.env_default_model not in models:
+            raise ConfigError(f"--env-default-model {self.env_default_model!r} is not one of --env-models "
+                              f"{sorted(models)}.")
+        return models, prices
 
     def env_sampling(self) -> dict[str, Any]:
         """Keyword arguments of every env-LLM call."""
@@ -150,7 +192,14 @@ class RunSettings(BackendSettings):
     max_response_chars: int = 2048
     """Env-LLM reply truncation in characters (ref: 2048)."""
     reward_variant: str = "faithful"
-    """Reward variant (``faithful`` is the reference's; ``answer_gated`` fixes its quirks)."""
+    """Reward variant (``faithful`` is the reference's; ``answer_gated`` fixes its quirks; ``cost_aware``: the
+    reference's minus what the episode's env-LLM calls cost, see ``cost_weight``)."""
+    cost_weight: float = 0.0
+    """With ``reward_variant: cost_aware``: the reward loses ``cost_weight x dollars`` an episode spends (divided by
+    ``cost_reference_usd`` when set)."""
+    cost_reference_usd: float | None = None
+    """With ``cost_aware``: count the cost in units of this many USD (e.g. one call of the expensive model); none:
+    dollars."""
     env_history: str = "seen"
     """What the env LLM's history keeps of its earlier replies: ``seen`` (the reply as the agent saw it, cut at
     ``max_response_chars``; never more), ``full`` (the whole reply, re-sent every later turn) or ``reference``
@@ -229,7 +278,19 @@ class RunSettings(BackendSettings):
             "env_history": self.env_history,
             "sampling": self.env_sampling(),
             "env_system_prompt": self.env_system_prompt,
+            **self.model_kwargs(),
         }
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The env's settings for several env LLMs and the cost term, only where they are used (so an env of the
+        default settings is built exactly as before)."""
+        out: dict[str, Any] = {}
+        if self.env_models:
+            _, prices = self.env_models_map()
+            out.update(default_model=self.env_default_model or None, model_prices=prices)
+        if self.reward_variant == "cost_aware":
+            out.update(cost_weight=self.cost_weight, cost_reference_usd=self.cost_reference_usd)
+        return out
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -439,8 +500,9 @@ HELP_HEADINGS: dict[str, str] = {
 #: entry wins. A setting under no heading is listed under "other", and the tests fail (see :func:`help_problems`).
 SHARED_HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("model", "model_dtype"),
-    "environment": ("tasks", "env_llm", "env_temperature", "env_max_tokens", "env_system_prompt", "max_turns",
-                    "max_response_chars", "env_history", "reward_variant", "answer_metric", "framing"),
+    "environment": ("tasks", "env_llm", "env_temperature", "env_max_tokens", "env_system_prompt", "env_models",
+                    "env_model_prices", "env_default_model", "max_turns", "max_response_chars", "env_history",
+                    "reward_variant", "cost_weight", "cost_reference_usd", "answer_metric", "framing"),
     "rollout": ("max_new_tokens", "max_seq_len", "temperature", "top_p", "repetition_penalty", "kv_reuse",
                 "rollout_max_batch_tokens"),
     "budget": ("max_calls", "max_cost", "env_price_per_1k", "env_max_concurrency", "env_rpm", "env_tpm", "cache",

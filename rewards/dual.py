@@ -60,6 +60,7 @@ from .metrics import (
 __all__ = [
     "ANSWER_METRICS",
     "AUTO_ANSWER_METRIC",
+    "COST_AWARE_VARIANTS",
     "REWARD_VARIANTS",
     "RewardBreakdown",
     "RewardVariant",
@@ -67,6 +68,7 @@ __all__ = [
     "UnknownNameError",
     "blocks_from_chatml",
     "compute_reward",
+    "cost_penalty",
     "reference_score",
     "reference_validation_scores",
     "register_reward_variant",
@@ -127,6 +129,13 @@ REWARD_VARIANTS: Registry[RewardVariant] = Registry(
             _combine_faithful,
             "The reference's total: -1 + format + answer if format reached its cap 1.0, else -1 + format.",
         ),
+        "cost_aware": RewardVariant(
+            "cost_aware",
+            _combine_faithful,
+            "The reference's total, minus what the episode's env-LLM calls cost: cost_weight x dollars spent "
+            "(divided by cost_reference_usd when one is set; see cost_penalty). For envs with several env LLMs "
+            "at different prices; the cost term is applied by the env, which knows the dollars.",
+        ),
         "answer_gated": RewardVariant(
             "answer_gated",
             _combine_answer_gated,
@@ -137,6 +146,28 @@ REWARD_VARIANTS: Registry[RewardVariant] = Registry(
         ),
     },
 )
+
+
+#: The variants whose total the env lowers by what the episode's env-LLM calls cost (:func:`cost_penalty`).
+COST_AWARE_VARIANTS = ("cost_aware",)
+
+
+def cost_penalty(cost_usd: float, weight: float, reference_usd: float | None = None) -> float:
+    """What ``cost_aware`` subtracts from an episode's total: ``weight x dollars``, or ``weight x dollars /
+    reference_usd`` (the cost in units of a reference call) when ``reference_usd`` is set.
+
+    >>> cost_penalty(0.002, 100.0), cost_penalty(0.002, 0.5, reference_usd=0.001)
+    (0.2, 1.0)
+    >>> cost_penalty(0.002, -1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: cost_weight must be >= 0 (0: cost does not count), got -1.0.
+    """
+    if weight < 0:
+        raise ValueError(f"cost_weight must be >= 0 (0: cost does not count), got {weight}.")
+    if reference_usd is not None and reference_usd <= 0:
+        raise ValueError(f"cost_reference_usd must be > 0 (or None: dollars), got {reference_usd}.")
+    return float(weight) * float(cost_usd) / (float(reference_usd) if reference_usd else 1.0)
 
 
 def register_reward_variant(
@@ -348,7 +379,7 @@ def compute_reward(
     >>> compute_reward([], "Paris", variant="faithfull")
     Traceback (most recent call last):
     ...
-    promptr1.registry.UnknownNameError: unknown reward variant 'faithfull'. Did you mean 'faithful'? Expected one of: answer_gated, faithful.
+    promptr1.registry.UnknownNameError: unknown reward variant 'faithfull'. Did you mean 'faithful'? Expected one of: answer_gated, cost_aware, faithful.
     """
     turns = _check_turns(turns)
     golds = _as_golds(answers)

@@ -368,7 +368,7 @@ def test_registries_answer_with_did_you_mean() -> None:
         compute_reward([P], "x", variant="answer-gated")
     with pytest.raises(KeyError, match=r"unknown answer metric 'f11'\. Did you mean 'f1'\?"):
         compute_reward([P], "x", answer_metric="f11")
-    with pytest.raises(UnknownNameError, match="Expected one of: answer_gated, faithful"):
+    with pytest.raises(UnknownNameError, match="Expected one of: answer_gated, cost_aware, faithful"):
         REWARD_VARIANTS["zzz"]
     assert "faithful" in REWARD_VARIANTS and "zzz" not in REWARD_VARIANTS
     assert REWARD_VARIANTS.get("zzz", None) is None

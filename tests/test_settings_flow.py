@@ -134,4 +134,28 @@ def test_every_shared_setting_is_covered():
     from promptr1.config import BackendSettings
 
     block = {f.name for f in dataclasses.fields(BackendSettings)}
-    assert block - set(VALUES) == {"cache", "cache_mode"}  # cache is given beside VALUES; cache_mode: default
+    # cache is given beside VALUES; cache_mode: default; the several-env-LLMs trio: test_several_env_llms below
+    assert block - set(VALUES) == {"cache", "cache_mode", "env_models", "env_model_prices", "env_default_model"}
+
+
+def test_several_env_llms_from_yaml_and_flags(tmp_path):
+    """env_models / env_model_prices / env_default_model and the cost term reach the env, from a file and from flags."""
+    from promptr1.agents.config import GRPOConfig
+    from promptr1.config import parse_command
+    from promptr1.envs.collab_env import PromptCollabEnv
+    from promptr1.llm_backends import from_settings
+
+    path = tmp_path / "s.yaml"
+    path.write_text("env_models: [cheap=sim, strong=sim-strong]\nenv_model_prices: ['strong=0.002:0.008']\n"
+                    "env_default_model: strong\nreward_variant: cost_aware\ncost_weight: 0.5\nmax_calls: 7\n")
+    flags = ["--env-models", "cheap=sim", "strong=sim-strong", "--env-model-prices", "strong=0.002:0.008",
+             "--env-default-model", "strong", "--reward-variant", "cost_aware", "--cost-weight", "0.5",
+             "--max-calls", "7"]
+    for argv in (["--config", str(path)], flags):
+        cfg = parse_command(GRPOConfig, argv, "train")
+        backends, budget = from_settings(cfg)
+        env = PromptCollabEnv(task="synthetic", env_llm=backends, **cfg.env_kwargs())
+        assert sorted(env.env_llms) == ["cheap", "strong"] and env.default_model == "strong"
+        assert env.env_llms["strong"].inner.name == "sim-strong" and env.env_llms["cheap"].budget is budget
+        assert env.model_prices == {"strong": (0.002, 0.008)} and env.cost_weight == 0.5 and budget.max_calls == 7
+        backends.close()

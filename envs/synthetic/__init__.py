@@ -47,5 +47,7 @@ def __getattr__(name: str):  # the expert pulls in the backend layer; load it on
         return SimExpert
     raise AttributeError(f"module 'promptr1.envs.synthetic' has no attribute {name!r}")
 
-if "sim" not in BACKENDS:  # the simulated expert answers about this world: registered with it
+if "sim" not in BACKENDS:  # the simulated experts answer about this world: registered with it
     register_backend("sim", "promptr1.envs.synthetic.expert:SimExpert")
+if "sim-strong" not in BACKENDS:
+    register_backend("sim-strong", "promptr1.envs.synthetic.expert:StrongSimExpert")

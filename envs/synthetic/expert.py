@@ -54,7 +54,7 @@ from promptr1.llm_backends.base import BaseBackend, Completion, Message, validat
 
 from .world import RELATIONS, make_world, stable_hash
 
-__all__ = ["SimExpert", "count_operations", "evaluate_expression", "find_expressions", "format_number"]
+__all__ = ["SimExpert", "StrongSimExpert", "count_operations", "evaluate_expression", "find_expressions", "format_number"]
 
 # --------------------------------------------------------------------------- arithmetic
 _MAX_EXPR_CHARS = 200
@@ -466,3 +466,85 @@ class SimExpert(BaseBackend):
         text, intent = self.reply(msgs)
         return Completion(text=text, latency_s=0.0, prompt_tokens=sum(len(m["content"].split()) for m in msgs),
                           completion_tokens=len(text.split()), model="sim", extra={"intent": intent})
+
+
+class StrongSimExpert(SimExpert):
+    """``sim-strong``: the simulated expert's expensive sibling, for envs with several env LLMs (docs/cost-aware.md).
+
+    A STAND-IN, NOT A LANGUAGE MODEL. Everything :class:`SimExpert` answers it answers the same way, and **in one
+    call it also answers a composite question**:
+
+    * a nested fact question with one entity ("Who is the mayor of the capital of the country where Miktha is
+      located?"): the relations it names are applied from the entity outwards, in the first order (innermost, i.e.
+      last named, first) whose entity types chain, and the reply names the final entity;
+    * an expression with several operations (``(38 + 11) / 7``): computed whole;
+    * a word problem: read sentence by sentence (:func:`promptr1.envs.decompose.parse_word_problem`) and computed.
+
+    >>> strong = StrongSimExpert()
+    >>> strong.complete([{"role": "user", "content": "What is (38 + 11) / 7?"}]).text
+    '(38 + 11) / 7 = 7.'
+    >>> SimExpert().complete([{"role": "user", "content": "What is (38 + 11) / 7?"}]).text != '(38 + 11) / 7 = 7.'
+    True
+    """
+
+    name = "sim-strong"
+
+    def _chain(self, focus: str) -> str | None:
+        asked = _REFERENCE_RE.sub(" ", focus)
+        found = sorted((m.start(), name) for name, rx in self._rel_res.items() for m in rx.finditer(asked))
+        subjects = {e.name for _, e in self._entities(focus)}
+        if len(found) < 2 or len(subjects) != 1:
+            return None
+        import itertools
+
+        start = next(iter(subjects))
+        names = [name for _, name in reversed(found)]  # innermost (named last) first, as nested phrases read
+        for order in itertools.permutations(names):  # the first order whose types chain from the entity
+            here = start
+            for name in order:
+                if self.world.entity(here).type != self._relations[name].subject_type:
+                    break
+                here = self.world.lookup(here, name)
+            else:
+                return f"The answer is {here}."
+        return None
+
+    def _several_facts(self, relations: list[str], mentioned: set[str], key: int, hops: int) -> tuple[str, str]:
+        chained = self._chain(self._focus)
+        if chained is not None:
+            return chained, "composite_fact"
+        return super()._several_facts(relations, mentioned, key, hops)
+
+    def _arith(self, focus: str, prompt: str) -> tuple[str, str] | None:
+        good, _ = find_expressions(focus)
+        if not good:
+            good, _ = find_expressions(prompt)
+        if len(good) == 1 and len(good[0]) <= _MAX_EXPR_CHARS and count_operations(good[0]) > 1:
+            try:
+                return f"{good[0]} = {format_number(evaluate_expression(good[0]))}."[:199], "composite_arith"
+            except ValueError:
+                pass
+        return super()._arith(focus, prompt)
+
+    def _word_problem(self, prompt: str, key: int) -> tuple[str, str] | None:
+        from promptr1.envs.decompose import parse_word_problem
+
+        parsed = parse_word_problem(prompt)
+        if parsed is not None and parsed[1]:
+            start, steps = parsed
+            expr = start
+            for op, number in steps:
+                expr = f"({expr} {op} {number})"
+            try:
+                return f"The answer is {format_number(evaluate_expression(expr))}.", "composite_word_problem"
+            except ValueError:
+                pass
+        return super()._word_problem(prompt, key)
+
+    def reply(self, messages: Sequence[Message]) -> tuple[str, str]:
+        msgs = validate_messages(messages)
+        prompt = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), "").strip()
+        pieces = _SENTENCE_END_RE.split(prompt)
+        questions = [pieces[i - 1] + "?" for i in range(1, len(pieces), 2) if pieces[i] == "?" and pieces[i - 1].strip()]
+        self._focus = next((q.strip() for q in reversed(questions) if self._meaningful(q)), prompt)
+        return super().reply(msgs)

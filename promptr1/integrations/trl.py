@@ -535,7 +535,8 @@ class PromptR1Rollout:
         if env_factory is None:
             from promptr1.llm_backends import make_backend
 
-            self.env_llm = make_backend(env_llm)  # built once, shared by every env (one concurrency budget)
+            # built once, shared by every env (one concurrency budget); a mapping is several env LLMs, used as is
+            self.env_llm = env_llm if isinstance(env_llm, Mapping) else make_backend(env_llm)
         self.max_new_tokens = max_new_tokens
         self.max_seq_len = int(max_seq_len)
         if stop_strings is None:  # the env's framing decides where a turn stops

@@ -126,6 +126,17 @@ def render_markdown(
             f"| `{c}` | {n} | {sum(r.errors for r in rs)} | {sum(r.calls for r in rs)} | "
             f"{sum(r.tokens for r in rs)} | {sum(r.cost_usd for r in rs):.4f} | {lat:.2f} | {turns:.2f} |"
         )
+    models = sorted({m for r in rows for m in r.cost_by_model})
+    if models:  # several env LLMs: what each method spent on each, per episode
+        lines += ["", "## Cost by env LLM (per episode)", "",
+                  "| method @ env LLM | USD / episode | " + " | ".join(f"{m}: calls, USD" for m in models) + " |",
+                  "|---|---|" + "---|" * len(models)]
+        for c in columns:
+            rs = [r for r in rows if r.column == c]
+            n = max(sum(r.n + r.errors for r in rs), 1)
+            cells = [f"{sum(r.calls_by_model.get(m, 0) for r in rs) / n:.2f}, "
+                     f"{sum(r.cost_by_model.get(m, 0.0) for r in rs) / n:.6f}" for m in models]
+            lines.append(f"| `{c}` | {sum(r.cost_usd for r in rs) / n:.6f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

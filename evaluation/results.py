@@ -49,6 +49,8 @@ def episode_record(
     format_ok: float | None = None,
     reward_variant: str | None = None,
     reward_components: Mapping[str, Any] | None = None,
+    cost_by_model: Mapping[str, float] | None = None,
+    calls_by_model: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The one per-episode record (a line of ``transcripts.jsonl``).
 
@@ -81,6 +83,8 @@ def episode_record(
         "format": None if format_ok is None else float(format_ok),
         "reward_variant": reward_variant,
         "reward_components": None if reward_components is None else dict(reward_components),
+        **({"cost_by_model": {k: float(v) for k, v in cost_by_model.items()},
+            "calls_by_model": {k: int(v) for k, v in (calls_by_model or {}).items()}} if cost_by_model else {}),
     }
 
 
@@ -113,6 +117,9 @@ class ScoreRow:
     calls: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    cost_by_model: dict[str, float] = field(default_factory=dict)
+    """With several env LLMs: USD and calls spent on each (summed over the row's episodes)."""
+    calls_by_model: dict[str, int] = field(default_factory=dict)
     latency_s: float = 0.0
     """Mean wall time per episode."""
     turns: float = 0.0
@@ -170,6 +177,11 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[ScoreRow]:
         row.calls = sum(int(r.get("env_llm_calls", 0)) for r in recs)
         row.tokens = sum(int(r.get("tokens", 0)) for r in recs)
         row.cost_usd = sum(float(r.get("cost_usd") or 0.0) for r in recs)
+        for r in recs:
+            for name, usd in (r.get("cost_by_model") or {}).items():
+                row.cost_by_model[name] = row.cost_by_model.get(name, 0.0) + float(usd)
+            for name, n in (r.get("calls_by_model") or {}).items():
+                row.calls_by_model[name] = row.calls_by_model.get(name, 0) + int(n)
         row.latency_s = sum(float(r.get("latency_s", 0.0)) for r in recs) / len(recs)
         row.turns = sum(int(r.get("num_turns", 0)) for r in recs) / len(recs)
         rows.append(row)

@@ -223,7 +223,9 @@ class _Run:
                     latency_s=env.latency_s, env_llm_latency_s=stats["env_llm_latency_s"],
                     tokens=stats["env_llm_tokens"], cost_usd=stats["env_llm_cost_usd"],
                     reward=ep.reward, format_ok=float(float(comps.get("format", 0.0) or 0.0) >= 1.0 - 1e-9),
-                    reward_variant=comps.get("variant", self.cfg.reward_variant), reward_components=comps,
+                    reward_variant=comps.get("variant", self.cfg.reward_variant),
+                    reward_components=comps,
+                    cost_by_model=stats.get("cost_by_model"), calls_by_model=stats.get("calls_by_model"),
                 )
             self.log(f"{chunk[0].method.label} @ {chunk[0].env_llm}: {min(start + size, len(jobs))}/{len(jobs)} episodes")
 

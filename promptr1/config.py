@@ -192,8 +192,8 @@ class RunSettings(BackendSettings):
     max_response_chars: int = 2048
     """Env-LLM reply truncation in characters (ref: 2048)."""
     reward_variant: str = "faithful"
-    """Reward variant (``faithful`` is the reference's; ``answer_gated`` fixes its quirks; ``cost_aware``: the
-    reference's minus what the episode's env-LLM calls cost, see ``cost_weight``)."""
+    """Reward variant (``faithful`` is the reference's; ``answer_gated`` fixes its quirks; ``cost_aware``:
+    ``answer_gated``'s minus what the episode's env-LLM calls cost, see ``cost_weight``)."""
     cost_weight: float = 0.0
     """With ``reward_variant: cost_aware``: the reward loses ``cost_weight x dollars`` an episode spends (divided by
     ``cost_reference_usd`` when set)."""

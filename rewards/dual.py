@@ -131,10 +131,11 @@ REWARD_VARIANTS: Registry[RewardVariant] = Registry(
         ),
         "cost_aware": RewardVariant(
             "cost_aware",
-            _combine_faithful,
-            "The reference's total, minus what the episode's env-LLM calls cost: cost_weight x dollars spent "
-            "(divided by cost_reference_usd when one is set; see cost_penalty). For envs with several env LLMs "
-            "at different prices; the cost term is applied by the env, which knows the dollars.",
+            _combine_answer_gated,
+            "answer_gated's total (the answer always counts, so prompting until the turns run out never pays), "
+            "minus what the episode's env-LLM calls cost: cost_weight x dollars spent (divided by "
+            "cost_reference_usd when one is set; see cost_penalty). For envs with several env LLMs at different "
+            "prices; the cost term is applied by the env, which knows the dollars.",
         ),
         "answer_gated": RewardVariant(
             "answer_gated",

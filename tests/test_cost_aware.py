@@ -71,7 +71,7 @@ def test_cost_per_episode_and_per_model_and_the_cost_aware_reward():
     assert stats["calls_by_model"] == {"cheap": 1, "strong": 1} and strong_call > stats["cost_by_model"]["cheap"] > 0
     spent = stats["env_llm_cost_usd"]
     assert spent == pytest.approx(sum(stats["cost_by_model"].values()))
-    base = compute_reward(env.turns, TASK.answers, variant="faithful").total  # the reference's total: 1.0 here
+    base = compute_reward(env.turns, TASK.answers, variant="answer_gated").total  # cost_aware's base: 1.0 here
     comps = info["reward_components"]
     assert base == 1.0 and comps["cost_usd"] == pytest.approx(spent)
     assert comps["cost_penalty"] == pytest.approx(2.0 * spent / 0.01) and reward == pytest.approx(1.0 - 2.0 * spent / 0.01)
@@ -110,3 +110,78 @@ def test_the_strong_expert_answers_composite_questions_the_cheap_one_refuses():
     # the cheap expert's one-step questions get the same answers from both
     one = [{"role": "user", "content": "Who founded Vantrel Corp?"}]
     assert strong.complete(one).text == cheap.complete(one).text
+
+
+def test_eval_report_has_a_cost_table_by_model(tmp_path):
+    from promptr1.evaluation import EvalConfig, run_evaluation
+    from promptr1.testing.agents import ScriptedAgentPolicy
+
+    turns = ["<think>a</think><interaction_prompt>[strong] What is 3 + 4?</interaction_prompt>",
+             "<think>b</think><interaction_prompt>What is 3 + 4?</interaction_prompt>",
+             "<think>c</think><answer>7</answer>"]
+    cfg = EvalConfig(tasks=["synthetic"], methods=["agent:scripted"], env_llm="sim", limit=3, chart=False,
+                     progress=False, output_dir=str(tmp_path), env_models=["cheap=sim", "strong=sim-strong"],
+                     env_model_prices=["cheap=0.001:0.002", "strong=0.01:0.02"], reward_variant="cost_aware",
+                     cost_weight=1.0)
+    result = run_evaluation(cfg, agents={"scripted": ScriptedAgentPolicy(turns)})
+    rec = result.records[0]
+    assert rec["calls_by_model"] == {"cheap": 1, "strong": 1}
+    assert rec["cost_by_model"]["strong"] > rec["cost_by_model"]["cheap"] > 0
+    assert rec["cost_usd"] == pytest.approx(sum(rec["cost_by_model"].values()))
+    report = (tmp_path / "report.md").read_text()
+    assert "## Cost by env LLM (per episode)" in report and "cheap: calls, USD" in report
+    line = next(x for x in report.splitlines() if x.startswith("| `agent:scripted @ sim` |") and "1.00, " in x)
+    mean_usd = sum(r["cost_usd"] for r in result.records) / len(result.records)
+    assert line.split("|")[2].strip() == f"{mean_usd:.6f}"
+
+
+def test_bench_cost_aware_runs_end_to_end_small(tmp_path):
+    from conftest import load_script
+
+    bench = load_script("benchmarks/bench_cost_aware.py")
+    assert bench.steps_needed("In which city was the mayor of the headquarters city of Golmu Industries born?") == 3
+    assert bench.steps_needed("Ben has 3 boxes with 4 cards in each box. Then Ben gets 2 more cards. How many?") == 2
+    assert bench.main(["--weights", "0.5", "--steps", "256", "--episodes", "8", "--select", "8",
+                       "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = results["weights"]["0.5"]["rows"]
+    assert {"always strong", "trained (PPO)", "trained (PPO, sees the plan)"} <= set(rows)
+    strong = rows["always strong"]
+    assert strong["calls"] == {"cheap": 0.0, "strong": 1.0} and strong["usd"][0] > 0
+    # always strong pays one strong call (the cost unit, up to its question's length) at weight 0.5
+    assert strong["reward"][0] <= 1.0 - 0.5 * 0.5
+    assert set(rows["trained (PPO)"]["paired"]) == {n for n in rows if not n.startswith("trained")}
+    assert (tmp_path / "reward_vs_dollars.png").stat().st_size > 1000
+
+
+def test_our_trainer_and_the_trl_rollout_play_the_multi_model_env(tmp_path, monkeypatch):
+    import promptr1.agents.rollout as rollout
+    from promptr1.agents.config import GRPOConfig
+    from promptr1.agents.rollout import SampledTurn
+    from promptr1.agents.trainer import GRPOTrainer
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    turn = "<think>ask</think><interaction_prompt>[strong] Where is Miktha located?</interaction_prompt>"
+
+    def sampler(model, tokenizer, prompts, *, max_new_tokens, **kw):
+        ids = tokenizer(turn, add_special_tokens=False)["input_ids"][:max_new_tokens]
+        return [SampledTurn(list(ids), [-1.0] * len(ids), "string") for _ in prompts]
+
+    monkeypatch.setattr(rollout, "sample_turns", sampler)
+    cfg = GRPOConfig(model=str(tiny_model_path()), steps=1, batch_questions=1, group_size=2, max_new_tokens=48,
+                     max_turns=2, max_seq_len=768, kl_coef=0.0, progress=False, num_transcripts=0,
+                     output_dir=str(tmp_path / "run"), env_models=["cheap=sim", "strong=sim-strong"],
+                     env_model_prices=["cheap=0.001:0.002", "strong=0.01:0.02"], reward_variant="cost_aware",
+                     cost_weight=1.0)
+    trainer = GRPOTrainer(cfg)
+    metrics = trainer.train_step()
+    assert metrics["env_llm/calls"] == 4 and metrics["env_llm/cost_usd"] > 0  # 2 episodes x 2 strong calls
+    assert metrics["reward/cost_penalty"] == pytest.approx(metrics["env_llm/cost_usd"] / 2)  # mean over episodes
+    assert all(e.episode_stats["calls_by_model"] == {"cheap": 0, "strong": 2} for e in trainer._last_episodes)
+
+    from promptr1.integrations import trl as ptrl
+
+    backends = {"cheap": SimExpert(), "strong": StrongSimExpert()}
+    roll = ptrl.make_rollout_func("synthetic", env_llm=backends, env_kwargs={"max_turns": 2}, sampler=sampler,
+                                  max_seq_len=768)
+    assert roll.env_llm is backends and roll._envs(1)[0].env_llms == backends

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from promptr1.agents.config import SFTConfig
+from promptr1.agents.config import GRPOConfig, SFTConfig
 from promptr1.config import config_to_dict
 from promptr1.agents.episode import Episode, agent_turn, record_step, start_episode
 from promptr1.agents.rollout import ChatFramer, collate_episodes
 
-__all__ = ["build_sft_example", "run_sft", "sft_examples"]
+__all__ = ["build_sft_example", "run_sft", "sft_examples", "warm_start"]
 
 
 def build_sft_example(env: Any, task: Any, turns: Sequence[str], framer: ChatFramer) -> Episode:
@@ -169,3 +169,12 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     log(f"sft: {cfg.steps} steps on {len(examples)} demonstrations{dropped} in {time.perf_counter() - t0:.1f}s; "
         f"NLL {losses[0]:.3f} -> {np.mean(losses[-5:]):.3f}; saved {out}")
     return out
+
+
+def warm_start(cfg: GRPOConfig, backend: Any, out: pathlib.Path) -> str:
+    """The policy GRPO starts from: ``cfg.model``, or the SFT warm start of it (run now, or found on resume)."""
+    if cfg.sft_steps <= 0:
+        return cfg.model
+    if cfg.resume and (out / "sft").is_dir():
+        return str(out / "sft")
+    return str(run_sft(SFTConfig.from_training(cfg, output_dir=str(out / "sft")), env_llm=backend))

@@ -11,7 +11,8 @@ One ``promptr1 train`` run, in order:
 5. optional held-out evaluation (``eval_episodes``) of the untrained, warm-started and trained policies
    through the evaluation wing, with the same env settings (reward variant included) as training.
 
-Around step 4, two callbacks (:class:`ValidationCallback`, :class:`BudgetStopCallback`) validate the live
+Around step 4, two callbacks (:class:`~promptr1.evaluation.validation.ValidationCallback`,
+:class:`~promptr1.agents.callbacks.BudgetStopCallback`) validate the live
 policy before training and every ``eval_every`` steps, and stop the run cleanly once the env LLM's budget
 (``max_calls`` / ``max_cost``) is spent: the step finishes, a checkpoint is written, and ``promptr1 train``
 exits with code 3 (``--resume auto`` continues). The env LLM is built once as
@@ -23,12 +24,10 @@ the config will cost in env-LLM calls, tokens and dollars, and loads nothing.
 from __future__ import annotations
 
 import json
-import math
 import pathlib
-import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from promptr1.agents.config import GRPOConfig, SFTConfig
@@ -39,9 +38,6 @@ __all__ = [
     "BUDGET_EXIT_CODE",
     "FAILED_EXIT_CODE",
     "QUICKSTART_OPTIONS",
-    "BudgetStopCallback",
-    "ValidationCallback",
-    "dry_run_report",
     "run_training",
     "sft_main",
     "train_base_config",
@@ -138,6 +134,8 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
 
         check_model_name(cfg.model, what="--model")
     if cfg.dry_run:
+        from promptr1.agents.dry_run import dry_run_report
+
         print(dry_run_report(cfg), flush=True)
         return 0
     from promptr1.agents.checkpoint import claim_output_dir
@@ -161,7 +159,11 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
               "a backend without its own price table reports every call as $0, so only --max-calls can stop it.",
               file=sys.stderr, flush=True)
     try:
-        policy = _warm_start(cfg, backend, out)  # 3.
+        from promptr1.agents.callbacks import BudgetStopCallback
+        from promptr1.agents.sft import warm_start
+        from promptr1.evaluation.validation import ValidationCallback, final_evaluation
+
+        policy = warm_start(cfg, backend, out)  # 3.
         from promptr1.agents.trainer import GRPOTrainer
 
         guards: list[Callback] = []
@@ -245,284 +247,3 @@ def check_training_settings(cfg: GRPOConfig, *, given_backend: bool = False) -> 
                           "object is used as it is. Build it with those arguments instead.")
 
 
-# ----------------------------------------------------------------------------- callbacks
-
-
-class BudgetStopCallback(Callback):
-    """Stops training at the end of the step in which the env LLM's budget ran out.
-
-    The trainer then writes its final checkpoint; calls the budget refused flagged their episodes
-    (``env_error`` ``"budget: ..."``), which the trainer dropped from their groups like any env error. The
-    budget's use is logged as ``env_llm/budget_calls`` and ``env_llm/budget_cost_usd`` (this run's uncached calls).
-    Under ``accelerate launch`` each process has its own budget and all stop when one does.
-    """
-
-    def __init__(self, budget: Any) -> None:
-        self.budget = budget
-        self.stopped_at: int | None = None
-        self.reason: str | None = None
-
-    def on_step_end(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> bool:
-        writer = getattr(getattr(trainer, "logger", None), "writer", None)
-        if writer is not None:
-            writer.add_scalar("env_llm/budget_calls", self.budget.calls, step)
-            writer.add_scalar("env_llm/budget_cost_usd", self.budget.cost, step)
-        spent = self.budget.stop_reason is not None
-        acc = getattr(trainer, "accelerator", None)
-        if acc is not None and acc.num_processes > 1:  # every process stops at the same step
-            import torch
-
-            flag = torch.tensor([1.0 if spent else 0.0], device=acc.device)
-            spent = bool(acc.reduce(flag, reduction="sum").item() > 0)
-        if spent:
-            self.stopped_at = step
-            self.reason = self.budget.stop_reason or "another process's budget ran out"
-            return False
-        return True
-
-
-class ValidationCallback(Callback):
-    """Validates the live policy before training and every ``cfg.eval_every`` steps (and after the last step).
-
-    Each validation is :func:`promptr1.evaluation.compare_policies` on the trainer's own model: greedy, on
-    ``cfg.eval_tasks`` (empty: the test split of ``cfg.tasks``), at most ``cfg.eval_limit`` questions per dataset,
-    with the run's env settings and the run's env-LLM backend object (so its calls share the run's budget and
-    cache). Its scalars go to TensorBoard as ``eval/<dataset>/<measure>/policy@<env LLM>`` and
-    ``eval/average/policy@<env LLM>`` at the step; each validation's report sits in
-    ``OUTPUT_DIR/validation/step-NNNNNN/`` and a line per validation in ``OUTPUT_DIR/validation/history.jsonl``.
-    A resumed run does not repeat a validation already written. Only the main process validates.
-    """
-
-    def __init__(self, cfg: GRPOConfig, backend: Any, *, budget: Any = None, label: str = "policy") -> None:
-        self.cfg = cfg
-        self.backend = backend
-        self.budget = budget
-        self.label = label
-        self.folder = pathlib.Path(cfg.output_dir) / "validation"
-        self.history: list[dict[str, Any]] = []
-
-    def on_train_begin(self, trainer: Any) -> None:
-        if self.cfg.eval_before_train:
-            self._maybe_validate(trainer, trainer.step)
-
-    def on_step_end(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> bool:
-        if step % max(self.cfg.eval_every, 1) == 0 or step == self.cfg.steps:
-            self._maybe_validate(trainer, step)
-        return True
-
-    def _maybe_validate(self, trainer: Any, step: int) -> None:
-        acc = trainer.accelerator
-        done = (self.folder / f"step-{step:06d}" / "summary.json").is_file()
-        spent = self.budget is not None and self.budget.stop_reason is not None
-        if acc.is_main_process and not done and not spent:
-            self.validate(trainer, step)
-        acc.wait_for_everyone()
-
-    def validate(self, trainer: Any, step: int) -> Any:
-        """One validation of ``trainer``'s live model at ``step``; returns the :class:`EvalResult`."""
-        from promptr1.evaluation import compare_policies
-
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        model = trainer.unwrapped_model
-        was_training = model.training
-        tasks = list(cfg.eval_tasks or cfg.tasks)
-        try:
-            result = compare_policies(
-                {self.label: (model, trainer.tokenizer)}, tasks, self.backend, cfg,
-                episodes=cfg.eval_limit or None, temperature=0.0,
-                output_dir=str(self.folder / f"step-{step:06d}"), chart=False, progress=False,
-                batch_size=max(1, cfg.batch_questions * cfg.group_size))
-        finally:
-            model.train(was_training)
-        writer = getattr(getattr(trainer, "logger", None), "writer", None)
-        scalars = result.log_to(writer, step) if writer is not None else result.scalars()
-        if getattr(cfg, "eval_reference_scores", False):  # the reference's validation scores, eval/reference/*
-            reference = _reference_validation_scalars(result.records)
-            for key, value in reference.items():
-                if writer is not None:
-                    writer.add_scalar(key, value, step)
-            scalars = {**scalars, **reference}
-        if writer is not None:
-            writer.flush()
-        entry = {"step": step, "seconds": round(time.perf_counter() - t0, 3), "partial": result.partial,
-                 "stop_reason": result.stop_reason, "scalars": scalars}
-        self.history.append(entry)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with (self.folder / "history.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        parts = []
-        for row in result.rows:
-            reward = row.stats.get("reward")
-            parts.append(f"{row.dataset} {row.primary} {row.metrics[row.primary][0]:.3f}"
-                         + (f", reward {reward[0]:+.3f}" if reward is not None and not math.isnan(reward[0]) else "")
-                         + f" ({row.n} episodes)")
-        print(f"promptr1 train: validation at step {step}: {'; '.join(parts) or 'no episodes'} "
-              f"[{entry['seconds']:.0f}s]", file=sys.stderr, flush=True)
-        return result
-
-
-def _reference_validation_scalars(records: Sequence[Mapping[str, Any]],
-                                  prefix: str = "eval/reference") -> dict[str, float]:
-    """``{PREFIX/<dataset>/<score>: mean}`` of the reference's validation scores (``score``, ``em``, ``sm``, ``f1``,
-    ``format``: :func:`promptr1.rewards.reference_validation_scores`) over each dataset's agent episodes; episodes
-    whose env LLM failed are left out, as everywhere in the evaluation. Each episode is scored from the env's own
-    reward breakdown (the blocks it scored), or from its assistant turns when the record holds none."""
-    from promptr1.rewards.dual import REFERENCE_VALIDATION_SCORES, reference_validation_scores
-
-    by_dataset: dict[str, list[dict[str, float]]] = {}
-    for r in records:
-        if r.get("env_error") or r.get("reward") is None:  # a failed episode, or a baseline (no episode reward)
-            continue
-        comps = r.get("reward_components") or {}
-        if "format_raw" in comps:
-            scores = reference_validation_scores(None, r["gold"], components=comps)
-        else:  # e.g. an episode that outgrew max_seq_len: no breakdown
-            scores = reference_validation_scores(
-                [m["content"] for m in r.get("turns", []) if m.get("role") == "assistant"], r["gold"])
-        by_dataset.setdefault(str(r["dataset"]), []).append(scores)
-    out = {}
-    for dataset, rows in by_dataset.items():
-        name = re.sub(r"[^A-Za-z0-9_.\-@]+", "_", dataset)
-        for score in REFERENCE_VALIDATION_SCORES:
-            out[f"{prefix}/{name}/{score}"] = sum(row[score] for row in rows) / len(rows)
-    return out
-
-
-# ----------------------------------------------------------------------------- --dry-run
-
-
-def _fmt(n: float) -> str:
-    return f"{n:,.0f}"
-
-
-def _validation_questions(cfg: GRPOConfig) -> tuple[int, str]:
-    """Questions one validation plays (loads the task sources, not a model), and a note on sources it could not
-    read (then ``eval_limit`` stands for their size, or they count 0)."""
-    from promptr1.envs.tasks import load_tasks
-
-    n, missing = 0, []
-    for spec in cfg.eval_tasks or cfg.tasks:
-        try:
-            size = len(load_tasks(spec, split="test"))
-        except (FileNotFoundError, ValueError, ImportError):
-            missing.append(str(spec))
-            size = cfg.eval_limit
-        n += min(size, cfg.eval_limit) if cfg.eval_limit > 0 else size
-    note = ""
-    if missing:
-        note = (f"  validation sources not readable here ({', '.join(missing)}): counted as "
-                + (f"--eval-limit {cfg.eval_limit} questions each" if cfg.eval_limit > 0 else "0 questions"))
-    return n, note
-
-
-def dry_run_report(cfg: GRPOConfig) -> str:
-    """What ``cfg`` will ask of the env LLM, as upper bounds: calls, input and output tokens, and dollars
-    (with ``env_price_per_1k``), per episode, per step, per validation and for the whole run.
-
-    Every agent turn may be a prompt, and the env sends every prompt, the last turn's included: up to
-    ``max_turns`` calls an episode. A prompt is at most one agent turn (``max_new_tokens`` tokens); a reply is at
-    most ``env_max_tokens`` tokens (with no limit, ``max_response_chars / 4`` as an estimate). The k-th call's
-    input holds the env system prompt, the k-1 earlier prompts and replies, and the new prompt.
-
-    >>> report = dry_run_report(GRPOConfig(steps=2, batch_questions=1, group_size=2, max_turns=2))
-    >>> report.splitlines()[0]
-    'promptr1 train --dry-run: expected env-LLM use, upper bounds (no model loaded, no call made)'
-    >>> [line.split()[-4] for line in report.splitlines() if line.strip().startswith(("per step", "whole run"))]
-    ['4', '8']
-    """
-    from promptr1.envs.collab_env import DEFAULT_ENV_SYSTEM_PROMPT
-    from promptr1.llm_backends.limits import estimate_tokens
-
-    episodes = cfg.batch_questions * cfg.group_size
-    calls = cfg.max_turns  # every turn may send a prompt
-    prompt = cfg.max_new_tokens
-    if cfg.env_max_tokens > 0:
-        reply, reply_note = cfg.env_max_tokens, f"env_max_tokens={cfg.env_max_tokens}"
-    else:
-        reply = estimate_tokens("x" * cfg.max_response_chars)
-        reply_note = (f"no env_max_tokens limit: estimated from max_response_chars={cfg.max_response_chars} "
-                      "(replies can be longer)")
-    system = estimate_tokens(DEFAULT_ENV_SYSTEM_PROMPT)
-    inp = sum(system + (k - 1) * (prompt + reply) + prompt for k in range(1, calls + 1))
-    outp = calls * reply
-    price = tuple(float(v) for v in cfg.env_price_per_1k) if cfg.env_price_per_1k else None
-
-    def cost(i: float, o: float) -> str:
-        return f"{i / 1000 * price[0] + o / 1000 * price[1]:,.4f}" if price else "n/a"
-
-    rows: list[tuple[str, float, float, float]] = [
-        ("per episode", calls, inp, outp),
-        (f"per step ({episodes} episodes)", calls * episodes, inp * episodes, outp * episodes),
-    ]
-    n_val, val_note = 0, ""
-    if cfg.eval_every > 0:
-        questions, val_note = _validation_questions(cfg)
-        n_val = int(cfg.eval_before_train) + cfg.steps // cfg.eval_every + int(cfg.steps % cfg.eval_every != 0)
-        rows.append((f"per validation ({questions} episodes)", calls * questions, inp * questions, outp * questions))
-    total_eps = cfg.steps * episodes + (n_val * questions if n_val else 0)
-    label = f"whole run ({cfg.steps} steps" + (f" + {n_val} validations)" if n_val else ")")
-    rows.append((label, calls * total_eps, inp * total_eps, outp * total_eps))
-    lines = [
-        "promptr1 train --dry-run: expected env-LLM use, upper bounds (no model loaded, no call made)",
-        f"  env LLM {cfg.env_llm!r}; {cfg.batch_questions} question(s) x {cfg.group_size} rollouts = {episodes} episodes "
-        "a step (per process under accelerate launch)",
-        f"  up to {calls} calls an episode (max_turns={cfg.max_turns}: every turn may send a prompt, the last one "
-        "included)",
-        f"  a prompt <= {prompt} tokens (max_new_tokens), a reply <= {reply} tokens ({reply_note}), env system "
-        f"prompt ~{system} tokens; the k-th call re-sends the k-1 earlier prompts and replies",
-        "  cost: " + (f"${price[0]:g} / ${price[1]:g} per 1,000 input / output tokens (--env-price-per-1k)" if price
-                      else "n/a: no price given (--env-price-per-1k IN OUT, USD per 1,000 tokens)"),
-        "",
-        f"  {'':<38} {'calls':>10} {'input tokens':>14} {'output tokens':>14} {'cost (USD)':>12}",
-    ]
-    for name, c, i, o in rows:
-        lines.append(f"  {name:<38} {_fmt(c):>10} {_fmt(i):>14} {_fmt(o):>14} {cost(i, o):>12}")
-    if val_note:
-        lines.append(val_note)
-    if cfg.max_calls is not None:
-        per_step = calls * episodes
-        lines.append(f"\n  --max-calls {cfg.max_calls}: at the upper bound the budget runs out in step "
-                     f"{max(1, math.ceil(cfg.max_calls / per_step))} of {cfg.steps}.")
-    if cfg.max_cost is not None and price:
-        per_step_cost = (inp * price[0] + outp * price[1]) / 1000 * episodes
-        if per_step_cost > 0:
-            lines.append(f"  --max-cost {cfg.max_cost:g}: at the upper bound the budget runs out in step "
-                         f"{max(1, math.ceil(cfg.max_cost / per_step_cost))} of {cfg.steps}.")
-    if cfg.cache:
-        lines.append(f"  --cache {cfg.cache} ({cfg.cache_mode}): cached replies cost nothing; these are the calls "
-                     "before the cache.")
-    return "\n".join(lines)
-
-
-def _warm_start(cfg: GRPOConfig, backend: Any, out: pathlib.Path) -> str:
-    """The policy GRPO starts from: ``cfg.model``, or the SFT warm start of it (run now, or found on resume)."""
-    if cfg.sft_steps <= 0:
-        return cfg.model
-    if cfg.resume and (out / "sft").is_dir():
-        return str(out / "sft")
-    from promptr1.agents.sft import run_sft
-
-    return str(run_sft(SFTConfig.from_training(cfg, output_dir=str(out / "sft")), env_llm=backend))
-
-
-def final_evaluation(cfg: GRPOConfig, sft_model: str, trained_model: Any, tokenizer: Any, backend: Any,
-                     out: pathlib.Path) -> Any:
-    """Untrained (and warm-started) vs trained on held-out tasks, through the evaluation wing."""
-    from promptr1.agents.models import load_policy
-    from promptr1.evaluation import compare_policies, format_table
-
-    policies: dict[str, Any] = {"untrained": load_policy(cfg.model)}
-    if sft_model != cfg.model and cfg.eval_warm_start:
-        policies["after SFT"] = load_policy(sft_model)
-    trained_model.eval()
-    policies["trained (GRPO)"] = (trained_model, tokenizer)
-    tasks = cfg.eval_tasks or cfg.tasks  # the evaluation wing takes the test split of each source
-    result = compare_policies(policies, tasks, backend, cfg, episodes=cfg.eval_episodes)
-    print(f"\nheld-out evaluation ({cfg.eval_episodes} episodes, greedy, env LLM {cfg.env_llm!r}, reward "
-          f"{cfg.reward_variant!r}; mean and 95% CI):")
-    print(format_table(result), flush=True)
-    from promptr1.fileio import atomic_write_text
-
-    atomic_write_text(out / "eval.json", json.dumps(result.to_json(), indent=2))
-    return result

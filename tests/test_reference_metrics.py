@@ -187,7 +187,7 @@ def test_reference_validation_scores_by_hand():
 
 
 def test_reference_validation_scalars_average_agent_episodes_per_dataset():
-    from promptr1.pipeline import _reference_validation_scalars
+    from promptr1.evaluation.validation import reference_validation_scalars as _reference_validation_scalars
 
     def rec(dataset, turns, gold, **kw):
         return {"dataset": dataset, "gold": gold, "reward": 0.0, "env_error": None,

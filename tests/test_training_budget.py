@@ -21,7 +21,8 @@ from promptr1.config import ConfigError
 from promptr1.envs.synthetic.expert import SimExpert
 from promptr1.llm_backends import BACKENDS, register_backend
 from promptr1.llm_backends.assemble import backend_kwargs
-from promptr1.pipeline import BUDGET_EXIT_CODE, dry_run_report, run_training
+from promptr1.agents.dry_run import dry_run_report
+from promptr1.pipeline import BUDGET_EXIT_CODE, run_training
 
 PROMPT_TURN = "<think>ask</think><interaction_prompt>Where is Miktha located?</interaction_prompt>"
 FAST = ["--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "32", "--max-turns", "2",

@@ -56,22 +56,28 @@ def extract_prompt(inner: str) -> tuple[str, bool]:
     >>> extract_prompt('{"name": "prompt", "arguments": "{\\\\"prompt\\\\": \\\\"hi\\\\"}"}')
     ('hi', True)
     """
+    args = _call_arguments(inner)
+    if args is not None and isinstance(args.get("prompt"), str):
+        return args["prompt"].strip(), True
+    return inner.strip(), False
+
+
+def _call_arguments(inner: str) -> dict | None:
+    """The arguments of a JSON tool call (``arguments``, or ``parameters``; an object or a JSON string), else None."""
     text = inner.strip()
-    if text.startswith("{") and text.endswith("}"):
+    if not (text.startswith("{") and text.endswith("}")):
+        return None
+    try:
+        call = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    args = call.get("arguments", call.get("parameters")) if isinstance(call, dict) else None
+    if isinstance(args, str):
         try:
-            call = json.loads(text)
+            args = json.loads(args)
         except (ValueError, RecursionError):
-            call = None
-        if isinstance(call, dict):
-            args = call.get("arguments", call.get("parameters"))
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args)
-                except (ValueError, RecursionError):
-                    args = None
-            if isinstance(args, dict) and isinstance(args.get("prompt"), str):
-                return args["prompt"].strip(), True
-    return text, False
+            return None
+    return args if isinstance(args, dict) else None
 
 
 _TARGET_RE = re.compile(r"^\s*\[([A-Za-z0-9][A-Za-z0-9_.-]*)\]\s*")
@@ -90,20 +96,9 @@ def call_target(inner: str, prompt: str) -> tuple[str | None, str]:
     >>> call_target("Who founded X?", "Who founded X?")
     (None, 'Who founded X?')
     """
-    text = inner.strip()
-    if text.startswith("{") and text.endswith("}"):
-        try:
-            call = json.loads(text)
-        except (ValueError, RecursionError):
-            call = None
-        args = call.get("arguments") if isinstance(call, dict) else None
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except (ValueError, RecursionError):
-                args = None
-        if isinstance(args, dict) and args.get("model") is not None:
-            return str(args["model"]), prompt
+    args = _call_arguments(inner)
+    if args is not None and args.get("model") is not None:
+        return str(args["model"]), prompt
     m = _TARGET_RE.match(prompt)
     if m:
         return m.group(1), prompt[m.end():]

@@ -15,6 +15,8 @@ from types import ModuleType
 
 from hypothesis import settings
 
+import pytest
+
 import promptr1.testing  # noqa: F401  (registers the test doubles: --model tiny, --env-llm echo / scripted)
 
 settings.register_profile("ci", derandomize=True, database=None)
@@ -35,3 +37,21 @@ def load_script(relpath: str) -> ModuleType:
     spec.loader.exec_module(module)
     return module
 
+
+
+#: An agent turn that asks the `sim` expert one fact (see the ``always_prompt`` fixture).
+PROMPT_TURN = "<think>ask</think><interaction_prompt>Where is Miktha located?</interaction_prompt>"
+
+
+@pytest.fixture
+def always_prompt(monkeypatch):
+    """Every agent turn the rollout samples is PROMPT_TURN (the tiny model's own samples never use the tags), so
+    every episode makes exactly ``max_turns`` env-LLM calls."""
+    import promptr1.agents.rollout as rollout
+    from promptr1.agents.rollout import SampledTurn
+
+    def sampler(model, tokenizer, prompts, *, max_new_tokens, **kw):
+        ids = tokenizer(PROMPT_TURN, add_special_tokens=False)["input_ids"][:max_new_tokens]
+        return [SampledTurn(list(ids), [-1.0] * len(ids), "string") for _ in prompts]
+
+    monkeypatch.setattr(rollout, "sample_turns", sampler)

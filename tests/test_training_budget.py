@@ -15,16 +15,13 @@ import pytest
 
 from promptr1.agents.config import GRPOConfig
 from promptr1.agents.logger import Callback
-from promptr1.agents.rollout import SampledTurn
 from promptr1.cli import main
 from promptr1.config import ConfigError
 from promptr1.envs.synthetic.expert import SimExpert
 from promptr1.llm_backends import BACKENDS, register_backend
 from promptr1.llm_backends.assemble import backend_kwargs
-from promptr1.agents.dry_run import dry_run_report
 from promptr1.pipeline import BUDGET_EXIT_CODE, run_training
 
-PROMPT_TURN = "<think>ask</think><interaction_prompt>Where is Miktha located?</interaction_prompt>"
 FAST = ["--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "32", "--max-turns", "2",
         "--progress", "false", "--max-seq-len", "768", "--kl-coef", "0", "--num-transcripts", "0"]
 CALLS_PER_STEP = 2 * 2 * 2  # questions x rollouts x turns, every turn a prompt
@@ -67,18 +64,6 @@ def tiny_path():
     from promptr1.testing.tiny_model import tiny_model_path
 
     return str(tiny_model_path())
-
-
-@pytest.fixture
-def always_prompt(monkeypatch):
-    """Every agent turn is PROMPT_TURN (the tiny model's own samples never use the tags)."""
-    import promptr1.agents.rollout as rollout
-
-    def sampler(model, tokenizer, prompts, *, max_new_tokens, **kw):
-        ids = tokenizer(PROMPT_TURN, add_special_tokens=False)["input_ids"][:max_new_tokens]
-        return [SampledTurn(list(ids), [-1.0] * len(ids), "string") for _ in prompts]
-
-    monkeypatch.setattr(rollout, "sample_turns", sampler)
 
 
 class Recorder(Callback):

@@ -23,12 +23,10 @@ from promptr1.agents.checkpoint import (
     temp_dir_for,
     write_checkpoint,
 )
-from promptr1.agents.rollout import SampledTurn
 from promptr1.cli import main
 from promptr1.llm_backends import BACKENDS, EnvLLMError, register_backend
 from promptr1.testing.scripted import ScriptedBackend
 
-PROMPT_TURN = "<think>ask</think><interaction_prompt>Where is Miktha located?</interaction_prompt>"
 FAST = ["--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "32", "--max-turns", "2",
         "--progress", "false", "--max-seq-len", "768", "--kl-coef", "0", "--num-transcripts", "0"]
 
@@ -55,18 +53,6 @@ def tiny(tiny_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(tiny_path), AutoTokenizer.from_pretrained(tiny_path)
-
-
-@pytest.fixture
-def always_prompt(monkeypatch):
-    """Every agent turn is PROMPT_TURN (the tiny model's own samples never use the tags)."""
-    import promptr1.agents.rollout as rollout
-
-    def sampler(model, tokenizer, prompts, *, max_new_tokens, **kw):
-        ids = tokenizer(PROMPT_TURN, add_special_tokens=False)["input_ids"][:max_new_tokens]
-        return [SampledTurn(list(ids), [-1.0] * len(ids), "string") for _ in prompts]
-
-    monkeypatch.setattr(rollout, "sample_turns", sampler)
 
 
 # ----------------------------------------------------------------------------- 1. checkpoints are data

@@ -410,8 +410,11 @@ def parse_overrides(cls: type, argv: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> C:
-    """Build ``cls`` from defaults, then a YAML file (if given), then ``--key value`` overrides."""
+def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: Sequence[str] = (), *,
+                strict: bool = True) -> C:
+    """Build ``cls`` from defaults, then a YAML file (if given), then ``--key value`` overrides. With
+    ``strict=False`` the file's keys that are not settings of ``cls`` are skipped (a config written for another
+    command, e.g. a training config read by ``promptr1 play`` for its env settings)."""
     values: dict[str, Any] = {}
     types_ = _field_types(cls)
     if path:
@@ -424,6 +427,8 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
         for key, value in data.items():
             name = str(key).replace("-", "_")
             if name not in types_:
+                if not strict:
+                    continue
                 err = _unknown_key_error(cls, str(key))
                 raise ConfigError(f"in {str(path)!r}: {err}")
             values[name] = _coerce(value, types_[name], name)

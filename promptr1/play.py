@@ -111,12 +111,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="Play this task of the source (0-based) instead of one drawn with --seed.")
     env.add_argument("--seed", type=int, default=0, metavar="INT",
                      help="Episode seed: picks the task (with --demo, episode N uses seed + N).")
-    env.add_argument("--env-llm", default="sim", metavar="SPEC",
-                     help="Env LLM spec: sim, smollm2, openai:MODEL, hf:PATH.")
-    env.add_argument("--max-turns", type=int, default=5, metavar="INT",
-                     help="Agent turns before the episode is truncated (ref: 5).")
-    env.add_argument("--reward-variant", default="faithful", metavar="NAME",
-                     help="faithful (the reference's reward) or answer_gated.")
+    env.add_argument("--config", default=None, metavar="FILE.yaml",
+                     help="A promptr1 config (bundled name or YAML file): its env LLM block (limits, price, budget, "
+                          "cache, env system prompt, several env LLMs) and episode settings; the options below win.")
+    env.add_argument("--env-llm", default=None, metavar="SPEC",
+                     help="Env LLM spec: sim, smollm2, openai:MODEL, hf:PATH (default: sim).")
+    env.add_argument("--env-system-prompt", default=None, metavar="TEXT",
+                     help="The env LLM's system message: auto (default), a text, or none.")
+    env.add_argument("--max-turns", type=int, default=None, metavar="INT",
+                     help="Agent turns before the episode is truncated (default and ref: 5).")
+    env.add_argument("--reward-variant", default=None, metavar="NAME",
+                     help="faithful (the reference's reward; default), answer_gated or cost_aware.")
     turns = p.add_argument_group("turns (default: typed at the prompt, or read from stdin when it is not a tty)")
     turns.add_argument("--turns", type=Path, default=None, metavar="FILE",
                        help="File of agent turns: turns separated by lines of ---, or a JSON list of strings.")
@@ -177,11 +182,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error argparse reported (2): an exit code, as other commands
         return int(exc.code or 0)
+    from promptr1.config import RunSettings, bundled_config, load_config
     from promptr1.envs.collab_env import PromptCollabEnv
+    from promptr1.llm_backends import from_settings
 
     try:
-        env = PromptCollabEnv(task=args.task, env_llm=args.env_llm, max_turns=args.max_turns,
-                              reward_variant=args.reward_variant)
+        path = None
+        if args.config:
+            path = args.config if Path(args.config).is_file() else bundled_config(args.config)
+            if path is None:
+                raise FileNotFoundError(f"--config {args.config!r}: no such file and no bundled config of that name.")
+        given = {"env_llm": args.env_llm, "env_system_prompt": args.env_system_prompt, "max_turns": args.max_turns,
+                 "reward_variant": args.reward_variant}
+        overrides = [x for k, v in given.items() if v is not None for x in (f"--{k.replace('_', '-')}", str(v))]
+        settings = load_config(RunSettings, path, overrides, strict=False)
+        backend, _ = from_settings(settings)  # the same builder as every command: limits, budget, cache
+        env = PromptCollabEnv(task=args.task, env_llm=backend, **settings.env_kwargs())
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"promptr1 play: {exc}", file=sys.stderr)
         return 2

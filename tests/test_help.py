@@ -139,7 +139,7 @@ def test_play_help_in_the_same_style(capsys, monkeypatch):
     assert headings_of(text)[-3:] == ["environment", "turns", "output"]
     flat = " ".join(text.split())
     assert re.search(r"--seed INT Episode seed[^(]*\(with --demo, episode N uses seed \+ N\)\. \(default: 0\)", flat)
-    assert "--env-llm SPEC Env LLM spec: sim, smollm2, openai:MODEL, hf:PATH. (default: sim)" in flat
+    assert "--env-llm SPEC Env LLM spec: sim, smollm2, openai:MODEL, hf:PATH (default: sim)." in flat
     from promptr1.play import _parser
 
     described = [a for a in _parser()._actions if a.help]

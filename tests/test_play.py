@@ -43,3 +43,21 @@ def test_play_bad_arguments_are_reported(tmp_path, capsys):
 def test_read_turns_formats():
     assert read_turns("a\n---\n\n---\nb") == ["a", "b"]
     assert read_turns('["x"]') == ["x"]
+
+
+def test_play_takes_the_env_settings_of_a_config(tmp_path, capsys, monkeypatch):
+    """play builds its env LLM like every command (from_settings): a config's budget and env system prompt apply,
+    and its training-only keys are skipped."""
+    import promptr1.llm_backends as backends
+    from promptr1.play import main as play_main
+
+    built = []
+    real = backends.from_settings
+    monkeypatch.setattr(backends, "from_settings", lambda s, **kw: built.append((s, real(s, **kw))) or built[-1][1])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("env_llm: sim\nmax_calls: 3\nenv_system_prompt: Be brief.\nsteps: 9\nmax_turns: 3\n")
+    turns = tmp_path / "turns.txt"
+    turns.write_text("<think>x</think><answer>Lyon</answer>\n")
+    assert play_main(["--config", str(cfg), "--turns", str(turns), "--max-turns", "2", "--json"]) == 0
+    (settings, (backend, budget)), = built
+    assert budget.max_calls == 3 and settings.env_system_prompt == "Be brief." and settings.max_turns == 2

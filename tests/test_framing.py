@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from promptr1.agents import rollout as rollout_mod
-from promptr1.agents.rollout import RolloutConfig, SampledTurn, rollout_config, run_episodes
+from promptr1.agents.rollout import SampledTurn, rollout_config, run_episodes
 from promptr1.config import RunSettings
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.framing import FRAMINGS, PROMPT_TOOL

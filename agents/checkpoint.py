@@ -62,6 +62,14 @@ _TMP_PREFIX = ".tmp-" + CHECKPOINT_PREFIX
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded safely (it would need unpickling arbitrary objects)."""
 
+    @classmethod
+    def unsafe(cls, path: str | os.PathLike) -> CheckpointError:
+        return cls(
+            f"refusing to load {os.fspath(path)!r}: it holds Python objects other than tensors and plain containers, "
+            "and loading it would run code from the file. prompt-r1 writes checkpoints that load as data only; "
+            "resume from a checkpoint written by prompt-r1 (or delete the file to resume without it)."
+        )
+
 
 def capture_rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors, ints and floats only, so that it loads with ``torch.load(weights_only=True)``.
@@ -106,11 +114,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"refusing to load {os.fspath(path)!r}: it holds Python objects other than tensors and plain containers, "
-            "and loading it would run code from the file. prompt-r1 writes checkpoints that load as data only; "
-            "resume from a checkpoint written by prompt-r1 (or delete this file to resume without it)."
-        ) from None
+        raise CheckpointError.unsafe(path) from None
 
 
 def _fsync_dir(path: pathlib.Path) -> None:

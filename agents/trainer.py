@@ -45,6 +45,7 @@ from promptr1.config import config_to_dict
 from promptr1.agents.logger import Callback, CallbackList, Logger
 from promptr1.agents.models import load_policy, resolve_dtype, resolve_model_path, sequence_logprobs
 from promptr1.agents.seeding import derived_seed, seed_everything
+from promptr1.llm_backends.budget import is_budget_stop
 from promptr1.plugins import import_plugins
 from promptr1.agents.episode import ends_on_context, training_reward
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
@@ -58,10 +59,6 @@ class TrainingFailed(RuntimeError):
     A checkpoint of the last step is written first; ``promptr1 train`` exits non-zero with this message.
     """
 
-
-def _budget_refusal(env_error: str | None) -> bool:
-    """An episode whose call the run's budget refused (``EnvLLMError`` kind ``budget``): a stop, not a failure."""
-    return bool(env_error) and env_error.startswith("budget:")  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -489,7 +486,7 @@ class GRPOTrainer:
         r["rollout/episodes"] = float(len(episodes))
         r["env_llm/errors"] = float(len(episodes) - len(ok))
         r["env_llm/error_rate"] = (len(episodes) - len(ok)) / max(len(episodes), 1)
-        tried = [e for e in episodes if not _budget_refusal(e.env_error)]
+        tried = [e for e in episodes if not is_budget_stop(e.env_error)]
         # the share of episodes that reached the env LLM and failed there (what max_env_error_rate watches)
         r["env_llm/failure_rate"] = sum(e.env_error is not None for e in tried) / len(tried) if tried else 0.0
         r["rollout/overflow"] = float(sum(e.overflow for e in episodes))
@@ -597,7 +594,7 @@ class GRPOTrainer:
         """The most common env errors of the last step, for a failure message."""
         from collections import Counter
 
-        errors = Counter(e.env_error for e in self._last_episodes if e.env_error and not _budget_refusal(e.env_error))
+        errors = Counter(e.env_error for e in self._last_episodes if e.env_error and not is_budget_stop(e.env_error))
         if not errors:
             return "no env error text was recorded"
         shown = "; ".join(f"{n} x {text[:200]!r}" for text, n in errors.most_common(2))
@@ -665,11 +662,7 @@ class GRPOTrainer:
             try:  # accelerate loads every file with torch.load(weights_only=True): data, never code
                 self.accelerator.load_state(str(folder / ACCELERATE_STATE))
             except pickle.UnpicklingError:
-                raise CheckpointError(
-                    f"refusing to load {str(folder / ACCELERATE_STATE)!r}: a file there holds Python objects other "
-                    "than tensors and plain containers, and loading it would run code from the file. Resume from a "
-                    "checkpoint written by prompt-r1."
-                ) from None
+                raise CheckpointError.unsafe(folder / ACCELERATE_STATE) from None
             return
         opt = folder / "optimizer.pt"  # a checkpoint written before the state API was used
         if opt.exists():

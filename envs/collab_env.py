@@ -322,6 +322,10 @@ class PromptCollabEnv(gym.Env):
                else "start the request with the model's name in brackets, e.g. [" + next(iter(self.env_llms)) + "]")
         return f"Large models you can ask: {', '.join(parts)}. To choose one, {how}."
 
+    def _history(self, target: str | None) -> list[dict[str, str]]:
+        """What the env LLM ``target`` (None: the only one) has seen of this episode."""
+        return self.llm_histories[target] if target else self.llm_history
+
     def _backend(self, pending: _Pending) -> LLMBackend:
         return self.env_llms[pending.target] if pending.target else self.env_llm
 
@@ -373,7 +377,7 @@ class PromptCollabEnv(gym.Env):
         if not parsed.prompt:  # an empty request: nothing to send; the LLM's answer to nothing is nothing
             return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False)
         system = [] if self.env_system_prompt is None else [{"role": "system", "content": self.env_system_prompt}]
-        history = self.llm_histories[target] if target else self.llm_history
+        history = self._history(target)
         messages = [*system, *history, {"role": "user", "content": parsed.prompt}]
         return _Pending(messages, parsed, truncated_action, target)
 
@@ -393,7 +397,7 @@ class PromptCollabEnv(gym.Env):
         assert completion is not None
         reply = completion.text
         if called:
-            history = self.llm_histories[pending.target] if pending.target else self.llm_history
+            history = self._history(pending.target)
             history.append({"role": "user", "content": pending.parsed.prompt or ""})
             history.append({"role": "assistant", "content": self._history_reply(reply)})
             self.episode_stats["env_llm_latency_s"] += completion.latency_s

@@ -55,3 +55,19 @@ def always_prompt(monkeypatch):
         return [SampledTurn(list(ids), [-1.0] * len(ids), "string") for _ in prompts]
 
     monkeypatch.setattr(rollout, "sample_turns", sampler)
+
+
+@pytest.fixture
+def advantage_inputs(monkeypatch):
+    """The rewards the trainer hands to its advantage estimator, recorded at each call (``seen["rewards"]``)."""
+    import promptr1.agents.advantages as adv_mod
+
+    seen: dict = {}
+    orig = adv_mod.compute_advantages
+
+    def spy(rewards, *a, **k):
+        seen["rewards"] = rewards.clone()
+        return orig(rewards, *a, **k)
+
+    monkeypatch.setattr(adv_mod, "compute_advantages", spy)
+    return seen

@@ -191,12 +191,11 @@ def test_example_custom_algorithm_as_a_py_file_plugin(tmp_path):
         make_trainer(make_cfg(tmp_path, plugins=str(tmp_path / "missing.py")))
 
 
-def test_kl_in_reward_moves_the_kl_from_the_loss_to_the_rewards(tmp_path):
+def test_kl_in_reward_moves_the_kl_from_the_loss_to_the_rewards(tmp_path, advantage_inputs):
     """kl_in_reward: the episode rewards are penalised by kl_coef * sum_t KL before the advantages, and the
     loss has no KL term (the KL is still logged)."""
     import promptr1.agents.trainer as trainer_mod
 
-    seen = {}
     real = trainer_mod.GRPOTrainer.train_step
 
     tr = make_trainer(make_cfg(tmp_path, steps=1, kl_coef=0.5, kl_in_reward=True, lr=0.0))
@@ -204,19 +203,8 @@ def test_kl_in_reward_moves_the_kl_from_the_loss_to_the_rewards(tmp_path):
     with torch.no_grad():  # make the policy differ from the reference so that the KL is not zero
         for p in tr.unwrapped_model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    import promptr1.agents.advantages as adv_mod
-
-    orig = adv_mod.compute_advantages
-
-    def spy(rewards, *a, **k):
-        seen["rewards"] = rewards.clone()
-        return orig(rewards, *a, **k)
-
-    adv_mod.compute_advantages = spy
-    try:
-        m = real(tr)
-    finally:
-        adv_mod.compute_advantages = orig
+    m = real(tr)
+    seen = advantage_inputs
     raw = torch.tensor([e.reward for e in tr._last_episodes])
     assert m["reward/kl_penalty"] > 0
     assert torch.all(seen["rewards"] < raw)  # every episode paid for its KL

@@ -209,6 +209,7 @@ def add_run_args(p: argparse.ArgumentParser, *, sft_steps: int, steps: int, max_
     a("--seed", type=int, default=0)
     a("--threads", type=int, default=1, help="torch intra-op threads")
     a("--out", default=out)
+    a("--overwrite", action="store_true", help="replace an earlier run's checkpoints in --out (refused otherwise)")
 
 
 def start_run(script: str, argv: Sequence[str], threads: int, out_dir: str) -> tuple[str, pathlib.Path, Any, float, Any]:
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         steps=args.steps, batch_questions=args.batch_questions, group_size=args.group_size, lr=args.lr,
         temperature=args.temperature, kl_coef=args.kl_coef, recompute_old_logp=False,
         micro_batch_size=4, num_transcripts=0, seed=args.seed, cpu=True, progress=args.progress,
-        output_dir=str(out / "grpo"))
+        output_dir=str(out / "grpo"), overwrite=args.overwrite)
     eval_cfg = dataclasses.replace(cfg, temperature=0.0)
     held_out = list(SyntheticTasks("test", n=args.episodes, seed=args.seed))
     curve_tasks = held_out[: args.curve_episodes]

@@ -157,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         env_max_tokens=args.env_max_tokens, sft_steps=args.sft_steps, sft_batch_size=args.sft_batch_size,
         sft_lr=args.sft_lr, steps=args.steps, batch_questions=args.batch_questions, group_size=args.group_size,
         lr=args.lr, temperature=args.temperature, kl_coef=0.0, recompute_old_logp=False, micro_batch_size=4,
-        num_transcripts=0, seed=args.seed, cpu=True, progress=False, output_dir=str(out / "grpo"))
+        num_transcripts=0, seed=args.seed, cpu=True, progress=False, output_dir=str(out / "grpo"),
+        overwrite=args.overwrite)
 
     # 2. warm start
     t0 = time.perf_counter()

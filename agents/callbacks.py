@@ -2,7 +2,7 @@
 
 A callback is a :class:`~promptr1.agents.logger.Callback` (``on_train_begin``, ``on_step_end`` returning False to
 stop, ``on_checkpoint``, ``on_train_end``). Validation during training is the evaluation wing's
-(:class:`promptr1.evaluation.validation.ValidationCallback`); ``promptr1 train`` (``promptr1/pipeline.py``) only
+(:class:`promptr1.evaluation.validation.ValidationCallback`); ``promptr1 train`` (``commands/train.py``) only
 assembles them.
 """
 

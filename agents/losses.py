@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from promptr1.registry import UnknownNameError, did_you_mean
+from promptr1.core.registry import UnknownNameError, did_you_mean
 from torch import Tensor
 
 from .registry import POLICY_LOSSES, get_algorithm, register_policy_loss

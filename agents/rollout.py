@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from promptr1.agents.episode import Episode, env_step, record_step, start_episode
-from promptr1.config import RunSettings
-from promptr1.tags import STOP_STRINGS
+from promptr1.core.settings import RunSettings
+from promptr1.core.tags import STOP_STRINGS
 
 __all__ = [
     "DEFAULT_STOP_STRINGS",
@@ -485,7 +485,7 @@ def stop_strings_for(framing: str) -> tuple[str, ...]:
 
 
 def rollout_config(settings: Any, **overrides: Any) -> RolloutConfig:
-    """The :class:`RolloutConfig` of a command's settings (:class:`promptr1.config.RunSettings`): its agent
+    """The :class:`RolloutConfig` of a command's settings (:class:`promptr1.core.settings.RunSettings`): its agent
     decoding, and the stop strings of its framing (the reference framing stops only at the end-of-turn token)."""
     values = dict(max_new_tokens=settings.max_new_tokens, max_seq_len=settings.max_seq_len,
                   temperature=settings.temperature, top_p=settings.top_p,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from promptr1.agents.config import GRPOConfig, SFTConfig
-from promptr1.config import config_to_dict
+from promptr1.core.settings import config_to_dict
 from promptr1.agents.episode import Episode, agent_turn, record_step, start_episode
 from promptr1.agents.rollout import ChatFramer, collate_episodes
 
@@ -113,7 +113,7 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     n_needed = cfg.steps * cfg.batch_size
     pool = [tasks[i % len(tasks)] for i in range(min(n_needed, len(tasks)))]
     t0 = time.perf_counter()
-    examples = sft_examples(pool, lambda: PromptCollabEnv(task=tasks, env_llm=backend, **cfg.env_kwargs()),
+    examples = sft_examples(pool, lambda: PromptCollabEnv.from_settings(tasks, backend, cfg),
                             framer, demo, max_seq_len=cfg.max_seq_len)
     if not examples:
         raise ValueError(f"no usable demonstrations among {len(pool)}: every one failed in the env, exceeded "

@@ -41,12 +41,12 @@ from promptr1.agents.checkpoint import (
     temp_dir_for,
 )
 from promptr1.agents.config import GRPOConfig
-from promptr1.config import config_to_dict
+from promptr1.core.settings import config_to_dict
 from promptr1.agents.logger import Callback, CallbackList, Logger
 from promptr1.agents.models import load_policy, resolve_dtype, resolve_model_path, sequence_logprobs
 from promptr1.agents.seeding import derived_seed, seed_everything
 from promptr1.llm_backends.budget import is_budget_stop
-from promptr1.plugins import import_plugins
+from promptr1.core.plugins import import_plugins
 from promptr1.agents.episode import ends_on_context, training_reward
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
 
@@ -165,11 +165,11 @@ class GRPOTrainer:
             raise ValueError(f"no training tasks in {cfg.tasks!r}.")
         self.env_llm = env_llm if env_llm is not None else (from_settings(cfg)[0] if env_factory is None else None)
         n_env = cfg.batch_questions * cfg.group_size
-        kw = {**cfg.env_kwargs(), **(env_kwargs or {})}
         if env_factory is not None:
             self.envs = [env_factory() for _ in range(n_env)]
         else:
-            self.envs = [PromptCollabEnv(task=self.tasks, env_llm=self.env_llm, **kw) for _ in range(n_env)]
+            self.envs = [PromptCollabEnv.from_settings(self.tasks, self.env_llm, cfg, **(env_kwargs or {}))
+                         for _ in range(n_env)]
         # Deterministic runs keep a barrier per turn so that batch composition (and so seeded sampling)
         # never depends on env-LLM timing; otherwise episodes advance independently.
         self.rollout_cfg = rollout_config(cfg, independent=not cfg.deterministic)

@@ -97,7 +97,7 @@ def _question(chat: list[dict[str, str]]) -> str:
 
 
 def _replies(chat: list[dict[str, str]]) -> list[str]:
-    from promptr1.tags import RESPONSE_CLOSE, RESPONSE_OPEN
+    from promptr1.core.tags import RESPONSE_CLOSE, RESPONSE_OPEN
 
     out = []
     for m in chat[2:]:
@@ -129,7 +129,7 @@ class SplitterPolicy:
 
     def act(self, chats: list[list[dict[str, str]]]) -> list[str]:
         from promptr1.envs.decompose import Decomposition
-        from promptr1.tags import answer_turn, prompt_turn
+        from promptr1.core.tags import answer_turn, prompt_turn
 
         out = []
         for chat in chats:
@@ -147,7 +147,7 @@ class RelayPolicy:
     """Paste the question; answer with the whole reply."""
 
     def act(self, chats: list[list[dict[str, str]]]) -> list[str]:
-        from promptr1.tags import answer_turn, prompt_turn
+        from promptr1.core.tags import answer_turn, prompt_turn
 
         out = []
         for chat in chats:

@@ -75,7 +75,7 @@ class CountryRule:
     def act(self, chats: list[list[dict[str, str]]]) -> list[str]:
         from promptr1.envs.geography import COUNTRIES
 
-        from promptr1.tags import answer_turn, prompt_turn
+        from promptr1.core.tags import answer_turn, prompt_turn
 
         names = sorted((c.name for c in COUNTRIES), key=len, reverse=True)
         out = []

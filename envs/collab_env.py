@@ -40,7 +40,7 @@ from promptr1.rewards import (
     compute_reward,
     cost_penalty,
 )
-from promptr1.tags import THINK_OPEN
+from promptr1.core.tags import THINK_OPEN
 
 #: What the reference prefills at the start of every agent turn after the first.
 REFERENCE_TURN_PREFILL = THINK_OPEN + "\n"
@@ -209,6 +209,23 @@ class PromptCollabEnv(gym.Env):
 
         self._cursor = 0
         self._clear_episode()
+
+    @classmethod
+    def from_settings(cls, task: Any, env_llm: Any, settings: Any, **extra: Any) -> PromptCollabEnv:
+        """The env a run's settings describe: its :class:`~promptr1.core.settings.EpisodeSettings` group as it is,
+        the env LLM's sampling and system message, and with ``env_models`` the models' default and prices
+        (``env_llm`` is then the mapping of backends). ``extra``: other keyword arguments (``split``, ...)."""
+        from promptr1.core.settings import EpisodeSettings
+
+        episode = {f.name: getattr(settings, f.name) for f in dataclasses.fields(EpisodeSettings)}
+        if episode["reward_variant"] not in COST_AWARE_VARIANTS:
+            episode.pop("cost_weight"), episode.pop("cost_reference_usd")
+        kwargs: dict[str, Any] = {**episode, "sampling": settings.env_sampling(),
+                                  "env_system_prompt": settings.env_system_prompt}
+        if settings.env_models:
+            _, prices = settings.env_models_map()
+            kwargs.update(default_model=settings.env_default_model or None, model_prices=prices)
+        return cls(task=task, env_llm=env_llm, **{**kwargs, **extra})
 
     # ------------------------------------------------------------------ episode state
     def _clear_episode(self) -> None:

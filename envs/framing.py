@@ -57,8 +57,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from promptr1.registry import Registry
-from promptr1.tags import PROMPT_CLOSE, PROMPT_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN, STOP_STRINGS, THINK_OPEN
+from promptr1.core.registry import Registry
+from promptr1.core.tags import PROMPT_CLOSE, PROMPT_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN, STOP_STRINGS, THINK_OPEN
 
 __all__ = ["FRAMINGS", "Framing", "OurFraming", "PROMPT_TOOL", "ReferenceEvalFraming", "ReferenceFraming",
            "reference_history_reply"]

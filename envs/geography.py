@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from promptr1.envs.tasks import ListTaskSource, Task
 
-from promptr1.tags import answer_turn, prompt_turn
+from promptr1.core.tags import answer_turn, prompt_turn
 
 __all__ = ["COUNTRIES", "Country", "GeoTasks", "demonstration", "load_geo"]
 

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from promptr1.tags import (
+from promptr1.core.tags import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
     PROMPT_CLOSE,

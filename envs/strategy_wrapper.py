@@ -69,9 +69,9 @@ from promptr1.envs.decompose import (
     parse_word_problem,
 )
 from promptr1.envs.step_info import StepInfo
-from promptr1.registry import UnknownNameError, did_you_mean
+from promptr1.core.registry import UnknownNameError, did_you_mean
 from promptr1.rewards.embedders import Embedder, make_embedder
-from promptr1.tags import RESPONSE_CLOSE, RESPONSE_OPEN, answer_turn, prompt_turn
+from promptr1.core.tags import RESPONSE_CLOSE, RESPONSE_OPEN, answer_turn, prompt_turn
 
 __all__ = [
     "BUILTIN_STRATEGIES",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from promptr1.envs.task_types import TASK_TYPES, infer_set_type, row_type, type_summary
-from promptr1.registry import Registry
+from promptr1.core.registry import Registry
 
 __all__ = [
     "DEFAULT_INSTRUCTION",

@@ -30,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from promptr1.tags import STOP_STRINGS
+from promptr1.core.tags import STOP_STRINGS
 
 __all__ = ["DEFAULT_STOP_STRINGS", "TokenWrapper", "load_tokenizer", "vocab_from_texts"]
 

@@ -1,12 +1,12 @@
 """The evaluation commands' configs: :class:`EvalConfig` (``promptr1 eval``) and :class:`ChatConfig` (``promptr1 chat``).
 
-Both extend :class:`promptr1.config.RunSettings`, which declares the settings every command shares
+Both extend :class:`promptr1.core.settings.RunSettings`, which declares the settings every command shares
 once (agent ``model``, ``tasks``, ``env_llm``, the episode: ``max_turns``, ``max_response_chars``,
 ``reward_variant``, env sampling; agent decoding: ``max_new_tokens``, ``max_seq_len``,
 ``temperature``, ``top_p``; ``seed``, ``cpu``, ``output_dir``, ``plugins``, ``progress``). Only
 what is specific to evaluation is declared here.
 
->>> from promptr1.config import load_config
+>>> from promptr1.core.settings import load_config
 >>> cfg = load_config(EvalConfig, overrides=["--methods", "direct", "agent", "--model", "tiny",
 ...                                          "--transfer-env-llms", "echo"])
 >>> cfg.env_llms, cfg.methods
@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from promptr1.config import RunSettings
+from promptr1.core.settings import RunSettings
 
 from .methods import parse_method
 
 __all__ = ["ChatConfig", "EvalConfig", "EPISODE_SETTINGS"]
 
-#: Settings besides the env's (:meth:`~promptr1.config.RunSettings.env_kwargs`) that shape an episode or its
+#: Settings besides the episode's (:class:`~promptr1.core.settings.EpisodeSettings`) that shape an episode or its
 #: score: a resumed evaluation must use the same values as the run it resumes (see :meth:`EvalConfig.episode_settings`).
 EPISODE_SETTINGS = ("split", "max_new_tokens", "max_seq_len", "temperature", "top_p", "repetition_penalty",
                     "embedder", "seed", "task_type", "metrics")
@@ -50,17 +50,10 @@ class EvalConfig(RunSettings):
                       "metrics": "reference"},  # scored as its eval_scores.py scores
     }
 
-    #: ``--help``'s headings of this command's own settings (the shared ones': :data:`promptr1.config.SHARED_HELP_GROUPS`).
-    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "environment": ("split", "task_type"),
-        "rollout": ("preset", "batch_size", "concurrency"),
-        "evaluation": ("methods", "transfer_env_llms", "limit", "metrics", "embedder"),
-        "output": ("chart",),
-    }
+    HEADING: ClassVar[str] = "evaluation (methods, datasets, scoring)"
+    ORDER: ClassVar[int] = 60
 
-    temperature: float = 0.0
-    """Agent sampling temperature; evaluation decodes greedily by default, so that a score is reproducible
-    (the reference evaluates at 0.7: ``--preset reference``)."""
+    temperature: float = 0.0  # greedy, so that a score is reproducible (the reference: 0.7, --preset reference)
     output_dir: str = "runs/eval"
     preset: str = ""
     """``reference``: the official evaluation scripts' settings (agent temperature 0.7, top-p 0.8, no repetition
@@ -105,7 +98,7 @@ class EvalConfig(RunSettings):
             raise ValueError(f"two methods share a label in {self.methods}; give them labels: 'name=agent:PATH'.")
         if len(set(self.env_llms)) != len(self.env_llms):
             raise ValueError(f"env LLMs repeat: env_llm={self.env_llm!r}, transfer_env_llms={self.transfer_env_llms}.")
-        for name in ("max_turns", "concurrency", "batch_size"):
+        for name in ("concurrency", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
         self.task_types()  # NAME=TYPE entries are checked now
@@ -118,7 +111,13 @@ class EvalConfig(RunSettings):
     def episode_settings(self) -> dict[str, Any]:
         """Everything that shapes an episode or its score: the env's settings (turns, reply length, reward
         variant and answer metric, env sampling) and :data:`EPISODE_SETTINGS`."""
-        return {**self.env_kwargs(), **{k: getattr(self, k) for k in EPISODE_SETTINGS}}
+        import dataclasses
+
+        from promptr1.core.settings import EpisodeSettings
+
+        return {**dataclasses.asdict(EpisodeSettings.pick(self)), "sampling": self.env_sampling(),
+                "env_system_prompt": self.env_system_prompt, "env_models": self.env_models,
+                "env_model_prices": self.env_model_prices, **{k: getattr(self, k) for k in EPISODE_SETTINGS}}
 
     def task_types(self) -> dict[str, str]:
         """``task_type`` as ``{dataset name: type}``."""
@@ -149,7 +148,8 @@ class ChatConfig(RunSettings):
         "tasks", "reward_variant", "answer_metric", "rollout_max_batch_tokens", "output_dir", "overwrite",
         "progress",
     )
-    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {"environment": ("question",)}
+    HEADING: ClassVar[str] = "question"
+    ORDER: ClassVar[int] = 5
 
     question: str = ""
     """The question to ask (or give it as the first argument)."""

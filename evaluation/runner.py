@@ -5,7 +5,7 @@ Methods run one after another, each against every env LLM (the transfer rows):
 
 * ``direct`` / ``cot``: one env-LLM call per question, ``concurrency`` calls in flight;
 * agents: episodes in :class:`~promptr1.envs.collab_env.PromptCollabEnv`, built from the config's env
-  settings (:meth:`~promptr1.config.RunSettings.env_kwargs`: turns, reply length, reward variant,
+  settings (:meth:`~promptr1.core.settings.RunSettings.env_kwargs`: turns, reply length, reward variant,
   env sampling), played ``batch_size`` at a time by an
   :class:`~promptr1.evaluation.policies.EpisodePlayer`; a model agent is played by the training
   rollout itself (:class:`~promptr1.evaluation.policies.ModelPolicy`).
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from promptr1.envs.tasks import Task, load_tasks, type_summary
-from promptr1.fileio import atomic_write_text
+from promptr1.core.fileio import atomic_write_text
 from promptr1.llm_backends import EnvLLMError, LLMBackend
 
 from promptr1.llm_backends.budget import Budget, is_budget_stop
@@ -136,8 +136,7 @@ class _Run:
         self.backends = backends
         self.jsonl = out / "transcripts.jsonl"
         self.budget = budget
-        self.env_kwargs = cfg.env_kwargs()
-        self.sampling = dict(self.env_kwargs["sampling"])
+        self.sampling = cfg.env_sampling()
         self.new_records: list[dict[str, Any]] = []
         self.seconds: dict[str, float] = {}
         self._embedder: Any = None
@@ -209,7 +208,7 @@ class _Run:
             if self.budget.stop_reason:
                 return
             chunk = jobs[start : start + size]
-            envs = [_TimedEnv(PromptCollabEnv(task=j.task, env_llm=self.backends[j.env_llm], **self.env_kwargs))
+            envs = [_TimedEnv(PromptCollabEnv.from_settings(j.task, self.backends[j.env_llm], self.cfg))
                     for j in chunk]
             episodes = await player.aplay(envs, [j.task for j in chunk], seed=self.cfg.seed)
             for job, env, ep in zip(chunk, envs, episodes):
@@ -425,15 +424,15 @@ def _write_outputs(result: EvalResult, cfg: EvalConfig, out: Path) -> None:
 
 def eval_config_from(settings: Any, **overrides: Any) -> EvalConfig:
     """An :class:`EvalConfig` with the shared settings of ``settings`` (any
-    :class:`~promptr1.config.RunSettings`, e.g. a training config: the same episode, reward variant,
+    :class:`~promptr1.core.settings.RunSettings`, e.g. a training config: the same episode, reward variant,
     env sampling and agent decoding), its eval-only settings if it is an ``EvalConfig``, then ``overrides``.
 
-    >>> from promptr1.config import RunSettings
+    >>> from promptr1.core.settings import RunSettings
     >>> cfg = eval_config_from(RunSettings(max_turns=3, reward_variant="answer_gated"), methods=["direct"])
     >>> cfg.max_turns, cfg.reward_variant, cfg.methods
     (3, 'answer_gated', ['direct'])
     """
-    from promptr1.config import RunSettings
+    from promptr1.core.settings import RunSettings
 
     names = {f.name for f in dataclasses.fields(EvalConfig)}
     shared = names if isinstance(settings, EvalConfig) else {f.name for f in dataclasses.fields(RunSettings)}
@@ -463,7 +462,7 @@ def compare_policies(
     order under these labels. Models on the CPU are moved to the accelerator unless ``settings.cpu``.
     ``tasks``: task sources (``"synthetic"``, files; their test split) or a list of :class:`Task`.
     ``env_llm``: an env LLM backend already built by the caller (used, never rebuilt or closed) or
-    a spec. ``settings``: a :class:`~promptr1.config.RunSettings` whose episode settings (turns,
+    a spec. ``settings``: a :class:`~promptr1.core.settings.RunSettings` whose episode settings (turns,
     reply length, reward variant, env sampling) and decoding limits are used. ``episodes``: at most
     this many questions per dataset. ``temperature``: agent sampling (default 0, greedy).
     Outputs go to ``output_dir`` (default: ``settings.output_dir`` for an ``EvalConfig``, else

@@ -146,7 +146,7 @@ def final_evaluation(cfg: GRPOConfig, sft_model: str, trained_model: Any, tokeni
     print(f"\nheld-out evaluation ({cfg.eval_episodes} episodes, greedy, env LLM {cfg.env_llm!r}, reward "
           f"{cfg.reward_variant!r}; mean and 95% CI):")
     print(format_table(result), flush=True)
-    from promptr1.fileio import atomic_write_text
+    from promptr1.core.fileio import atomic_write_text
 
     atomic_write_text(out / "eval.json", json.dumps(result.to_json(), indent=2))
     return result

@@ -77,7 +77,7 @@ register()
 
 def main(argv: list[str] | None = None) -> int:
     """``promptr1 train --algo reinforce-loo`` with any further trainer options."""
-    from promptr1.pipeline import train_main
+    from promptr1.commands.train import train_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--algo" or a.startswith("--algo=") for a in argv):

@@ -35,7 +35,7 @@ def load_settings(name: str | None, *, env_llm: str | None = None) -> Any:
     import pathlib
 
     from promptr1.agents.config import GRPOConfig
-    from promptr1.config import bundled_config, load_config
+    from promptr1.core.settings import bundled_config, load_config
 
     cfg = GRPOConfig()
     if name:

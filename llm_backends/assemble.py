@@ -1,13 +1,13 @@
 """The one place that turns a run's env-LLM settings into the backend it uses.
 
-:func:`from_settings` reads a :class:`~promptr1.config.BackendSettings` (every command's settings are one) and builds
+:func:`from_settings` reads a :class:`~promptr1.core.settings.BackendSettings` (every command's settings are one) and builds
 ``CachedBackend(BudgetedBackend(backend))``: the backend from its spec with the client limits and price the
 settings give (``env_max_concurrency``, ``env_rpm``, ``env_tpm``, ``env_price_per_1k``), behind the run's budget
 (``max_calls``, ``max_cost``), behind the record/replay cache (``cache``, ``cache_mode``; only when a cache file is
 set). ``promptr1 train``, ``eval``, ``chat``, the plain :class:`~promptr1.agents.trainer.GRPOTrainer`, the TRL
 example and the verl agent loop all build their env LLM here, so a setting means the same everywhere.
 
->>> from promptr1.config import BackendSettings
+>>> from promptr1.core.settings import BackendSettings
 >>> from promptr1.llm_backends import BaseBackend, Completion
 >>> class Upper(BaseBackend):
 ...     def complete(self, messages, **sampling):
@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from promptr1.config import BackendSettings, ConfigError
+from promptr1.core.settings import BackendSettings, ConfigError
 
 from .base import LLMBackend
 from .budget import Budget, BudgetedBackend
@@ -57,7 +57,7 @@ def backend_kwargs(settings: BackendSettings, spec: str | None = None) -> dict[s
     >>> backend_kwargs(BackendSettings(env_llm="sim", env_rpm=500))
     Traceback (most recent call last):
     ...
-    promptr1.config.ConfigError: --env-rpm is passed to the env LLM as rpm=, but env_llm 'sim' (SimExpert) takes no such argument: concurrency, rate limits and prices are options of backends that call a server (openai:MODEL). Drop --env-rpm, or use such a backend.
+    promptr1.core.settings.ConfigError: --env-rpm is passed to the env LLM as rpm=, but env_llm 'sim' (SimExpert) takes no such argument: concurrency, rate limits and prices are options of backends that call a server (openai:MODEL). Drop --env-rpm, or use such a backend.
     """
     from .specs import BACKENDS
 

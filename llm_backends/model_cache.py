@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 
-from promptr1.registry import Registry
+from promptr1.core.registry import Registry
 
 __all__ = ["MODELS", "atomic_build_dir", "default_cache_dir", "model_folder"]
 

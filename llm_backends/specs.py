@@ -8,7 +8,7 @@ from .base import LLMBackend
 
 __all__ = ["BACKENDS", "available_backends", "make_backend", "register_backend"]
 
-from promptr1.registry import Registry
+from promptr1.core.registry import Registry
 
 #: Env-LLM specs by name. Entries are lazy ``"module:attribute"`` references, imported on first use so
 #: that ``import promptr1`` stays light. Only this layer's backends are named here: ``sim`` is registered by
@@ -50,7 +50,7 @@ def make_backend(spec: str | LLMBackend, **kwargs: Any) -> LLMBackend:
     >>> make_backend("gpt4")
     Traceback (most recent call last):
     ...
-    promptr1.registry.UnknownNameError: unknown env_llm 'gpt4'. Expected one of: ...hf:ID_OR_PATH, openai:MODEL, ...smollm2 (or an LLMBackend instance; the test doubles echo and scripted come with --plugins promptr1.testing).
+    promptr1.core.registry.UnknownNameError: unknown env_llm 'gpt4'. Expected one of: ...hf:ID_OR_PATH, openai:MODEL, ...smollm2 (or an LLMBackend instance; the test doubles echo and scripted come with --plugins promptr1.testing).
     """
     if not isinstance(spec, str):
         if isinstance(spec, LLMBackend):

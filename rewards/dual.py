@@ -44,8 +44,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from promptr1.registry import Registry, UnknownNameError
-from promptr1.tags import ANSWER_CLOSE, ANSWER_OPEN, PROMPT_CLOSE, PROMPT_OPEN, THINK_CLOSE, THINK_OPEN
+from promptr1.core.registry import Registry, UnknownNameError
+from promptr1.core.tags import ANSWER_CLOSE, ANSWER_OPEN, PROMPT_CLOSE, PROMPT_OPEN, THINK_CLOSE, THINK_OPEN
 
 from .metrics import (
     _as_golds,
@@ -380,7 +380,7 @@ def compute_reward(
     >>> compute_reward([], "Paris", variant="faithfull")
     Traceback (most recent call last):
     ...
-    promptr1.registry.UnknownNameError: unknown reward variant 'faithfull'. Did you mean 'faithful'? Expected one of: answer_gated, cost_aware, faithful.
+    promptr1.core.registry.UnknownNameError: unknown reward variant 'faithfull'. Did you mean 'faithful'? Expected one of: answer_gated, cost_aware, faithful.
     """
     turns = _check_turns(turns)
     golds = _as_golds(answers)

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from promptr1.registry import Registry
+from promptr1.core.registry import Registry
 
 __all__ = [
     "Embedder",
@@ -268,7 +268,7 @@ def make_embedder(spec: str | Embedder = "auto", **kwargs: Any) -> Embedder:
     >>> make_embedder("bert")
     Traceback (most recent call last):
     ...
-    promptr1.registry.UnknownNameError: unknown embedder 'bert'. Expected one of: all-minilm-l6-v2, auto, hashing, minilm, minilm-l6 (or an object with encode() and dim).
+    promptr1.core.registry.UnknownNameError: unknown embedder 'bert'. Expected one of: all-minilm-l6-v2, auto, hashing, minilm, minilm-l6 (or an object with encode() and dim).
     """
     if not isinstance(spec, str):
         if hasattr(spec, "encode") and hasattr(spec, "dim"):

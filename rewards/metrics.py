@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Real
 
-from promptr1.registry import Registry, resolve_reference
-from promptr1.tags import ANSWER_CLOSE, ANSWER_OPEN
+from promptr1.core.registry import Registry, resolve_reference
+from promptr1.core.tags import ANSWER_CLOSE, ANSWER_OPEN
 
 __all__ = [
     "Golds",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from promptr1.cli import main
+from promptr1.commands.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_eval_with_task_files_runs_the_harness(tmp_path):
     """`promptr1 eval FILE --methods direct` goes to the evaluation harness and writes its report."""
     import json as _json
 
-    from promptr1.cli import main as cli_main
+    from promptr1.commands.cli import main as cli_main
 
     tasks = tmp_path / "qa.jsonl"
     tasks.write_text("\n".join(_json.dumps({"question": f"Say the word w{i}", "answers": [f"You said: Say the word w{i}"]})

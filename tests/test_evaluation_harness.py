@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptr1.evaluation.cli import eval_main
+from promptr1.commands.eval import eval_main
 from promptr1.evaluation.config import EvalConfig
 from promptr1.evaluation.methods import COT_INSTRUCTION, parse_method
 from promptr1.evaluation.results import EvalResult

@@ -15,9 +15,9 @@ import re
 
 import pytest
 
-from promptr1.config import RunSettings
+from promptr1.core.settings import RunSettings
 from promptr1.llm_backends.budget import Budget, BudgetedBackend
-from promptr1.evaluation.cli import chat_main, eval_main
+from promptr1.commands.eval import chat_main, eval_main
 from promptr1.evaluation.config import ChatConfig, EvalConfig
 from promptr1.evaluation.policies import ModelPolicy, rollout_config
 from promptr1.evaluation.report import format_table
@@ -268,7 +268,7 @@ def test_eval_config_adds_only_eval_settings():
 
 
 def test_reference_preset_fills_only_what_the_user_did_not_give():
-    from promptr1.config import ConfigError, load_config
+    from promptr1.core.settings import ConfigError, load_config
 
     cfg = load_config(EvalConfig, overrides=["--preset", "reference", "--max-turns", "3"])
     # no repetition penalty: the official scripts define 1.05 but never send it
@@ -309,7 +309,7 @@ def test_report_says_which_task_type_each_dataset_got_and_the_user_can_set_it(tm
     --task-type NAME=TYPE sets it."""
     import json as _json
 
-    from promptr1.config import ConfigError, load_config
+    from promptr1.core.settings import ConfigError, load_config
     from promptr1.evaluation import run_evaluation
     from promptr1.testing.scripted import EchoBackend
 

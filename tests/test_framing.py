@@ -9,7 +9,7 @@ import torch
 
 from promptr1.agents import rollout as rollout_mod
 from promptr1.agents.rollout import SampledTurn, rollout_config, run_episodes
-from promptr1.config import RunSettings
+from promptr1.core.settings import RunSettings
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.framing import FRAMINGS, PROMPT_TOOL
 from promptr1.envs.tasks import Task

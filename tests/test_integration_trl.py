@@ -482,7 +482,7 @@ def test_example_runs_saves_and_its_output_evaluates(tmp_path, capsys):
         ex.main(argv)
     assert (out / "model.safetensors").read_bytes() == saved
     # what docs/integrations-trl.md shows: evaluate the output folder with `promptr1 eval`
-    from promptr1.cli import main
+    from promptr1.commands.cli import main
 
     capsys.readouterr()
     rc = main(["eval", "synthetic", "--methods", f"trained=agent:{out}", "--env-llm", "sim", "--limit", "2",

@@ -1,17 +1,17 @@
 """The package's layers only point down, test doubles stay out of the library, and imports form no cycle.
 
 Every ``import`` statement of every library module is read from the source (module level and inside
-functions alike, so a "lazy" import counts too) and checked against the layer map of docs/architecture.md, layers:
+functions alike, so a "lazy" import counts too) and checked against the floors of docs/architecture.md. A floor is a
+top-level folder (``pyproject.toml`` maps each to its ``promptr1.*`` package):
 
-    0  promptr1.registry, promptr1.config, promptr1.plugins, promptr1.tags, promptr1.fileio
-    1  promptr1.rewards, promptr1.llm_backends           (never import envs, agents, evaluation)
-    2  promptr1.envs                                      (never imports agents or evaluation)
-    3  promptr1.agents                                    (training; never imports evaluation)
-    4  promptr1.evaluation                                (may use the rollout and model loading of agents)
-       promptr1.integrations                              (TRL/verl adapters over the env and the rollout)
-    5  promptr1.pipeline, promptr1.cli, promptr1.play     (the commands, above both wings)
-       promptr1 (the package root: wires the layers together, registering the env and the synthetic world's
-       env LLM; no library module imports it)
+    0  core/            registry, plug-ins, tags, file I/O, settings (imports nothing else of the package)
+    1  rewards/, llm_backends/                         (never import envs, agents, evaluation)
+    2  envs/                                           (never imports agents or evaluation)
+    3  agents/                                         (training; never imports evaluation)
+    4  evaluation/, integrations/                      (the evaluation wing; TRL/verl adapters)
+    5  commands/                                       (the command line, above both wings)
+       promptr1/ (the package's face: version, env registration; it wires the layers as they load)
+       testing/  (test doubles: may import anything; no library module imports or names them)
 
 A lazy registry entry (a ``"promptr1.module:attribute"`` string) counts as an import of that module, so a registry
 cannot hide an upward dependency; and the two packages of layer 1 (rewards, llm_backends) and of layer 4
@@ -32,23 +32,22 @@ import promptr1
 
 ROOT = pathlib.Path(promptr1.__file__).resolve().parent.parent
 LAZY_REF = re.compile(r"^promptr1(\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$")
-FOLDERS = {"promptr1": "promptr1", "envs": "promptr1.envs", "agents": "promptr1.agents",
-           "evaluation": "promptr1.evaluation", "rewards": "promptr1.rewards",
-           "llm_backends": "promptr1.llm_backends"}
-LEVELS = [
-    ("promptr1.testing", None),
-    ("promptr1.rewards", 1), ("promptr1.llm_backends", 1),
-    ("promptr1.envs", 2), ("promptr1.agents", 3), ("promptr1.evaluation", 4), ("promptr1.integrations", 4),
-    ("promptr1.pipeline", 5), ("promptr1.cli", 5), ("promptr1.play", 5),
-    ("promptr1.registry", 0), ("promptr1.config", 0), ("promptr1.plugins", 0), ("promptr1.tags", 0),
-    ("promptr1.fileio", 0),
-]
+#: Each top-level folder of the package: its import name and its floor (None: the test doubles).
+FOLDERS: dict[str, tuple[str, int | None]] = {
+    "core": ("promptr1.core", 0),
+    "rewards": ("promptr1.rewards", 1), "llm_backends": ("promptr1.llm_backends", 1),
+    "envs": ("promptr1.envs", 2), "agents": ("promptr1.agents", 3),
+    "evaluation": ("promptr1.evaluation", 4), "integrations": ("promptr1.integrations", 4),
+    "commands": ("promptr1.commands", 5), "promptr1": ("promptr1", 5), "testing": ("promptr1.testing", None),
+}
 
 
 def _modules() -> dict[str, pathlib.Path]:
     out = {}
-    for folder, package in FOLDERS.items():
+    for folder, (package, _) in FOLDERS.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
+            if folder == "promptr1" and path.parent != ROOT / folder:
+                continue  # a sub-folder of promptr1/ would be a floor of its own: see test_floors_are_folders
             rel = path.relative_to(ROOT / folder).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
             out[".".join([package, *parts])] = path
@@ -59,12 +58,11 @@ MODULES = _modules()
 
 
 def _level(module: str) -> int | None:
-    for prefix, level in LEVELS:
-        if module == prefix or module.startswith(prefix + "."):
+    """The floor of ``module``: the floor of the folder it lives in (the longest matching import name)."""
+    for package, level in sorted(FOLDERS.values(), key=lambda pl: -len(pl[0])):
+        if module == package or module.startswith(package + "."):
             return level
-    if module == "promptr1":
-        return 5
-    raise AssertionError(f"{module} is in no layer; add it to LEVELS in tests/test_layers.py")
+    raise AssertionError(f"{module} is in no floor; add its folder to FOLDERS in tests/test_layers.py")
 
 
 def _imports(module: str, path: pathlib.Path, lazy: bool = True) -> set[str]:
@@ -192,3 +190,30 @@ def test_the_checker_sees_a_violation(tmp_path):
     got = _imports("promptr1.llm_backends.mod", f)
     assert got >= {"promptr1.llm_backends.base", "promptr1.agents", "promptr1.agents.rollout"}
     assert _level("promptr1.agents.rollout") > _level("promptr1.llm_backends.mod")
+
+
+def test_floors_are_folders():
+    """Every top-level folder holding package code is a floor of FOLDERS and is mapped to its import name in
+    pyproject.toml; promptr1/ holds only the package's face (no module but ``__init__``)."""
+    import tomllib
+
+    mapped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for folder, (package, _) in FOLDERS.items():
+        assert mapped.get(package) == folder, f"pyproject.toml maps {package} to {mapped.get(package)!r}, not {folder}/"
+    code_folders = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert code_folders - {"tests", "benchmarks", "examples", "build"} == set(FOLDERS)
+    assert sorted(p.name for p in (ROOT / "promptr1").glob("*.py")) == ["__init__.py"]
+    assert not [p for p in (ROOT / "promptr1").rglob("*.py") if p.parent != ROOT / "promptr1"]
+
+
+def test_floor_zero_imports_without_gymnasium_torch_or_an_env():
+    """``import promptr1.core.*`` loads neither gymnasium, nor torch, nor any env or backend."""
+    import subprocess
+    import sys
+
+    code = ("import sys, promptr1.core.registry, promptr1.core.settings, promptr1.core.plugins, "
+            "promptr1.core.tags, promptr1.core.fileio; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gymnasium', 'torch', 'transformers') "
+            "or m.startswith(('promptr1.envs', 'promptr1.llm_backends', 'promptr1.agents'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

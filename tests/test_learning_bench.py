@@ -10,7 +10,7 @@ from conftest import load_script
 from promptr1.envs.synthetic import SyntheticTasks
 from promptr1.envs.synthetic.expert import SimExpert
 
-from promptr1.config import RunSettings
+from promptr1.core.settings import RunSettings
 
 
 @pytest.fixture(scope="module")

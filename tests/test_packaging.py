@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("envs", "agents", "rewards", "llm_backends")
+SUBPACKAGES = ("envs", "agents", "rewards", "llm_backends", "evaluation", "core", "commands", "integrations", "testing")
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,12 @@ def test_wheel_contains_every_subpackage(wheel: Path):
         # every module of the source folder is shipped
         for src in (ROOT / sub).glob("*.py"):
             assert f"promptr1/{sub}/{src.name}" in names, f"{sub}/{src.name} missing from the wheel"
-    assert "promptr1/__init__.py" in names and "promptr1/cli.py" in names
+    assert "promptr1/__init__.py" in names and "promptr1/commands/cli.py" in names
+    assert "promptr1/configs/quickstart.yaml" in names
     tops = {n.split("/")[0] for n in names if not n.startswith("prompt_r1-")}
     assert tops == {"promptr1"}, f"unexpected top-level entries in the wheel: {sorted(tops)}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "promptr1 = promptr1.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "promptr1 = promptr1.commands.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_no_bare_subpackage_importable_after_install(tmp_path: Path):

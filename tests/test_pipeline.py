@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from promptr1.cli import main
+from promptr1.commands.cli import main
 
 FAST = ["--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "6", "--max-turns", "2",
         "--progress", "false", "--max-seq-len", "768", "--kl-coef", "0"]

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from promptr1.play import main, read_turns
+from promptr1.commands.play import main, read_turns
 
 
 def test_play_from_turns_file(tmp_path, capsys):
@@ -27,7 +27,7 @@ def test_play_reads_turns_from_stdin_and_prints_transcript(tmp_path):
     tasks = tmp_path / "t.jsonl"
     tasks.write_text(json.dumps({"question": "Capital of France?", "answers": ["Paris"]}) + "\n", encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys, promptr1.testing; from promptr1.cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys, promptr1.testing; from promptr1.commands.cli import main; sys.exit(main())",
          "play", "--task", str(tasks), "--env-llm", "echo"],
         input="<think>x</think><answer>Lyon</answer>\n", capture_output=True, text=True, timeout=120,
     )
@@ -49,7 +49,7 @@ def test_play_takes_the_env_settings_of_a_config(tmp_path, capsys, monkeypatch):
     """play builds its env LLM like every command (from_settings): a config's budget and env system prompt apply,
     and its training-only keys are skipped."""
     import promptr1.llm_backends as backends
-    from promptr1.play import main as play_main
+    from promptr1.commands.play import main as play_main
 
     built = []
     real = backends.from_settings

@@ -25,7 +25,7 @@ def test_readme_python_example_runs_and_scores_full_reward():
 
 def test_readme_states_which_options_keep_the_quickstart():
     """The quickstart section says how to shorten the quickstart, naming exactly the options that keep it."""
-    from promptr1.pipeline import QUICKSTART_OPTIONS
+    from promptr1.commands.train import QUICKSTART_OPTIONS
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     quickstart = " ".join(text[: text.index("\n## ")].split())  # the part above the first section
@@ -34,5 +34,5 @@ def test_readme_states_which_options_keep_the_quickstart():
     rule = quickstart[quickstart.index("a command line holding only"):quickstart.index("keeps the quickstart's")]
     named = set(re.findall(r"`--([a-z0-9-]+)`", rule))
     expected = {name.replace("_", "-") for name in QUICKSTART_OPTIONS}
-    assert named == expected, (f"README's quickstart rule names {sorted(named)}; promptr1.pipeline.QUICKSTART_OPTIONS "
+    assert named == expected, (f"README's quickstart rule names {sorted(named)}; promptr1.commands.train.QUICKSTART_OPTIONS "
                                f"is {sorted(expected)}: update the README to match")

@@ -11,7 +11,7 @@ import pytest
 from conftest import load_script
 from promptr1.agents.config import GRPOConfig
 
-from promptr1.config import bundled_config, load_config
+from promptr1.core.settings import bundled_config, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "promptr1" / "configs"
@@ -43,7 +43,7 @@ def test_paper_1gpu_config_is_the_same_recipe_on_one_gpu():
 
 
 def test_paper_dry_run(capsys):
-    from promptr1.cli import main
+    from promptr1.commands.cli import main
 
     assert main(["train", "--config", "paper", "--dry-run", "--eval-limit", "64"]) == 0
     text = capsys.readouterr().out

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pytest
 
-from promptr1.config import load_config
+from promptr1.core.settings import load_config
 from promptr1.evaluation import EvalConfig
 from promptr1.evaluation.scoring import score_prediction
 from promptr1.rewards import reference_validation_scores
@@ -212,7 +212,7 @@ def test_reference_validation_scalars_average_agent_episodes_per_dataset():
 
 def test_the_paper_configs_turn_the_reference_validation_scores_on():
     from promptr1.agents.config import GRPOConfig
-    from promptr1.config import bundled_config
+    from promptr1.core.settings import bundled_config
 
     assert GRPOConfig().eval_reference_scores is False
     for name in ("paper", "paper-1gpu"):
@@ -222,7 +222,7 @@ def test_the_paper_configs_turn_the_reference_validation_scores_on():
 def test_validation_logs_the_reference_scores_under_eval_reference(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from promptr1.cli import main
+    from promptr1.commands.cli import main
     from promptr1.testing.tiny_model import tiny_model_path
 
     out = tmp_path / "run"

@@ -16,7 +16,7 @@ from promptr1.agents import rollout as rollout_mod
 from promptr1.agents.config import GRPOConfig
 from promptr1.agents.episode import Episode, ends_on_context, training_reward
 from promptr1.agents.rollout import SampledTurn, rollout_config, run_episodes
-from promptr1.config import RunSettings, bundled_config, load_config
+from promptr1.core.settings import RunSettings, bundled_config, load_config
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.framing import FRAMINGS
 from promptr1.envs.tasks import Task

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from promptr1.cli import main
+from promptr1.commands.cli import main
 from promptr1.evaluation.config import ChatConfig
 from promptr1.llm_backends.cache import CachedBackend
 
@@ -81,7 +81,7 @@ def test_trainer_alone_builds_the_same(given, tmp_path):
     argv, cache = given
     from promptr1.agents.config import GRPOConfig
     from promptr1.agents.trainer import GRPOTrainer
-    from promptr1.config import parse_command
+    from promptr1.core.settings import parse_command
 
     cfg = parse_command(GRPOConfig, [*argv, "--model", "tiny", "--output-dir", str(tmp_path / "run"),
                                      "--batch-questions", "1", "--group-size", "1"], "train")
@@ -131,7 +131,7 @@ def test_chat(given, monkeypatch):
 
 
 def test_every_shared_setting_is_covered():
-    from promptr1.config import BackendSettings
+    from promptr1.core.settings import BackendSettings
 
     block = {f.name for f in dataclasses.fields(BackendSettings)}
     # cache is given beside VALUES; cache_mode: default; the several-env-LLMs trio: test_several_env_llms below
@@ -141,7 +141,7 @@ def test_every_shared_setting_is_covered():
 def test_several_env_llms_from_yaml_and_flags(tmp_path):
     """env_models / env_model_prices / env_default_model and the cost term reach the env, from a file and from flags."""
     from promptr1.agents.config import GRPOConfig
-    from promptr1.config import parse_command
+    from promptr1.core.settings import parse_command
     from promptr1.envs.collab_env import PromptCollabEnv
     from promptr1.llm_backends import from_settings
 

@@ -98,7 +98,7 @@ def test_errors_say_what_to_do(tmp_path, monkeypatch):
 
 
 def test_train_on_a_dataset_folder(tmp_path, capsys):
-    from promptr1.cli import main
+    from promptr1.commands.cli import main
     from promptr1.testing.tiny_model import tiny_model_path
 
     datasets.Dataset.from_list([official_row(i) for i in range(4)]).save_to_disk(str(tmp_path / "ds"))

@@ -15,12 +15,12 @@ import pytest
 
 from promptr1.agents.config import GRPOConfig
 from promptr1.agents.logger import Callback
-from promptr1.cli import main
-from promptr1.config import ConfigError
+from promptr1.commands.cli import main
+from promptr1.core.settings import ConfigError
 from promptr1.envs.synthetic.expert import SimExpert
 from promptr1.llm_backends import BACKENDS, register_backend
 from promptr1.llm_backends.assemble import backend_kwargs
-from promptr1.pipeline import BUDGET_EXIT_CODE, run_training
+from promptr1.commands.train import BUDGET_EXIT_CODE, run_training
 
 FAST = ["--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "32", "--max-turns", "2",
         "--progress", "false", "--max-seq-len", "768", "--kl-coef", "0", "--num-transcripts", "0"]

@@ -23,7 +23,7 @@ from promptr1.agents.checkpoint import (
     temp_dir_for,
     write_checkpoint,
 )
-from promptr1.cli import main
+from promptr1.commands.cli import main
 from promptr1.llm_backends import BACKENDS, EnvLLMError, register_backend
 from promptr1.testing.scripted import ScriptedBackend
 
@@ -177,7 +177,7 @@ def test_eval_run_config_is_written_atomically_and_a_corrupt_one_is_explained(tm
 
     cfg = EvalConfig(tasks=["synthetic"], methods=["direct"], env_llm="sim", limit=2, output_dir=str(tmp_path),
                      chart=False, progress=False)
-    import promptr1.fileio as fileio
+    import promptr1.core.fileio as fileio
 
     calls = []
     real = fileio.os.replace

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from promptr1.agents.config import GRPOConfig
-from promptr1.cli import main
-from promptr1.pipeline import run_training
+from promptr1.commands.cli import main
+from promptr1.commands.train import run_training
 
 FAST = ["--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "6", "--max-turns", "2",
         "--progress", "false", "--max-seq-len", "768", "--kl-coef", "0", "--num-transcripts", "0"]

@@ -3,14 +3,12 @@
 * :mod:`.world`: the generated knowledge base, the multi-hop and word-problem tasks with disjoint
   train/test splits, and :func:`demonstration` (the turns that solve a task, for the SFT warm-start).
 * :mod:`.expert`: :class:`SimExpert`, the ``sim`` env LLM that answers one sub-question at a time
-  from the same world (registered with :func:`promptr1.llm_backends.make_backend` as ``sim``).
+  from the same world (the package root registers it as ``sim``).
 
 Neither is a language model; ``docs/synthetic.md`` states the rules the expert follows.
 """
 
 from __future__ import annotations
-
-from promptr1.llm_backends import BACKENDS, register_backend
 
 from .world import (
     KINDS,
@@ -46,8 +44,3 @@ def __getattr__(name: str):  # the expert pulls in the backend layer; load it on
 
         return SimExpert
     raise AttributeError(f"module 'promptr1.envs.synthetic' has no attribute {name!r}")
-
-if "sim" not in BACKENDS:  # the simulated experts answer about this world: registered with it
-    register_backend("sim", "promptr1.envs.synthetic.expert:SimExpert")
-if "sim-strong" not in BACKENDS:
-    register_backend("sim-strong", "promptr1.envs.synthetic.expert:StrongSimExpert")

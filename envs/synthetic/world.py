@@ -27,8 +27,8 @@ from functools import lru_cache
 from typing import Any
 
 from promptr1.envs.tasks import DEFAULT_INSTRUCTION, Task
-from promptr1.registry import UnknownNameError, did_you_mean
-from promptr1.tags import answer_turn, prompt_turn
+from promptr1.core.registry import UnknownNameError, did_you_mean
+from promptr1.core.tags import answer_turn, prompt_turn
 
 __all__ = [
     "KINDS",

@@ -32,15 +32,14 @@ from typing import Any
 
 from promptr1.agents.config import GRPOConfig, SFTConfig
 from promptr1.agents.logger import Callback
-from promptr1.config import ConfigError, run_command
+from promptr1.commands.cli import run_command
+from promptr1.core.settings import ConfigError, ParsedSettings
 
 __all__ = [
     "BUDGET_EXIT_CODE",
     "FAILED_EXIT_CODE",
-    "QUICKSTART_OPTIONS",
     "run_training",
     "sft_main",
-    "train_base_config",
     "train_main",
 ]
 
@@ -52,61 +51,36 @@ BUDGET_EXIT_CODE = 3
 FAILED_EXIT_CODE = 1
 
 #: What ``promptr1 train`` writes into its output_dir besides the trainer's checkpoints and logs.
-RUN_OUTPUTS = ("sft", "validation", "eval", "eval.json", "summary.json")
+RUN_OUTPUTS = ("sft", "validation", "eval", "eval.json", "summary.json", "settings.yaml")
 
 
-
-#: The options that keep ``promptr1 train``'s quickstart: without ``--config``, a command line holding only these
-#: (or nothing) starts from the bundled ``quickstart`` config; any other option starts from the plain defaults.
-#: They change how long the quickstart runs, where it writes and on what, not what it trains.
-QUICKSTART_OPTIONS = ("steps", "sft_steps", "eval_episodes", "eval_warm_start", "output_dir", "overwrite", "resume",
-                      "save_every", "seed", "cpu", "progress", "dry_run")
 
 TRAIN_ABOUT = ("Train the agent with GRPO (or another registered algorithm, --algo): an optional supervised warm "
                "start, then RL against the env LLM, then an optional held-out evaluation.")
 TRAIN_EPILOG = (
-    "Which settings a run starts from: with --config, that file's, then your options. Without --config, 'promptr1 "
-    "train' alone runs the CPU quickstart (bundled config 'quickstart'), and so does a command line whose options "
-    "are only " + ", ".join("--" + n.replace("_", "-") for n in QUICKSTART_OPTIONS) + ": 'promptr1 train --steps 2 "
-    "--overwrite' is the quickstart, shorter. Any other option without --config starts from the defaults listed "
-    "above; 'promptr1 train --config quickstart --model NAME ...' keeps the quickstart's settings with any option."
+    "Every run starts from a config and changes it with your options: the bundled CPU quickstart ('quickstart') "
+    "unless --config names another (a file, 'paper', or 'defaults' for the values listed above). The run prints "
+    "what it started from and every value you changed, and writes both to OUTPUT_DIR/settings.yaml."
     "\n\nExit codes: 0 done, 1 training failed, 2 usage error, 3 stopped by the env LLM's budget (--resume auto "
-    "continues).")
-
-
-def train_base_config(argv: Sequence[str]) -> str | None:
-    """The bundled config ``promptr1 train ARGV`` starts from when ARGV names none: ``quickstart`` when every option
-    is one of :data:`QUICKSTART_OPTIONS` (or there is none), else ``None`` (the plain defaults).
-
-    >>> train_base_config([]), train_base_config(["--steps", "2", "--output-dir=runs/q"])
-    ('quickstart', 'quickstart')
-    >>> train_base_config(["--steps", "2", "--model", "tiny"]), train_base_config(["--config", "paper"])
-    (None, None)
-    """
-    names = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-    if "config" in names:
-        return None
-    return "quickstart" if names <= set(QUICKSTART_OPTIONS) else None
+    "continues), 130/143 interrupted (--resume auto continues).")
 
 
 def train_main(argv: Sequence[str]) -> int:
-    """``promptr1 train``; with no arguments (or only :data:`QUICKSTART_OPTIONS`), the bundled CPU quickstart."""
-    argv = list(argv)
-    base = None if any(a in ("-h", "--help") for a in argv) else train_base_config(argv)
-    if base == "quickstart":
-        given = f" with {' '.join(argv)}" if argv else ""
-        print(f"promptr1 train: running the CPU quickstart (bundled config 'quickstart'){given}; "
-              "see `promptr1 train --help`.", flush=True)
-    return run_command(GRPOConfig, argv, "train", run_training, default_config=base, about=TRAIN_ABOUT,
-                       epilog=TRAIN_EPILOG)
+    """``promptr1 train``: the bundled CPU quickstart, or the config ``--config`` names, changed by the options."""
+
+    def train(parsed: ParsedSettings) -> int:
+        print(f"promptr1 train: {parsed.describe()}", flush=True)
+        return run_training(parsed.settings, origin=parsed)
+
+    return run_command(GRPOConfig, argv, "train", train, base="quickstart", about=TRAIN_ABOUT, epilog=TRAIN_EPILOG)
 
 
 def sft_main(argv: Sequence[str]) -> int:
     """``promptr1 sft``: supervised warm start on demonstrations of the turn protocol."""
     from promptr1.agents.sft import run_sft
 
-    def sft(cfg: SFTConfig) -> int:
-        run_sft(cfg)
+    def sft(parsed: ParsedSettings) -> int:
+        run_sft(parsed.settings)
         return 0
 
     return run_command(SFTConfig, argv, "sft", sft,
@@ -115,16 +89,18 @@ def sft_main(argv: Sequence[str]) -> int:
                              "'promptr1 train --model' can start from.")
 
 
-def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Callback] = ()) -> int:
+def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Callback] = (),
+                 origin: ParsedSettings | None = None) -> int:
     """The whole ``promptr1 train`` pipeline for a parsed config; returns the exit code: 0, or
     :data:`BUDGET_EXIT_CODE` when the env LLM's budget stopped training (a checkpoint was written).
 
     ``env_llm``: an already-built backend (used as is, not closed; the budget and the cache still wrap it).
     ``callbacks``: more :class:`~promptr1.agents.logger.Callback` objects for the trainer.
+    ``origin``: what the settings started from and what changed (written to ``OUTPUT_DIR/settings.yaml``).
     """
     import dataclasses
 
-    from promptr1.plugins import import_plugins
+    from promptr1.core.plugins import import_plugins
 
     import_plugins(cfg.plugins)  # 1. before anything that looks a name up
     cfg.loss_config()  # an unknown --algo or a bad loss setting fails here, before any model loads
@@ -134,7 +110,7 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
 
         check_model_name(cfg.model, what="--model")
     if cfg.dry_run:
-        from promptr1.agents.dry_run import dry_run_report
+        from promptr1.commands.dry_run import dry_run_report
 
         print(dry_run_report(cfg), flush=True)
         return 0
@@ -145,10 +121,11 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
         print(f"promptr1 train: --overwrite: removed the earlier run's {', '.join(p.name for p in removed)} from "
               f"{cfg.output_dir}", flush=True)
 
+    out = pathlib.Path(cfg.output_dir)
+    write_settings(out, cfg, origin)
     import torch
 
     t_start = time.perf_counter()
-    out = pathlib.Path(cfg.output_dir)
     if cfg.cpu or not torch.cuda.is_available():
         torch.set_num_threads(max(1, torch.get_num_threads()))
     from promptr1.llm_backends import from_settings
@@ -217,10 +194,27 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
     return 0
 
 
+def write_settings(out: pathlib.Path, cfg: Any, origin: ParsedSettings | None) -> pathlib.Path:
+    """``OUTPUT_DIR/settings.yaml``: what the run started from, every value changed from it, and every setting."""
+    import dataclasses
+
+    import yaml
+
+    from promptr1.core.fileio import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"started_from": origin.base if origin else "the settings object given",
+           "changed": {k: {"from": b, "to": v} for k, (b, v) in (origin.changes if origin else {}).items()},
+           "settings": dataclasses.asdict(cfg)}
+    path = out / "settings.yaml"
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def write_training_summary(out: pathlib.Path, status: str, reason: str, step: int, cfg: GRPOConfig,
                            budget: Any) -> pathlib.Path:
     """``OUTPUT_DIR/summary.json``: how the run ended (``complete``, ``budget-stopped`` or ``failed``) and why."""
-    from promptr1.fileio import atomic_write_text
+    from promptr1.core.fileio import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "summary.json"

@@ -264,7 +264,7 @@ def _shared_backend(settings: Any) -> Any:
     rollout of a worker shares its client, limiter, budget and cache."""
     import dataclasses
 
-    from promptr1.config import BackendSettings
+    from promptr1.core.settings import BackendSettings
     from promptr1.llm_backends import from_settings
 
     block = {f.name: getattr(settings, f.name) for f in dataclasses.fields(BackendSettings)}
@@ -286,7 +286,7 @@ def _shared_framer(tokenizer: Any) -> ChatFramer:
 def _settings_from(name: str | None) -> Any:
     """A :class:`GRPOConfig` from a bundled config name or a YAML file (None: the defaults)."""
     from promptr1.agents.config import GRPOConfig
-    from promptr1.config import bundled_config, load_config
+    from promptr1.core.settings import bundled_config, load_config
 
     if not name:
         return GRPOConfig()
@@ -339,13 +339,13 @@ class PromptR1AgentLoop(AgentLoopBase):
                              "for their names (e.g. env_rpm, max_cost, cache).")
         self.settings = cfg = dataclasses.replace(cfg, **changes)
         self.env_llm_spec = cfg.env_llm
-        self.env_kwargs = {**cfg.env_kwargs(), **dict(_plain(env_kwargs) or {})}
+        self.env_kwargs = dict(_plain(env_kwargs) or {})
         self.max_new_tokens = int(max_new_tokens or cfg.max_new_tokens)
         self.mask_env_errors = bool(mask_env_errors)
         self.prompt_length = int(self.rollout_config.prompt_length)
         self.response_length = int(self.rollout_config.response_length)
         self.framer = _shared_framer(self.tokenizer)
-        self.stop_strings = stop_strings_for(self.env_kwargs.get("framing", "ours"))
+        self.stop_strings = stop_strings_for(self.env_kwargs.get("framing", cfg.framing))
 
     def _server_sampling(self, sampling_params: Mapping[str, Any], max_tokens: int) -> dict[str, Any]:
         params = dict(sampling_params)
@@ -364,7 +364,7 @@ class PromptR1AgentLoop(AgentLoopBase):
 
         task = task_from_row(kwargs)
         backend = _shared_backend(self.settings)
-        env = PromptCollabEnv(task=task, env_llm=backend, **self.env_kwargs)
+        env = PromptCollabEnv.from_settings(task, backend, self.settings, **self.env_kwargs)
         request_id = uuid4().hex  # one per episode: turns reuse the server's prefix cache
         steps: list[int] = []
 

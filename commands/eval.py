@@ -16,28 +16,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from promptr1.config import run_command
-
-from .config import ChatConfig, EvalConfig
+from promptr1.commands.cli import run_command
+from promptr1.core.settings import ParsedSettings
+from promptr1.evaluation.config import ChatConfig, EvalConfig
 
 __all__ = ["chat_main", "eval_main"]
 
 
-def _die(exc: BaseException | str, prog: str) -> int:
-    print(f"promptr1 {prog}: {exc}", file=sys.stderr)
-    return 2
-
-
 def eval_main(argv: Sequence[str]) -> int:
     """``promptr1 eval``: prints the report; returns 0 (complete), 3 (partial: budget stop), 1 (failed) or 2 (usage error)."""
-    argv = list(argv)
-    lead = 0
-    while lead < len(argv) and not argv[lead].startswith("-"):
-        lead += 1
-    if lead and any(a == "--tasks" or a.startswith("--tasks=") for a in argv[lead:]):
-        return _die("give task files either first, as positional arguments, or with --tasks, not both.", "eval")
     return run_command(EvalConfig, argv, "eval", _evaluate, positional="tasks",
-                       usage="[TASK_FILE ...] [--config FILE|NAME] [options]",
                        about="Evaluate agents and baselines (--methods) on task files (given first, or with --tasks), "
                              "against one or more env LLMs; writes a report, transcripts and a chart to --output-dir.",
                        epilog="Exit codes: 0 complete, 1 every episode of some method and env LLM failed on the env "
@@ -45,9 +33,10 @@ def eval_main(argv: Sequence[str]) -> int:
                               "command resumes).")
 
 
-def _evaluate(cfg: EvalConfig) -> int:
-    from .runner import run_evaluation
+def _evaluate(parsed: ParsedSettings) -> int:
+    from promptr1.evaluation.runner import run_evaluation
 
+    cfg: EvalConfig = parsed.settings
     result = run_evaluation(cfg)
     print(result.paths["report"].read_text(encoding="utf-8"))
     print(f"transcripts: {result.paths['transcripts']}"
@@ -61,20 +50,18 @@ def _evaluate(cfg: EvalConfig) -> int:
 
 def chat_main(argv: Sequence[str]) -> int:
     """``promptr1 chat "QUESTION"``: one question in, the multi-turn transcript and the answer out."""
-    argv = list(argv)
-    if argv and not argv[0].startswith("-"):
-        argv = ["--question", argv[0], *argv[1:]]
-    return run_command(ChatConfig, argv, "chat", _chat, usage='"QUESTION" [options]',
+    return run_command(ChatConfig, argv, "chat", _chat, positional="question",
                        about="Ask one question: the agent (--model) plays one episode with the env LLM; prints the "
                              "multi-turn transcript and the answer.")
 
 
-def _chat(cfg: ChatConfig) -> int:
+def _chat(parsed: ParsedSettings) -> int:
     from promptr1.envs.collab_env import PromptCollabEnv
     from promptr1.envs.tasks import Task
 
-    from .policies import ModelPolicy, rollout_config
+    from promptr1.evaluation.policies import ModelPolicy, rollout_config
 
+    cfg: ChatConfig = parsed.settings
     if not cfg.question.strip():
         raise ValueError('give a question: promptr1 chat "Who directed ...?" (or --question TEXT).')
     try:
@@ -86,7 +73,7 @@ def _chat(cfg: ChatConfig) -> int:
     from promptr1.llm_backends import from_settings
 
     backend, _ = from_settings(cfg)
-    env = PromptCollabEnv(task=task, env_llm=backend, **cfg.env_kwargs())
+    env = PromptCollabEnv.from_settings(task, backend, cfg)
     try:
         ep = policy.play([env], [task], seed=cfg.seed)[0]
     finally:

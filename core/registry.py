@@ -11,7 +11,7 @@ can name an implementation in a higher one without importing it). An unknown nam
 >>> colors.get("gren")
 Traceback (most recent call last):
 ...
-promptr1.registry.UnknownNameError: unknown color 'gren'. Did you mean 'green'? Expected one of: green, red.
+promptr1.core.registry.UnknownNameError: unknown color 'gren'. Did you mean 'green'? Expected one of: green, red.
 >>> colors.register("blue", 0x0000FF)
 255
 >>> @colors.register("black")

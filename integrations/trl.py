@@ -72,11 +72,11 @@ from promptr1.agents.rollout import (
 )
 from promptr1.agents.episode import TRUNCATED_REWARD_MODES, ends_on_context, training_reward
 from promptr1.agents.seeding import derived_seed
-from promptr1.config import RunSettings
+from promptr1.core.settings import RunSettings
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import BaseBackend, Completion, EnvLLMError
-from promptr1.tags import STOP_STRINGS
+from promptr1.core.tags import STOP_STRINGS
 
 __all__ = [
     "TRL_INSTALL_HINT",

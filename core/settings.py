@@ -687,7 +687,10 @@ def parse_settings(cls: type[C], argv: Sequence[str], prog: str, *, base: str | 
     types_ = field_types(cls)
     lead = given.pop("_" + positional, None) if positional else None
     if lead:  # leading values (eval's task files, chat's question) are the positional setting's
-        given[positional] = lead if isinstance(lead, list) else lead
+        if positional in given:
+            raise ConfigError(f"give {positional} either first, as arguments, or with --{positional.replace('_', '-')}, "
+                              f"not both.")
+        given[positional] = lead
     for key, value in list(given.items()):
         if isinstance(value, list):
             given[key] = _split_commas(value, types_[key])
@@ -706,7 +709,9 @@ def _build(cls: type[C], values: dict[str, Any]) -> C:
     presets = getattr(cls, "PRESETS", {})
     if values.get("preset"):
         if values["preset"] not in presets:
-            raise ConfigError(f"unknown preset {values['preset']!r}; one of {', '.join(sorted(presets))}.")
+            from promptr1.core.registry import did_you_mean
+
+            raise ConfigError(did_you_mean("preset", values["preset"], sorted(presets)))
         for key, value in presets[values["preset"]].items():
             values.setdefault(key, value)  # a setting the user gave wins over the preset
     try:

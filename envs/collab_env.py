@@ -212,9 +212,15 @@ class PromptCollabEnv(gym.Env):
 
     @classmethod
     def from_settings(cls, task: Any, env_llm: Any, settings: Any, **extra: Any) -> PromptCollabEnv:
-        """The env a run's settings describe: its :class:`~promptr1.core.settings.EpisodeSettings` group as it is,
-        the env LLM's sampling and system message, and with ``env_models`` the models' default and prices
-        (``env_llm`` is then the mapping of backends). ``extra``: other keyword arguments (``split``, ...)."""
+        """The env a run's settings describe (:meth:`settings_kwargs`); ``extra``: other keyword arguments
+        (``split``, ...). With ``env_models``, ``env_llm`` is the mapping of backends."""
+        return cls(task=task, env_llm=env_llm, **{**cls.settings_kwargs(settings), **extra})
+
+    @staticmethod
+    def settings_kwargs(settings: Any) -> dict[str, Any]:
+        """This env's keyword arguments from a run's settings: its :class:`~promptr1.core.settings.EpisodeSettings`
+        group as it is, the env LLM's sampling and system message, and with ``env_models`` the models' default and
+        prices (for the TRL rollout and dataset, which take keyword arguments)."""
         from promptr1.core.settings import EpisodeSettings
 
         episode = {f.name: getattr(settings, f.name) for f in dataclasses.fields(EpisodeSettings)}
@@ -225,7 +231,7 @@ class PromptCollabEnv(gym.Env):
         if settings.env_models:
             _, prices = settings.env_models_map()
             kwargs.update(default_model=settings.env_default_model or None, model_prices=prices)
-        return cls(task=task, env_llm=env_llm, **{**kwargs, **extra})
+        return kwargs
 
     # ------------------------------------------------------------------ episode state
     def _clear_episode(self) -> None:

@@ -105,7 +105,6 @@ class StrategyWrapper(gym.Env):
             ``encode(list[str])`` and ``dim`` (see :mod:`promptr1.rewards.embedders`).
         extra_templates: user strategies appended after the built-ins: a mapping ``name -> template``
             or a list of templates (named ``template0``, ...); see the module docstring for fields.
-        max_turns: overrides ``env.max_turns`` (the length of the turn one-hot).
         observe_plan: also observe the embedding of the plan's next sub-question (hands the policy the
             plan's state; off by default).
 
@@ -120,7 +119,6 @@ class StrategyWrapper(gym.Env):
         strategies: Sequence[str] | None = None,
         embedder: str | Embedder = "hashing",
         extra_templates: Mapping[str, str] | Sequence[str] | None = None,
-        max_turns: int | None = None,
         render_mode: str | None = None,
         observe_plan: bool = False,
     ) -> None:
@@ -128,13 +126,9 @@ class StrategyWrapper(gym.Env):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
         self.env = env
         base = getattr(env, "unwrapped", env)  # gym.make() adds wrappers that do not forward attributes
-        if max_turns is not None:
-            if not isinstance(max_turns, int) or max_turns < 1:
-                raise ValueError(f"max_turns must be a positive int or None, got {max_turns!r}.")
-            base.max_turns = max_turns
         if not isinstance(getattr(base, "max_turns", None), int):
             raise TypeError(f"StrategyWrapper expects a PromptCollabEnv (or a wrapper of one), got {type(env).__name__}.")
-        self.max_turns = base.max_turns
+        self.max_turns = base.max_turns  # the env's setting (the length of the turn one-hot); never written back
         names = list(BUILTIN_STRATEGIES if strategies is None else strategies)
         for n in names:
             if n not in BUILTIN_STRATEGIES:

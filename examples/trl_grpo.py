@@ -28,9 +28,9 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experi
 SAVED_MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json", "training_args.bin")
 
 
-def load_settings(name: str | None, *, env_llm: str | None = None) -> Any:
-    """The promptr1 settings whose env-LLM block this run uses: a bundled config or a YAML file (None: the
-    defaults), with ``env_llm`` over its own when given."""
+def load_settings(name: str | None, **given: Any) -> Any:
+    """The promptr1 settings whose env-LLM block and episode group this run uses: a bundled config or a YAML file
+    (None: the defaults), with the settings ``given`` (those not None) over its own."""
     import dataclasses
     import pathlib
 
@@ -43,7 +43,7 @@ def load_settings(name: str | None, *, env_llm: str | None = None) -> Any:
         if path is None:
             raise FileNotFoundError(f"--settings {name!r}: no such file and no bundled promptr1 config of that name.")
         cfg = load_config(GRPOConfig, path)
-    return dataclasses.replace(cfg, env_llm=env_llm) if env_llm else cfg
+    return dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,9 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "budget (max_calls, max_cost) and cache")
     p.add_argument("--tasks", default="synthetic", help="synthetic, a .parquet (official schema) or .jsonl file")
     p.add_argument("--questions", type=int, default=0, help="use only the first N tasks (0: all)")
-    p.add_argument("--max-turns", type=int, default=5, help="agent turns per episode (ref: 5)")
-    p.add_argument("--framing", default="ours", choices=["ours", "reference"], help="agent-side framing of the env")
-    p.add_argument("--reward-variant", default="faithful", help="faithful (ref) or answer_gated")
+    p.add_argument("--max-turns", type=int, default=None, help="agent turns per episode (default: the settings')")
+    p.add_argument("--framing", default=None, choices=["ours", "reference"],
+                   help="agent-side framing of the env (default: the settings')")
+    p.add_argument("--reward-variant", default=None, help="faithful (ref) or answer_gated (default: the settings')")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per agent turn (ref: 1024)")
     p.add_argument("--max-seq-len", type=int, default=2048, help="tokens per episode, prompt included (ref: 8192)")
     p.add_argument("--num-generations", type=int, default=4, help="episodes per question (ref: 5)")
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from promptr1.envs.collab_env import PromptCollabEnv
     from promptr1.integrations.trl import env_reward, make_rollout_func, tasks_to_dataset
     from promptr1.llm_backends import from_settings
 
@@ -137,12 +139,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed=a.seed, disable_tqdm=True,
     )
     # The env LLM as every promptr1 command builds it: the settings' block (limits, price, budget, cache)
-    settings = load_settings(a.settings, env_llm=a.env_llm)
+    settings = load_settings(a.settings, env_llm=a.env_llm, max_turns=a.max_turns, framing=a.framing,
+                             reward_variant=a.reward_variant)
     backend, budget = from_settings(settings)
     # the same env settings for the dataset's prompts and the rollout's envs
-    env_kwargs = {"max_turns": a.max_turns, "framing": a.framing, "reward_variant": a.reward_variant,
-                  "sampling": settings.env_sampling(), "env_system_prompt": settings.env_system_prompt,
-                  **settings.model_kwargs()}  # several env LLMs and the cost term, when the settings use them
+    env_kwargs = PromptCollabEnv.settings_kwargs(settings)  # the episode group, env sampling, several env LLMs
     trainer = GRPOTrainer(
         model=str(path), processing_class=tokenizer, args=args,
         train_dataset=tasks_to_dataset(tasks, env_kwargs=env_kwargs),

@@ -512,7 +512,6 @@ class PromptR1Rollout:
         tasks: Any = "synthetic",
         *,
         env_llm: Any = "sim",
-        max_turns: int | None = None,
         env_kwargs: Mapping[str, Any] | None = None,
         env_factory: Callable[[], Any] | None = None,
         split: str = "train",
@@ -528,8 +527,6 @@ class PromptR1Rollout:
         self.tasks = _as_tasks(tasks, split, None)
         self.index = TaskIndex(self.tasks)
         self.env_kwargs = dict(env_kwargs or {})
-        if max_turns is not None:
-            self.env_kwargs["max_turns"] = int(max_turns)
         self.env_factory = env_factory
         self.env_llm = None
         if env_factory is None:
@@ -720,11 +717,9 @@ def make_rollout_func(tasks: Any = "synthetic", **kwargs: Any) -> PromptR1Rollou
             same source as :func:`tasks_to_dataset`).
         env_llm: the large LLM: a spec (``"sim"``, ``"openai:MODEL"``, ``"hf:ID"``, ...) or an
             ``LLMBackend``; built once and shared by all envs.
-        max_turns: agent turns per episode (ref: 5; the env's default when None).
-        env_kwargs: other :class:`PromptCollabEnv` settings (``framing``, ``max_response_chars``,
-            ``reward_variant``, ``answer_metric``, ``sampling``, ``agent_system_prompt``, ...).
-            ``RunSettings.env_kwargs()`` gives the ones our own trainer uses; give :func:`tasks_to_dataset`
-            the same.
+        env_kwargs: :class:`PromptCollabEnv` settings (``max_turns``, ``framing``, ``max_response_chars``,
+            ``reward_variant``, ``answer_metric``, ``sampling``, ...; the env's defaults for the rest). Give
+            :func:`tasks_to_dataset` the same.
         env_factory: a zero-argument callable returning an env (``reset(seed, options={"task": t})`` and
             ``step``/``astep``), instead of :class:`PromptCollabEnv`.
         max_new_tokens: tokens per agent turn (default: TRL's ``max_completion_length``).

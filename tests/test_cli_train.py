@@ -22,7 +22,7 @@ FAST = ["--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "6", 
 
 def test_train_one_step_writes_checkpoint_and_logs(tmp_path, tiny_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--model", tiny_path, "--steps", "1", "--output-dir", str(out), *FAST])
+    rc = main(["train", "--config", "defaults", "--model", tiny_path, "--steps", "1", "--output-dir", str(out), *FAST])
     assert rc == 0
     latest = (out / "latest").read_text().strip()
     state = json.loads((out / latest / "trainer_state.json").read_text())
@@ -34,14 +34,14 @@ def test_train_one_step_writes_checkpoint_and_logs(tmp_path, tiny_path, capsys):
 def test_train_with_yaml_and_bad_key(tmp_path, tiny_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: {tiny_path}\nsteps: 1\n")
-    rc = main(["train", "--config", str(cfg), "--stepz", "2"])
+    rc = main(["train", "--config", "defaults", "--config", str(cfg), "--stepz", "2"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "--stepz" in err and "--steps" in err
 
 
 def test_train_help_lists_options(capsys):
-    assert main(["train", "--help"]) == 0
+    assert main(["train", "--config", "defaults", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--group-size" in out and "--kl-coef" in out
 
@@ -66,7 +66,7 @@ def test_sft_then_train_from_it(tmp_path, tiny_path):
                "--output-dir", str(out), "--progress", "false"])
     assert rc == 0
     assert (out / "latest").is_file()
-    rc = main(["train", "--model", str(out), "--steps", "1", "--output-dir", str(tmp_path / "rl"), *FAST])
+    rc = main(["train", "--config", "defaults", "--model", str(out), "--steps", "1", "--output-dir", str(tmp_path / "rl"), *FAST])
     assert rc == 0
 
 
@@ -87,7 +87,7 @@ def test_real_llm_environment_preset(tmp_path, tiny_path):
     """Training against a real local LLM (SmolLM2-135M-Instruct in process) as the environment."""
     pytest.importorskip("gguf")
     out = tmp_path / "real"
-    rc = main(["train", "--model", tiny_path, "--env-llm", "smollm2", "--tasks", "synthetic", "--steps", "1",
+    rc = main(["train", "--config", "defaults", "--model", tiny_path, "--env-llm", "smollm2", "--tasks", "synthetic", "--steps", "1",
                "--output-dir", str(out), *FAST])
     assert rc == 0
     assert (out / "latest").is_file()
@@ -117,7 +117,7 @@ def test_eval_with_task_files_runs_the_harness(tmp_path):
 def test_train_then_held_out_eval_prints_both_rows(tmp_path, tiny_path, capsys):
     """The quickstart's final step: untrained and trained rows on held-out episodes, saved to eval.json."""
     out = tmp_path / "run"
-    rc = main(["train", "--model", tiny_path, "--steps", "1", "--output-dir", str(out), "--eval-episodes", "4", *FAST])
+    rc = main(["train", "--config", "defaults", "--model", tiny_path, "--steps", "1", "--output-dir", str(out), "--eval-episodes", "4", *FAST])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "held-out evaluation (4 episodes" in printed

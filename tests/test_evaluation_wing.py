@@ -92,7 +92,7 @@ def test_greedy_evaluation_gives_the_episodes_of_run_episodes(tmp_path, tiny, ta
     backend = make_backend("sim")
     rcfg = RolloutConfig(max_new_tokens=12, max_seq_len=1024, temperature=0.0, independent=False)
     assert dataclasses.replace(rollout_config(cfg), independent=False) == rcfg
-    envs = [PromptCollabEnv(task=t, env_llm=backend, **cfg.env_kwargs()) for t in tasks]
+    envs = [PromptCollabEnv.from_settings(t, backend, cfg) for t in tasks]
     direct = run_episodes(model, tok, envs, tasks, [0, 1, 2], rcfg, seed=cfg.seed)
 
     policy = ModelPolicy(model, tok, rollout=rcfg)
@@ -274,7 +274,7 @@ def test_reference_preset_fills_only_what_the_user_did_not_give():
     # no repetition penalty: the official scripts define 1.05 but never send it
     assert (cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.max_new_tokens) == (0.7, 0.8, 1.0, 8192)
     assert cfg.max_turns == 3  # the user's value wins over the preset's 10
-    assert "max_tokens" not in cfg.env_kwargs()["sampling"]  # no token limit on the large LLM
+    assert "max_tokens" not in cfg.env_sampling()  # no token limit on the large LLM
     assert load_config(EvalConfig).temperature == 0.0  # no preset: greedy
     with pytest.raises(ConfigError, match="Did you mean 'reference'"):
         load_config(EvalConfig, overrides=["--preset", "referense"])

@@ -131,7 +131,7 @@ def rows_for(dataset, names, G):
 def test_grpo_steps_on_tiny_model_with_sim_expert(tmp_path, tiny_path):
     model, tok = load_tiny(tiny_path)
     tasks = list(load_tasks("synthetic"))[:4]
-    rollout = ptrl.make_rollout_func(tasks, env_llm="sim", max_turns=3, max_seq_len=1024)
+    rollout = ptrl.make_rollout_func(tasks, env_llm="sim", env_kwargs={"max_turns": 3}, max_seq_len=1024)
     trainer = GRPOTrainer(model=model, processing_class=tok, args=trl_args(tmp_path, max_steps=2),
                           train_dataset=ptrl.tasks_to_dataset(tasks), reward_funcs=[ptrl.env_reward, distinct_tokens],
                           rollout_func=rollout)
@@ -245,7 +245,7 @@ def test_env_errors_leave_their_group_in_trl(tmp_path, tiny_path):
 
     forced = ScriptedAgentModel(model, tok, relay_script)
     G = 4
-    rollout = ptrl.make_rollout_func(TASKS, env_llm=ScriptedBackend(replies), max_turns=3, max_seq_len=1024,
+    rollout = ptrl.make_rollout_func(TASKS, env_llm=ScriptedBackend(replies), env_kwargs={"max_turns": 3}, max_seq_len=1024,
                                      max_new_tokens=64, sampler=forced_sampler(forced), independent=False)
     dataset = ptrl.tasks_to_dataset(TASKS)
     trainer = GRPOTrainer(model=model, processing_class=tok, args=trl_args(tmp_path, num_generations=G,

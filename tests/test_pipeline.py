@@ -66,7 +66,7 @@ def test_plugin_backend_serves_sft_training_and_evaluation_built_once(tmp_path, 
 
     monkeypatch.setattr(env_mod.PromptCollabEnv, "__init__", spy)
     out = tmp_path / "run"
-    rc = main(["train", "--model", tiny_path, "--plugins", plugin, "--env-llm", "counting-sim", "--sft-steps", "1",
+    rc = main(["train", "--config", "defaults", "--model", tiny_path, "--plugins", plugin, "--env-llm", "counting-sim", "--sft-steps", "1",
                "--sft-batch-size", "2", "--steps", "1", "--eval-episodes", "2", "--reward-variant", "answer_gated",
                "--output-dir", str(out), *FAST])
     assert rc == 0, capsys.readouterr().err
@@ -80,7 +80,7 @@ def test_plugin_backend_serves_sft_training_and_evaluation_built_once(tmp_path, 
 
 
 def test_unknown_plugin_is_a_usage_error_before_any_model_loads(tmp_path, capsys):
-    rc = main(["train", "--plugins", "no_such_plugin_module", "--output-dir", str(tmp_path / "x")])
+    rc = main(["train", "--config", "defaults", "--plugins", "no_such_plugin_module", "--output-dir", str(tmp_path / "x")])
     assert rc == 2
     err = capsys.readouterr().err
     assert "no_such_plugin_module" in err and "--plugins" in err
@@ -88,7 +88,7 @@ def test_unknown_plugin_is_a_usage_error_before_any_model_loads(tmp_path, capsys
 
 
 def test_unknown_algorithm_fails_before_any_model_loads(tmp_path, capsys):
-    rc = main(["train", "--algo", "grpoo", "--output-dir", str(tmp_path / "x")])
+    rc = main(["train", "--config", "defaults", "--algo", "grpoo", "--output-dir", str(tmp_path / "x")])
     assert rc == 2
     assert "Did you mean 'grpo'?" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
@@ -97,7 +97,7 @@ def test_unknown_algorithm_fails_before_any_model_loads(tmp_path, capsys):
 def test_train_writes_the_config_it_ran_with(tmp_path, tiny_path):
     """The checkpoint records the resolved settings; an explicit --kl-coef 0 stays 0 (no reference model)."""
     out = tmp_path / "run"
-    assert main(["train", "--model", tiny_path, "--steps", "1", "--output-dir", str(out), *FAST]) == 0
+    assert main(["train", "--config", "defaults", "--model", tiny_path, "--steps", "1", "--output-dir", str(out), *FAST]) == 0
     latest = (out / "latest").read_text().strip()
     state = json.loads((out / latest / "trainer_state.json").read_text())
     assert state["config"]["kl_coef"] == 0 and state["config"]["max_turns"] == 2

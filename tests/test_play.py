@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from promptr1.commands.play import main, read_turns
+from promptr1.commands.play import play_main as main, read_turns
 
 
 def test_play_from_turns_file(tmp_path, capsys):
@@ -49,7 +49,7 @@ def test_play_takes_the_env_settings_of_a_config(tmp_path, capsys, monkeypatch):
     """play builds its env LLM like every command (from_settings): a config's budget and env system prompt apply,
     and its training-only keys are skipped."""
     import promptr1.llm_backends as backends
-    from promptr1.commands.play import main as play_main
+    from promptr1.commands.play import play_main
 
     built = []
     real = backends.from_settings

@@ -23,16 +23,3 @@ def test_readme_python_example_runs_and_scores_full_reward():
     assert namespace["reward"] == 1.0 and namespace["terminated"] is True
 
 
-def test_readme_states_which_options_keep_the_quickstart():
-    """The quickstart section says how to shorten the quickstart, naming exactly the options that keep it."""
-    from promptr1.commands.train import QUICKSTART_OPTIONS
-
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    quickstart = " ".join(text[: text.index("\n## ")].split())  # the part above the first section
-    assert "`promptr1 train --steps 2 --overwrite` is the quickstart, shorter" in quickstart
-    assert "`promptr1 train --config quickstart --model NAME`" in quickstart
-    rule = quickstart[quickstart.index("a command line holding only"):quickstart.index("keeps the quickstart's")]
-    named = set(re.findall(r"`--([a-z0-9-]+)`", rule))
-    expected = {name.replace("_", "-") for name in QUICKSTART_OPTIONS}
-    assert named == expected, (f"README's quickstart rule names {sorted(named)}; promptr1.commands.train.QUICKSTART_OPTIONS "
-                               f"is {sorted(expected)}: update the README to match")

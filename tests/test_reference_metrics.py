@@ -226,7 +226,7 @@ def test_validation_logs_the_reference_scores_under_eval_reference(tmp_path):
     from promptr1.testing.tiny_model import tiny_model_path
 
     out = tmp_path / "run"
-    argv = ["train", "--model", str(tiny_model_path()), "--env-llm", "sim", "--eval-every", "1", "--eval-limit", "2",
+    argv = ["train", "--config", "defaults", "--model", str(tiny_model_path()), "--env-llm", "sim", "--eval-every", "1", "--eval-limit", "2",
             "--eval-tasks", "synthetic", "--eval-reference-scores", "true", "--output-dir", str(out), "--steps", "1",
             "--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "6", "--max-turns", "2",
             "--progress", "false", "--max-seq-len", "768", "--kl-coef", "0", "--num-transcripts", "0"]

@@ -174,7 +174,7 @@ def test_env_history_short_replies_are_kept_whole_in_every_mode():
         env.step(good_prompt_turn("second"))
         kept = backend.calls[1][-2]["content"]
         assert kept == ("  Paris  " if mode == "full" else "Paris")  # the reference stores the stripped reply
-    assert RunSettings(env_history="reference").env_kwargs()["env_history"] == "reference"
+    assert PromptCollabEnv.settings_kwargs(RunSettings(env_history="reference"))["env_history"] == "reference"
     with pytest.raises(ValueError, match="env_history must be one of seen, full, reference"):
         PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["x"]), env_history="all")
 
@@ -226,7 +226,7 @@ def test_reference_preset_is_the_official_evaluation():
     assert cfg.max_response_chars == 8192  # NousToolEnv(max_tool_response_length=MAX_TOKENS=8192)
     assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.max_turns) == (0.7, 0.8, 8192, 10)
     assert cfg.framing == "reference-eval" and cfg.env_history == "reference"
-    assert cfg.env_kwargs()["sampling"] == {}  # no temperature, no token limit sent to the large LLM
+    assert cfg.env_sampling() == {}  # no temperature, no token limit sent to the large LLM
     mine = load_config(EvalConfig, overrides=["--preset", "reference", "--repetition-penalty", "1.05",
                                               "--framing", "reference"])
     assert (mine.repetition_penalty, mine.framing) == (1.05, "reference")  # the user's values win

@@ -67,13 +67,13 @@ def test_train(given, tmp_path, monkeypatch):
 
     class Stub:
         def __init__(self, cfg, *, env_llm=None, callbacks=()):
-            env = PromptCollabEnv(task="synthetic", env_llm=env_llm, **cfg.env_kwargs())  # as the trainer builds it
+            env = PromptCollabEnv(task="synthetic", env_llm=env_llm, **PromptCollabEnv.settings_kwargs(cfg))  # as the trainer builds it
             check(env_llm, env, cache)
             raise Captured
 
     monkeypatch.setattr(trainer_mod, "GRPOTrainer", Stub)
     with pytest.raises(Captured):
-        main(["train", *argv, "--model", "tiny", "--output-dir", str(tmp_path / "run")])
+        main(["train", "--config", "defaults", *argv, "--model", "tiny", "--output-dir", str(tmp_path / "run")])
 
 
 def test_trainer_alone_builds_the_same(given, tmp_path):
@@ -81,10 +81,10 @@ def test_trainer_alone_builds_the_same(given, tmp_path):
     argv, cache = given
     from promptr1.agents.config import GRPOConfig
     from promptr1.agents.trainer import GRPOTrainer
-    from promptr1.core.settings import parse_command
+    from promptr1.core.settings import load_config
 
-    cfg = parse_command(GRPOConfig, [*argv, "--model", "tiny", "--output-dir", str(tmp_path / "run"),
-                                     "--batch-questions", "1", "--group-size", "1"], "train")
+    cfg = load_config(GRPOConfig, None, [*argv, "--model", "tiny", "--output-dir", str(tmp_path / "run"),
+                                     "--batch-questions", "1", "--group-size", "1"])
     trainer = GRPOTrainer(cfg)
     check(trainer.env_llm, trainer.envs[0], cache)
 
@@ -100,7 +100,7 @@ def test_eval(given, tmp_path, monkeypatch):
 
         run = real(cfg, backends, out, budget)  # the evaluation's own env settings and backends
         backend = run.backends["openai:flow-model"]
-        check(backend, PromptCollabEnv(task="synthetic", env_llm=backend, **run.env_kwargs), cache)
+        check(backend, PromptCollabEnv.from_settings("synthetic", backend, run.cfg), cache)
         assert run.sampling == {"temperature": 0.3, "max_tokens": 77}  # what the direct/CoT baselines send
         raise Captured
 
@@ -141,7 +141,7 @@ def test_every_shared_setting_is_covered():
 def test_several_env_llms_from_yaml_and_flags(tmp_path):
     """env_models / env_model_prices / env_default_model and the cost term reach the env, from a file and from flags."""
     from promptr1.agents.config import GRPOConfig
-    from promptr1.core.settings import parse_command
+    from promptr1.core.settings import load_config
     from promptr1.envs.collab_env import PromptCollabEnv
     from promptr1.llm_backends import from_settings
 
@@ -152,9 +152,9 @@ def test_several_env_llms_from_yaml_and_flags(tmp_path):
              "--env-default-model", "strong", "--reward-variant", "cost_aware", "--cost-weight", "0.5",
              "--max-calls", "7"]
     for argv in (["--config", str(path)], flags):
-        cfg = parse_command(GRPOConfig, argv, "train")
+        cfg = load_config(GRPOConfig, None, argv)
         backends, budget = from_settings(cfg)
-        env = PromptCollabEnv(task="synthetic", env_llm=backends, **cfg.env_kwargs())
+        env = PromptCollabEnv.from_settings("synthetic", backends, cfg)
         assert sorted(env.env_llms) == ["cheap", "strong"] and env.default_model == "strong"
         assert env.env_llms["strong"].inner.name == "sim-strong" and env.env_llms["cheap"].budget is budget
         assert env.model_prices == {"strong": (0.002, 0.008)} and env.cost_weight == 0.5 and budget.max_calls == 7

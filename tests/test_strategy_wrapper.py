@@ -27,8 +27,8 @@ from promptr1.testing.scripted import ScriptedBackend
 Q2 = "In which country was the founder of Vantrel Corp born?"
 
 
-def sim_env(split: str = "train", **kw) -> StrategyWrapper:
-    return StrategyWrapper(PromptCollabEnv(task=f"synthetic:{split}", env_llm="sim"), **kw)
+def sim_env(split: str = "train", max_turns: int = 5, **kw) -> StrategyWrapper:
+    return StrategyWrapper(PromptCollabEnv(task=f"synthetic:{split}", env_llm="sim", max_turns=max_turns), **kw)
 
 
 def scripted_env(replies, task: Task | None = None, **kw) -> tuple[StrategyWrapper, ScriptedBackend]:
@@ -82,7 +82,7 @@ def test_the_plan_state_is_not_observed_unless_asked_for():
     assert not shown._obs()[64:96].any()  # zeros once the plan is done: the one bit that solves the task
 
 
-def test_max_turns_override_sets_horizon_and_one_hot():
+def test_the_envs_max_turns_sets_horizon_and_one_hot():
     env = sim_env(max_turns=3, embedder=HashingEmbedder(8))
     assert env.env.max_turns == 3 and env.observation_space.shape == (2 * 8 + 3 + 6,)
     env.reset(seed=0)

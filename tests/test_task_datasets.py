@@ -102,7 +102,7 @@ def test_train_on_a_dataset_folder(tmp_path, capsys):
     from promptr1.testing.tiny_model import tiny_model_path
 
     datasets.Dataset.from_list([official_row(i) for i in range(4)]).save_to_disk(str(tmp_path / "ds"))
-    rc = main(["train", "--model", str(tiny_model_path()), "--tasks", f"hf:{tmp_path / 'ds'}", "--env-llm", "echo",
+    rc = main(["train", "--config", "defaults", "--model", str(tiny_model_path()), "--tasks", f"hf:{tmp_path / 'ds'}", "--env-llm", "echo",
                "--steps", "1", "--batch-questions", "2", "--group-size", "2", "--max-new-tokens", "6",
                "--max-turns", "2", "--progress", "false", "--kl-coef", "0", "--output-dir", str(tmp_path / "run")])
     assert rc == 0, capsys.readouterr().err

@@ -83,7 +83,7 @@ def _state(out):
 def test_budget_stops_at_the_end_of_the_step_then_resume_continues(tmp_path, tiny_path, always_prompt,
                                                                     counting_backend, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--model", tiny_path, "--env-llm", "counting-sim", "--steps", "3", "--output-dir", str(out), *FAST]
+    argv = ["train", "--config", "defaults", "--model", tiny_path, "--env-llm", "counting-sim", "--steps", "3", "--output-dir", str(out), *FAST]
     rc = main([*argv, "--max-calls", str(CALLS_PER_STEP + 2)])
     assert rc == BUDGET_EXIT_CODE, capsys.readouterr().err
     # step 1 used 8 calls, step 2 got the last 2 and the budget refused the rest: the run stopped after step 2
@@ -150,8 +150,8 @@ def test_limits_pass_through_to_backends_that_take_them_and_are_refused_by_other
         backend_kwargs(GRPOConfig(env_llm="sim", env_max_concurrency=4))
     with pytest.raises(ConfigError, match="two numbers"):
         backend_kwargs(GRPOConfig(env_llm="openai:m", env_price_per_1k=[0.15]))
-    assert main(["train", "--env-llm", "sim", "--env-rpm", "10", "--output-dir", str(tmp_path)]) == 2
-    assert main(["train", "--cache-mode", "sometimes", "--output-dir", str(tmp_path)]) == 2
+    assert main(["train", "--config", "defaults", "--env-llm", "sim", "--env-rpm", "10", "--output-dir", str(tmp_path)]) == 2
+    assert main(["train", "--config", "defaults", "--cache-mode", "sometimes", "--output-dir", str(tmp_path)]) == 2
 
 
 def test_dry_run_prints_calls_tokens_and_cost_without_loading_a_model(tmp_path, capsys, monkeypatch):
@@ -163,7 +163,7 @@ def test_dry_run_prints_calls_tokens_and_cost_without_loading_a_model(tmp_path, 
         raise AssertionError("--dry-run loaded a model")
 
     monkeypatch.setattr(models, "load_policy", no_model)
-    rc = main(["train", "--dry-run", "--env-llm", "openai:gpt-4o-mini", "--batch-questions", "8", "--group-size", "5",
+    rc = main(["train", "--config", "defaults", "--dry-run", "--env-llm", "openai:gpt-4o-mini", "--batch-questions", "8", "--group-size", "5",
                "--max-turns", "3", "--max-new-tokens", "100", "--env-max-tokens", "200", "--steps", "10",
                "--env-price-per-1k", "0.15", "0.6", "--max-calls", "500", "--output-dir", str(tmp_path)])
     assert rc == 0
@@ -181,7 +181,7 @@ def test_dry_run_prints_calls_tokens_and_cost_without_loading_a_model(tmp_path, 
 
 
 def test_dry_run_counts_validations(tmp_path, capsys):
-    rc = main(["train", "--dry-run", "--steps", "20", "--eval-every", "10", "--eval-limit", "3", "--eval-tasks",
+    rc = main(["train", "--config", "defaults", "--dry-run", "--steps", "20", "--eval-every", "10", "--eval-limit", "3", "--eval-tasks",
                "synthetic", "--max-turns", "2", "--output-dir", str(tmp_path)])
     assert rc == 0
     text = capsys.readouterr().out

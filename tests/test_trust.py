@@ -77,7 +77,7 @@ def test_a_pickle_that_runs_code_is_refused_not_loaded(tmp_path):
                                    "accelerate_state/random_states_0.pkl"])
 def test_resume_never_runs_code_from_a_checkpoint(tmp_path, tiny_path, always_prompt, capsys, where):
     out = tmp_path / "run"
-    argv = ["train", "--model", tiny_path, "--env-llm", "sim", "--steps", "1", "--output-dir", str(out), *FAST]
+    argv = ["train", "--config", "defaults", "--model", tiny_path, "--env-llm", "sim", "--steps", "1", "--output-dir", str(out), *FAST]
     assert main(argv) == 0, capsys.readouterr().err
     ckpt = find_latest_checkpoint(out)
     if not where.startswith("accelerate_state"):  # the single-process layout: no accelerate_state/ folder
@@ -100,7 +100,7 @@ def test_resume_never_runs_code_from_a_checkpoint(tmp_path, tiny_path, always_pr
 
 def test_a_fresh_run_refuses_a_folder_with_an_earlier_run(tmp_path, tiny_path, always_prompt, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--model", tiny_path, "--env-llm", "sim", "--steps", "1", "--output-dir", str(out), *FAST]
+    argv = ["train", "--config", "defaults", "--model", tiny_path, "--env-llm", "sim", "--steps", "1", "--output-dir", str(out), *FAST]
     assert main(argv) == 0
     first = find_latest_checkpoint(out)
     weights = (first / "model.safetensors").read_bytes()
@@ -229,7 +229,7 @@ def test_eval_with_some_failures_still_exits_0(tmp_path, capsys):
 def test_training_where_the_env_llm_always_fails_exits_non_zero(tmp_path, tiny_path, always_prompt, unauthorized,
                                                                   capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--model", tiny_path, "--env-llm", unauthorized, "--steps", "5", "--output-dir", str(out),
+    rc = main(["train", "--config", "defaults", "--model", tiny_path, "--env-llm", unauthorized, "--steps", "5", "--output-dir", str(out),
                *FAST])
     err = capsys.readouterr().err
     assert rc == 1
@@ -241,15 +241,15 @@ def test_training_where_the_env_llm_always_fails_exits_non_zero(tmp_path, tiny_p
 
 def test_a_single_step_that_failed_completely_is_a_failed_run(tmp_path, tiny_path, always_prompt, unauthorized,
                                                                capsys):
-    rc = main(["train", "--model", tiny_path, "--env-llm", unauthorized, "--steps", "1", "--output-dir",
+    rc = main(["train", "--config", "defaults", "--model", tiny_path, "--env-llm", unauthorized, "--steps", "1", "--output-dir",
                str(tmp_path / "run"), *FAST])
     assert rc == 1 and "every episode of the run that reached the env LLM failed" in capsys.readouterr().err
 
 
 def test_error_rate_threshold_is_an_option(tmp_path, tiny_path, always_prompt, unauthorized, capsys):
-    rc = main(["train", "--model", tiny_path, "--env-llm", unauthorized, "--steps", "2", "--output-dir",
+    rc = main(["train", "--config", "defaults", "--model", tiny_path, "--env-llm", unauthorized, "--steps", "2", "--output-dir",
                str(tmp_path / "run"), "--max-env-error-rate", "2", *FAST])
-    assert rc == 2 and "max_env_error_rate" in capsys.readouterr().err
+    assert rc == 2 and "--max-env-error-rate" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- 11. validate before the work
@@ -286,5 +286,5 @@ def test_a_model_folder_without_a_tokenizer_is_named_as_such(tmp_path, tiny):
 
 
 def test_dry_run_rejects_what_train_rejects(capsys):
-    assert main(["train", "--dry-run", "--max-turns", "0"]) == 2
+    assert main(["train", "--config", "defaults", "--dry-run", "--max-turns", "0"]) == 2
     assert "--max-turns must be a whole number >= 1" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def _eval_steps(out):
 
 def test_validates_before_training_and_every_n_steps_into_tensorboard_and_resumes(tmp_path, tiny_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--model", tiny_path, "--env-llm", "sim", "--eval-every", "2", "--eval-limit", "2",
+    argv = ["train", "--config", "defaults", "--model", tiny_path, "--env-llm", "sim", "--eval-every", "2", "--eval-limit", "2",
             "--eval-tasks", "synthetic", "--output-dir", str(out), *FAST]
     assert main([*argv, "--steps", "2"]) == 0, capsys.readouterr().err
     # before training and at step 2
@@ -97,5 +97,5 @@ def test_validation_uses_the_live_model_the_runs_backend_and_env_settings(tmp_pa
 
 
 def test_bad_validation_settings_are_refused(tmp_path, capsys):
-    assert main(["train", "--eval-every", "-1", "--output-dir", str(tmp_path)]) == 2
-    assert "--eval-every must be >= 0" in capsys.readouterr().err
+    assert main(["train", "--config", "defaults", "--eval-every", "-1", "--output-dir", str(tmp_path)]) == 2
+    assert "--eval-every must be a whole number >= 0" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from promptr1.envs.framing import FRAMINGS, Framing, reference_history_reply
+from promptr1.envs.framing import FRAMINGS, Framing, reference_history_prompt, reference_history_reply
 from promptr1.envs.protocol import ParsedTurn, call_target, parse_turn
 from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.step_info import StepInfo
@@ -359,6 +359,7 @@ class PromptCollabEnv(gym.Env):
         if parsed.kind == "prompt":
             prompt, refusal = self.framing.check_call(parsed.inner or "")
             if refusal is not None:  # a malformed call: an error message comes back, the large LLM is not called
+                self._record_history(action, None, None)
                 return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
                                     obs=self.framing.error_reply(refusal))
             parsed = dataclasses.replace(parsed, prompt=prompt)
@@ -374,7 +375,9 @@ class PromptCollabEnv(gym.Env):
                 return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
                                     obs=self.framing.error_reply(error))
             parsed = dataclasses.replace(parsed, prompt=prompt)
-        if not parsed.prompt:  # an empty request: nothing to send; the LLM's answer to nothing is nothing
+        if not parsed.prompt and not self.framing.name.startswith("reference"):
+            # an empty request: nothing to send; the LLM's answer to nothing is nothing (the reference framings send
+            # the empty user message and return the reply, as the reference does)
             return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False)
         system = [] if self.env_system_prompt is None else [{"role": "system", "content": self.env_system_prompt}]
         history = self._history(target)
@@ -397,9 +400,7 @@ class PromptCollabEnv(gym.Env):
         assert completion is not None
         reply = completion.text
         if called:
-            history = self._history(pending.target)
-            history.append({"role": "user", "content": pending.parsed.prompt or ""})
-            history.append({"role": "assistant", "content": self._history_reply(reply)})
+            self._record_history(self.turns[-1], pending, reply)
             self.episode_stats["env_llm_latency_s"] += completion.latency_s
             self.episode_stats["env_llm_tokens"] += completion.prompt_tokens + completion.completion_tokens
             self.episode_stats["env_llm_attempts"] += completion.attempts
@@ -417,6 +418,27 @@ class PromptCollabEnv(gym.Env):
         info = dataclasses.replace(self._info(pending.parsed, pending.action_truncated, completion),
                                    turn_prefill=self.framing.turn_prefill)  # what the agent's next turn opens with
         return self._fit_obs(obs), 0.0, False, False, info.to_info()
+
+    def _record_history(self, action: str, pending: _Pending | None, reply: str | None) -> None:
+        """Add a call to the env LLM's history: ``pending``/``reply`` for a call made, None for a refused one.
+
+        Our modes record calls made, as ``(prompt, reply kept by env_history)``. The reference's: under the
+        ``reference-eval`` framing every call that reached the env, refused ones included (with an empty reply), as
+        its evaluation does; under the ``reference`` framing with ``env_history: reference`` every call whose JSON
+        carries a non-empty ``arguments.prompt``, as its training does (:func:`reference_history_prompt`).
+        """
+        history = self._history(pending.target if pending else None)
+        evaluation = self.framing.name == "reference-eval"
+        if evaluation or (self.framing.name == "reference" and self.env_history == "reference"):
+            prompt = reference_history_prompt(action, evaluation=evaluation)
+        elif pending is None:
+            return
+        else:
+            prompt = pending.parsed.prompt or ""
+        if prompt is None:
+            return
+        history.append({"role": "user", "content": prompt})
+        history.append({"role": "assistant", "content": "" if reply is None else self._history_reply(reply)})
 
     def _history_reply(self, reply: str) -> str:
         """What the env LLM's history keeps of ``reply`` (``env_history``)."""

@@ -61,7 +61,7 @@ from promptr1.registry import Registry
 from promptr1.tags import PROMPT_CLOSE, PROMPT_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN, STOP_STRINGS, THINK_OPEN
 
 __all__ = ["FRAMINGS", "Framing", "OurFraming", "PROMPT_TOOL", "ReferenceEvalFraming", "ReferenceFraming",
-           "reference_history_reply"]
+           "reference_history_prompt", "reference_history_reply"]
 
 #: The one tool of the reference framing, as a function-calling schema (our wording of its description).
 PROMPT_TOOL: dict = {
@@ -228,6 +228,53 @@ def reference_history_reply(reply: str, max_chars: int) -> str:
     ('Paris', '')
     """
     return reply.strip() if len(json.dumps({"results": [reply.strip()]})) <= max_chars else ""
+
+
+def _as_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def reference_history_prompt(action: str, evaluation: bool = False) -> str | None:
+    """The user message the reference adds to the env LLM's history for an agent turn that called the tool, whether
+    the call succeeded or was refused (None: it adds nothing; the reply it pairs with a refused call is empty).
+
+    Training (``generation.py``): the first ``<interaction_prompt>`` whose text is a JSON object with an
+    ``arguments`` object holding ``prompt``; recorded only when that prompt is non-empty (so an empty prompt, sent to
+    the env LLM, leaves no trace). Evaluation (``batch_inference.py``): the first ``<interaction_prompt>``'s text,
+    stripped, when non-empty: its ``arguments.prompt`` when it has one, else that raw text (a JSON call without
+    ``prompt`` is recorded as its JSON).
+
+    >>> call = '<interaction_prompt>{"name": "search", "arguments": {"prompt": "Who is B?"}}</interaction_prompt>'
+    >>> reference_history_prompt(call), reference_history_prompt(call, evaluation=True)
+    ('Who is B?', 'Who is B?')
+    >>> empty = '<interaction_prompt>{"name": "prompt", "arguments": {"prompt": ""}}</interaction_prompt>'
+    >>> reference_history_prompt(empty), reference_history_prompt(empty, evaluation=True)
+    (None, '')
+    >>> reference_history_prompt('<interaction_prompt>{"name": "prompt"}</interaction_prompt>', evaluation=True)
+    '{"name": "prompt"}'
+    """
+    calls = _CALL_RE.findall(action)
+    if evaluation:
+        content = calls[0].strip() if calls else ""
+        if not content:
+            return None
+        try:
+            call = json.loads(content)
+        except (ValueError, RecursionError):
+            return content
+        if isinstance(call, dict) and "arguments" in call:
+            args = call["arguments"]
+            return _as_text(args.get("prompt", content)) if isinstance(args, dict) else content
+        return content
+    for inner in calls:
+        try:
+            call = json.loads(inner)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(call, dict) and isinstance(call.get("arguments"), dict) and "prompt" in call["arguments"]:
+            prompt = call["arguments"]["prompt"]
+            return _as_text(prompt) if prompt else None
+    return None
 
 
 #: Framings by name (``PromptCollabEnv(framing=...)``).

@@ -95,7 +95,11 @@ class PromptCollabEnv(gym.Env):
         env_system_prompt: the env LLM's system message; ``None`` sends none; ``"auto"`` (default) uses the
             backend's ``preferred_system_prompt`` when it has one (``smollm2``: none, its template's own),
             else :data:`DEFAULT_ENV_SYSTEM_PROMPT`. ``info["env_system_prompt"]`` says which was used.
-        agent_system_prompt: the agent's system message.
+        agent_system_prompt: the agent's system message (None: none). Under the reference framings the default is
+            the framing's own (our wording of the reference's, with the tool's schema); a text you give is used
+            verbatim (for the reference's own, see docs/evaluation.md).
+        agent_tool_description: the reference framings' ``prompt`` tool in their default system message: a whole
+            function schema as JSON (verbatim) or a description replacing ours (:func:`tool_schema_text`).
         env_history: what the env LLM's history keeps of each of its earlier replies: ``"seen"`` (default) the
             reply as the agent saw it (cut at ``max_response_chars``; under the reference framing the visible part
             of its JSON text, decoded), never more; ``"full"`` the whole reply, re-sent on every later turn;
@@ -130,6 +134,7 @@ class PromptCollabEnv(gym.Env):
         env_system_prompt: str | None = "auto",
         framing: str = "ours",
         agent_system_prompt: str | None = DEFAULT_AGENT_SYSTEM_PROMPT,
+        agent_tool_description: str | None = None,
         env_history: str = "seen",
         render_mode: str | None = None,
         backend_kwargs: Mapping[str, Any] | None = None,
@@ -199,7 +204,7 @@ class PromptCollabEnv(gym.Env):
         self.framing: Framing = FRAMINGS.get(framing)
         if self.framing.name.startswith("reference") and agent_system_prompt == DEFAULT_AGENT_SYSTEM_PROMPT:
             agent_system_prompt = None  # the reference framing's own system message (with the tool schema)
-        self.agent_system_prompt = self.framing.agent_system_prompt(agent_system_prompt)
+        self.agent_system_prompt = self.framing.agent_system_prompt(agent_system_prompt, agent_tool_description)
         if self.env_llms:
             self.agent_system_prompt = "\n\n".join(p for p in (self.agent_system_prompt, self.models_note()) if p)
         self.render_mode = render_mode

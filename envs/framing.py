@@ -61,7 +61,7 @@ from promptr1.registry import Registry
 from promptr1.tags import PROMPT_CLOSE, PROMPT_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN, STOP_STRINGS, THINK_OPEN
 
 __all__ = ["FRAMINGS", "Framing", "OurFraming", "PROMPT_TOOL", "ReferenceEvalFraming", "ReferenceFraming",
-           "reference_history_prompt", "reference_history_reply"]
+           "reference_history_prompt", "reference_history_reply", "tool_schema_text"]
 
 #: The one tool of the reference framing, as a function-calling schema (our wording of its description).
 PROMPT_TOOL: dict = {
@@ -77,6 +77,37 @@ PROMPT_TOOL: dict = {
         },
     },
 }
+
+
+def tool_schema_text(description: str | None = None) -> str:
+    """The ``prompt`` tool's line inside ``<tools>``: our schema (:data:`PROMPT_TOOL`) by default; ``description``
+    (``agent_tool_description``) is either a whole function schema as a JSON object, used verbatim (stripped), or a
+    text that replaces the tool's description in our schema. The tool must stay ``prompt`` with a string ``prompt``
+    argument: that is what calls are checked against.
+
+    >>> tool_schema_text("Ask it.")[:80]
+    '{"type": "function", "function": {"name": "prompt", "description": "Ask it.", "pa'
+    """
+    if not description or not description.strip():
+        return json.dumps(PROMPT_TOOL)
+    text = description.strip()
+    if not text.startswith("{"):
+        return json.dumps({**PROMPT_TOOL, "function": {**PROMPT_TOOL["function"], "description": text}})
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"agent_tool_description starts with '{{' but is not a JSON object ({exc}); give the tool's "
+                         'whole schema, e.g. {"type": "function", "function": {"name": "prompt", ...}}, or a plain '
+                         "description.") from None
+    function = schema.get("function") if isinstance(schema, dict) else None
+    params = function.get("parameters") if isinstance(function, dict) else None
+    props = params.get("properties") if isinstance(params, dict) else None
+    if not (isinstance(function, dict) and function.get("name") == "prompt" and isinstance(props, dict)
+            and "prompt" in props):
+        raise ValueError('agent_tool_description as JSON must describe the tool "prompt" with a "prompt" parameter '
+                         '({"type": "function", "function": {"name": "prompt", "description": ..., "parameters": '
+                         '{"type": "object", "properties": {"prompt": {...}}}}}): calls are checked against it.')
+    return text
 
 
 @dataclass(frozen=True)
@@ -96,8 +127,12 @@ class Framing:
     out_of_turns_prediction: str | None = None
     overflow_prediction: str | None = None
 
-    def agent_system_prompt(self, base: str | None) -> str | None:
-        """The agent's system message, from the env's ``agent_system_prompt`` (``None``: none)."""
+    def agent_system_prompt(self, base: str | None, tool: str | None = None) -> str | None:
+        """The agent's system message, from the env's ``agent_system_prompt`` (``None``: none) and
+        ``agent_tool_description`` (only the reference framings describe a tool)."""
+        if tool:
+            raise ValueError(f"agent_tool_description is for the reference framings (the {self.name!r} framing's system "
+                             "text describes no tool); pass framing='reference' or leave it out.")
         return base
 
     def preprocess_action(self, action: str) -> str:
@@ -133,14 +168,17 @@ class OurFraming(Framing):
 
 
 class ReferenceFraming(Framing):
-    def agent_system_prompt(self, base: str | None) -> str | None:
+    def agent_system_prompt(self, base: str | None, tool: str | None = None) -> str | None:
         if base is not None:  # the user's text, verbatim (a bit-exact system message)
+            if tool:
+                raise ValueError("agent_tool_description is used in our default system text only: with your own "
+                                 "agent_system_prompt, write the tool's schema into that text.")
             return base
         intro = "You are a helpful assistant."
         return (
             f"{intro}\n\n# Tools\n\nTo answer the user's question you can consult a large language model through a "
             "tool. Give it your explanation and analysis of the question, and your reasoning so far.\n\n"
-            f"The tool's signature, inside <tools></tools> tags:\n<tools>\n{json.dumps(PROMPT_TOOL)}\n</tools>\n\n"
+            f"The tool's signature, inside <tools></tools> tags:\n<tools>\n{tool_schema_text(tool)}\n</tools>\n\n"
             f"To call it, write a JSON object with the tool's name and its arguments inside {PROMPT_OPEN}"
             f"{PROMPT_CLOSE} tags:\n{PROMPT_OPEN}\n"
             '{"name": <tool-name>, "arguments": <arguments as a JSON object>}\n'

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the same env settings for the dataset's prompts and the rollout's envs
     env_kwargs = {"max_turns": a.max_turns, "framing": a.framing, "reward_variant": a.reward_variant,
                   "sampling": settings.env_sampling(), "env_system_prompt": settings.env_system_prompt,
+                  **settings.agent_prompt_kwargs(),  # the agent's system text and tool, when the settings give them
                   **settings.model_kwargs()}  # several env LLMs and the cost term, when the settings use them
     trainer = GRPOTrainer(
         model=str(path), processing_class=tokenizer, args=args,

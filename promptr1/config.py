@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 __all__ = [
     "ConfigError",
     "RunSettings",
+    "text_or_file",
     "bundled_config",
     "parse_command",
     "config_help",
@@ -59,6 +60,27 @@ class ConfigError(ValueError):
 CACHE_MODES = ("replay-or-record", "replay", "record", "off")
 
 
+def text_or_file(name: str, value: str) -> str:
+    """A text setting's value: ``@FILE`` is replaced by that file's text (UTF-8, as written but for one final line
+    break, which editors add), anything else is the text itself.
+
+    >>> text_or_file("agent_system_prompt", "You are a helpful assistant.")
+    'You are a helpful assistant.'
+    """
+    if not isinstance(value, str) or not value.startswith("@"):
+        return value
+    path = value[1:]
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--{name.replace('_', '-')} {value}: cannot read {path!r} ({exc}); give the text itself, "
+                          f"or @FILE with a readable UTF-8 file.") from None
+    if not text.strip():
+        raise ConfigError(f"--{name.replace('_', '-')} {value}: {path!r} is empty; give a file holding the text.")
+    return text[:-1] if text.endswith("\n") else text
+
+
 @dataclass
 class BackendSettings:
     """The env LLM of a run and everything around it: sampling, system prompt, client limits, price, budget and
@@ -74,8 +96,9 @@ class BackendSettings:
     env_max_tokens: int = 512
     """Env-LLM reply budget in tokens (0: no limit, as in the reference)."""
     env_system_prompt: str | None = "auto"
-    """The env LLM's system message: ``auto`` (the backend's preferred one, else ours), a text, or none (YAML
-    ``null``, or ``--env-system-prompt none``) for no system message."""
+    """The env LLM's system message: ``auto`` (the backend's preferred one, else ours), a text, ``@FILE`` (a file's
+    text), or none (YAML ``null``, or ``--env-system-prompt none``) for no system message. The reference's own is
+    its prose, not shipped: see docs/evaluation.md for where to find it."""
     env_max_concurrency: int | None = None
     """Env-LLM requests in flight at once (backends that take ``max_concurrency``: ``openai``); none: theirs."""
     env_rpm: float | None = None
@@ -118,6 +141,8 @@ class BackendSettings:
         self.env_models_map()  # NAME=SPEC / NAME=IN,OUT entries are checked now
         if isinstance(self.env_system_prompt, str) and self.env_system_prompt.strip().lower() in ("none", "null"):
             self.env_system_prompt = None
+        if self.env_system_prompt is not None:
+            self.env_system_prompt = text_or_file("env_system_prompt", self.env_system_prompt)
         if self.env_max_tokens < 0:
             raise ConfigError(f"--env-max-tokens must be >= 0 (0: no limit); got {self.env_max_tokens!r}.")
         if self.env_temperature is not None and self.env_temperature < 0:
@@ -233,6 +258,13 @@ class RunSettings(BackendSettings):
     results, ``<think>`` prefill, stop only at the end-of-turn token, error replies to malformed calls) or
     ``reference-eval`` (the official evaluation scripts': plain-text prompts wrapped into the tool call, the whole
     conversation as one user message)."""
+    agent_system_prompt: str = ""
+    """The agent's system message: a text, used verbatim, or ``@FILE`` (a file's text); empty: the framing's own
+    (ours; under the reference framings our wording of the reference's, with the tool's schema). A checkpoint trained
+    by the reference expects the reference's own text: docs/evaluation.md says where to find it (not shipped)."""
+    agent_tool_description: str = ""
+    """The ``prompt`` tool as the reference framings' default system message describes it: a whole function schema
+    as a JSON object (verbatim), a plain description replacing ours, or ``@FILE``; empty: ours."""
 
     # --- systems and outputs
     seed: int = 0
@@ -265,6 +297,21 @@ class RunSettings(BackendSettings):
             raise ConfigError(f"--top-p must be in (0, 1]; got {self.top_p!r}.")
         if self.env_history not in ("seen", "full", "reference"):
             raise ConfigError(f"--env-history must be seen, full or reference; got {self.env_history!r}.")
+        self.agent_system_prompt = text_or_file("agent_system_prompt", self.agent_system_prompt)
+        self.agent_tool_description = text_or_file("agent_tool_description", self.agent_tool_description)
+        if self.agent_tool_description:
+            if not self.framing.startswith("reference"):
+                raise ConfigError("--agent-tool-description is for the reference framings (our framing's system text "
+                                  "describes no tool): add --framing reference, or leave it out.")
+            if self.agent_system_prompt:
+                raise ConfigError("--agent-tool-description goes into the framing's own system text: with "
+                                  "--agent-system-prompt, write the tool's schema into that text instead.")
+            from promptr1.envs.framing import tool_schema_text
+
+            try:
+                tool_schema_text(self.agent_tool_description)
+            except ValueError as exc:
+                raise ConfigError(f"--{exc}") from None
 
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~promptr1.envs.collab_env.PromptCollabEnv` for these settings: every
@@ -278,8 +325,14 @@ class RunSettings(BackendSettings):
             "env_history": self.env_history,
             "sampling": self.env_sampling(),
             "env_system_prompt": self.env_system_prompt,
+            **self.agent_prompt_kwargs(),
             **self.model_kwargs(),
         }
+
+    def agent_prompt_kwargs(self) -> dict[str, Any]:
+        """The env's ``agent_system_prompt`` and ``agent_tool_description``, only when given (empty: the framing's)."""
+        return {name: getattr(self, name) for name in ("agent_system_prompt", "agent_tool_description")
+                if getattr(self, name)}
 
     def model_kwargs(self) -> dict[str, Any]:
         """The env's settings for several env LLMs and the cost term, only where they are used (so an env of the
@@ -507,7 +560,8 @@ SHARED_HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("model", "model_dtype"),
     "environment": ("tasks", "env_llm", "env_temperature", "env_max_tokens", "env_system_prompt", "env_models",
                     "env_model_prices", "env_default_model", "max_turns", "max_response_chars", "env_history",
-                    "reward_variant", "cost_weight", "cost_reference_usd", "answer_metric", "framing"),
+                    "reward_variant", "cost_weight", "cost_reference_usd", "answer_metric", "framing",
+                    "agent_system_prompt", "agent_tool_description"),
     "rollout": ("max_new_tokens", "max_seq_len", "temperature", "top_p", "repetition_penalty", "kv_reuse",
                 "rollout_max_batch_tokens"),
     "budget": ("max_calls", "max_cost", "env_price_per_1k", "env_max_concurrency", "env_rpm", "env_tpm", "cache",

@@ -96,3 +96,60 @@ def test_evaluation_history_records_every_call_that_reached_the_env():
 def test_our_history_keeps_calls_made_only():
     history = _history_before_last_call("reference", "seen", REFUSED)
     assert history == [U(""), A("R1")]
+
+
+# ----------------------------------------------------------------------------- item 1: the agent's system text
+
+
+# What a reference-trained checkpoint saw, in the shape of vllm_infer/config.py system_instruction (between
+# "<|im_start|>system\n" and "<|im_end|>"); a stand-in text of ours, not the reference's prose.
+STAND_IN_SYSTEM = "You are an assistant.\n\n# Tools\n\n<tools>\n{...}\n</tools>"
+
+
+def test_agent_system_prompt_setting_takes_a_file_and_reaches_the_env(tmp_path):
+    from promptr1.config import ConfigError, RunSettings, load_config
+
+    path = tmp_path / "system.txt"
+    path.write_text(STAND_IN_SYSTEM + "\n", encoding="utf-8")  # an editor's final line break is not part of it
+    cfg = load_config(RunSettings, overrides=["--framing", "reference", "--agent-system-prompt", f"@{path}"])
+    assert cfg.agent_system_prompt == STAND_IN_SYSTEM
+    env = PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["x"]), **cfg.env_kwargs())
+    _, info = env.reset(seed=0)
+    assert info["messages"][0] == {"role": "system", "content": STAND_IN_SYSTEM}
+    assert "agent_system_prompt" not in RunSettings().env_kwargs()  # unset: the env is built exactly as before
+    with pytest.raises(ConfigError, match=r"--agent-system-prompt @.*missing.txt.*cannot read"):
+        RunSettings(agent_system_prompt=f"@{tmp_path / 'missing.txt'}")
+
+
+def test_agent_tool_description_as_the_reference_tool_or_a_description():
+    from promptr1.config import ConfigError, RunSettings
+
+    # LLM_tool.py's tool, as BaseTool.tool_description renders it (its own words replaced by ours here)
+    schema = ('{"type": "function", "function": {"name": "prompt", "description": "D.", "parameters": {"type": '
+              '"object", "properties": {"prompt": {"type": "string", "description": "P."}}, "required": ["prompt"]}}}')
+    cfg = RunSettings(framing="reference", agent_tool_description=schema)
+    env = PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["x"]), **cfg.env_kwargs())
+    assert f"<tools>\n{schema}\n</tools>" in env.agent_system_prompt  # verbatim, one line, as the template writes it
+    env = PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["x"]), framing="reference",
+                          agent_tool_description="Explain the question.")
+    tools = env.agent_system_prompt.split("<tools>\n")[1].split("\n</tools>")[0]
+    assert json.loads(tools)["function"]["description"] == "Explain the question."
+    with pytest.raises(ConfigError, match="for the reference framings"):
+        RunSettings(agent_tool_description="Explain.")
+    with pytest.raises(ConfigError, match='describe the tool "prompt"'):
+        RunSettings(framing="reference", agent_tool_description='{"type": "function", "function": {"name": "ask"}}')
+
+
+def test_the_agent_system_prompt_reaches_the_trainer_and_the_trl_dataset(tmp_path):
+    pytest.importorskip("datasets")
+    from promptr1.agents.config import GRPOConfig
+    from promptr1.agents.trainer import GRPOTrainer
+    from promptr1.integrations.trl import tasks_to_dataset
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    cfg = GRPOConfig(model=str(tiny_model_path()), steps=1, batch_questions=1, group_size=2, progress=False,
+                     output_dir=str(tmp_path / "run"), framing="reference", agent_system_prompt=STAND_IN_SYSTEM)
+    tr = GRPOTrainer(cfg, tasks=[TASK], env_llm=ScriptedBackend(["x"]))
+    assert {env.agent_system_prompt for env in tr.envs} == {STAND_IN_SYSTEM}
+    row = tasks_to_dataset([TASK], env_kwargs=cfg.env_kwargs())[0]
+    assert (row["prompt"][0]["role"], row["prompt"][0]["content"]) == ("system", STAND_IN_SYSTEM)

@@ -153,3 +153,62 @@ def test_the_agent_system_prompt_reaches_the_trainer_and_the_trl_dataset(tmp_pat
     assert {env.agent_system_prompt for env in tr.envs} == {STAND_IN_SYSTEM}
     row = tasks_to_dataset([TASK], env_kwargs=cfg.env_kwargs())[0]
     assert (row["prompt"][0]["role"], row["prompt"][0]["content"]) == ("system", STAND_IN_SYSTEM)
+
+
+# ----------------------------------------------------------------------------- item 2: the reference's data files
+
+RECORDS = [
+    {"question": "Who founded Vantrel Corp?", "golden_answers": ["Mira Osk", "M. Osk"], "context": "..."},
+    {"question": "Capital of Teslin?", "answer": "Orvo"},          # process_data.py: the older {"answer": ...}
+    {"question": "Year of the Ash Treaty?", "golden_answers": []},  # kept, with no gold answer
+    {"question": "Odd one?", "golden_answers": "not a list"},       # not a list: no gold answer
+]
+
+
+def test_convert_writes_the_rows_process_data_builds(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from promptr1.cli import main
+    from promptr1.envs.tasks import load_parquet
+
+    src, instr = tmp_path / "train.json", tmp_path / "instruction.txt"
+    src.write_text(json.dumps(RECORDS), encoding="utf-8")  # one JSON array, as its train.json
+    instr.write_text("Think, then ask.\n", encoding="utf-8")
+    assert main(["data", "convert", str(src), str(tmp_path / "train.parquet"), "--instruction", f"@{instr}"]) == 0
+    assert "wrote 4 rows" in capsys.readouterr().out
+    table = pq.read_table(tmp_path / "train.parquet")
+    # the schema of the reference's dataset/train_data/*.parquet, field by field
+    assert str(table.schema).splitlines()[:9] == [
+        "data_source: string", "prompt: list<element: struct<content: string, role: string>>",
+        "  child 0, element: struct<content: string, role: string>", "      child 0, content: string",
+        "      child 1, role: string", "ability: string",
+        "reward_model: struct<ground_truth: list<element: string>, style: string>",
+        "  child 0, ground_truth: list<element: string>", "      child 0, element: string"]
+    rows = table.to_pylist()
+    assert rows[0] == {"data_source": "hotpotqa/hotpot_qa",
+                       "prompt": [{"content": "Question: Who founded Vantrel Corp?\nThink, then ask.", "role": "user"}],
+                       "ability": "multihop_qa",
+                       "reward_model": {"ground_truth": ["Mira Osk", "M. Osk"], "style": "rule"}}
+    assert [r["reward_model"]["ground_truth"] for r in rows] == [["Mira Osk", "M. Osk"], ["Orvo"], [], []]
+    tasks = load_parquet(tmp_path / "train.parquet")  # our loader reads it back, empty gold lists included
+    assert tasks[0].prompt == rows[0]["prompt"][0]["content"] and tasks[2].answers == ()
+    assert main(["data", "convert", str(tmp_path / "missing.json"), str(tmp_path / "x.parquet")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+
+
+def test_load_jsonl_reads_golden_answers_with_our_instruction(tmp_path):
+    from promptr1.envs.collab_env import PromptCollabEnv as Env
+    from promptr1.envs.tasks import DEFAULT_INSTRUCTION, load_tasks
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in RECORDS[:3]), encoding="utf-8")
+    tasks = load_tasks(str(path))
+    assert [t.answers for t in tasks] == [("Mira Osk", "M. Osk"), ("Orvo",), ()]
+    assert tasks[0].instruction == DEFAULT_INSTRUCTION  # the record carries none; the converter takes the reference's
+    env = Env(task=tasks, env_llm=ScriptedBackend(["x"]), task_order="sequential")
+    env.reset(seed=0), env.reset(seed=0), env.reset(seed=0)  # the row without gold answers plays; its F1 term is 0
+    *_, info = env.step("<think>t</think><answer>1820</answer>")
+    assert info["reward_components"]["answer"] == 0.0
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "q", "answers": []}), encoding="utf-8")
+    with pytest.raises(ValueError, match="'answers' is empty"):  # our own key still needs an answer
+        load_tasks(str(tmp_path / "bad.jsonl"))

@@ -222,7 +222,7 @@ def task_from_row(row: Mapping[str, Any], *, index: int | None = None) -> Task:
     answers = rm.get("ground_truth") if isinstance(rm, Mapping) else None
     if answers is None:
         answers = row.get("answers", extra.get("answers") if isinstance(extra, Mapping) else None)
-    if answers is None or (not isinstance(answers, str) and len(answers) == 0):
+    if answers is None:  # an empty list is kept, as the reference keeps it (the answer term is 0)
         raise ValueError(f"dataset row has no gold answers (reward_model.ground_truth); keys: {sorted(row)}.")
     answers = (answers,) if isinstance(answers, str) else tuple(str(a) for a in answers)
     if chat is not None and len(chat):

@@ -1,0 +1,1 @@
+"""The ``promptr1`` command line's commands (``promptr1.commands.*``)."""

@@ -445,6 +445,20 @@ class PromptCollabEnv(gym.Env):
         history.append({"role": "user", "content": prompt})
         history.append({"role": "assistant", "content": "" if reply is None else self._history_reply(reply)})
 
+    def end_at_length_limit(self, *, cut_turn: bool) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """End the episode because the agent's context is full (the player's ``max_seq_len``), scored as the reference
+        scores its length-cut stream (the step's 5-tuple, truncated).
+
+        ``cut_turn=False``: the context filled up after a reply, so the next turn's ``<think>\n`` prefill is the last
+        block, as when out of turns: every prompt turn is intermediate (``-1 + min(0.4 k, 1)`` under the faithful
+        reward). ``cut_turn=True``: the last agent turn was cut by the limit; that cut turn is the last block.
+        """
+        if self.task is None or not self.turns:
+            raise RuntimeError("end_at_length_limit() needs an episode with at least one agent turn; call reset() "
+                               "and step() first.")
+        return self._end(parse_turn(self.turns[-1]), terminated=False, truncated=True, action_truncated=False,
+                         out_of_turns=not cut_turn)
+
     def _history_reply(self, reply: str) -> str:
         """What the env LLM's history keeps of ``reply`` (``env_history``)."""
         if self.env_history == "full":

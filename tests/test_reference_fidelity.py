@@ -212,3 +212,74 @@ def test_load_jsonl_reads_golden_answers_with_our_instruction(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "q", "answers": []}), encoding="utf-8")
     with pytest.raises(ValueError, match="'answers' is empty"):  # our own key still needs an answer
         load_tasks(str(tmp_path / "bad.jsonl"))
+
+
+# ----------------------------------------------------------------------------- item 5: the length limit
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    path = tiny_model_path()
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def _scripted(turns):
+    from promptr1.agents.rollout import SampledTurn
+
+    scripted = iter(turns)
+
+    def sample(model, tokenizer, prompts, **kw):
+        out = []
+        for _ in prompts:
+            ids = tokenizer(next(scripted), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            out.append(SampledTurn(ids, [0.0] * len(ids), "eos"))
+        return out
+
+    return sample
+
+
+def _play(monkeypatch, tiny_pair, framing, turns, replies, max_seq_len):
+    import torch
+
+    from promptr1.agents import rollout as rollout_mod
+    from promptr1.agents.rollout import rollout_config, run_episodes
+    from promptr1.config import RunSettings
+
+    model, tok = tiny_pair
+    monkeypatch.setattr(rollout_mod, "sample_turns", _scripted(turns))
+    env = PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(replies), framing=framing, max_turns=5)
+    cfg = rollout_config(RunSettings(framing=framing, max_new_tokens=2000, max_seq_len=max_seq_len))
+    return run_episodes(model, tok, [env], [TASK], [0], cfg, generator=torch.Generator().manual_seed(0))[0]
+
+
+GOOD = turn(call("Who founded Vantrel Corp?"))
+
+
+@pytest.mark.parametrize("framing, reward, trained", [("reference", -0.6, 0.0), ("ours", -1.0, 0.0)])
+def test_an_episode_that_overflows_after_a_reply_scores_its_prompt_turns(monkeypatch, tiny_pair, framing, reward,
+                                                                         trained):
+    """One good prompt, then a reply that leaves no room: the reference scores [p1, "<think>\\n"] (its stream ends
+    on the reply and the next turn's prefill): -1 + 0.4 = -0.6, trained at 0 (the score sits on a masked token)."""
+    from promptr1.agents.episode import ends_on_context, training_reward
+
+    ep = _play(monkeypatch, tiny_pair, framing, [GOOD if framing == "reference" else
+                                                 "<think>Ask.</think><interaction_prompt>Who?</interaction_prompt>"],
+               ["word " * 1000], max_seq_len=900)
+    assert ep.overflow and ep.turns == 1 and ends_on_context(ep)
+    assert ep.reward == pytest.approx(reward) and training_reward(ep, "reference") == trained
+
+
+def test_a_turn_cut_by_the_length_limit_is_scored_and_trained_on_as_the_last_block(monkeypatch, tiny_pair):
+    """Turn 2 holds a complete call, then runs past max_seq_len: the reference's stream is cut inside that turn, so
+    the cut turn is the last block ([p1, cut p2]: 0.4 + 0 -> -0.6) and the score sits on an agent token (trained)."""
+    from promptr1.agents.episode import ends_on_context, training_reward
+
+    long_turn = "Again.</think>" + f"<interaction_prompt>{call('Sure?')}</interaction_prompt>" + " more" * 900
+    ep = _play(monkeypatch, tiny_pair, "reference", [GOOD, long_turn], ["Mira Osk.", "Yes."], max_seq_len=900)
+    assert ep.overflow and ep.cut_turn and ep.turns == 2 and len(ep.ids) == 900
+    assert ep.reward == pytest.approx(-0.6) and ep.components["format"] == pytest.approx(0.4)
+    assert not ends_on_context(ep) and training_reward(ep, "reference") == pytest.approx(-0.6)

@@ -179,7 +179,7 @@ def agent_turn(ep: Episode, turn: str, framer: Any) -> str:
 
 
 def record_step(ep: Episode, text: str, result: tuple, *, framer: Any = None, ended_with_eos: bool = False,
-                max_seq_len: int | None = None) -> bool:
+                max_seq_len: int | None = None, max_new_tokens: int | None = None) -> bool:
     """Record the env's answer to the agent turn ``text`` (``result`` is ``env.step``'s 5-tuple); return True when
     another agent turn follows.
 
@@ -188,7 +188,9 @@ def record_step(ep: Episode, text: str, result: tuple, *, framer: Any = None, en
     ``max_seq_len``, or the turn itself filled it, the episode ends there (``overflow``): with
     :data:`OVERFLOW_REWARD` under our framing; under the reference framings with the reference's score of the cut
     stream (:meth:`~promptr1.envs.collab_env.PromptCollabEnv.end_at_length_limit`: ``-1 + min(0.4 k, 1)`` after a
-    reply; a turn cut by the limit is the last block, and the episode trains on that score, ``cut_turn``).
+    reply; a turn cut by the limit is the last block, and the episode trains on that score, ``cut_turn``). A framing
+    with ``context_estimate_limit`` (``reference-eval``) also ends the episode there when the next prompt's
+    characters / 4 + ``max_new_tokens`` exceed that limit, as the reference's evaluation estimates its context.
     """
     obs, reward, terminated, truncated, info = result
     step = StepInfo.from_info(info)
@@ -212,18 +214,24 @@ def record_step(ep: Episode, text: str, result: tuple, *, framer: Any = None, en
     if framer is None:
         return True
     one_message = getattr(ep.framing, "one_message", False)
+    over_estimate = False
     if one_message:
         # the whole conversation is re-sent each turn as one user message: the context is rebuilt, not extended
-        reply_ids = framer.prompt_ids(_agent_view(ep))
+        view = _agent_view(ep)
+        reply_ids = framer.prompt_ids(view)
         room = len(reply_ids) + 1
+        limit = getattr(ep.framing, "context_estimate_limit", None)
+        if limit and max_new_tokens is not None:
+            over_estimate = sum(len(m["content"]) for m in view) // 4 + max_new_tokens > limit
     else:
         # the reference framing keeps the agent's end-of-turn token and the frame's own (doubled, as in its stream)
         keep_eos = getattr(ep.framing, "doubled_end_token", False)
         reply_ids = framer.encode(framer.reply_text(history, text, obs, ended_with_eos and not keep_eos) + ep.prefill)
         room = len(ep.ids) + len(reply_ids) + 1
-    if max_seq_len is not None and room >= max_seq_len and _reference_length_rule(ep):
+    full = over_estimate or (max_seq_len is not None and room >= max_seq_len)
+    if full and _reference_length_rule(ep):
         return _end_at_length_limit(ep, cut_turn=False)
-    if max_seq_len is not None and room >= max_seq_len:
+    if full:
         # No room for another agent turn: end the episode here with the lowest reward.
         ep.cache = None
         ep.done, ep.truncated, ep.overflow = True, True, True

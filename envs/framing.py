@@ -40,7 +40,9 @@ Two framings are built in (``PromptCollabEnv(framing=...)``, ``--framing`` on ev
       ``<|im_end|>\\n<|im_start|>user\\nREPLY<|im_end|>\\n<|im_start|>assistant\\n<think>\\n``; so each turn
       starts a fresh assistant message (no prefill);
     * an episode that runs out of turns predicts ``Maximum turns reached without final answer``, one that
-      outgrows the context ``Maximum context length exceeded``.
+      outgrows the context ``Maximum context length exceeded``; the context is full when the next prompt's
+      characters / 4 + the agent's token budget exceed 40,960 (``context_estimate_limit``), as the scripts
+      estimate it (or when its tokens reach ``max_seq_len``).
 
 >>> ref = FRAMINGS.get("reference")
 >>> ref.wrap_reply("Paris", 2048)
@@ -126,6 +128,9 @@ class Framing:
     #: The prediction of an episode that ran out of turns / outgrew the context (None: its answer, if any).
     out_of_turns_prediction: str | None = None
     overflow_prediction: str | None = None
+    #: End an episode when its next prompt's characters / 4 + the agent's token budget exceed this (None: tokens
+    #: are counted, ``max_seq_len``); the reference's evaluation estimates its context so, against 40,960.
+    context_estimate_limit: int | None = None
 
     def agent_system_prompt(self, base: str | None, tool: str | None = None) -> str | None:
         """The agent's system message, from the env's ``agent_system_prompt`` (``None``: none) and
@@ -323,6 +328,7 @@ FRAMINGS: Registry[Framing] = Registry(
         "reference": ReferenceFraming("reference", (), turn_prefill=THINK_OPEN + "\n", doubled_end_token=True),
         "reference-eval": ReferenceEvalFraming("reference-eval", (), one_message=True,
                                                out_of_turns_prediction="Maximum turns reached without final answer",
-                                               overflow_prediction="Maximum context length exceeded"),
+                                               overflow_prediction="Maximum context length exceeded",
+                                               context_estimate_limit=40_960),
     },
 )

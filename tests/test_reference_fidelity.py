@@ -283,3 +283,76 @@ def test_a_turn_cut_by_the_length_limit_is_scored_and_trained_on_as_the_last_blo
     assert ep.overflow and ep.cut_turn and ep.turns == 2 and len(ep.ids) == 900
     assert ep.reward == pytest.approx(-0.6) and ep.components["format"] == pytest.approx(0.4)
     assert not ends_on_context(ep) and training_reward(ep, "reference") == pytest.approx(-0.6)
+
+
+# ----------------------------------------------------------------------------- item 6: end tokens, the preset's context
+
+
+def test_end_tokens_are_the_tokenizers_and_every_one_the_generation_config_lists():
+    from types import SimpleNamespace
+
+    from promptr1.agents.rollout import end_token_ids
+
+    # Qwen3: tokenizer eos <|im_end|> 151645; generation_config.json eos_token_id [151645, 151643] (<|endoftext|>),
+    # both of which vLLM stops at in the reference's rollout (run_prompt-R1.sh adds stop_token_ids [151645])
+    tok = SimpleNamespace(eos_token_id=151645, name_or_path="")
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[151645, 151643]))
+    assert end_token_ids(tok, model) == [151645, 151643]
+    assert end_token_ids(tok, SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=151645))) == [151645]
+
+
+def test_a_turn_stops_at_an_end_token_of_the_generation_config(tiny_pair):
+    import copy
+
+    import torch
+
+    from promptr1.agents.rollout import rollout_config, run_episodes
+    from promptr1.config import RunSettings
+
+    model, tok = tiny_pair
+    model = copy.deepcopy(model)
+    cfg = rollout_config(RunSettings(max_new_tokens=6, max_seq_len=2048, temperature=0.0))
+
+    def first_turn():
+        env = PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["x"]), max_turns=1)
+        ep = run_episodes(model, tok, [env], [TASK], [0], cfg, generator=torch.Generator().manual_seed(0))[0]
+        return [t for t, m in zip(ep.ids, ep.mask) if m]
+
+    greedy = first_turn()
+    assert len(greedy) == 6 and tok.eos_token_id not in greedy
+    model.generation_config.eos_token_id = [tok.eos_token_id, greedy[2]]  # the model lists another end token
+    assert first_turn() == greedy[:3]  # the turn ends at it (kept, as the end-of-turn token is)
+
+
+def _play_eval(monkeypatch, tiny_pair, max_new_tokens):
+    import torch
+
+    from promptr1.agents import rollout as rollout_mod
+    from promptr1.agents.rollout import rollout_config, run_episodes
+    from promptr1.config import RunSettings
+
+    model, tok = tiny_pair
+    monkeypatch.setattr(rollout_mod, "sample_turns", _scripted([turn("Who founded it?"),
+                                                                "<think>t</think><answer>Mira Osk</answer>"]))
+    env = PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["Mira Osk."]), framing="reference-eval", max_turns=5)
+    cfg = rollout_config(RunSettings(framing="reference-eval", max_new_tokens=max_new_tokens, max_seq_len=10**6))
+    return run_episodes(model, tok, [env], [TASK], [0], cfg, generator=torch.Generator().manual_seed(0))[0]
+
+
+def test_the_reference_eval_context_is_full_at_characters_over_four_plus_the_turn_budget(monkeypatch, tiny_pair):
+    """batch_generate: len(text) // 4 + max_tokens > 40960 -> 'Maximum context length exceeded'."""
+    from promptr1.envs.framing import FRAMINGS
+
+    ep = _play_eval(monkeypatch, tiny_pair, 8192)  # fits: the episode goes on to its answer
+    assert ep.terminated and not ep.overflow and ep.turns == 2
+    chars = len(FRAMINGS.get("reference-eval").agent_view(ep.messages[:-1])[0]["content"])  # before turn 2
+    budget = 40960 - chars // 4  # est + budget == 40960: not over
+    assert _play_eval(monkeypatch, tiny_pair, budget).turns == 2
+    over = _play_eval(monkeypatch, tiny_pair, budget + 1)  # est + budget == 40961: over
+    assert over.overflow and over.turns == 1 and not over.terminated
+    from promptr1.config import load_config
+    from promptr1.evaluation.config import EvalConfig
+
+    # the preset: 8,192 a turn, and max_seq_len at the model's 40,960, so that the estimate decides as there
+    preset = load_config(EvalConfig, overrides=["--preset", "reference"])
+    assert (preset.max_new_tokens, preset.max_seq_len, preset.framing) == (8192, 40960, "reference-eval")

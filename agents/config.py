@@ -37,7 +37,7 @@ class GRPOConfig(RunSettings):
         "model": ("lora_r", "lora_alpha", "lora_dropout"),
         "environment": ("eval_tasks",),
         "rollout": ("batch_questions", "group_size"),
-        "algorithm": ("algo", "steps", "lr", "lr_scheduler", "warmup_steps", "weight_decay", "max_grad_norm",
+        "algorithm": ("algo", "steps", "epochs", "lr", "lr_scheduler", "warmup_steps", "weight_decay", "max_grad_norm",
                       "update_epochs", "minibatches", "micro_batch_size", "clip_eps", "clip_eps_high", "dual_clip_c",
                       "kl_coef", "kl_estimator", "kl_in_reward", "entropy_coef", "loss_agg", "recompute_old_logp",
                       "truncated_reward"),
@@ -58,6 +58,10 @@ class GRPOConfig(RunSettings):
     """Registered algorithm: grpo, drgrpo, rloo, reinforce, dapo, or one a plug-in registered."""
     steps: int = 20
     """Training steps (each: rollouts, then the update)."""
+    epochs: int = 0
+    """Passes over the training tasks: when > 0, ``steps`` becomes ``epochs x (rows // questions a step)`` (questions
+    a step: ``batch_questions`` x processes; a last partial batch is dropped), worked out when training starts
+    (ref: one epoch, ``trainer.total_epochs=1``, its dataloader dropping the last partial batch). 0: ``steps``."""
     batch_questions: int = 4
     """Questions sampled per step (per process under ``accelerate launch``) (ref: 128)."""
     group_size: int = 4
@@ -173,8 +177,25 @@ class GRPOConfig(RunSettings):
         if self.truncated_reward not in ("ours", "reference"):
             raise ValueError(f"truncated_reward must be 'ours' (the reward function's value) or 'reference' (0 for "
                              f"episodes ending on an env reply); got {self.truncated_reward!r}.")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"epochs must be a whole number >= 0 (0: train for steps); got {self.epochs!r}.")
         if int(self.env_error_patience) < 1:
             raise ValueError(f"env_error_patience counts steps and must be >= 1; got {self.env_error_patience!r}.")
+
+    def epoch_steps(self, rows: int, processes: int = 1) -> int:
+        """``steps`` for ``epochs`` passes over ``rows`` training tasks, ``batch_questions`` x ``processes`` questions a
+        step, a last partial batch dropped (the reference: ``len(dataloader) x total_epochs``, ``drop_last``).
+
+        >>> GRPOConfig(epochs=1, batch_questions=16).epoch_steps(25_700, processes=8)  # 128 a step
+        200
+        """
+        per_step = self.batch_questions * processes
+        steps = self.epochs * (rows // per_step)
+        if steps < 1:
+            raise ValueError(f"epochs={self.epochs} over {rows} training tasks at {per_step} questions a step "
+                             f"(batch_questions {self.batch_questions} x {processes} processes) is no whole step; "
+                             "give more tasks, fewer batch_questions, or steps instead of epochs.")
+        return steps
 
     def loss_config(self) -> Any:
         """The :class:`~promptr1.agents.losses.LossConfig`: ``--algo``'s defaults, then every setting the

@@ -356,3 +356,46 @@ def test_the_reference_eval_context_is_full_at_characters_over_four_plus_the_tur
     # the preset: 8,192 a turn, and max_seq_len at the model's 40,960, so that the estimate decides as there
     preset = load_config(EvalConfig, overrides=["--preset", "reference"])
     assert (preset.max_new_tokens, preset.max_seq_len, preset.framing) == (8192, 40960, "reference-eval")
+
+
+# ----------------------------------------------------------------------------- item 7: the paper configs
+
+
+@pytest.mark.parametrize("name, processes, steps", [("paper", 8, 1000 // 128), ("paper-1gpu", 1, 1000 // 32)])
+def test_paper_configs_train_one_epoch_over_the_training_file(name, processes, steps):
+    from promptr1.agents.config import GRPOConfig
+    from promptr1.config import bundled_config, load_config
+
+    cfg = load_config(GRPOConfig, bundled_config(name))
+    # run_prompt-R1.sh: trainer.total_epochs=1, train_batch_size=128; agent_ray_trainer.py: drop_last=True,
+    # total_training_steps = len(train_dataloader) * total_epochs
+    assert cfg.epochs == 1
+    assert cfg.epoch_steps(1000, processes=processes) == steps  # 1,000 rows: 7 steps of 128, or 31 of 32
+
+
+def test_the_trainer_sets_its_steps_from_epochs(tmp_path):
+    from promptr1.agents.config import GRPOConfig
+    from promptr1.agents.trainer import GRPOTrainer
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    tasks = [Task(f"What is {i} plus {i}?", (str(2 * i),), id=f"q{i}") for i in range(5)]
+    cfg = GRPOConfig(model=str(tiny_model_path()), steps=50, epochs=2, batch_questions=2, group_size=2,
+                     progress=False, output_dir=str(tmp_path / "run"))
+    tr = GRPOTrainer(cfg, tasks=tasks, env_llm=ScriptedBackend(["x"]))
+    assert tr.cfg.steps == 2 * (5 // 2) == 4  # two passes of two whole steps; the fifth question is dropped
+    with pytest.raises(ValueError, match="is no whole step"):
+        GRPOConfig(epochs=1, batch_questions=8).epoch_steps(5)
+
+
+def test_verl_paper_keeps_long_prompts_an_error_and_documents_its_mini_batches():
+    import yaml
+
+    from promptr1.config import bundled_config
+
+    data = yaml.safe_load(open(bundled_config("verl-paper"), encoding="utf-8"))
+    # agent_trainer.yaml: filter_overlong_prompts False, truncation error (run_prompt-R1.sh: max_prompt_length 8192)
+    assert data["data"]["filter_overlong_prompts"] is False and data["data"]["truncation"] == "error"
+    # run_prompt-R1.sh: ppo_mini_batch_size 64 x n 1 sequences of 128 x 5 = 10 mini-batches; verl 0.9 counts
+    # questions (64 / 5 = 12.8): 16 questions = 8 mini-batches, the nearest whole count
+    assert data["data"]["train_batch_size"] // data["actor_rollout_ref"]["actor"]["ppo_mini_batch_size"] == 8
+    assert data["trainer"]["total_epochs"] == 1

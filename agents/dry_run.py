@@ -51,6 +51,12 @@ def dry_run_report(cfg: GRPOConfig) -> str:
     from promptr1.envs.collab_env import DEFAULT_ENV_SYSTEM_PROMPT
     from promptr1.llm_backends.limits import estimate_tokens
 
+    if cfg.epochs > 0:  # steps from the training tasks, as the trainer works them out (one process)
+        import dataclasses
+
+        from promptr1.envs.tasks import load_tasks
+
+        cfg = dataclasses.replace(cfg, steps=cfg.epoch_steps(len(load_tasks(cfg.tasks, split="train"))))
     episodes = cfg.batch_questions * cfg.group_size
     calls = cfg.max_turns  # every turn may send a prompt
     prompt = cfg.max_new_tokens

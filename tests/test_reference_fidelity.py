@@ -385,6 +385,12 @@ def test_the_trainer_sets_its_steps_from_epochs(tmp_path):
     assert tr.cfg.steps == 2 * (5 // 2) == 4  # two passes of two whole steps; the fifth question is dropped
     with pytest.raises(ValueError, match="is no whole step"):
         GRPOConfig(epochs=1, batch_questions=8).epoch_steps(5)
+    from promptr1.agents.dry_run import dry_run_report
+
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("\n".join(json.dumps({"question": t.question, "answers": list(t.answers)}) for t in tasks))
+    report = dry_run_report(GRPOConfig(tasks=[str(path)], epochs=2, batch_questions=2))
+    assert "whole run (4 steps)" in report
 
 
 def test_verl_paper_keeps_long_prompts_an_error_and_documents_its_mini_batches():

@@ -88,7 +88,7 @@ def tool_schema_text(description: str | None = None) -> str:
     argument: that is what calls are checked against.
 
     >>> tool_schema_text("Ask it.")[:80]
-    '{"type": "function", "function": {"name": "prompt", "description": "Ask it.", "pa'
+    '{"type": "function", "function": {"name": "prompt", "description": "Ask it.", "p'
     """
     if not description or not description.strip():
         return json.dumps(PROMPT_TOOL)

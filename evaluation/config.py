@@ -66,7 +66,9 @@ class EvalConfig(RunSettings):
     preset: str = ""
     """``reference``: the official evaluation scripts' settings (agent temperature 0.7, top-p 0.8, no repetition
     penalty, 8,192 tokens a turn, 10 turns, replies cut at 8,192 characters, no env temperature or token limit,
-    ``framing: reference-eval``, ``env_history: reference``) for every setting you do not give."""
+    ``framing: reference-eval``, ``env_history: reference``, a context full at characters / 4 + 8,192 > 40,960) for
+    every setting you do not give. Its system messages stay ours: give the reference's with ``--agent-system-prompt
+    @FILE`` and ``--env-system-prompt @FILE``."""
     methods: list[str] = field(default_factory=lambda: ["direct", "cot", "agent"])
     """``direct`` (the env LLM alone), ``cot`` (the env LLM asked to reason step by step), ``agent`` (the
     ``--model`` agent in front of the env LLM), ``agent:MODEL`` (another agent), each optionally labelled

@@ -306,12 +306,7 @@ class RunSettings(BackendSettings):
             if self.agent_system_prompt:
                 raise ConfigError("--agent-tool-description goes into the framing's own system text: with "
                                   "--agent-system-prompt, write the tool's schema into that text instead.")
-            from promptr1.envs.framing import tool_schema_text
-
-            try:
-                tool_schema_text(self.agent_tool_description)
-            except ValueError as exc:
-                raise ConfigError(f"--{exc}") from None
+            # its JSON form is checked by the framing when the env is built (envs.framing.tool_schema_text)
 
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~promptr1.envs.collab_env.PromptCollabEnv` for these settings: every

@@ -9,7 +9,8 @@ functions alike, so a "lazy" import counts too) and checked against the layer ma
     3  promptr1.agents                                    (training; never imports evaluation)
     4  promptr1.evaluation                                (may use the rollout and model loading of agents)
        promptr1.integrations                              (TRL/verl adapters over the env and the rollout)
-    5  promptr1.pipeline, promptr1.cli, promptr1.play     (the commands, above both wings)
+    5  promptr1.pipeline, promptr1.cli, promptr1.play,    (the commands, above both wings)
+       promptr1.commands
        promptr1 (the package root: wires the layers together, registering the env and the synthetic world's
        env LLM; no library module imports it)
 
@@ -34,12 +35,12 @@ ROOT = pathlib.Path(promptr1.__file__).resolve().parent.parent
 LAZY_REF = re.compile(r"^promptr1(\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$")
 FOLDERS = {"promptr1": "promptr1", "envs": "promptr1.envs", "agents": "promptr1.agents",
            "evaluation": "promptr1.evaluation", "rewards": "promptr1.rewards",
-           "llm_backends": "promptr1.llm_backends"}
+           "llm_backends": "promptr1.llm_backends", "commands": "promptr1.commands"}
 LEVELS = [
     ("promptr1.testing", None),
     ("promptr1.rewards", 1), ("promptr1.llm_backends", 1),
     ("promptr1.envs", 2), ("promptr1.agents", 3), ("promptr1.evaluation", 4), ("promptr1.integrations", 4),
-    ("promptr1.pipeline", 5), ("promptr1.cli", 5), ("promptr1.play", 5),
+    ("promptr1.pipeline", 5), ("promptr1.cli", 5), ("promptr1.play", 5), ("promptr1.commands", 5),
     ("promptr1.registry", 0), ("promptr1.config", 0), ("promptr1.plugins", 0), ("promptr1.tags", 0),
     ("promptr1.fileio", 0),
 ]

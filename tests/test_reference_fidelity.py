@@ -136,8 +136,9 @@ def test_agent_tool_description_as_the_reference_tool_or_a_description():
     assert json.loads(tools)["function"]["description"] == "Explain the question."
     with pytest.raises(ConfigError, match="for the reference framings"):
         RunSettings(agent_tool_description="Explain.")
-    with pytest.raises(ConfigError, match='describe the tool "prompt"'):
-        RunSettings(framing="reference", agent_tool_description='{"type": "function", "function": {"name": "ask"}}')
+    other = RunSettings(framing="reference", agent_tool_description='{"type": "function", "function": {"name": "ask"}}')
+    with pytest.raises(ValueError, match='describe the tool "prompt"'):  # calls are checked against "prompt"
+        PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["x"]), **other.env_kwargs())
 
 
 def test_the_agent_system_prompt_reaches_the_trainer_and_the_trl_dataset(tmp_path):

@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``promptr1 data ACTION ...``; returns the exit code (2 for bad input, with a one-line reason)."""
-    from promptr1.config import ConfigError, text_or_file
     from promptr1.envs.tasks import convert_to_parquet
+
+    from promptr1.config import ConfigError, text_or_file
 
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:

@@ -20,19 +20,20 @@ from promptr1.registry import Registry
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
+    "REFERENCE_ABILITY",
+    "REFERENCE_DATA_SOURCE",
     "TASK_SOURCES",
     "ListTaskSource",
     "Task",
     "TaskSource",
-    "REFERENCE_ABILITY",
-    "REFERENCE_DATA_SOURCE",
     "assign_types",
     "convert_to_parquet",
     "load_hf_tasks",
-    "read_records",
     "load_jsonl",
     "load_parquet",
     "load_tasks",
+    "read_records",
+    "reference_answers",
     "split_prompt",
     "type_summary",
 ]

@@ -78,7 +78,7 @@ def text_or_file(name: str, value: str) -> str:
                           f"or @FILE with a readable UTF-8 file.") from None
     if not text.strip():
         raise ConfigError(f"--{name.replace('_', '-')} {value}: {path!r} is empty; give a file holding the text.")
-    return text[:-1] if text.endswith("\n") else text
+    return text.removesuffix("\n")
 
 
 @dataclass

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.tasks import Task
+
 from promptr1.testing.scripted import ScriptedBackend
 
 TASK = Task("Who founded Vantrel Corp?", ("Mira Osk",), id="t0")
@@ -37,7 +37,7 @@ def test_reference_framings_send_an_empty_prompt_and_return_the_reply(framing, i
     backend = ScriptedBackend(["I need a question."])
     env = PromptCollabEnv(task=[TASK], env_llm=backend, framing=framing, env_system_prompt=None)
     env.reset(seed=0)
-    obs, _, done, _, info = env.step(turn(inner))
+    obs, _, done, _, _ = env.step(turn(inner))
     assert backend.calls == [[{"role": "user", "content": ""}]]
     assert obs == '<interaction_response>\n{"results": ["I need a question."]}\n</interaction_response>'
     assert not done and env.episode_stats["env_llm_calls"] == 1
@@ -145,6 +145,7 @@ def test_the_agent_system_prompt_reaches_the_trainer_and_the_trl_dataset(tmp_pat
     pytest.importorskip("datasets")
     from promptr1.agents.config import GRPOConfig
     from promptr1.agents.trainer import GRPOTrainer
+
     from promptr1.integrations.trl import tasks_to_dataset
     from promptr1.testing.tiny_model import tiny_model_path
 
@@ -168,9 +169,9 @@ RECORDS = [
 
 def test_convert_writes_the_rows_process_data_builds(tmp_path, capsys):
     import pyarrow.parquet as pq
+    from promptr1.envs.tasks import load_parquet
 
     from promptr1.cli import main
-    from promptr1.envs.tasks import load_parquet
 
     src, instr = tmp_path / "train.json", tmp_path / "instruction.txt"
     src.write_text(json.dumps(RECORDS), encoding="utf-8")  # one JSON array, as its train.json
@@ -245,9 +246,9 @@ def _scripted(turns):
 
 def _play(monkeypatch, tiny_pair, framing, turns, replies, max_seq_len):
     import torch
-
     from promptr1.agents import rollout as rollout_mod
     from promptr1.agents.rollout import rollout_config, run_episodes
+
     from promptr1.config import RunSettings
 
     model, tok = tiny_pair
@@ -306,8 +307,8 @@ def test_a_turn_stops_at_an_end_token_of_the_generation_config(tiny_pair):
     import copy
 
     import torch
-
     from promptr1.agents.rollout import rollout_config, run_episodes
+
     from promptr1.config import RunSettings
 
     model, tok = tiny_pair
@@ -327,9 +328,9 @@ def test_a_turn_stops_at_an_end_token_of_the_generation_config(tiny_pair):
 
 def _play_eval(monkeypatch, tiny_pair, max_new_tokens):
     import torch
-
     from promptr1.agents import rollout as rollout_mod
     from promptr1.agents.rollout import rollout_config, run_episodes
+
     from promptr1.config import RunSettings
 
     model, tok = tiny_pair
@@ -351,8 +352,9 @@ def test_the_reference_eval_context_is_full_at_characters_over_four_plus_the_tur
     assert _play_eval(monkeypatch, tiny_pair, budget).turns == 2
     over = _play_eval(monkeypatch, tiny_pair, budget + 1)  # est + budget == 40961: over
     assert over.overflow and over.turns == 1 and not over.terminated
-    from promptr1.config import load_config
     from promptr1.evaluation.config import EvalConfig
+
+    from promptr1.config import load_config
 
     # the preset: 8,192 a turn, and max_seq_len at the model's 40,960, so that the estimate decides as there
     preset = load_config(EvalConfig, overrides=["--preset", "reference"])
@@ -365,6 +367,7 @@ def test_the_reference_eval_context_is_full_at_characters_over_four_plus_the_tur
 @pytest.mark.parametrize("name, processes, steps", [("paper", 8, 1000 // 128), ("paper-1gpu", 1, 1000 // 32)])
 def test_paper_configs_train_one_epoch_over_the_training_file(name, processes, steps):
     from promptr1.agents.config import GRPOConfig
+
     from promptr1.config import bundled_config, load_config
 
     cfg = load_config(GRPOConfig, bundled_config(name))
@@ -377,6 +380,7 @@ def test_paper_configs_train_one_epoch_over_the_training_file(name, processes, s
 def test_the_trainer_sets_its_steps_from_epochs(tmp_path):
     from promptr1.agents.config import GRPOConfig
     from promptr1.agents.trainer import GRPOTrainer
+
     from promptr1.testing.tiny_model import tiny_model_path
 
     tasks = [Task(f"What is {i} plus {i}?", (str(2 * i),), id=f"q{i}") for i in range(5)]
@@ -399,7 +403,8 @@ def test_verl_paper_keeps_long_prompts_an_error_and_documents_its_mini_batches()
 
     from promptr1.config import bundled_config
 
-    data = yaml.safe_load(open(bundled_config("verl-paper"), encoding="utf-8"))
+    with open(bundled_config("verl-paper"), encoding="utf-8") as f:
+        data = yaml.safe_load(f)
     # agent_trainer.yaml: filter_overlong_prompts False, truncation error (run_prompt-R1.sh: max_prompt_length 8192)
     assert data["data"]["filter_overlong_prompts"] is False and data["data"]["truncation"] == "error"
     # run_prompt-R1.sh: ppo_mini_batch_size 64 x n 1 sequences of 128 x 5 = 10 mini-batches; verl 0.9 counts

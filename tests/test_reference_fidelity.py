@@ -192,6 +192,9 @@ def test_convert_writes_the_rows_process_data_builds(tmp_path, capsys):
                        "ability": "multihop_qa",
                        "reward_model": {"ground_truth": ["Mira Osk", "M. Osk"], "style": "rule"}}
     assert [r["reward_model"]["ground_truth"] for r in rows] == [["Mira Osk", "M. Osk"], ["Orvo"], [], []]
+    from promptr1.envs.tasks import load_tasks
+
+    assert [t.answers for t in load_tasks(str(src))] == [("Mira Osk", "M. Osk"), ("Orvo",), (), ()]  # the array too
     tasks = load_parquet(tmp_path / "train.parquet")  # our loader reads it back, empty gold lists included
     assert tasks[0].prompt == rows[0]["prompt"][0]["content"] and tasks[2].answers == ()
     assert main(["data", "convert", str(tmp_path / "missing.json"), str(tmp_path / "x.parquet")]) == 2

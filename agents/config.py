@@ -39,6 +39,10 @@ class AlgorithmSettings(Settings):
     """Registered algorithm: grpo, drgrpo, rloo, reinforce, dapo, or one a plug-in registered."""
     steps: int = 20
     """Training steps (each: rollouts, then the update)."""
+    epochs: int = 0
+    """Passes over the training tasks: when > 0, ``steps`` becomes ``epochs x (rows // questions a step)`` (questions
+    a step: ``batch_questions`` x processes; a last partial batch is dropped), worked out when training starts
+    (ref: one epoch, ``trainer.total_epochs=1``, its dataloader dropping the last partial batch). 0: ``steps``."""
     batch_questions: int = 4
     """Questions sampled per step (per process under ``accelerate launch``) (ref: 128)."""
     group_size: int = 4
@@ -87,6 +91,22 @@ class AlgorithmSettings(Settings):
         if self.truncated_reward not in ("ours", "reference"):
             raise ConfigError(f"--truncated-reward must be 'ours' (the reward function's value) or 'reference' (0 for "
                               f"episodes ending on an env reply); got {self.truncated_reward!r}.")
+        check_whole("epochs", self.epochs, 0)
+
+    def epoch_steps(self, rows: int, processes: int = 1) -> int:
+        """``steps`` for ``epochs`` passes over ``rows`` training tasks, ``batch_questions`` x ``processes`` questions a
+        step, a last partial batch dropped (the reference: ``len(dataloader) x total_epochs``, ``drop_last``).
+
+        >>> GRPOConfig(epochs=1, batch_questions=16).epoch_steps(25_700, processes=8)  # 128 a step
+        200
+        """
+        per_step = self.batch_questions * processes
+        steps = self.epochs * (rows // per_step)
+        if steps < 1:
+            raise ValueError(f"epochs={self.epochs} over {rows} training tasks at {per_step} questions a step "
+                             f"(batch_questions {self.batch_questions} x {processes} processes) is no whole step; "
+                             "give more tasks, fewer batch_questions, or steps instead of epochs.")
+        return steps
 
     def loss_config(self) -> Any:
         """The :class:`~promptr1.agents.losses.LossConfig`: ``algo``'s defaults, then every setting the user gave

@@ -69,6 +69,11 @@ class Episode:
     framing: Any = field(default=None, repr=False)
     """The env's :class:`~promptr1.envs.framing.Framing` (None: an env without one); it decides how a reply is
     spliced into ``ids``."""
+    end_at_length_limit: Any = field(default=None, repr=False)
+    """The env's :meth:`~promptr1.envs.collab_env.PromptCollabEnv.end_at_length_limit` (None: an env without one):
+    how the reference framings score an episode that outgrew ``max_seq_len``."""
+    cut_turn: bool = False
+    """The episode outgrew ``max_seq_len`` inside an agent turn: its stream ends on agent tokens."""
 
     def add(self, ids: Sequence[int], is_agent: bool, logps: Sequence[float] | None = None) -> None:
         """Append a segment: agent tokens (with their sampler log-probs) or context tokens."""
@@ -86,8 +91,9 @@ class Episode:
 def ends_on_context(ep: Episode) -> bool:
     """True for an episode whose stream ends on context rather than on an agent turn: it ran out of turns
     (the last reply, and the reference's ``<think>\n`` prefill, follow the last agent turn) or outgrew
-    ``max_seq_len``. An env-error episode is not counted (it leaves its group anyway)."""
-    return bool(ep.done and ep.truncated and ep.env_error is None)
+    ``max_seq_len`` after a reply. An episode cut inside an agent turn (``cut_turn``) ends on agent tokens, and an
+    env-error episode is not counted (it leaves its group anyway)."""
+    return bool(ep.done and ep.truncated and ep.env_error is None and not ep.cut_turn)
 
 
 def training_reward(ep: Episode, mode: str = "ours") -> float:
@@ -122,6 +128,19 @@ def _env_framing(env: Any) -> Any:
     return None
 
 
+def _env_length_limit(env: Any) -> Any:
+    for obj in (env, getattr(env, "unwrapped", None), getattr(env, "env", None)):
+        end = getattr(obj, "end_at_length_limit", None)
+        if callable(end):
+            return end
+    return None
+
+
+def _reference_length_rule(ep: Episode) -> bool:
+    """Whether an episode that outgrows ``max_seq_len`` is scored as the reference scores it (its framings)."""
+    return ep.end_at_length_limit is not None and str(getattr(ep.framing, "name", "")).startswith("reference")
+
+
 async def env_step(env: Any, action: str) -> tuple:
     """One env step without blocking the event loop: ``env.astep`` when the env has it, else ``env.step`` in a
     worker thread."""
@@ -135,7 +154,7 @@ def start_episode(env: Any, task: Any, *, group: int = 0, seed: int | None = Non
                   max_seq_len: int | None = None) -> Episode:
     """Reset ``env`` on ``task`` and open the episode: the chat, and with a ``framer`` the prompt's token ids."""
     _, info = env.reset(seed=seed, options={"task": task})
-    ep = Episode(task=task, group=int(group), framing=_env_framing(env))
+    ep = Episode(task=task, group=int(group), framing=_env_framing(env), end_at_length_limit=_env_length_limit(env))
     ep.messages = [dict(m) for m in info["messages"]]
     if framer is not None:
         ep.add(framer.prompt_ids(_agent_view(ep)), False)
@@ -160,13 +179,18 @@ def agent_turn(ep: Episode, turn: str, framer: Any) -> str:
 
 
 def record_step(ep: Episode, text: str, result: tuple, *, framer: Any = None, ended_with_eos: bool = False,
-                max_seq_len: int | None = None) -> bool:
+                max_seq_len: int | None = None, max_new_tokens: int | None = None) -> bool:
     """Record the env's answer to the agent turn ``text`` (``result`` is ``env.step``'s 5-tuple); return True when
     another agent turn follows.
 
     The turn's agent tokens, if any, were added already. With a ``framer`` the reply is framed by the chat template
     (with the next turn's prefill) and tokenized once; when that would leave no room for another turn under
-    ``max_seq_len``, the episode ends there with :data:`OVERFLOW_REWARD`.
+    ``max_seq_len``, or the turn itself filled it, the episode ends there (``overflow``): with
+    :data:`OVERFLOW_REWARD` under our framing; under the reference framings with the reference's score of the cut
+    stream (:meth:`~promptr1.envs.collab_env.PromptCollabEnv.end_at_length_limit`: ``-1 + min(0.4 k, 1)`` after a
+    reply; a turn cut by the limit is the last block, and the episode trains on that score, ``cut_turn``). A framing
+    with ``context_estimate_limit`` (``reference-eval``) also ends the episode there when the next prompt's
+    characters / 4 + ``max_new_tokens`` exceed that limit, as the reference's evaluation estimates its context.
     """
     obs, reward, terminated, truncated, info = result
     step = StepInfo.from_info(info)
@@ -174,6 +198,10 @@ def record_step(ep: Episode, text: str, result: tuple, *, framer: Any = None, en
     ep.turns += 1
     history = ep.messages
     ep.messages = history + [{"role": "assistant", "content": text}]
+    cut = framer is not None and max_seq_len is not None and len(ep.ids) >= max_seq_len
+    if cut and not terminated and step.env_error is None and _reference_length_rule(ep):
+        # the turn was cut by the length limit: its env reply (or the out-of-turns end) never enters the stream
+        return _end_at_length_limit(ep, cut_turn=True)
     if terminated or truncated:
         ep.cache = None
         ep.done, ep.terminated, ep.truncated = True, bool(terminated), bool(truncated)
@@ -186,16 +214,24 @@ def record_step(ep: Episode, text: str, result: tuple, *, framer: Any = None, en
     if framer is None:
         return True
     one_message = getattr(ep.framing, "one_message", False)
+    over_estimate = False
     if one_message:
         # the whole conversation is re-sent each turn as one user message: the context is rebuilt, not extended
-        reply_ids = framer.prompt_ids(_agent_view(ep))
+        view = _agent_view(ep)
+        reply_ids = framer.prompt_ids(view)
         room = len(reply_ids) + 1
+        limit = getattr(ep.framing, "context_estimate_limit", None)
+        if limit and max_new_tokens is not None:
+            over_estimate = sum(len(m["content"]) for m in view) // 4 + max_new_tokens > limit
     else:
         # the reference framing keeps the agent's end-of-turn token and the frame's own (doubled, as in its stream)
         keep_eos = getattr(ep.framing, "doubled_end_token", False)
         reply_ids = framer.encode(framer.reply_text(history, text, obs, ended_with_eos and not keep_eos) + ep.prefill)
         room = len(ep.ids) + len(reply_ids) + 1
-    if max_seq_len is not None and room >= max_seq_len:
+    full = over_estimate or (max_seq_len is not None and room >= max_seq_len)
+    if full and _reference_length_rule(ep):
+        return _end_at_length_limit(ep, cut_turn=False)
+    if full:
         # No room for another agent turn: end the episode here with the lowest reward.
         ep.cache = None
         ep.done, ep.truncated, ep.overflow = True, True, True
@@ -206,6 +242,18 @@ def record_step(ep: Episode, text: str, result: tuple, *, framer: Any = None, en
         ep.ids, ep.mask, ep.logp, ep.segments, ep.cache = [], [], [], [], None
     ep.add(reply_ids, False)
     return True
+
+
+def _end_at_length_limit(ep: Episode, *, cut_turn: bool) -> bool:
+    """End an episode that outgrew ``max_seq_len`` with the env's reference score of the cut stream."""
+    _, reward, _, _, info = ep.end_at_length_limit(cut_turn=cut_turn)
+    components, stats = StepInfo.from_info(info).done_fields
+    ep.cache = None
+    ep.done, ep.terminated, ep.truncated, ep.overflow, ep.cut_turn = True, False, True, True, cut_turn
+    ep.reward = float(reward)
+    ep.components = {**dict(components or {}), "overflow": True}
+    ep.episode_stats = stats
+    return False
 
 
 def _agent_view(ep: Episode) -> list[dict[str, str]]:

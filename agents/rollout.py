@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "RolloutConfig",
     "TemplateError",
     "collate_episodes",
+    "end_token_ids",
     "rollout_config",
     "run_episodes",
     "stop_strings_for",
@@ -472,6 +474,36 @@ def run_episodes(
                                      generator=generator, timings=timings, seed=seed, sampler=sampler))
 
 
+def end_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """The tokens that end an agent turn: the tokenizer's ``eos_token_id`` and every end token the model's
+    generation config lists (Qwen3: ``<|im_end|>`` and ``<|endoftext|>``), as vLLM stops in the reference's rollout.
+    Without a model, the generation config is read from the tokenizer's folder when it has one.
+
+    >>> class Tok: eos_token_id, name_or_path = 2, ""
+    >>> class Model: generation_config = type("G", (), {"eos_token_id": [7, 2]})()
+    >>> end_token_ids(Tok(), Model())
+    [2, 7]
+    """
+    ids = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
+    config = getattr(model, "generation_config", None) if model is not None else None
+    if config is None and model is None:
+        folder = str(getattr(tokenizer, "name_or_path", "") or "")
+        if folder and os.path.isfile(os.path.join(folder, "generation_config.json")):
+            try:
+                from transformers import GenerationConfig
+
+                config = GenerationConfig.from_pretrained(folder, local_files_only=True)
+            except (OSError, ValueError):
+                config = None
+    listed = getattr(config, "eos_token_id", None) if config is not None else None
+    if isinstance(listed, int):
+        listed = [listed]
+    for tok in listed or []:
+        if tok is not None and int(tok) not in ids:
+            ids.append(int(tok))
+    return ids
+
+
 def stop_strings_for(framing: str) -> tuple[str, ...]:
     """Where an agent turn ends under ``framing`` (besides the end-of-turn token): the one source every player
     (our rollout, the TRL rollout, the verl loop) takes its stop strings from.
@@ -521,7 +553,8 @@ async def arun_episodes(
     timings = timings if timings is not None else {}
     timings.setdefault("generate_s", 0.0)
     timings.setdefault("env_s", 0.0)
-    eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []  # the template's end of turn
+    end_ids = end_token_ids(tokenizer, model)  # where a turn stops: every end token of the model
     episodes = [start_episode(env, task, group=g, seed=None if seed is None else seed + i, framer=framer,
                               max_seq_len=cfg.max_seq_len)
                 for i, (env, task, g) in enumerate(zip(envs, tasks, groups))]
@@ -529,7 +562,7 @@ async def arun_episodes(
     def apply(k: int, s: Any, text: str, result: tuple) -> None:
         """Record env step ``result`` of episode ``k``; leaves it done or waiting for its next turn."""
         record_step(episodes[k], text, result, framer=framer, ended_with_eos=bool(s.ids) and s.ids[-1] in eos_ids,
-                    max_seq_len=cfg.max_seq_len)
+                    max_seq_len=cfg.max_seq_len, max_new_tokens=cfg.max_new_tokens)
 
     async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, tuple]:
         return k, s, text, await env_step(envs[k], text)
@@ -569,7 +602,7 @@ async def arun_episodes(
                 model, tokenizer, [episodes[k].ids for k in chunk],
                 max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
                 repetition_penalty=cfg.repetition_penalty,
-                stop_strings=cfg.stop_strings, eos_token_ids=eos_ids, generator=generator, **kw,
+                stop_strings=cfg.stop_strings, eos_token_ids=end_ids, generator=generator, **kw,
             )
             timings["generate_s"] += time.perf_counter() - t0
             for k, s, b in zip(chunk, sampled, budget):

@@ -18,6 +18,7 @@ through accelerate's own config). Seeding happens in one place (:func:`seed_ever
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import pathlib
@@ -124,6 +125,14 @@ class GRPOTrainer:
         self.step = 0
         self.cursor = 0  # questions consumed (all processes together)
 
+        from promptr1.envs.tasks import load_tasks
+
+        self.tasks = list(tasks) if tasks is not None else list(load_tasks(cfg.tasks, split="train"))
+        if not self.tasks:
+            raise ValueError(f"no training tasks in {cfg.tasks!r}.")
+        if cfg.epochs > 0:  # steps from the data, as the reference's epoch (before the LR schedule is made)
+            steps = cfg.epoch_steps(len(self.tasks), self.accelerator.num_processes)
+            self.cfg = cfg = dataclasses.replace(cfg, steps=steps)
         if self.accelerator.is_main_process:  # before anything is loaded: never write over an earlier run
             claim_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)
         self.accelerator.wait_for_everyone()
@@ -157,12 +166,8 @@ class GRPOTrainer:
             self.ref_model.to(self.accelerator.device)
 
         from promptr1.envs.collab_env import PromptCollabEnv
-        from promptr1.envs.tasks import load_tasks
         from promptr1.llm_backends import from_settings
 
-        self.tasks = list(tasks) if tasks is not None else list(load_tasks(cfg.tasks, split="train"))
-        if not self.tasks:
-            raise ValueError(f"no training tasks in {cfg.tasks!r}.")
         self.env_llm = env_llm if env_llm is not None else (from_settings(cfg)[0] if env_factory is None else None)
         n_env = cfg.batch_questions * cfg.group_size
         if env_factory is not None:

@@ -51,6 +51,17 @@ def dry_run_report(cfg: GRPOConfig) -> str:
     from promptr1.envs.collab_env import DEFAULT_ENV_SYSTEM_PROMPT
     from promptr1.llm_backends.limits import estimate_tokens
 
+    steps_note = ""
+    if cfg.epochs > 0:  # steps from the training tasks, as the trainer works them out (one process)
+        import dataclasses
+
+        from promptr1.envs.tasks import load_tasks
+
+        try:
+            cfg = dataclasses.replace(cfg, steps=cfg.epoch_steps(len(load_tasks(cfg.tasks, split="train"))))
+        except (FileNotFoundError, ValueError, ImportError):
+            steps_note = (f"  training tasks not readable here ({', '.join(map(str, cfg.tasks))}): epochs={cfg.epochs} "
+                          f"counted as --steps {cfg.steps}")
     episodes = cfg.batch_questions * cfg.group_size
     calls = cfg.max_turns  # every turn may send a prompt
     prompt = cfg.max_new_tokens
@@ -97,6 +108,8 @@ def dry_run_report(cfg: GRPOConfig) -> str:
         lines.append(f"  {name:<38} {_fmt(c):>10} {_fmt(i):>14} {_fmt(o):>14} {cost(i, o):>12}")
     if val_note:
         lines.append(val_note)
+    if steps_note:
+        lines.append(steps_note)
     if cfg.max_calls is not None:
         per_step = calls * episodes
         lines.append(f"\n  --max-calls {cfg.max_calls}: at the upper bound the budget runs out in step "

@@ -150,6 +150,7 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
         guards.append(stop)
         trainer = GRPOTrainer(dataclasses.replace(cfg, model=policy), env_llm=backend,
                               callbacks=[*guards, *callbacks])  # 4.
+        cfg = dataclasses.replace(cfg, steps=trainer.cfg.steps)  # `epochs` sets the steps from the data
         main = trainer.accelerator.is_main_process
         if main:
             print(f"promptr1 train: policy {cfg.model!r}{' (after SFT)' if policy != cfg.model else ''}, "

@@ -60,6 +60,7 @@ __all__ = [
     "plain_text",
     "resolve_config",
     "setting_groups",
+    "text_or_file",
 ]
 
 C = TypeVar("C")
@@ -90,6 +91,27 @@ def check_amount(name: str, value: Any, *, positive: bool = False, optional: boo
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(f"--{name.replace('_', '-')} must be a finite number {bound}"
                           f"{' (or left out)' if optional else ''}; got {value!r}.")
+
+
+def text_or_file(name: str, value: str) -> str:
+    """A text setting's value: ``@FILE`` is replaced by that file's text (UTF-8, as written but for one final line
+    break, which editors add), anything else is the text itself.
+
+    >>> text_or_file("agent_system_prompt", "You are a helpful assistant.")
+    'You are a helpful assistant.'
+    """
+    if not isinstance(value, str) or not value.startswith("@"):
+        return value
+    path = value[1:]
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--{name.replace('_', '-')} {value}: cannot read {path!r} ({exc}); give the text itself, "
+                          f"or @FILE with a readable UTF-8 file.") from None
+    if not text.strip():
+        raise ConfigError(f"--{name.replace('_', '-')} {value}: {path!r} is empty; give a file holding the text.")
+    return text.removesuffix("\n")
 
 
 @dataclass
@@ -130,8 +152,9 @@ class EnvLLMSettings(Settings):
     env_max_tokens: int = 512
     """Env-LLM reply budget in tokens (0: no limit, as in the reference)."""
     env_system_prompt: str | None = "auto"
-    """The env LLM's system message: ``auto`` (the backend's preferred one, else ours), a text, or none (YAML
-    ``null``, or ``--env-system-prompt none``) for no system message."""
+    """The env LLM's system message: ``auto`` (the backend's preferred one, else ours), a text, ``@FILE`` (a file's
+    text), or none (YAML ``null``, or ``--env-system-prompt none``) for no system message. The reference's own is
+    its prose, not shipped: see docs/evaluation.md for where to find it."""
     env_models: list[str] = field(default_factory=list)
     """``NAME=SPEC`` entries (e.g. ``cheap=sim strong=sim-strong``): several env LLMs in one env, the agent naming one
     per call (``[strong] ...``, or ``"model"`` in a JSON call); empty: the one ``env_llm``."""
@@ -148,6 +171,8 @@ class EnvLLMSettings(Settings):
         self.env_models_map()  # NAME=SPEC / NAME=IN:OUT entries are checked now
         if isinstance(self.env_system_prompt, str) and self.env_system_prompt.strip().lower() in ("none", "null"):
             self.env_system_prompt = None
+        if self.env_system_prompt is not None:
+            self.env_system_prompt = text_or_file("env_system_prompt", self.env_system_prompt)
         check_whole("env_max_tokens", self.env_max_tokens, 0)
         check_amount("env_temperature", self.env_temperature)
 
@@ -279,6 +304,14 @@ class EpisodeSettings(Settings):
     ``reference-eval`` (the official evaluation scripts': plain-text prompts wrapped into the tool call, the whole
     conversation as one user message)."""
 
+    agent_system_prompt: str = ""
+    """The agent's system message: a text, used verbatim, or ``@FILE`` (a file's text); empty: the framing's own
+    (ours; under the reference framings our wording of the reference's, with the tool's schema). A checkpoint trained
+    by the reference expects the reference's own text: docs/evaluation.md says where to find it (not shipped)."""
+    agent_tool_description: str = ""
+    """The ``prompt`` tool as the reference framings' default system message describes it: a whole function schema
+    as a JSON object (verbatim), a plain description replacing ours, or ``@FILE``; empty: ours."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_whole("max_turns", self.max_turns)
@@ -289,6 +322,16 @@ class EpisodeSettings(Settings):
                               f"got {self.env_history!r}.")
         check_amount("cost_weight", self.cost_weight, optional=False)
         check_amount("cost_reference_usd", self.cost_reference_usd, positive=True)
+        self.agent_system_prompt = text_or_file("agent_system_prompt", self.agent_system_prompt)
+        self.agent_tool_description = text_or_file("agent_tool_description", self.agent_tool_description)
+        if self.agent_tool_description:
+            if not self.framing.startswith("reference"):
+                raise ConfigError("--agent-tool-description is for the reference framings (our framing's system text "
+                                  "describes no tool): add --framing reference, or leave it out.")
+            if self.agent_system_prompt:
+                raise ConfigError("--agent-tool-description goes into the framing's own system text: with "
+                                  "--agent-system-prompt, write the tool's schema into that text instead.")
+            # its JSON form is checked by the framing when the env is built (envs.framing.tool_schema_text)
 
 
 @dataclass

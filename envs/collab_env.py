@@ -26,7 +26,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from promptr1.envs.framing import FRAMINGS, Framing, reference_history_reply
+from promptr1.envs.framing import FRAMINGS, Framing, reference_history_prompt, reference_history_reply
 from promptr1.envs.protocol import ParsedTurn, call_target, parse_turn
 from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.step_info import StepInfo
@@ -95,7 +95,11 @@ class PromptCollabEnv(gym.Env):
         env_system_prompt: the env LLM's system message; ``None`` sends none; ``"auto"`` (default) uses the
             backend's ``preferred_system_prompt`` when it has one (``smollm2``: none, its template's own),
             else :data:`DEFAULT_ENV_SYSTEM_PROMPT`. ``info["env_system_prompt"]`` says which was used.
-        agent_system_prompt: the agent's system message.
+        agent_system_prompt: the agent's system message (None: none). Under the reference framings the default is
+            the framing's own (our wording of the reference's, with the tool's schema); a text you give is used
+            verbatim (for the reference's own, see docs/evaluation.md).
+        agent_tool_description: the reference framings' ``prompt`` tool in their default system message: a whole
+            function schema as JSON (verbatim) or a description replacing ours (:func:`tool_schema_text`).
         env_history: what the env LLM's history keeps of each of its earlier replies: ``"seen"`` (default) the
             reply as the agent saw it (cut at ``max_response_chars``; under the reference framing the visible part
             of its JSON text, decoded), never more; ``"full"`` the whole reply, re-sent on every later turn;
@@ -130,6 +134,7 @@ class PromptCollabEnv(gym.Env):
         env_system_prompt: str | None = "auto",
         framing: str = "ours",
         agent_system_prompt: str | None = DEFAULT_AGENT_SYSTEM_PROMPT,
+        agent_tool_description: str | None = None,
         env_history: str = "seen",
         render_mode: str | None = None,
         backend_kwargs: Mapping[str, Any] | None = None,
@@ -199,7 +204,7 @@ class PromptCollabEnv(gym.Env):
         self.framing: Framing = FRAMINGS.get(framing)
         if self.framing.name.startswith("reference") and agent_system_prompt == DEFAULT_AGENT_SYSTEM_PROMPT:
             agent_system_prompt = None  # the reference framing's own system message (with the tool schema)
-        self.agent_system_prompt = self.framing.agent_system_prompt(agent_system_prompt)
+        self.agent_system_prompt = self.framing.agent_system_prompt(agent_system_prompt, agent_tool_description)
         if self.env_llms:
             self.agent_system_prompt = "\n\n".join(p for p in (self.agent_system_prompt, self.models_note()) if p)
         self.render_mode = render_mode
@@ -226,6 +231,9 @@ class PromptCollabEnv(gym.Env):
         episode = {f.name: getattr(settings, f.name) for f in dataclasses.fields(EpisodeSettings)}
         if episode["reward_variant"] not in COST_AWARE_VARIANTS:
             episode.pop("cost_weight"), episode.pop("cost_reference_usd")
+        for name in ("agent_system_prompt", "agent_tool_description"):  # empty: the framing's own
+            if not episode[name]:
+                episode.pop(name)
         kwargs: dict[str, Any] = {**episode, "sampling": settings.env_sampling(),
                                   "env_system_prompt": settings.env_system_prompt}
         if settings.env_models:
@@ -382,6 +390,7 @@ class PromptCollabEnv(gym.Env):
         if parsed.kind == "prompt":
             prompt, refusal = self.framing.check_call(parsed.inner or "")
             if refusal is not None:  # a malformed call: an error message comes back, the large LLM is not called
+                self._record_history(action, None, None)
                 return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
                                     obs=self.framing.error_reply(refusal))
             parsed = dataclasses.replace(parsed, prompt=prompt)
@@ -397,7 +406,9 @@ class PromptCollabEnv(gym.Env):
                 return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
                                     obs=self.framing.error_reply(error))
             parsed = dataclasses.replace(parsed, prompt=prompt)
-        if not parsed.prompt:  # an empty request: nothing to send; the LLM's answer to nothing is nothing
+        if not parsed.prompt and not self.framing.name.startswith("reference"):
+            # an empty request: nothing to send; the LLM's answer to nothing is nothing (the reference framings send
+            # the empty user message and return the reply, as the reference does)
             return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False)
         system = [] if self.env_system_prompt is None else [{"role": "system", "content": self.env_system_prompt}]
         history = self._history(target)
@@ -420,9 +431,7 @@ class PromptCollabEnv(gym.Env):
         assert completion is not None
         reply = completion.text
         if called:
-            history = self._history(pending.target)
-            history.append({"role": "user", "content": pending.parsed.prompt or ""})
-            history.append({"role": "assistant", "content": self._history_reply(reply)})
+            self._record_history(self.turns[-1], pending, reply)
             self.episode_stats["env_llm_latency_s"] += completion.latency_s
             self.episode_stats["env_llm_tokens"] += completion.prompt_tokens + completion.completion_tokens
             self.episode_stats["env_llm_attempts"] += completion.attempts
@@ -440,6 +449,41 @@ class PromptCollabEnv(gym.Env):
         info = dataclasses.replace(self._info(pending.parsed, pending.action_truncated, completion),
                                    turn_prefill=self.framing.turn_prefill)  # what the agent's next turn opens with
         return self._fit_obs(obs), 0.0, False, False, info.to_info()
+
+    def _record_history(self, action: str, pending: _Pending | None, reply: str | None) -> None:
+        """Add a call to the env LLM's history: ``pending``/``reply`` for a call made, None for a refused one.
+
+        Our modes record calls made, as ``(prompt, reply kept by env_history)``. The reference's: under the
+        ``reference-eval`` framing every call that reached the env, refused ones included (with an empty reply), as
+        its evaluation does; under the ``reference`` framing with ``env_history: reference`` every call whose JSON
+        carries a non-empty ``arguments.prompt``, as its training does (:func:`reference_history_prompt`).
+        """
+        history = self._history(pending.target if pending else None)
+        evaluation = self.framing.name == "reference-eval"
+        if evaluation or (self.framing.name == "reference" and self.env_history == "reference"):
+            prompt = reference_history_prompt(action, evaluation=evaluation)
+        elif pending is None:
+            return
+        else:
+            prompt = pending.parsed.prompt or ""
+        if prompt is None:
+            return
+        history.append({"role": "user", "content": prompt})
+        history.append({"role": "assistant", "content": "" if reply is None else self._history_reply(reply)})
+
+    def end_at_length_limit(self, *, cut_turn: bool) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """End the episode because the agent's context is full (the player's ``max_seq_len``), scored as the reference
+        scores its length-cut stream (the step's 5-tuple, truncated).
+
+        ``cut_turn=False``: the context filled up after a reply, so the next turn's ``<think>\n`` prefill is the last
+        block, as when out of turns: every prompt turn is intermediate (``-1 + min(0.4 k, 1)`` under the faithful
+        reward). ``cut_turn=True``: the last agent turn was cut by the limit; that cut turn is the last block.
+        """
+        if self.task is None or not self.turns:
+            raise RuntimeError("end_at_length_limit() needs an episode with at least one agent turn; call reset() "
+                               "and step() first.")
+        return self._end(parse_turn(self.turns[-1]), terminated=False, truncated=True, action_truncated=False,
+                         out_of_turns=not cut_turn)
 
     def _history_reply(self, reply: str) -> str:
         """What the env LLM's history keeps of ``reply`` (``env_history``)."""

@@ -40,7 +40,9 @@ Two framings are built in (``PromptCollabEnv(framing=...)``, ``--framing`` on ev
       ``<|im_end|>\\n<|im_start|>user\\nREPLY<|im_end|>\\n<|im_start|>assistant\\n<think>\\n``; so each turn
       starts a fresh assistant message (no prefill);
     * an episode that runs out of turns predicts ``Maximum turns reached without final answer``, one that
-      outgrows the context ``Maximum context length exceeded``.
+      outgrows the context ``Maximum context length exceeded``; the context is full when the next prompt's
+      characters / 4 + the agent's token budget exceed 40,960 (``context_estimate_limit``), as the scripts
+      estimate it (or when its tokens reach ``max_seq_len``).
 
 >>> ref = FRAMINGS.get("reference")
 >>> ref.wrap_reply("Paris", 2048)
@@ -61,7 +63,7 @@ from promptr1.core.registry import Registry
 from promptr1.core.tags import PROMPT_CLOSE, PROMPT_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN, STOP_STRINGS, THINK_OPEN
 
 __all__ = ["FRAMINGS", "Framing", "OurFraming", "PROMPT_TOOL", "ReferenceEvalFraming", "ReferenceFraming",
-           "reference_history_reply"]
+           "reference_history_prompt", "reference_history_reply", "tool_schema_text"]
 
 #: The one tool of the reference framing, as a function-calling schema (our wording of its description).
 PROMPT_TOOL: dict = {
@@ -77,6 +79,37 @@ PROMPT_TOOL: dict = {
         },
     },
 }
+
+
+def tool_schema_text(description: str | None = None) -> str:
+    """The ``prompt`` tool's line inside ``<tools>``: our schema (:data:`PROMPT_TOOL`) by default; ``description``
+    (``agent_tool_description``) is either a whole function schema as a JSON object, used verbatim (stripped), or a
+    text that replaces the tool's description in our schema. The tool must stay ``prompt`` with a string ``prompt``
+    argument: that is what calls are checked against.
+
+    >>> tool_schema_text("Ask it.")[:80]
+    '{"type": "function", "function": {"name": "prompt", "description": "Ask it.", "p'
+    """
+    if not description or not description.strip():
+        return json.dumps(PROMPT_TOOL)
+    text = description.strip()
+    if not text.startswith("{"):
+        return json.dumps({**PROMPT_TOOL, "function": {**PROMPT_TOOL["function"], "description": text}})
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"agent_tool_description starts with '{{' but is not a JSON object ({exc}); give the tool's "
+                         'whole schema, e.g. {"type": "function", "function": {"name": "prompt", ...}}, or a plain '
+                         "description.") from None
+    function = schema.get("function") if isinstance(schema, dict) else None
+    params = function.get("parameters") if isinstance(function, dict) else None
+    props = params.get("properties") if isinstance(params, dict) else None
+    if not (isinstance(function, dict) and function.get("name") == "prompt" and isinstance(props, dict)
+            and "prompt" in props):
+        raise ValueError('agent_tool_description as JSON must describe the tool "prompt" with a "prompt" parameter '
+                         '({"type": "function", "function": {"name": "prompt", "description": ..., "parameters": '
+                         '{"type": "object", "properties": {"prompt": {...}}}}}): calls are checked against it.')
+    return text
 
 
 @dataclass(frozen=True)
@@ -95,9 +128,16 @@ class Framing:
     #: The prediction of an episode that ran out of turns / outgrew the context (None: its answer, if any).
     out_of_turns_prediction: str | None = None
     overflow_prediction: str | None = None
+    #: End an episode when its next prompt's characters / 4 + the agent's token budget exceed this (None: tokens
+    #: are counted, ``max_seq_len``); the reference's evaluation estimates its context so, against 40,960.
+    context_estimate_limit: int | None = None
 
-    def agent_system_prompt(self, base: str | None) -> str | None:
-        """The agent's system message, from the env's ``agent_system_prompt`` (``None``: none)."""
+    def agent_system_prompt(self, base: str | None, tool: str | None = None) -> str | None:
+        """The agent's system message, from the env's ``agent_system_prompt`` (``None``: none) and
+        ``agent_tool_description`` (only the reference framings describe a tool)."""
+        if tool:
+            raise ValueError(f"agent_tool_description is for the reference framings (the {self.name!r} framing's system "
+                             "text describes no tool); pass framing='reference' or leave it out.")
         return base
 
     def preprocess_action(self, action: str) -> str:
@@ -133,14 +173,17 @@ class OurFraming(Framing):
 
 
 class ReferenceFraming(Framing):
-    def agent_system_prompt(self, base: str | None) -> str | None:
+    def agent_system_prompt(self, base: str | None, tool: str | None = None) -> str | None:
         if base is not None:  # the user's text, verbatim (a bit-exact system message)
+            if tool:
+                raise ValueError("agent_tool_description is used in our default system text only: with your own "
+                                 "agent_system_prompt, write the tool's schema into that text.")
             return base
         intro = "You are a helpful assistant."
         return (
             f"{intro}\n\n# Tools\n\nTo answer the user's question you can consult a large language model through a "
             "tool. Give it your explanation and analysis of the question, and your reasoning so far.\n\n"
-            f"The tool's signature, inside <tools></tools> tags:\n<tools>\n{json.dumps(PROMPT_TOOL)}\n</tools>\n\n"
+            f"The tool's signature, inside <tools></tools> tags:\n<tools>\n{tool_schema_text(tool)}\n</tools>\n\n"
             f"To call it, write a JSON object with the tool's name and its arguments inside {PROMPT_OPEN}"
             f"{PROMPT_CLOSE} tags:\n{PROMPT_OPEN}\n"
             '{"name": <tool-name>, "arguments": <arguments as a JSON object>}\n'
@@ -230,6 +273,53 @@ def reference_history_reply(reply: str, max_chars: int) -> str:
     return reply.strip() if len(json.dumps({"results": [reply.strip()]})) <= max_chars else ""
 
 
+def _as_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def reference_history_prompt(action: str, evaluation: bool = False) -> str | None:
+    """The user message the reference adds to the env LLM's history for an agent turn that called the tool, whether
+    the call succeeded or was refused (None: it adds nothing; the reply it pairs with a refused call is empty).
+
+    Training (``generation.py``): the first ``<interaction_prompt>`` whose text is a JSON object with an
+    ``arguments`` object holding ``prompt``; recorded only when that prompt is non-empty (so an empty prompt, sent to
+    the env LLM, leaves no trace). Evaluation (``batch_inference.py``): the first ``<interaction_prompt>``'s text,
+    stripped, when non-empty: its ``arguments.prompt`` when it has one, else that raw text (a JSON call without
+    ``prompt`` is recorded as its JSON).
+
+    >>> call = '<interaction_prompt>{"name": "search", "arguments": {"prompt": "Who is B?"}}</interaction_prompt>'
+    >>> reference_history_prompt(call), reference_history_prompt(call, evaluation=True)
+    ('Who is B?', 'Who is B?')
+    >>> empty = '<interaction_prompt>{"name": "prompt", "arguments": {"prompt": ""}}</interaction_prompt>'
+    >>> reference_history_prompt(empty), reference_history_prompt(empty, evaluation=True)
+    (None, '')
+    >>> reference_history_prompt('<interaction_prompt>{"name": "prompt"}</interaction_prompt>', evaluation=True)
+    '{"name": "prompt"}'
+    """
+    calls = _CALL_RE.findall(action)
+    if evaluation:
+        content = calls[0].strip() if calls else ""
+        if not content:
+            return None
+        try:
+            call = json.loads(content)
+        except (ValueError, RecursionError):
+            return content
+        if isinstance(call, dict) and "arguments" in call:
+            args = call["arguments"]
+            return _as_text(args.get("prompt", content)) if isinstance(args, dict) else content
+        return content
+    for inner in calls:
+        try:
+            call = json.loads(inner)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(call, dict) and isinstance(call.get("arguments"), dict) and "prompt" in call["arguments"]:
+            prompt = call["arguments"]["prompt"]
+            return _as_text(prompt) if prompt else None
+    return None
+
+
 #: Framings by name (``PromptCollabEnv(framing=...)``).
 FRAMINGS: Registry[Framing] = Registry(
     "framing",
@@ -238,6 +328,7 @@ FRAMINGS: Registry[Framing] = Registry(
         "reference": ReferenceFraming("reference", (), turn_prefill=THINK_OPEN + "\n", doubled_end_token=True),
         "reference-eval": ReferenceEvalFraming("reference-eval", (), one_message=True,
                                                out_of_turns_prediction="Maximum turns reached without final answer",
-                                               overflow_prediction="Maximum context length exceeded"),
+                                               overflow_prediction="Maximum context length exceeded",
+                                               context_estimate_limit=40_960),
     },
 )

@@ -20,15 +20,20 @@ from promptr1.core.registry import Registry
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
+    "REFERENCE_ABILITY",
+    "REFERENCE_DATA_SOURCE",
     "TASK_SOURCES",
     "ListTaskSource",
     "Task",
     "TaskSource",
     "assign_types",
+    "convert_to_parquet",
     "load_hf_tasks",
     "load_jsonl",
     "load_parquet",
     "load_tasks",
+    "read_records",
+    "reference_answers",
     "split_prompt",
     "type_summary",
 ]
@@ -147,11 +152,12 @@ def _task_from_official_row(row: Mapping, index: int, name: str) -> Task:
     content = (user[-1] if user else prompt[-1])["content"]
     question, instruction = split_prompt(content)
     rm = row.get("reward_model") or {}
-    answers = _answers_list(rm.get("ground_truth") if isinstance(rm, Mapping) else None)
-    if not answers:
+    gold = rm.get("ground_truth") if isinstance(rm, Mapping) else None
+    if gold is None:
         raise ValueError(
-            f"{name} row {index}: no gold answers in reward_model.ground_truth; every row needs at least one."
+            f"{name} row {index}: no gold answers in reward_model.ground_truth; every row needs that list."
         )
+    answers = _answers_list(gold)  # an empty list is kept, as the reference keeps it (the answer term is 0)
     ds = row.get("data_source") or ""
     return Task(
         question=question if question.strip() else content,
@@ -207,48 +213,135 @@ def load_parquet(path: str | os.PathLike, *, task_type: str | None = None) -> Li
     return ListTaskSource(assign_types(tasks, path.stem, task_type), name=path.name)
 
 
-def load_jsonl(path: str | os.PathLike, *, task_type: str | None = None) -> ListTaskSource:
-    """Tasks from JSON Lines: one object per line with ``question`` and ``answers`` (list or string).
+#: What the reference's ``process_data.py`` writes into every row it builds (its constants, not settings).
+REFERENCE_DATA_SOURCE = "hotpotqa/hotpot_qa"
+REFERENCE_ABILITY = "multihop_qa"
 
-    Optional keys: ``instruction``, ``ability``, ``data_source``, ``id``. A line in the official
-    schema (``prompt`` + ``reward_model``) is accepted too.
-    """
+
+def read_records(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each record of a JSON Lines file, or of a ``.json`` file holding one array of
+    objects (the reference's ``train.json`` / ``validation.json``; numbered from 1 by position)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file {str(path)!r} does not exist.")
-    tasks: list[Task] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path.name}: invalid JSON ({exc.msg}, line {exc.lineno}).") from None
+        records = list(enumerate(data, 1))
+    else:
+        records = []
+        for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                records.append((lineno, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path.name} line {lineno}: invalid JSON ({exc.msg}).") from None
-            if "prompt" in obj and "reward_model" in obj:
-                tasks.append(_task_from_official_row(obj, lineno - 1, path.name))
-                continue
-            if "question" not in obj or ("answers" not in obj and "answer" not in obj):
-                raise ValueError(
-                    f"{path.name} line {lineno}: expected keys 'question' and 'answers', got {sorted(obj)}."
-                )
+    for lineno, obj in records:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path.name} record {lineno}: expected a JSON object, got {type(obj).__name__}.")
+    return records
+
+
+def reference_answers(record: Mapping) -> list[str]:
+    """The gold answers of a ``{question, golden_answers}`` record as the reference's ``process_data.py`` reads
+    them: ``golden_answers`` when present (a list, each item as text; anything else: none), else ``[answer]``,
+    else none. The reference keeps a record without answers (its answer term is then 0).
+
+    >>> reference_answers({"golden_answers": ["Paris", 1]}), reference_answers({"answer": "Lyon"})
+    (['Paris', '1'], ['Lyon'])
+    >>> reference_answers({"golden_answers": "Paris"}), reference_answers({})
+    ([], [])
+    """
+    if "golden_answers" in record:
+        gold = record.get("golden_answers")
+        return [str(a) for a in gold] if isinstance(gold, list) else []
+    if "answer" in record:
+        return [str(record["answer"])]
+    return []
+
+
+def load_jsonl(path: str | os.PathLike, *, task_type: str | None = None) -> ListTaskSource:
+    """Tasks from JSON Lines (or a ``.json`` array): one object per record with ``question`` and ``answers``
+    (list or string), or the reference's ``{question, golden_answers}`` records.
+
+    Optional keys: ``instruction`` (else ours, :data:`DEFAULT_INSTRUCTION`: the reference's instruction is its prose,
+    which a record of its format does not carry; :func:`convert_to_parquet` takes it), ``ability``,
+    ``data_source``, ``id``. A record in the official schema (``prompt`` + ``reward_model``) is accepted too.
+    Gold answers: ``answers`` must hold at least one; ``golden_answers`` are read as the reference reads them
+    (:func:`reference_answers`), an empty list kept as it keeps it (the answer term is 0).
+    """
+    path = Path(path)
+    tasks: list[Task] = []
+    for lineno, obj in read_records(path):
+        if "prompt" in obj and "reward_model" in obj:
+            tasks.append(_task_from_official_row(obj, lineno - 1, path.name))
+            continue
+        if "question" not in obj or not {"answers", "answer", "golden_answers"} & set(obj):
+            raise ValueError(
+                f"{path.name} line {lineno}: expected keys 'question' and 'answers' (or the reference's "
+                f"'golden_answers'), got {sorted(obj)}."
+            )
+        if "golden_answers" in obj and "answers" not in obj:
+            answers = tuple(reference_answers(obj))
+        else:
             answers = _answers_list(obj.get("answers", obj.get("answer")))
             if not answers:
                 raise ValueError(f"{path.name} line {lineno}: 'answers' is empty; give at least one gold answer.")
-            ds = obj.get("data_source", path.stem)
-            tasks.append(
-                Task(
-                    question=obj["question"],
-                    answers=answers,
-                    instruction=obj.get("instruction", DEFAULT_INSTRUCTION),
-                    ability=obj.get("ability", ""),
-                    data_source=ds,
-                    id=str(obj.get("id", f"{path.stem}-{lineno - 1}")),
-                )
+        ds = obj.get("data_source", path.stem)
+        tasks.append(
+            Task(
+                question=obj["question"],
+                answers=answers,
+                instruction=obj.get("instruction", DEFAULT_INSTRUCTION),
+                ability=obj.get("ability", ""),
+                data_source=ds,
+                id=str(obj.get("id", f"{path.stem}-{lineno - 1}")),
             )
+        )
     if not tasks:
         raise ValueError(f"task source {path.name!r} is empty; give at least one task.")
     return ListTaskSource(assign_types(tasks, path.stem, task_type), name=path.name)
+
+
+def convert_to_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, instruction: str | None = None,
+                       data_source: str = REFERENCE_DATA_SOURCE, ability: str = REFERENCE_ABILITY) -> dict[str, int]:
+    """Write the reference's ``{question, golden_answers}`` records (``src``: a ``.json`` array, as its
+    ``train.json``, or JSON Lines) as the paper's parquet (``dst``), row by row as its ``process_data.py`` builds
+    them: ``data_source``, ``prompt`` = ``[{"content": "Question: " + question + "\n" + instruction, "role":
+    "user"}]``, ``ability``, ``reward_model`` = ``{"ground_truth": answers, "style": "rule"}``, answers read by
+    :func:`reference_answers` (a record without answers is kept, as there).
+
+    ``instruction``: the text after the question (None: ours, :data:`DEFAULT_INSTRUCTION`). To rebuild the
+    reference's training set with its prompts, pass its ``instruction_following`` text (not shipped: see
+    docs/evaluation.md). Returns ``{"rows": ..., "without_answers": ...}``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+    rows, empty = [], 0
+    for lineno, obj in read_records(src):
+        answers = reference_answers(obj)
+        empty += not answers
+        question = obj.get("question", "")
+        if not isinstance(question, str):
+            raise ValueError(f"{Path(src).name} record {lineno}: 'question' must be a string, got "
+                             f"{type(question).__name__}.")
+        rows.append({"data_source": data_source,
+                     "prompt": [{"content": "Question: " + question + "\n" + instruction, "role": "user"}],
+                     "ability": ability, "reward_model": {"ground_truth": answers, "style": "rule"}})
+    if not rows:
+        raise ValueError(f"{Path(src).name} holds no records; expected {{question, golden_answers}} objects.")
+    message = pa.struct([("content", pa.string()), ("role", pa.string())])
+    schema = pa.schema([("data_source", pa.string()), ("prompt", pa.list_(message)), ("ability", pa.string()),
+                        ("reward_model", pa.struct([("ground_truth", pa.list_(pa.string())), ("style", pa.string())]))])
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), dst)
+    return {"rows": len(rows), "without_answers": empty}
 
 
 # ----------------------------------------------------------------------------- datasets (``hf:``)

@@ -43,9 +43,10 @@ class EvalConfig(RunSettings):
         # top-p 0.8, no repetition penalty (1.05 is defined there but never sent), up to 8,192 tokens a turn and
         # 10 turns; replies cut at 8,192 characters; the large LLM gets no temperature and no token limit and an
         # empty message for a reply whose JSON was cut; the agent side of those scripts (reference-eval framing:
-        # plain-text prompts wrapped into the tool call, one user message, fixed out-of-turns prediction).
+        # plain-text prompts wrapped into the tool call, one user message, fixed out-of-turns prediction, the
+        # context full once characters / 4 + 8,192 exceed 40,960, the model's context, which max_seq_len keeps).
         "reference": {"temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.0, "max_new_tokens": 8192,
-                      "max_turns": 10, "max_seq_len": 32768, "env_max_tokens": 0, "env_temperature": None,
+                      "max_turns": 10, "max_seq_len": 40960, "env_max_tokens": 0, "env_temperature": None,
                       "max_response_chars": 8192, "framing": "reference-eval", "env_history": "reference",
                       "metrics": "reference"},  # scored as its eval_scores.py scores
     }
@@ -58,7 +59,9 @@ class EvalConfig(RunSettings):
     preset: str = ""
     """``reference``: the official evaluation scripts' settings (agent temperature 0.7, top-p 0.8, no repetition
     penalty, 8,192 tokens a turn, 10 turns, replies cut at 8,192 characters, no env temperature or token limit,
-    ``framing: reference-eval``, ``env_history: reference``) for every setting you do not give."""
+    ``framing: reference-eval``, ``env_history: reference``, a context full at characters / 4 + 8,192 > 40,960) for
+    every setting you do not give. Its system messages stay ours: give the reference's with ``--agent-system-prompt
+    @FILE`` and ``--env-system-prompt @FILE``."""
     methods: list[str] = field(default_factory=lambda: ["direct", "cot", "agent"])
     """``direct`` (the env LLM alone), ``cot`` (the env LLM asked to reason step by step), ``agent`` (the
     ``--model`` agent in front of the env LLM), ``agent:MODEL`` (another agent), each optionally labelled

@@ -47,7 +47,7 @@ class ValidationCallback(Callback):
             self._maybe_validate(trainer, trainer.step)
 
     def on_step_end(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> bool:
-        if step % max(self.cfg.eval_every, 1) == 0 or step == self.cfg.steps:
+        if step % max(self.cfg.eval_every, 1) == 0 or step == trainer.cfg.steps:  # the trainer's: epochs may set it
             self._maybe_validate(trainer, step)
         return True
 

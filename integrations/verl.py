@@ -59,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 import torch
 
 from promptr1.agents.episode import Episode, ends_on_context, env_step, record_step, start_episode, training_reward
-from promptr1.agents.rollout import ChatFramer, stop_strings_for
+from promptr1.agents.rollout import ChatFramer, end_token_ids, stop_strings_for
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.tasks import Task, assign_types, split_prompt
 
@@ -142,7 +142,8 @@ async def play_episode(
         timings.setdefault(key, 0.0)
     if stop_strings is None:
         stop_strings = stop_strings_for(getattr(getattr(env, "framing", None), "name", "ours"))
-    eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []  # the template's end of turn
+    end_ids = end_token_ids(tokenizer)  # where a turn stops: every end token of the model (its generation config)
     try:
         ep = start_episode(env, task, seed=seed, framer=framer, max_seq_len=max_seq_len)
     except ValueError as e:
@@ -153,7 +154,7 @@ async def play_episode(
         ids, logps, _extra = await generate(list(ep.ids), budget)
         timings["generate_s"] += time.perf_counter() - t0
         ids = [int(t) for t in ids][:budget]
-        n = cut_at_stop(tokenizer, ids, stop_strings, eos_ids)
+        n = cut_at_stop(tokenizer, ids, stop_strings, end_ids)
         ids = ids[:n]
         lps = [float(x) for x in logps[:n]] if logps else [0.0] * n
         ep.add(ids, True, lps)
@@ -163,7 +164,7 @@ async def play_episode(
         result = await env_step(env, text)
         timings["env_s"] += time.perf_counter() - t0
         if not record_step(ep, text, result, framer=framer, ended_with_eos=bool(ids) and ids[-1] in eos_ids,
-                           max_seq_len=max_seq_len):
+                           max_seq_len=max_seq_len, max_new_tokens=max_new_tokens):
             return ep
 
 
@@ -222,7 +223,7 @@ def task_from_row(row: Mapping[str, Any], *, index: int | None = None) -> Task:
     answers = rm.get("ground_truth") if isinstance(rm, Mapping) else None
     if answers is None:
         answers = row.get("answers", extra.get("answers") if isinstance(extra, Mapping) else None)
-    if answers is None or (not isinstance(answers, str) and len(answers) == 0):
+    if answers is None:  # an empty list is kept, as the reference keeps it (the answer term is 0)
         raise ValueError(f"dataset row has no gold answers (reward_model.ground_truth); keys: {sorted(row)}.")
     answers = (answers,) if isinstance(answers, str) else tuple(str(a) for a in answers)
     if chat is not None and len(chat):

@@ -52,6 +52,8 @@ def test_paper_dry_run(capsys):
     # the validation file is not here: --eval-limit stands for its size, and the report says so
     assert "validation sources not readable here (validation.parquet)" in text
     assert "per validation (64 episodes)" in text
+    # epochs: 1 without the training file here: the report counts the config's steps and says so
+    assert "training tasks not readable here (train.parquet): epochs=1 counted as --steps 200" in text
 
 
 def test_every_bundled_config_parses():

@@ -93,7 +93,7 @@ def dry_run_report(cfg: GRPOConfig) -> str:
     rows.append((label, calls * total_eps, inp * total_eps, outp * total_eps))
     lines = [
         "promptr1 train --dry-run: expected env-LLM use, upper bounds (no model loaded, no call made)",
-        f"  env LLM {cfg.env_llm!r}; {cfg.batch_questions} question(s) x {cfg.group_size} rollouts = {episodes} episodes "
+        f"  env LLM {cfg.env_llm_label()!r}; {cfg.batch_questions} question(s) x {cfg.group_size} rollouts = {episodes} episodes "
         "a step (per process under accelerate launch)",
         f"  up to {calls} calls an episode (max_turns={cfg.max_turns}: every turn may send a prompt, the last one "
         "included)",

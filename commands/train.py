@@ -154,7 +154,7 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
         main = trainer.accelerator.is_main_process
         if main:
             print(f"promptr1 train: policy {cfg.model!r}{' (after SFT)' if policy != cfg.model else ''}, "
-                  f"env LLM {cfg.env_llm!r}, algo {cfg.algo!r}, {cfg.steps} steps of "
+                  f"env LLM {cfg.env_llm_label()!r}, algo {cfg.algo!r}, {cfg.steps} steps of "
                   f"{cfg.batch_questions}x{cfg.group_size} episodes on {trainer.accelerator.device}; "
                   f"logs: {out / 'tensorboard'}", flush=True)
         from promptr1.agents.trainer import TrainingFailed
@@ -220,7 +220,7 @@ def write_training_summary(out: pathlib.Path, status: str, reason: str, step: in
     out.mkdir(parents=True, exist_ok=True)
     path = out / "summary.json"
     atomic_write_text(path, json.dumps({"status": status, "reason": reason, "step": step, "steps": cfg.steps,
-                                        "env_llm": cfg.env_llm, "env_llm_calls": budget.calls,
+                                        "env_llm": cfg.env_llm_label(), "env_llm_calls": budget.calls,
                                         "env_llm_cost_usd": budget.cost}, indent=2))
     return path
 

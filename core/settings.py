@@ -205,6 +205,17 @@ class EnvLLMSettings(Settings):
                               f"{sorted(models)}.")
         return models, prices
 
+    def env_llm_label(self) -> str:
+        """The env LLM as reports name it: ``env_llm``, or with ``env_models`` the models and the default one.
+
+        >>> EnvLLMSettings(env_models=["cheap=sim", "strong=sim-strong"], env_default_model="strong").env_llm_label()
+        'cheap=sim strong=sim-strong (default strong)'
+        """
+        if not self.env_models:
+            return self.env_llm
+        models, _ = self.env_models_map()
+        return f"{' '.join(self.env_models)} (default {self.env_default_model or next(iter(models))})"
+
     def env_sampling(self) -> dict[str, Any]:
         """Keyword arguments of every env-LLM call."""
         return {**({"temperature": self.env_temperature} if self.env_temperature is not None else {}),

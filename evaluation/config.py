@@ -137,8 +137,8 @@ class EvalConfig(RunSettings):
 
     @property
     def env_llms(self) -> list[str]:
-        """``env_llm`` followed by the transfer env LLMs."""
-        return [self.env_llm, *self.transfer_env_llms]
+        """The run's env LLM (its label: with ``env_models``, the models) followed by the transfer env LLMs."""
+        return [self.env_llm_label(), *self.transfer_env_llms]
 
 
 @dataclass

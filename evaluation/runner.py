@@ -280,7 +280,7 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
 def _build_backend(spec: str, cfg: EvalConfig, given: Mapping[str, LLMBackend], budget: Budget) -> LLMBackend:
     from promptr1.llm_backends import from_settings
 
-    if cfg.env_models and spec == cfg.env_llm and spec not in given:  # several env LLMs in the agent's env
+    if cfg.env_models and spec == cfg.env_llm_label() and spec not in given:  # several env LLMs in the agent's env
         return from_settings(cfg, budget=budget)[0]
     return from_settings(cfg, given=given.get(spec), spec=spec, budget=budget)[0]
 

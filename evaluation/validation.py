@@ -143,7 +143,7 @@ def final_evaluation(cfg: GRPOConfig, sft_model: str, trained_model: Any, tokeni
     policies["trained (GRPO)"] = (trained_model, tokenizer)
     tasks = cfg.eval_tasks or cfg.tasks  # the evaluation wing takes the test split of each source
     result = compare_policies(policies, tasks, backend, cfg, episodes=cfg.eval_episodes)
-    print(f"\nheld-out evaluation ({cfg.eval_episodes} episodes, greedy, env LLM {cfg.env_llm!r}, reward "
+    print(f"\nheld-out evaluation ({cfg.eval_episodes} episodes, greedy, env LLM {cfg.env_llm_label()!r}, reward "
           f"{cfg.reward_variant!r}; mean and 95% CI):")
     print(format_table(result), flush=True)
     from promptr1.core.fileio import atomic_write_text

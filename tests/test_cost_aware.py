@@ -130,7 +130,10 @@ def test_eval_report_has_a_cost_table_by_model(tmp_path):
     assert rec["cost_usd"] == pytest.approx(sum(rec["cost_by_model"].values()))
     report = (tmp_path / "report.md").read_text()
     assert "## Cost by env LLM (per episode)" in report and "cheap: calls, USD" in report
-    line = next(x for x in report.splitlines() if x.startswith("| `agent:scripted @ sim` |") and "1.00, " in x)
+    # the run names its env LLMs as the models it has, not the unused env_llm (it used to say "env LLMs: `sim`")
+    label = "cheap=sim strong=sim-strong (default cheap)"
+    assert f"env LLMs: `{label}`" in report and "env LLMs: `sim`" not in report
+    line = next(x for x in report.splitlines() if x.startswith(f"| `agent:scripted @ {label}` |") and "1.00, " in x)
     mean_usd = sum(r["cost_usd"] for r in result.records) / len(result.records)
     assert line.split("|")[2].strip() == f"{mean_usd:.6f}"
 

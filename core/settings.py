@@ -79,7 +79,7 @@ ENV_HISTORY_MODES = ("seen", "full", "reference")
 def check_whole(name: str, value: Any, low: int = 1) -> None:
     """The one check of a whole-number setting: an int >= ``low``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= {low}; got {value!r}.")
+        raise ConfigError(f"{name} (--{name.replace('_', '-')}) must be a whole number >= {low}; got {value!r}.")
 
 
 def check_amount(name: str, value: Any, *, positive: bool = False, optional: bool = True) -> None:
@@ -89,7 +89,7 @@ def check_amount(name: str, value: Any, *, positive: bool = False, optional: boo
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (positive and value == 0):
         bound = "> 0" if positive else ">= 0"
-        raise ConfigError(f"--{name.replace('_', '-')} must be a finite number {bound}"
+        raise ConfigError(f"{name} (--{name.replace('_', '-')}) must be a finite number {bound}"
                           f"{' (or left out)' if optional else ''}; got {value!r}.")
 
 
@@ -328,7 +328,7 @@ class EpisodeSettings(Settings):
         check_whole("max_turns", self.max_turns)
         check_whole("max_response_chars", self.max_response_chars)
         if self.env_history not in ENV_HISTORY_MODES:
-            raise ConfigError(f"--env-history must be one of {', '.join(ENV_HISTORY_MODES)} (seen: the reply as the "
+            raise ConfigError(f"env_history must be one of {', '.join(ENV_HISTORY_MODES)} (seen: the reply as the "
                               f"agent saw it; full: the whole reply; reference: the official code's); "
                               f"got {self.env_history!r}.")
         check_amount("cost_weight", self.cost_weight, optional=False)

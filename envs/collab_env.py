@@ -40,6 +40,8 @@ from promptr1.rewards import (
     compute_reward,
     cost_penalty,
 )
+from promptr1.core.registry import did_you_mean
+from promptr1.core.settings import ENV_HISTORY_MODES, EpisodeSettings
 from promptr1.core.tags import THINK_OPEN
 
 #: What the reference prefills at the start of every agent turn after the first.
@@ -48,7 +50,6 @@ REFERENCE_TURN_PREFILL = THINK_OPEN + "\n"
 __all__ = ["DEFAULT_AGENT_SYSTEM_PROMPT", "DEFAULT_ENV_SYSTEM_PROMPT", "ENV_HISTORY_MODES", "PromptCollabEnv"]
 
 #: Values of ``env_history``: what the env LLM's history keeps of each of its replies.
-ENV_HISTORY_MODES = ("seen", "full", "reference")
 
 DEFAULT_AGENT_SYSTEM_PROMPT = (
     "You are a small assistant that answers questions by consulting a large language model. "
@@ -81,30 +82,20 @@ class PromptCollabEnv(gym.Env):
             ``question``/``answers``, a :class:`Task`, or a list of any of these.
         env_llm: the large LLM: a spec string (``"sim"``, ``"openai:MODEL"``, ``"hf:ID"``,
             ``"smollm2"``, ...) or an :class:`~promptr1.llm_backends.LLMBackend` instance.
-        max_turns: agent turns before truncation (ref: 5).
-        max_response_chars: the env LLM's reply is cut to this many characters (ref: 2048).
+        settings, **episode: the episode's settings, :class:`~promptr1.core.settings.EpisodeSettings` (every
+            command's; docs/configuration.md lists them with their defaults): ``max_turns`` (ref: 5),
+            ``max_response_chars`` (ref: 2048), ``reward_variant``, ``answer_metric``, ``framing``, ``env_history``,
+            ``agent_system_prompt``, ``agent_tool_description``, ``cost_weight``, ``cost_reference_usd``; as a group
+            (``settings=``) and/or as keyword arguments (``max_turns=3``), which win. Each is declared, defaulted
+            and checked once, there.
         max_action_chars: longer agent turns are cut and flagged (``info["action_truncated"]``).
         max_observation_chars: size of the observation space.
-        reward_variant: ``"faithful"`` (the reference) or ``"answer_gated"`` (see rewards docs).
-        answer_metric: what feeds the reward's answer term: ``"f1"`` (ref, every task), ``"em"``, ``"math"``
-            (numeric equivalence), ``"ssim"`` (the paper's text metric), or ``"auto"``: F1 for QA,
-            numeric-equivalent EM for math, SSim for text, chosen per task from its type.
         split: the split used for ``"synthetic"`` tasks.
         task_order: ``"random"`` (drawn with ``self.np_random``) or ``"sequential"``.
         sampling: keyword arguments for every env LLM call (``temperature``, ``max_tokens``, ...).
         env_system_prompt: the env LLM's system message; ``None`` sends none; ``"auto"`` (default) uses the
             backend's ``preferred_system_prompt`` when it has one (``smollm2``: none, its template's own),
             else :data:`DEFAULT_ENV_SYSTEM_PROMPT`. ``info["env_system_prompt"]`` says which was used.
-        agent_system_prompt: the agent's system message (None: none). Under the reference framings the default is
-            the framing's own (our wording of the reference's, with the tool's schema); a text you give is used
-            verbatim (for the reference's own, see docs/evaluation.md).
-        agent_tool_description: the reference framings' ``prompt`` tool in their default system message: a whole
-            function schema as JSON (verbatim) or a description replacing ours (:func:`tool_schema_text`).
-        env_history: what the env LLM's history keeps of each of its earlier replies: ``"seen"`` (default) the
-            reply as the agent saw it (cut at ``max_response_chars``; under the reference framing the visible part
-            of its JSON text, decoded), never more; ``"full"`` the whole reply, re-sent on every later turn;
-            ``"reference"`` the reference's: the whole reply when its ``{"results": [...]}`` text fits in
-            ``max_response_chars``, else an empty assistant message (its re-parse of the cut JSON fails).
         backend_kwargs: extra keyword arguments when ``env_llm`` is a spec string.
         default_model, model_prices, cost_weight, cost_reference_usd: for several env LLMs (opt-in, see
             docs/cost-aware.md): ``env_llm={"cheap": spec, "strong": spec}`` names them; the agent picks one per call
@@ -122,42 +113,42 @@ class PromptCollabEnv(gym.Env):
         task: Any = "synthetic",
         env_llm: str | LLMBackend | Mapping[str, str | LLMBackend] = "sim",
         *,
-        max_turns: int = 5,
-        max_response_chars: int = 2048,
-        max_action_chars: int = 16_384,
-        max_observation_chars: int = 262_144,
-        reward_variant: str = "faithful",
-        answer_metric: str = "f1",
+        settings: EpisodeSettings | None = None,
         split: str = "train",
         task_order: str = "random",
         sampling: Mapping[str, Any] | None = None,
         env_system_prompt: str | None = "auto",
-        framing: str = "ours",
-        agent_system_prompt: str | None = DEFAULT_AGENT_SYSTEM_PROMPT,
-        agent_tool_description: str | None = None,
-        env_history: str = "seen",
         render_mode: str | None = None,
         backend_kwargs: Mapping[str, Any] | None = None,
         default_model: str | None = None,
         model_prices: Mapping[str, Sequence[float]] | None = None,
-        cost_weight: float = 0.0,
-        cost_reference_usd: float | None = None,
+        max_action_chars: int = 16_384,
+        max_observation_chars: int = 262_144,
+        **episode: Any,
     ) -> None:
-        if not isinstance(max_turns, int) or max_turns < 1:
-            raise ValueError(f"max_turns must be a positive int (ref: 5), got {max_turns!r}.")
-        if max_response_chars < 1 or max_action_chars < 1:
-            raise ValueError("max_response_chars and max_action_chars must be >= 1.")
-        if env_history not in ENV_HISTORY_MODES:
-            raise ValueError(f"env_history must be one of {', '.join(ENV_HISTORY_MODES)} (seen: the reply as the agent "
-                             f"saw it; full: the whole reply; reference: the official code's), got {env_history!r}.")
+        # The episode's settings (max_turns, max_response_chars, reward_variant, answer_metric, framing, env_history,
+        # agent_system_prompt, agent_tool_description, cost_weight, cost_reference_usd) are EpisodeSettings fields:
+        # declared, defaulted and checked there once; `settings` gives them as a group, keywords change them.
+        try:
+            s = EpisodeSettings.pick(settings, **episode) if settings is not None else EpisodeSettings(**episode)
+        except TypeError:
+            names = sorted({f.name for f in dataclasses.fields(EpisodeSettings)})
+            unknown = sorted(set(episode) - set(names))
+            raise TypeError(did_you_mean("PromptCollabEnv keyword argument", unknown[0] if unknown else episode,
+                                         names + ["split", "task_order", "sampling", "env_system_prompt",
+                                                  "render_mode", "backend_kwargs", "default_model", "model_prices",
+                                                  "max_action_chars", "max_observation_chars", "settings"])) from None
+        self.settings = s
+        if isinstance(max_action_chars, bool) or not isinstance(max_action_chars, int) or max_action_chars < 1:
+            raise ValueError(f"max_action_chars must be a whole number >= 1, got {max_action_chars!r}.")
         if task_order not in ("random", "sequential"):
             raise ValueError(f"task_order must be 'random' or 'sequential', got {task_order!r}.")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}.")
         # Validate the reward options now rather than at the end of the first episode (did-you-mean errors).
-        REWARD_VARIANTS[reward_variant]
-        if answer_metric != "auto":
-            ANSWER_METRICS[answer_metric]
+        REWARD_VARIANTS[s.reward_variant]
+        if s.answer_metric != "auto":
+            ANSWER_METRICS[s.answer_metric]
 
         self.tasks = load_tasks(task, split=split)
         if len(self.tasks) == 0:
@@ -182,17 +173,17 @@ class PromptCollabEnv(gym.Env):
         unknown = sorted(set(self.model_prices) - set(self.env_llms))
         if unknown:
             raise ValueError(f"model_prices names {unknown}, which are not env LLMs ({sorted(self.env_llms)}).")
-        if reward_variant in COST_AWARE_VARIANTS:
-            cost_penalty(0.0, cost_weight, cost_reference_usd)  # the settings are checked now
-        self.cost_weight = float(cost_weight)
-        self.cost_reference_usd = cost_reference_usd
-        self.max_turns = max_turns
-        self.max_response_chars = max_response_chars
+        if s.reward_variant in COST_AWARE_VARIANTS:
+            cost_penalty(0.0, s.cost_weight, s.cost_reference_usd)  # the settings are checked now
+        self.cost_weight = float(s.cost_weight)
+        self.cost_reference_usd = s.cost_reference_usd
+        self.max_turns = s.max_turns
+        self.max_response_chars = s.max_response_chars
         self.max_action_chars = max_action_chars
         self.max_observation_chars = max_observation_chars
-        self.env_history = env_history
-        self.reward_variant = reward_variant
-        self.answer_metric = answer_metric
+        self.env_history = s.env_history
+        self.reward_variant = s.reward_variant
+        self.answer_metric = s.answer_metric
         self.task_order = task_order
         self.sampling = dict(sampling or {})
         if env_system_prompt == "auto":
@@ -201,10 +192,13 @@ class PromptCollabEnv(gym.Env):
             raise TypeError(f"env_system_prompt must be a string, None (no system message) or 'auto'; "
                             f"got {type(env_system_prompt).__name__}.")
         self.env_system_prompt = env_system_prompt
-        self.framing: Framing = FRAMINGS.get(framing)
-        if self.framing.name.startswith("reference") and agent_system_prompt == DEFAULT_AGENT_SYSTEM_PROMPT:
-            agent_system_prompt = None  # the reference framing's own system message (with the tool schema)
-        self.agent_system_prompt = self.framing.agent_system_prompt(agent_system_prompt, agent_tool_description)
+        self.framing: Framing = FRAMINGS.get(s.framing)
+        text = s.agent_system_prompt  # "": the framing's own; None: no system message (ours)
+        if self.framing.name.startswith("reference") and text in ("", DEFAULT_AGENT_SYSTEM_PROMPT):
+            text = None  # the reference framing's own system message (with the tool schema)
+        elif text == "":
+            text = DEFAULT_AGENT_SYSTEM_PROMPT
+        self.agent_system_prompt = self.framing.agent_system_prompt(text, s.agent_tool_description or None)
         if self.env_llms:
             self.agent_system_prompt = "\n\n".join(p for p in (self.agent_system_prompt, self.models_note()) if p)
         self.render_mode = render_mode
@@ -217,25 +211,22 @@ class PromptCollabEnv(gym.Env):
 
     @classmethod
     def from_settings(cls, task: Any, env_llm: Any, settings: Any, **extra: Any) -> PromptCollabEnv:
-        """The env a run's settings describe (:meth:`settings_kwargs`); ``extra``: other keyword arguments
-        (``split``, ...). With ``env_models``, ``env_llm`` is the mapping of backends."""
-        return cls(task=task, env_llm=env_llm, **{**cls.settings_kwargs(settings), **extra})
+        """The env a run's settings describe: their :class:`~promptr1.core.settings.EpisodeSettings` group as it is,
+        the env LLM's sampling and system message, and with ``env_models`` the models' default and prices (then
+        ``env_llm`` is the mapping of backends). ``extra``: other keyword arguments (``split``, ...)."""
+        return cls(task=task, env_llm=env_llm, settings=EpisodeSettings.pick(settings),
+                   **{**cls._backend_kwargs(settings), **extra})
 
     @staticmethod
     def settings_kwargs(settings: Any) -> dict[str, Any]:
-        """This env's keyword arguments from a run's settings: its :class:`~promptr1.core.settings.EpisodeSettings`
-        group as it is, the env LLM's sampling and system message, and with ``env_models`` the models' default and
-        prices (for the TRL rollout and dataset, which take keyword arguments)."""
-        from promptr1.core.settings import EpisodeSettings
+        """The same as keyword arguments (the TRL rollout and dataset take them): every field of the episode group,
+        and the env-LLM ones of :meth:`from_settings`."""
+        episode = dataclasses.asdict(EpisodeSettings.pick(settings))
+        return {**episode, **PromptCollabEnv._backend_kwargs(settings)}
 
-        episode = {f.name: getattr(settings, f.name) for f in dataclasses.fields(EpisodeSettings)}
-        if episode["reward_variant"] not in COST_AWARE_VARIANTS:
-            episode.pop("cost_weight"), episode.pop("cost_reference_usd")
-        for name in ("agent_system_prompt", "agent_tool_description"):  # empty: the framing's own
-            if not episode[name]:
-                episode.pop(name)
-        kwargs: dict[str, Any] = {**episode, "sampling": settings.env_sampling(),
-                                  "env_system_prompt": settings.env_system_prompt}
+    @staticmethod
+    def _backend_kwargs(settings: Any) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"sampling": settings.env_sampling(), "env_system_prompt": settings.env_system_prompt}
         if settings.env_models:
             _, prices = settings.env_models_map()
             kwargs.update(default_model=settings.env_default_model or None, model_prices=prices)

@@ -116,7 +116,8 @@ def test_agent_system_prompt_setting_takes_a_file_and_reaches_the_env(tmp_path):
     env = PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["x"]), **PromptCollabEnv.settings_kwargs(cfg))
     _, info = env.reset(seed=0)
     assert info["messages"][0] == {"role": "system", "content": STAND_IN_SYSTEM}
-    assert "agent_system_prompt" not in PromptCollabEnv.settings_kwargs(RunSettings())  # unset: the env is built exactly as before
+    unset = PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["x"]), **PromptCollabEnv.settings_kwargs(RunSettings()))
+    assert unset.agent_system_prompt == PromptCollabEnv(task=[TASK], env_llm=ScriptedBackend(["x"])).agent_system_prompt
     with pytest.raises(ConfigError, match=r"--agent-system-prompt @.*missing.txt.*cannot read"):
         RunSettings(agent_system_prompt=f"@{tmp_path / 'missing.txt'}")
 

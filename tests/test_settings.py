@@ -171,8 +171,8 @@ def test_explicit_value_beats_the_algorithm_default():
     (["--cpu", "maybe"], "argument --cpu: invalid true/false value: 'maybe'"),
     (["--steps"], "argument --steps: expected one argument"),
     (["steps", "3"], "unexpected argument 'steps'"),
-    (["--max-turns", "0"], "--max-turns must be a whole number >= 1; got 0."),
-    (["--cost-weight", "inf"], "--cost-weight must be a finite number >= 0"),
+    (["--max-turns", "0"], "max_turns (--max-turns) must be a whole number >= 1; got 0."),
+    (["--cost-weight", "inf"], "cost_weight (--cost-weight) must be a finite number >= 0"),
 ])
 def test_bad_values_are_one_line_errors(argv, msg):
     with pytest.raises(ConfigError) as exc:

@@ -287,4 +287,4 @@ def test_a_model_folder_without_a_tokenizer_is_named_as_such(tmp_path, tiny):
 
 def test_dry_run_rejects_what_train_rejects(capsys):
     assert main(["train", "--config", "defaults", "--dry-run", "--max-turns", "0"]) == 2
-    assert "--max-turns must be a whole number >= 1" in capsys.readouterr().err
+    assert "(--max-turns) must be a whole number >= 1" in capsys.readouterr().err

@@ -98,4 +98,4 @@ def test_validation_uses_the_live_model_the_runs_backend_and_env_settings(tmp_pa
 
 def test_bad_validation_settings_are_refused(tmp_path, capsys):
     assert main(["train", "--config", "defaults", "--eval-every", "-1", "--output-dir", str(tmp_path)]) == 2
-    assert "--eval-every must be a whole number >= 0" in capsys.readouterr().err
+    assert "(--eval-every) must be a whole number >= 0" in capsys.readouterr().err

@@ -1,0 +1,199 @@
+"""The documentation says what the code does: its Python examples run, and its numbers carry their command.
+
+* Every ```python block of README.md and docs/*.md runs, each in a fresh interpreter (so nothing registered by
+  one block, and no test double imported by the test suite, helps another), from an empty working folder. A
+  block that cannot run here (it needs a GPU, a key, a dataset file, or trains for minutes) says so on the line
+  before it, with the reason: ``<!-- not-run: needs OPENAI_API_KEY -->``.
+* Every table with a measurement in it (a confidence interval, a time, a rate, a ratio, a percentage, a count
+  "N of M") and every sentence of prose with a time or a rate in it has, within ``WINDOW`` lines, the command
+  that reproduces it: a ```bash block or an inline `python ...` / `promptr1 ...` / `pytest ...` span. A table or
+  sentence whose numbers are not measured by us (a setting, a value of the reference) says so on the line before
+  it: ``<!-- not-measured: reason -->``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+WINDOW = 6  # lines between a measurement and its command
+MARKER = re.compile(r"<!--\s*(not-run|not-measured):(.*?)-->")
+
+
+@dataclass
+class Block:
+    path: Path
+    line: int  # 1-based line of the block's first code line
+    lang: str
+    code: str
+    not_run: str | None  # the reason, "" when the marker has none, None without a marker
+
+
+def _marker(lines: list[str], index: int, kind: str) -> str | None:
+    """The reason of a ``<!-- KIND: reason -->`` marker on the nearest non-blank line before ``lines[index]``."""
+    j = index - 1
+    while j >= 0 and not lines[j].strip():
+        j -= 1
+    if j < 0:
+        return None
+    m = MARKER.search(lines[j])
+    return m.group(2).strip() if m and m.group(1) == kind else None
+
+
+def code_blocks(text: str, path: Path = Path("doc.md")) -> list[Block]:
+    """The fenced code blocks of a Markdown text, with the ``not-run`` reason given on the line before each."""
+    lines = text.splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        m = re.match(r"\s*```(\w*)\s*$", lines[i])
+        if m:
+            j = i + 1
+            while j < len(lines) and lines[j].strip() != "```":
+                j += 1
+            blocks.append(Block(path, i + 2, m.group(1), "\n".join(lines[i + 1:j]), _marker(lines, i, "not-run")))
+            i = j
+        i += 1
+    return blocks
+
+
+def _python_blocks() -> list[Block]:
+    return [b for path in DOCS for b in code_blocks(path.read_text(encoding="utf-8"), path) if b.lang == "python"]
+
+
+def _block_id(block: Block) -> str:
+    return f"{block.path.relative_to(ROOT)}:{block.line}"
+
+
+@pytest.mark.parametrize("block", _python_blocks(), ids=_block_id)
+def test_python_block_runs(block: Block, tmp_path: Path) -> None:
+    where = _block_id(block)
+    if block.not_run is not None:
+        assert block.not_run, f"{where}: a not-run marker needs its reason: <!-- not-run: why it cannot run -->"
+        # still valid Python: a marked block must not rot into pseudo-code
+        compile(block.code, where, "exec")
+        return
+    env = dict(os.environ, MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("OPENAI_BASE_URL", None)
+    proc = subprocess.run([sys.executable, "-c", block.code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (
+        f"the Python block at {where} fails: fix the block, or mark it <!-- not-run: reason --> on the line "
+        f"before it.\n{proc.stderr[-3000:]}"
+    )
+
+
+def test_the_runner_finds_markers_and_refuses_a_marker_without_reason() -> None:
+    text = ("Intro.\n\n```python\nx = 1\n```\n\n<!-- not-run: needs a GPU -->\n```python\nimport cuda\n```\n"
+            "<!-- not-run: -->\n\n```python\ny = 2\n```\n```bash\nls\n```\n")
+    blocks = code_blocks(text)
+    assert [(b.lang, b.not_run) for b in blocks] == [("python", None), ("python", "needs a GPU"), ("python", ""),
+                                                      ("bash", None)]
+    assert blocks[0].line == 4 and blocks[0].code == "x = 1"
+
+
+# ------------------------------------------------------------------ numbers next to their commands
+UNIT = r"(?:µs|us|ms|s|sec|min|h|GB|MB|MiB|KB|ep/s|tokens/s|tok/s|requests/s|req/s)"
+MEASUREMENT = re.compile(
+    r"\[[-+]?\d+\.\d+, [-+]?\d+\.\d+\]"            # a confidence interval [low, high]
+    rf"|(?<![\w.])\d[\d.,]*\s?{UNIT}(?![\w/])"      # a time, a size, a rate
+    r"|(?<![\w.])\d+\.\d+x\b"                       # a ratio, 0.58x
+    r"|(?<![\w.])\d[\d.]*%"                          # a percentage
+    r"|(?<![\w.])\d[\d,]* of \d[\d,]*\b"             # a count, 94 of 100
+)
+COMMAND = re.compile(r"^\s*```(?:bash|sh|console)\s*$"
+                     r"|`(?:[A-Z_]+=\S+ )*(?:python|promptr1|pytest|accelerate)\b[^`]*`")
+
+
+def _strip_code_spans(line: str) -> str:
+    return re.sub(r"`[^`]*`", "", line)
+
+
+def unreproduced_numbers(text: str, window: int = WINDOW) -> list[tuple[int, str]]:
+    """``(line, text)`` of every measurement with no command within ``window`` lines.
+
+    A table, a paragraph or a list counts as one unit: a command within ``window`` lines of its first or last line,
+    in the same section (no heading between them), covers it. Lines in
+    fenced blocks are neither measurements nor (except a bash fence) commands; a table or line marked
+    ``<!-- not-measured: reason -->`` on the line before is skipped.
+    """
+    lines = text.splitlines()
+    in_fence, fenced = False, [False] * len(lines)
+    for i, line in enumerate(lines):
+        if re.match(r"\s*```", line):
+            fenced[i] = True
+            in_fence = not in_fence
+        else:
+            fenced[i] = in_fence
+    section, n = [], 0
+    for i, line in enumerate(lines):
+        n += bool(not fenced[i] and line.startswith("#"))
+        section.append(n)
+    commands = [i for i, line in enumerate(lines) if COMMAND.search(line) and (not fenced[i] or "```" in line)]
+
+    def has_command(first: int, last: int) -> bool:
+        return any(first - window <= c <= last + window and section[c] == section[first] for c in commands)
+
+    problems, i = [], 0
+    while i < len(lines):
+        if fenced[i]:
+            i += 1
+            continue
+        if lines[i].lstrip().startswith("|"):
+            j = i
+            while j + 1 < len(lines) and lines[j + 1].lstrip().startswith("|"):
+                j += 1
+            hits = [k for k in range(i, j + 1) if MEASUREMENT.search(_strip_code_spans(lines[k]))]
+            if hits and _marker(lines, i, "not-measured") is None and not has_command(i, j):
+                problems.append((hits[0] + 1, lines[hits[0]].strip()))
+            i = j + 1
+            continue
+        j = i  # a paragraph (or a list without blank lines) counts as one unit, like a table
+        while (j + 1 < len(lines) and lines[j + 1].strip() and not fenced[j + 1]
+               and not lines[j + 1].lstrip().startswith(("|", "#", "<!--"))):
+            j += 1
+        hits = [k for k in range(i, j + 1) if MEASUREMENT.search(_strip_code_spans(lines[k]))]
+        if hits and _marker(lines, i, "not-measured") is None and not has_command(i, j):
+            problems.append((hits[0] + 1, lines[hits[0]].strip()))
+        i = j + 1
+    return problems
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_measurement_sits_next_to_its_command(path: Path) -> None:
+    problems = unreproduced_numbers(path.read_text(encoding="utf-8"))
+    listing = "\n".join(f"  {path.relative_to(ROOT)}:{n}: {text[:120]}" for n, text in problems)
+    assert not problems, (
+        f"measurements without the command that reproduces them (within {WINDOW} lines: a ```bash block or an "
+        f"inline `python ...` / `promptr1 ...` span), or mark what is not a measurement with "
+        f"<!-- not-measured: reason -->:\n{listing}"
+    )
+
+
+def test_the_number_checker_fails_on_a_bare_number_and_passes_with_its_command() -> None:
+    filler = "\n" * (WINDOW + 2)
+    bad = (f"# Results\n{filler}| policy | reward |\n|---|---|\n| ours | +0.23 [+0.17, +0.29] |\n{filler}"
+           f"Each step takes 58 s on a CPU.\n{filler}")
+    def line_of(text: str, needle: str) -> int:
+        return text.splitlines().index(needle) + 1
+
+    table_row, prose = "| ours | +0.23 [+0.17, +0.29] |", "Each step takes 58 s on a CPU."
+    assert [n for n, _ in unreproduced_numbers(bad)] == [line_of(bad, table_row), line_of(bad, prose)]
+    good = bad.replace("| policy", "From `python benchmarks/bench_learning.py`:\n| policy", 1)
+    assert [n for n, _ in unreproduced_numbers(good)] == [line_of(good, prose)]  # the table is covered, not the prose
+    fenced = good + "```bash\npython benchmarks/bench_learning.py --steps 1\n```\n"
+    assert unreproduced_numbers(fenced) == []
+    marked = bad.replace("| policy", "<!-- not-measured: the reference's values -->\n| policy", 1)
+    assert [n for n, _ in unreproduced_numbers(marked)] == [line_of(marked, prose)]
+    # numbers inside code (a command's own flags, a snippet) are not measurements
+    assert unreproduced_numbers(f"{filler}Run `sleep 5 s` or:\n```\nwait 5 s\n```\n{filler}") == []
+    # settings and plain integers are not measurements
+    assert unreproduced_numbers("replies cut at 2,048 characters, 5 turns, lr 1e-6, weight 0.25") == []

@@ -189,8 +189,10 @@ def test_the_number_checker_fails_on_a_bare_number_and_passes_with_its_command()
     assert [n for n, _ in unreproduced_numbers(bad)] == [line_of(bad, table_row), line_of(bad, prose)]
     good = bad.replace("| policy", "From `python benchmarks/bench_learning.py`:\n| policy", 1)
     assert [n for n, _ in unreproduced_numbers(good)] == [line_of(good, prose)]  # the table is covered, not the prose
-    fenced = good + "```bash\npython benchmarks/bench_learning.py --steps 1\n```\n"
+    fenced = good.replace(prose, prose + "\n\n```bash\npython benchmarks/bench_learning.py --steps 1\n```")
     assert unreproduced_numbers(fenced) == []
+    other_section = good.replace(prose, prose + "\n\n## Next\n\n```bash\npython other.py\n```")
+    assert [n for n, _ in unreproduced_numbers(other_section)] == [line_of(good, prose)]  # a heading between
     marked = bad.replace("| policy", "<!-- not-measured: the reference's values -->\n| policy", 1)
     assert [n for n, _ in unreproduced_numbers(marked)] == [line_of(marked, prose)]
     # numbers inside code (a command's own flags, a snippet) are not measurements

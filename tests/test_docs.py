@@ -3,7 +3,8 @@
 * Every ```python block of README.md and docs/*.md runs, each in a fresh interpreter (so nothing registered by
   one block, and no test double imported by the test suite, helps another), from an empty working folder. A
   block that cannot run here (it needs a GPU, a key, a dataset file, or trains for minutes) says so on the line
-  before it, with the reason: ``<!-- not-run: needs OPENAI_API_KEY -->``.
+  before it, with the reason: ``<!-- not-run: needs OPENAI_API_KEY -->``; one that runs but takes more than a few
+  seconds (it loads SmolLM2) runs with the slow tests: ``<!-- slow: loads SmolLM2 -->``.
 * Every table with a measurement in it (a confidence interval, a time, a rate, a ratio, a percentage, a count
   "N of M") and every sentence of prose with a time or a rate in it has, within ``WINDOW`` lines, the command
   that reproduces it: a ```bash block or an inline `python ...` / `promptr1 ...` / `pytest ...` span. A table or
@@ -25,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 WINDOW = 6  # lines between a measurement and its command
-MARKER = re.compile(r"<!--\s*(not-run|not-measured):(.*?)-->")
+MARKER = re.compile(r"<!--\s*(not-run|not-measured|slow):(.*?)-->")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Block:
     lang: str
     code: str
     not_run: str | None  # the reason, "" when the marker has none, None without a marker
+    slow: str | None = None  # ``<!-- slow: reason -->``: runs with the slow tests (``pytest -m slow``)
 
 
 def _marker(lines: list[str], index: int, kind: str) -> str | None:
@@ -58,23 +60,26 @@ def code_blocks(text: str, path: Path = Path("doc.md")) -> list[Block]:
             j = i + 1
             while j < len(lines) and lines[j].strip() != "```":
                 j += 1
-            blocks.append(Block(path, i + 2, m.group(1), "\n".join(lines[i + 1:j]), _marker(lines, i, "not-run")))
+            blocks.append(Block(path, i + 2, m.group(1), "\n".join(lines[i + 1:j]), _marker(lines, i, "not-run"),
+                                _marker(lines, i, "slow")))
             i = j
         i += 1
     return blocks
 
 
-def _python_blocks() -> list[Block]:
-    return [b for path in DOCS for b in code_blocks(path.read_text(encoding="utf-8"), path) if b.lang == "python"]
+def _python_blocks() -> list:
+    blocks = [b for path in DOCS for b in code_blocks(path.read_text(encoding="utf-8"), path) if b.lang == "python"]
+    return [pytest.param(b, id=_block_id(b), marks=[pytest.mark.slow] if b.slow is not None else []) for b in blocks]
 
 
 def _block_id(block: Block) -> str:
     return f"{block.path.relative_to(ROOT)}:{block.line}"
 
 
-@pytest.mark.parametrize("block", _python_blocks(), ids=_block_id)
+@pytest.mark.parametrize("block", _python_blocks())
 def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     where = _block_id(block)
+    assert block.slow is None or block.slow, f"{where}: a slow marker needs its reason: <!-- slow: why -->"
     if block.not_run is not None:
         assert block.not_run, f"{where}: a not-run marker needs its reason: <!-- not-run: why it cannot run -->"
         # still valid Python: a marked block must not rot into pseudo-code
@@ -93,10 +98,12 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
 
 def test_the_runner_finds_markers_and_refuses_a_marker_without_reason() -> None:
     text = ("Intro.\n\n```python\nx = 1\n```\n\n<!-- not-run: needs a GPU -->\n```python\nimport cuda\n```\n"
-            "<!-- not-run: -->\n\n```python\ny = 2\n```\n```bash\nls\n```\n")
+            "<!-- not-run: -->\n\n```python\ny = 2\n```\n```bash\nls\n```\n<!-- slow: loads SmolLM2 -->\n```python\n"
+            "z = 3\n```\n")
     blocks = code_blocks(text)
-    assert [(b.lang, b.not_run) for b in blocks] == [("python", None), ("python", "needs a GPU"), ("python", ""),
-                                                      ("bash", None)]
+    assert [(b.lang, b.not_run, b.slow) for b in blocks] == [
+        ("python", None, None), ("python", "needs a GPU", None), ("python", "", None), ("bash", None, None),
+        ("python", None, "loads SmolLM2")]
     assert blocks[0].line == 4 and blocks[0].code == "x = 1"
 
 

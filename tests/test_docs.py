@@ -117,7 +117,7 @@ MEASUREMENT = re.compile(
     r"|(?<![\w.])\d[\d,]* of \d[\d,]*\b"             # a count, 94 of 100
 )
 COMMAND = re.compile(r"^\s*```(?:bash|sh|console)\s*$"
-                     r"|`(?:[A-Z_]+=\S+ )*(?:python|promptr1|pytest|accelerate)\b[^`]*`")
+                     r"|`(?:[A-Z_]+=\S+ )*(?:python|promptr1|pytest|accelerate)\b")  # an inline span may wrap
 
 
 def _strip_code_spans(line: str) -> str:

@@ -151,7 +151,7 @@ def unreproduced_numbers(text: str, window: int = WINDOW) -> list[tuple[int, str
 
     problems, i = [], 0
     while i < len(lines):
-        if fenced[i]:
+        if fenced[i] or not lines[i].strip() or re.fullmatch(r"\s*<!--.*-->\s*", lines[i]):
             i += 1
             continue
         if lines[i].lstrip().startswith("|"):

@@ -206,3 +206,54 @@ def test_the_number_checker_fails_on_a_bare_number_and_passes_with_its_command()
     assert unreproduced_numbers(f"{filler}Run `sleep 5 s` or:\n```\nwait 5 s\n```\n{filler}") == []
     # settings and plain integers are not measurements
     assert unreproduced_numbers("replies cut at 2,048 characters, 5 turns, lr 1e-6, weight 0.25") == []
+
+
+# ------------------------------------------------------------------ links, files and tests the docs name
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _headings(text: str) -> set[str]:
+    return {_slug(line.lstrip("#")) for line, fenced in zip(text.splitlines(), _fenced(text)) if
+            line.startswith("#") and not fenced}
+
+
+def _fenced(text: str) -> list[bool]:
+    out, inside = [], False
+    for line in text.splitlines():
+        if re.match(r"\s*```", line):
+            inside = not inside
+            out.append(True)
+        else:
+            out.append(inside)
+    return out
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_files_and_tests_named_by_the_docs_exist(path: Path) -> None:
+    """A relative link reaches its file and heading; a repository path or a test the docs name exists (a design
+    document outside the repository is not a source to cite)."""
+    text, problems = path.read_text(encoding="utf-8"), []
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", link):
+            continue
+        file, _, anchor = link.partition("#")
+        target = (path.parent / file) if file else path
+        if not target.exists():
+            problems.append(f"link {link}: no file {file}")
+        elif anchor and target.suffix == ".md" and anchor not in _headings(target.read_text(encoding="utf-8")):
+            problems.append(f"link {link}: no heading #{anchor} in {file or path.name}")
+    for file, name in re.findall(r"`?((?:tests|benchmarks|examples)/[\w/.-]+\.py)(?:::(\w+))?", text):
+        if not (ROOT / file).is_file():
+            problems.append(f"{file} does not exist")
+        elif name and not re.search(rf"def {name}\b", (ROOT / file).read_text(encoding="utf-8")):
+            problems.append(f"{file} has no test {name}")
+    if re.search(r"design\.md|\(design, section", text):
+        problems.append("cites a design document that is not in the repository: cite docs/ or the code instead")
+    assert not problems, f"{path.relative_to(ROOT)}:\n  " + "\n  ".join(problems)
+
+
+def test_the_link_checker_sees_a_missing_heading() -> None:
+    assert "the-turn-protocol" in _headings("# The turn protocol\n```\n# not a heading\n```\n")
+    assert "not-a-heading" not in _headings("# The turn protocol\n```\n# not a heading\n```\n")

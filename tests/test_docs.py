@@ -257,3 +257,38 @@ def test_links_files_and_tests_named_by_the_docs_exist(path: Path) -> None:
 def test_the_link_checker_sees_a_missing_heading() -> None:
     assert "the-turn-protocol" in _headings("# The turn protocol\n```\n# not a heading\n```\n")
     assert "not-a-heading" not in _headings("# The turn protocol\n```\n# not a heading\n```\n")
+
+
+def _resolve(ref: str) -> str | None:
+    """``None`` when ``promptr1.a.b.name`` imports and has each attribute, else what is missing. A module whose
+    optional dependency is not installed (verl, ...) counts as present."""
+    import importlib
+
+    parts = ref.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError as e:
+            if e.name and not e.name.startswith("promptr1"):
+                return None  # an optional dependency of that module
+            continue
+        except ImportError:
+            return None  # e.g. promptr1.integrations.verl without verl: its own ImportError names the install
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return f"{'.'.join(parts[:i])} has no {name!r}"
+            obj = getattr(obj, name)
+        return None
+    return f"no module {ref}"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_names_in_the_docs_exist(path: Path) -> None:
+    refs = sorted(set(re.findall(r"`(promptr1(?:\.\w+)+)", path.read_text(encoding="utf-8"))))
+    missing = [f"{ref}: {why}" for ref in refs if (why := _resolve(ref))]
+    assert not missing, f"{path.relative_to(ROOT)} names what the code does not have:\n  " + "\n  ".join(missing)
+
+
+def test_a_missing_name_is_reported() -> None:
+    assert _resolve("promptr1.rewards.compute_reward") is None
+    assert _resolve("promptr1.rewards.compute_rewardz") == "promptr1.rewards has no 'compute_rewardz'"

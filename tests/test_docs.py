@@ -85,7 +85,8 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
         # still valid Python: a marked block must not rot into pseudo-code
         compile(block.code, where, "exec")
         return
-    env = dict(os.environ, MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env = dict(os.environ, MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1")
     env.pop("OPENAI_API_KEY", None)
     env.pop("OPENAI_BASE_URL", None)
     proc = subprocess.run([sys.executable, "-c", block.code], cwd=tmp_path, env=env, capture_output=True,

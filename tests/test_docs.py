@@ -2,14 +2,15 @@
 
 * Every ```python block of README.md and docs/*.md runs, each in a fresh interpreter (so nothing registered by
   one block, and no test double imported by the test suite, helps another), from an empty working folder. A
-  block that cannot run here (it needs a GPU, a key, a dataset file, or trains for minutes) says so on the line
-  before it, with the reason: ``<!-- not-run: needs OPENAI_API_KEY -->``; one that runs but takes more than a few
-  seconds (it loads SmolLM2) runs with the slow tests: ``<!-- slow: loads SmolLM2 -->``.
+  block that cannot run here (it needs a GPU, a key, a dataset file, or trains for minutes) says so on the
+  line before it, with the reason: ``<!-- not-run: needs OPENAI_API_KEY -->``; one that runs but takes more
+  than a few seconds (it loads SmolLM2) runs with the slow tests: ``<!-- slow: loads SmolLM2 -->``.
 * Every table with a measurement in it (a confidence interval, a time, a rate, a ratio, a percentage, a count
-  "N of M") and every sentence of prose with a time or a rate in it has, within ``WINDOW`` lines, the command
-  that reproduces it: a ```bash block or an inline `python ...` / `promptr1 ...` / `pytest ...` span. A table or
-  sentence whose numbers are not measured by us (a setting, a value of the reference) says so on the line before
-  it: ``<!-- not-measured: reason -->``.
+  "N of M") and every paragraph with one has, within ``WINDOW`` lines and in the same section, the command
+  that reproduces it: a ```bash block or an inline `python ...` / `promptr1 ...` / `pytest ...` span. A
+  table or paragraph whose numbers are not measured by us (a setting, an example) says so on the line
+  before it: ``<!-- not-measured: reason -->``.
+* Links reach their file and heading, and the tests, scripts and ``promptr1.*`` names the docs give exist.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Block:
 
 
 def _marker(lines: list[str], index: int, kind: str) -> str | None:
-    """The reason of a ``<!-- KIND: reason -->`` marker on the nearest non-blank line before ``lines[index]``."""
+    """The reason of a ``<!-- KIND: reason -->`` marker on the nearest non-blank line before ``lines[index]``
+    (``None`` without one)."""
     j = index - 1
     while j >= 0 and not lines[j].strip():
         j -= 1
@@ -51,7 +53,8 @@ def _marker(lines: list[str], index: int, kind: str) -> str | None:
 
 
 def code_blocks(text: str, path: Path = Path("doc.md")) -> list[Block]:
-    """The fenced code blocks of a Markdown text, with the ``not-run`` reason given on the line before each."""
+    """The fenced code blocks of a Markdown text, with the ``not-run`` / ``slow`` reason on the line before
+    each."""
     lines = text.splitlines()
     blocks, i = [], 0
     while i < len(lines):
@@ -60,7 +63,8 @@ def code_blocks(text: str, path: Path = Path("doc.md")) -> list[Block]:
             j = i + 1
             while j < len(lines) and lines[j].strip() != "```":
                 j += 1
-            blocks.append(Block(path, i + 2, m.group(1), "\n".join(lines[i + 1:j]), _marker(lines, i, "not-run"),
+            code = "\n".join(lines[i + 1:j])
+            blocks.append(Block(path, i + 2, m.group(1), code, _marker(lines, i, "not-run"),
                                 _marker(lines, i, "slow")))
             i = j
         i += 1
@@ -68,8 +72,10 @@ def code_blocks(text: str, path: Path = Path("doc.md")) -> list[Block]:
 
 
 def _python_blocks() -> list:
-    blocks = [b for path in DOCS for b in code_blocks(path.read_text(encoding="utf-8"), path) if b.lang == "python"]
-    return [pytest.param(b, id=_block_id(b), marks=[pytest.mark.slow] if b.slow is not None else []) for b in blocks]
+    blocks = [b for path in DOCS for b in code_blocks(path.read_text(encoding="utf-8"), path)
+              if b.lang == "python"]
+    return [pytest.param(b, id=_block_id(b), marks=[pytest.mark.slow] if b.slow is not None else [])
+            for b in blocks]
 
 
 def _block_id(block: Block) -> str:
@@ -81,16 +87,16 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     where = _block_id(block)
     assert block.slow is None or block.slow, f"{where}: a slow marker needs its reason: <!-- slow: why -->"
     if block.not_run is not None:
-        assert block.not_run, f"{where}: a not-run marker needs its reason: <!-- not-run: why it cannot run -->"
+        assert block.not_run, f"{where}: a not-run marker needs its reason: <!-- not-run: why not -->"
         # still valid Python: a marked block must not rot into pseudo-code
         compile(block.code, where, "exec")
         return
-    env = dict(os.environ, MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1")
+    env = dict(os.environ, MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.pop("OPENAI_API_KEY", None)
     env.pop("OPENAI_BASE_URL", None)
     proc = subprocess.run([sys.executable, "-c", block.code], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, check=False)
     assert proc.returncode == 0, (
         f"the Python block at {where} fails: fix the block, or mark it <!-- not-run: reason --> on the line "
         f"before it.\n{proc.stderr[-3000:]}"
@@ -99,8 +105,8 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
 
 def test_the_runner_finds_markers_and_refuses_a_marker_without_reason() -> None:
     text = ("Intro.\n\n```python\nx = 1\n```\n\n<!-- not-run: needs a GPU -->\n```python\nimport cuda\n```\n"
-            "<!-- not-run: -->\n\n```python\ny = 2\n```\n```bash\nls\n```\n<!-- slow: loads SmolLM2 -->\n```python\n"
-            "z = 3\n```\n")
+            "<!-- not-run: -->\n\n```python\ny = 2\n```\n```bash\nls\n```\n"
+            "<!-- slow: loads SmolLM2 -->\n```python\nz = 3\n```\n")
     blocks = code_blocks(text)
     assert [(b.lang, b.not_run, b.slow) for b in blocks] == [
         ("python", None, None), ("python", "needs a GPU", None), ("python", "", None), ("bash", None, None),
@@ -128,8 +134,8 @@ def _strip_code_spans(line: str) -> str:
 def unreproduced_numbers(text: str, window: int = WINDOW) -> list[tuple[int, str]]:
     """``(line, text)`` of every measurement with no command within ``window`` lines.
 
-    A table, a paragraph or a list counts as one unit: a command within ``window`` lines of its first or last line,
-    in the same section (no heading between them), covers it. Lines in
+    A table, a paragraph or a list counts as one unit: a command within ``window`` lines of its first or last
+    line, in the same section (no heading between them), covers it. Lines in
     fenced blocks are neither measurements nor (except a bash fence) commands; a table or line marked
     ``<!-- not-measured: reason -->`` on the line before is skipped.
     """
@@ -145,7 +151,8 @@ def unreproduced_numbers(text: str, window: int = WINDOW) -> list[tuple[int, str
     for i, line in enumerate(lines):
         n += bool(not fenced[i] and line.startswith("#"))
         section.append(n)
-    commands = [i for i, line in enumerate(lines) if COMMAND.search(line) and (not fenced[i] or "```" in line)]
+    commands = [i for i, line in enumerate(lines)
+                if COMMAND.search(line) and (not fenced[i] or "```" in line)]
 
     def has_command(first: int, last: int) -> bool:
         return any(first - window <= c <= last + window and section[c] == section[first] for c in commands)
@@ -180,8 +187,8 @@ def test_every_measurement_sits_next_to_its_command(path: Path) -> None:
     problems = unreproduced_numbers(path.read_text(encoding="utf-8"))
     listing = "\n".join(f"  {path.relative_to(ROOT)}:{n}: {text[:120]}" for n, text in problems)
     assert not problems, (
-        f"measurements without the command that reproduces them (within {WINDOW} lines: a ```bash block or an "
-        f"inline `python ...` / `promptr1 ...` span), or mark what is not a measurement with "
+        f"measurements without the command that reproduces them (within {WINDOW} lines: a ```bash block "
+        f"or an inline `python ...` / `promptr1 ...` span), or mark what is not a measurement with "
         f"<!-- not-measured: reason -->:\n{listing}"
     )
 
@@ -196,7 +203,8 @@ def test_the_number_checker_fails_on_a_bare_number_and_passes_with_its_command()
     table_row, prose = "| ours | +0.23 [+0.17, +0.29] |", "Each step takes 58 s on a CPU."
     assert [n for n, _ in unreproduced_numbers(bad)] == [line_of(bad, table_row), line_of(bad, prose)]
     good = bad.replace("| policy", "From `python benchmarks/bench_learning.py`:\n| policy", 1)
-    assert [n for n, _ in unreproduced_numbers(good)] == [line_of(good, prose)]  # the table is covered, not the prose
+    # the table is covered, not the prose
+    assert [n for n, _ in unreproduced_numbers(good)] == [line_of(good, prose)]
     fenced = good.replace(prose, prose + "\n\n```bash\npython benchmarks/bench_learning.py --steps 1\n```")
     assert unreproduced_numbers(fenced) == []
     other_section = good.replace(prose, prose + "\n\n## Next\n\n```bash\npython other.py\n```")
@@ -233,8 +241,8 @@ def _fenced(text: str) -> list[bool]:
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_links_files_and_tests_named_by_the_docs_exist(path: Path) -> None:
-    """A relative link reaches its file and heading; a repository path or a test the docs name exists (a design
-    document outside the repository is not a source to cite)."""
+    """A relative link reaches its file and heading; a repository path or a test the docs name exists (a
+    design document outside the repository is not a source to cite)."""
     text, problems = path.read_text(encoding="utf-8"), []
     for link in re.findall(r"\]\(([^)\s]+)\)", text):
         if re.match(r"[a-z]+://", link):
@@ -243,7 +251,8 @@ def test_links_files_and_tests_named_by_the_docs_exist(path: Path) -> None:
         target = (path.parent / file) if file else path
         if not target.exists():
             problems.append(f"link {link}: no file {file}")
-        elif anchor and target.suffix == ".md" and anchor not in _headings(target.read_text(encoding="utf-8")):
+        elif (anchor and target.suffix == ".md"
+              and anchor not in _headings(target.read_text(encoding="utf-8"))):
             problems.append(f"link {link}: no heading #{anchor} in {file or path.name}")
     for file, name in re.findall(r"`?((?:tests|benchmarks|examples)/[\w/.-]+\.py)(?:::(\w+))?", text):
         if not (ROOT / file).is_file():
@@ -251,7 +260,7 @@ def test_links_files_and_tests_named_by_the_docs_exist(path: Path) -> None:
         elif name and not re.search(rf"def {name}\b", (ROOT / file).read_text(encoding="utf-8")):
             problems.append(f"{file} has no test {name}")
     if re.search(r"design\.md|\(design, section", text):
-        problems.append("cites a design document that is not in the repository: cite docs/ or the code instead")
+        problems.append("cites a design document that is not in the repository: cite docs/ or the code")
     assert not problems, f"{path.relative_to(ROOT)}:\n  " + "\n  ".join(problems)
 
 
@@ -261,8 +270,8 @@ def test_the_link_checker_sees_a_missing_heading() -> None:
 
 
 def _resolve(ref: str) -> str | None:
-    """``None`` when ``promptr1.a.b.name`` imports and has each attribute, else what is missing. A module whose
-    optional dependency is not installed (verl, ...) counts as present."""
+    """``None`` when ``promptr1.a.b.name`` imports and has each attribute, else what is missing. A module
+    whose optional dependency is not installed (verl, ...) counts as present."""
     import importlib
 
     parts = ref.split(".")
@@ -287,7 +296,8 @@ def _resolve(ref: str) -> str | None:
 def test_python_names_in_the_docs_exist(path: Path) -> None:
     refs = sorted(set(re.findall(r"`(promptr1(?:\.\w+)+)", path.read_text(encoding="utf-8"))))
     missing = [f"{ref}: {why}" for ref in refs if (why := _resolve(ref))]
-    assert not missing, f"{path.relative_to(ROOT)} names what the code does not have:\n  " + "\n  ".join(missing)
+    listing = "\n  ".join(missing)
+    assert not missing, f"{path.relative_to(ROOT)} names what the code does not have:\n  {listing}"
 
 
 def test_a_missing_name_is_reported() -> None:

@@ -278,8 +278,8 @@ class TaskSettings(Settings):
     ORDER: ClassVar[int] = 10
 
     tasks: list[str] = field(default_factory=lambda: ["synthetic"])
-    """Task sources: ``synthetic`` (bundled) or parquet/JSONL files. Training concatenates them; evaluation
-    reports each as its own dataset."""
+    """Task sources: ``synthetic`` or ``geo`` (bundled), parquet/JSONL files, or ``hf:NAME_OR_FOLDER[:SPLIT]``
+    datasets. Training concatenates them; evaluation reports each as its own dataset."""
 
 
 @dataclass
@@ -351,8 +351,8 @@ class ModelSettings(Settings):
     ORDER: ClassVar[int] = 0
 
     model: str = "smollm2"
-    """Agent policy: ``smollm2`` (offline SmolLM2-135M-Instruct), ``tiny`` (random test model), an HF id or
-    folder, or a training run folder (its latest checkpoint)."""
+    """Agent policy: ``smollm2`` (offline SmolLM2-135M-Instruct), an HF id or folder, a training run folder (its
+    latest checkpoint), or ``tiny`` (random test model, with ``--plugins promptr1.testing``)."""
     model_dtype: str = "auto"
     """Dtype the agent model (and the training reference) is loaded in: ``auto`` (bf16 on a GPU that supports it,
     else float32), ``bf16``, ``fp16`` or ``fp32``. The reference is loaded in it directly, never via a float32 copy."""

@@ -64,7 +64,7 @@ import openai
 import yarl  # aiohttp's URL type (installed with it)
 from tenacity import AsyncRetrying, retry_if_exception
 
-from .base import BaseBackend, Completion, EnvLLMError, LoopThread, Message, validate_messages
+from .base import BaseBackend, Completion, EnvLLMError, LoopThread, Message, failed_attempt, validate_messages
 from .limits import SharedLimiter, estimate_tokens
 
 __all__ = [
@@ -1031,11 +1031,12 @@ class OpenAIBackend(BaseBackend):
     def _give_up(self, failure: _AttemptError, st: Mapping[str, Any], n: int, elapsed: float) -> EnvLLMError:
         kind = failure.kind
         stop_reason = "deadline" if kind == "deadline" else st["stop"]
-        if stop_reason == "deadline":
-            kind = "deadline"
+        if stop_reason in ("deadline", "budget"):
+            kind = stop_reason
         why = {
             "attempts": f"after {n} attempt(s) (max_retries={self.max_retries})",
             "deadline": f"within the deadline of {self.deadline_s:g} s ({n} attempt(s))",
+            "budget": f"after {n} attempt(s), not retried: {st.get('budget_stop')}",
         }.get(stop_reason, f"after {n} attempt(s), not retryable")
         msg = scrub_secrets(
             f"openai:{self.model} at {_display_url(self.base_url)} failed {why} in {elapsed:.2f} s; "
@@ -1064,6 +1065,11 @@ class OpenAIBackend(BaseBackend):
             return await self._attempt_inner(params, est_tokens, st)
         except _AttemptError as e:
             st["errors"].append(e.kind)
+            # whoever pays (a budget) is told what this attempt was billed for, and may forbid a retry
+            stop = failed_attempt(*st.pop("attempt_billed", (0, 0, 0.0)))
+            if stop is not None and e.retryable:
+                e.retryable = False
+                st["stop"], st["budget_stop"] = "budget", stop
             raise
 
     async def _attempt_inner(self, params: dict[str, Any], est_tokens: int, st: dict[str, Any]):
@@ -1190,3 +1196,4 @@ class OpenAIBackend(BaseBackend):
         cost = self._price(p, c, server_model if isinstance(server_model, str) else None) or 0.0
         fp, fc, fcost = st.get("failed_usage", (0, 0, 0.0))
         st["failed_usage"] = (fp + p, fc + c, round(fcost + cost, 12))
+        st["attempt_billed"] = (p, c, cost)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import pathlib
 import types
@@ -32,9 +33,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from promptr1.tags import check_model_name
+
 __all__ = [
     "ConfigError",
     "RunSettings",
+    "check_money",
     "bundled_config",
     "parse_command",
     "config_help",
@@ -53,6 +57,27 @@ C = TypeVar("C")
 
 class ConfigError(ValueError):
     """A configuration key or value that the command does not accept."""
+
+
+def check_money(value: Any, what: str, *, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite number ``>= 0`` (``> 0`` with ``positive``), else a :class:`ConfigError`
+    naming ``what``: a price, cost weight or dollar amount that is negative, NaN or infinite would pay the agent for
+    calling or turn rewards into NaN. The settings, the env and the budget all check money with it.
+
+    >>> check_money("0.15", "--env-price-per-1k")
+    0.15
+    >>> check_money(float("inf"), "--cost-weight")
+    Traceback (most recent call last):
+    ...
+    promptr1.config.ConfigError: --cost-weight must be a finite number >= 0; got inf.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ConfigError(f"{what} must be a finite number {'> 0' if positive else '>= 0'}; got {value!r}.")
+    return number
 
 
 #: The values of ``cache_mode``.
@@ -124,8 +149,8 @@ class BackendSettings:
             raise ConfigError(f"--env-temperature must be >= 0 (0: greedy); got {self.env_temperature!r}.")
         if self.max_calls is not None and self.max_calls < 0:
             raise ConfigError(f"--max-calls must be >= 0 (or left out), got {self.max_calls!r}.")
-        if self.max_cost is not None and self.max_cost < 0:
-            raise ConfigError(f"--max-cost must be >= 0 (or left out), got {self.max_cost!r}.")
+        if self.max_cost is not None:
+            check_money(self.max_cost, "--max-cost (USD; leave it out for no limit)")
         mode = str(self.cache_mode).strip().lower().replace("_", "-")
         if mode not in CACHE_MODES:
             raise ConfigError(f"--cache-mode must be one of {', '.join(CACHE_MODES)}; got {self.cache_mode!r}.")
@@ -134,8 +159,9 @@ class BackendSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (or left out), got {value!r}.")
-        if self.env_price_per_1k and (len(self.env_price_per_1k) != 2 or any(float(v) < 0 for v in self.env_price_per_1k)):
-            raise ConfigError(f"--env-price-per-1k takes two numbers >= 0, USD per 1,000 input tokens and per 1,000 "
+        if self.env_price_per_1k and (len(self.env_price_per_1k) != 2 or not all(
+                math.isfinite(float(v)) and float(v) >= 0 for v in self.env_price_per_1k)):
+            raise ConfigError(f"--env-price-per-1k takes two finite numbers >= 0, USD per 1,000 input tokens and per 1,000 "
                               f"output tokens (e.g. --env-price-per-1k 0.15 0.6); got {self.env_price_per_1k!r}.")
 
     def env_models_map(self) -> tuple[dict[str, str], dict[str, tuple[float, float]]]:
@@ -150,6 +176,10 @@ class BackendSettings:
             if not sep or not name.strip() or not spec.strip() or name.strip() in models:
                 raise ConfigError(f"--env-models takes NAME=SPEC entries with distinct names (e.g. cheap=sim "
                                   f"strong=openai:gpt-4o); got {entry!r}.")
+            try:
+                check_model_name(name.strip(), what=f"--env-models {entry!r}: the name")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
             models[name.strip()] = spec.strip()
         prices: dict[str, tuple[float, float]] = {}
         for entry in self.env_model_prices:
@@ -158,9 +188,9 @@ class BackendSettings:
                 pair = tuple(float(v) for v in values.split(":"))
             except ValueError:
                 pair = ()
-            if not sep or len(pair) != 2 or min(pair) < 0 or name.strip() not in models:
+            if not sep or len(pair) != 2 or not all(math.isfinite(v) and v >= 0 for v in pair) or name.strip() not in models:
                 raise ConfigError(f"--env-model-prices takes NAME=IN:OUT entries (USD per 1,000 input / output tokens, "
-                                  f">= 0) for models of --env-models {sorted(models)}; got {entry!r}.")
+                                  f"finite and >= 0) for models of --env-models {sorted(models)}; got {entry!r}.")
             prices[name.strip()] = (pair[0], pair[1])
         if self.env_default_model and self.env_default_model not in models:
             raise ConfigError(f"--env-default-model {self.env_default_model!r} is not one of --env-models "
@@ -263,6 +293,9 @@ class RunSettings(BackendSettings):
             raise ConfigError(f"--temperature must be >= 0 (0: greedy); got {self.temperature!r}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"--top-p must be in (0, 1]; got {self.top_p!r}.")
+        check_money(self.cost_weight, "--cost-weight")
+        if self.cost_reference_usd is not None:
+            check_money(self.cost_reference_usd, "--cost-reference-usd (leave it out to count dollars)", positive=True)
         if self.env_history not in ("seen", "full", "reference"):
             raise ConfigError(f"--env-history must be seen, full or reference; got {self.env_history!r}.")
 

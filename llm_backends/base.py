@@ -16,7 +16,8 @@ import asyncio
 import concurrent.futures
 import contextvars
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +30,7 @@ __all__ = [
     "EnvLLMError",
     "LLMBackend",
     "Message",
+    "error_summary",
     "failed_attempt",
     "validate_messages",
 ]
@@ -103,6 +105,22 @@ def failed_attempt(prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd:
     """
     hook = ATTEMPT_BILLING.get()
     return None if hook is None else hook(int(prompt_tokens), int(completion_tokens), float(cost_usd or 0.0))
+
+
+def error_summary(env_errors: Iterable[str], *, most: int = 2) -> str:
+    """Episodes' env errors (``"kind: message"``) grouped by kind, most frequent first: each kind's count and its
+    latest message, whole (messages of one kind differ in seconds, ports and counts, so their text never groups).
+
+    >>> print(error_summary(["timeout: no reply in 1.02 s", "timeout: no reply in 0.98 s", "connection: refused"]))
+    2 x timeout (last: 'timeout: no reply in 0.98 s'); 1 x connection (last: 'connection: refused')
+    """
+    counts: Counter[str] = Counter()
+    last: dict[str, str] = {}
+    for text in env_errors:
+        kind = str(text).partition(":")[0].strip() or "error"
+        counts[kind] += 1
+        last[kind] = str(text)
+    return "; ".join(f"{n} x {kind} (last: {last[kind]!r})" for kind, n in counts.most_common(most))
 
 
 @runtime_checkable

@@ -161,7 +161,7 @@ class BackendSettings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (or left out), got {value!r}.")
         if self.env_price_per_1k and (len(self.env_price_per_1k) != 2 or not all(
                 math.isfinite(float(v)) and float(v) >= 0 for v in self.env_price_per_1k)):
-            raise ConfigError(f"--env-price-per-1k takes two finite numbers >= 0, USD per 1,000 input tokens and per 1,000 "
+            raise ConfigError(f"--env-price-per-1k takes two numbers (finite, >= 0), USD per 1,000 input tokens and per 1,000 "
                               f"output tokens (e.g. --env-price-per-1k 0.15 0.6); got {self.env_price_per_1k!r}.")
 
     def env_models_map(self) -> tuple[dict[str, str], dict[str, tuple[float, float]]]:

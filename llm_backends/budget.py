@@ -88,12 +88,15 @@ class Budget:
             return True
 
     def settle(self, *, cached: bool = False, cost: float = 0.0) -> None:
-        """Close a reserved call: count it (unless a cache answered it) and add its cost."""
+        """Close a reserved call: count it (unless a cache answered it) and add its cost; a cost that reaches
+        ``max_cost`` sets :attr:`stop_reason` now (so a run stops at the end of the step that spent it)."""
         with self._lock:
             self.in_flight -= 1
             if not cached:
                 self.calls += 1
             self.cost += float(cost or 0.0)
+            if self.stop_reason is None and self.max_cost is not None and self.cost >= self.max_cost:
+                self.stop_reason = f"max_cost=${self.max_cost:g} reached"
 
     def charge(self, cost: float) -> str | None:
         """Add what a failed attempt of a call in flight was billed for; returns :attr:`stop_reason` once

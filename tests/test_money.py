@@ -319,3 +319,38 @@ def test_a_down_servers_errors_are_grouped_by_kind_and_kept_whole(tmp_path):
 def test_error_summary_groups_messages_that_differ_only_in_seconds():
     errs = [f"timeout: openai:m failed after 7 attempt(s) in {s:.2f} s; last error timeout" for s in (60.01, 60.02)]
     assert error_summary([*errs, "server_error: HTTP 500"]).startswith(f"2 x timeout (last: {errs[1]!r}); 1 x ")
+
+
+class _FailsBilled:
+    """An env LLM whose every call fails, billed $0.25 (a reply cut at max_tokens)."""
+
+    name = "fails-billed"
+
+    def __init__(self):
+        self.calls = 0
+
+    def complete(self, messages, **sampling):
+        self.calls += 1
+        raise EnvLLMError("cut off", kind="max_tokens", prompt_tokens=40, completion_tokens=612, cost_usd=0.25)
+
+    async def acomplete(self, messages, **sampling):
+        return self.complete(messages, **sampling)
+
+
+def test_a_training_run_stopped_by_max_cost_exits_3_even_when_its_calls_failed(tmp_path, always_prompt, capsys):
+    from promptr1.agents.config import GRPOConfig
+    from promptr1.pipeline import BUDGET_EXIT_CODE, run_training
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    inner = _FailsBilled()
+    # step 1: two episodes of one call each, both failed and billed $0.25: every episode failed, and the budget ran out
+    cfg = GRPOConfig(model=str(tiny_model_path()), steps=2, output_dir=str(tmp_path / "run"), batch_questions=1,
+                     group_size=2, max_new_tokens=32, max_turns=1, progress=False, max_seq_len=768, kl_coef=0.0,
+                     num_transcripts=0, eval_every=0, eval_episodes=0, max_cost=0.4, env_error_patience=1)
+    assert run_training(cfg, env_llm=inner) == BUDGET_EXIT_CODE  # not FAILED (1): the budget stopped it too
+    assert inner.calls == 2
+    out = capsys.readouterr()
+    assert "budget reached (max_cost=$0.4 reached) at step 1 of 2; before it, training stopped" in out.out
+    assert "FAILED" not in out.err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "budget-stopped" and summary["env_llm_cost_usd"] == pytest.approx(0.5)

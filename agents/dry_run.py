@@ -37,9 +37,9 @@ def _dearest_price(cfg: GRPOConfig) -> tuple[tuple[float, float] | None, str]:
     """The price a call is counted at (USD per 1,000 input / output tokens) and where it comes from.
 
     One env LLM: ``env_price_per_1k``. Several (``env_models``): each model's ``env_model_prices`` entry, else
-    ``env_price_per_1k`` (its backend's own price), as the budget counts them; since the agent may send every call to
-    any model, the upper bound counts each at the dearest input and the dearest output price. None when no price is
-    known (then the budget's ``max_cost`` cannot stop the run).
+    ``env_price_per_1k`` (its backend's own price), as the budget counts them; since the agent may send every
+    call to any model, the upper bound counts each at the dearest input and the dearest output price. None
+    when no price is known (then the budget's ``max_cost`` cannot stop the run).
     """
     own = tuple(float(v) for v in cfg.env_price_per_1k) if cfg.env_price_per_1k else None
     if not cfg.env_models:
@@ -62,8 +62,8 @@ def _dearest_price(cfg: GRPOConfig) -> tuple[tuple[float, float] | None, str]:
 
 def dry_run_report(cfg: GRPOConfig) -> str:
     """What ``cfg`` will ask of the env LLM, as upper bounds: calls, input and output tokens, and dollars
-    (with ``env_price_per_1k``, or the dearest of ``env_model_prices`` with several env LLMs), per episode, per
-    step, per validation and for the whole run.
+    (with ``env_price_per_1k``, or the dearest of ``env_model_prices`` with several env LLMs), per episode,
+    per step, per validation and for the whole run.
 
     Every agent turn may be a prompt, and the env sends every prompt, the last turn's included: up to
     ``max_turns`` calls an episode. A prompt is at most one agent turn (``max_new_tokens`` tokens); a reply is at

@@ -334,7 +334,8 @@ class PromptCollabEnv(gym.Env):
 
     def _call_cost(self, target: str | None, result: Completion | EnvLLMError) -> float:
         """Dollars of one call, a reply or a failure: from ``model_prices`` when the model has one, else the
-        backend's own accounting (:func:`~promptr1.llm_backends.pricing.call_cost`, as the budget counts it)."""
+        backend's own accounting (:func:`~promptr1.llm_backends.pricing.call_cost`, as the budget counts
+        it)."""
         return call_cost(result, self.model_prices.get(target or ""))
 
     # ------------------------------------------------------------------ the turn logic

@@ -238,8 +238,9 @@ class EvalResult:
 
     @property
     def budget_stopped(self) -> bool:
-        """True when the budget (``max_calls`` / ``max_cost``) stopped the run before every planned episode had a
-        record: a partial result (exit 3; the same command resumes), whatever the recorded episodes say."""
+        """True when the budget (``max_calls`` / ``max_cost``) stopped the run before every planned episode
+        had a record: a partial result (exit 3; the same command resumes), whatever the recorded episodes
+        say."""
         return self.stop_reason is not None and self.partial
 
     @property

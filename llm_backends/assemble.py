@@ -106,9 +106,10 @@ def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None,
     ``given``: an already-built backend, used as is (the budget and the cache still wrap it; it is not closed
     with the result, and limit settings, which configure a backend built here, are refused). ``spec``: another
     env LLM than ``settings.env_llm`` (an evaluation's transfer env LLMs), sharing ``budget`` when given.
-    Closing the result closes the cache, the budget wrapper and a backend built here. With ``env_models`` (several
-    env LLMs) the result is an :class:`EnvLLMs` mapping, each entry built so, all sharing one budget, each model's
-    calls priced at its ``env_model_prices`` entry (``price``: USD per 1,000 input / output tokens) when it has one.
+    Closing the result closes the cache, the budget wrapper and a backend built here. With ``env_models``
+    (several env LLMs) the result is an :class:`EnvLLMs` mapping, each entry built so, all sharing one budget,
+    each model's calls priced at its ``env_model_prices`` entry (``price``: USD per 1,000 input / output
+    tokens) when it has one.
     """
     from .specs import make_backend
 

@@ -115,10 +115,11 @@ class Budget:
 class BudgetedBackend:
     """``inner`` behind ``budget``: a refused call raises ``EnvLLMError(kind="budget")``.
 
-    ``price`` (USD per 1,000 input / output tokens; a model's ``env_model_prices``) prices the calls; without one
-    a call costs what the backend reports (:func:`~promptr1.llm_backends.pricing.call_cost`, the function the env's
-    reward and the report count with too). Every failed attempt of a call that retries is charged as it happens
-    (:data:`~promptr1.llm_backends.base.ATTEMPT_BILLING`), and once ``max_cost`` is reached the call stops retrying.
+    ``price`` (USD per 1,000 input / output tokens; a model's ``env_model_prices``) prices the calls; without
+    one a call costs what the backend reports (:func:`~promptr1.llm_backends.pricing.call_cost`, the function
+    the env's reward and the report count with too). Every failed attempt of a call that retries is charged as
+    it happens (:data:`~promptr1.llm_backends.base.ATTEMPT_BILLING`), and once ``max_cost`` is reached the
+    call stops retrying.
 
     ``name``, ``model`` and ``default_sampling`` are the inner backend's, so a cache keyed on them
     sees no difference. :meth:`close` closes the inner backend only when ``owns_inner`` is True.
@@ -143,8 +144,8 @@ class BudgetedBackend:
         return EnvLLMError(self.budget.stop_reason or "budget exhausted", kind=BUDGET_ERROR_KIND, attempts=0)
 
     def _attempt_hook(self, charged: list[float]) -> Any:
-        """The :data:`ATTEMPT_BILLING` hook of one call: charges each failed attempt at once (``charged[0]`` adds
-        them up) and says stop once the budget's ``max_cost`` is reached."""
+        """The :data:`ATTEMPT_BILLING` hook of one call: charges each failed attempt at once (``charged[0]``
+        adds them up) and says stop once the budget's ``max_cost`` is reached."""
 
         def hook(prompt_tokens: int, completion_tokens: int, cost_usd: float) -> str | None:
             cost = dollars(prompt_tokens, completion_tokens, cost_usd, self.price)
@@ -186,7 +187,8 @@ class BudgetedBackend:
             self._settle(result, charged[0])
 
     def _settle(self, result: Completion | EnvLLMError | None, charged: float) -> None:
-        """Count the call and add its cost (:func:`call_cost`) less what its failed attempts were already charged."""
+        """Count the call and add its cost (:func:`call_cost`) less what its failed attempts were already
+        charged."""
         cached = isinstance(result, Completion) and bool(result.cached)
         cost = 0.0 if cached else max(0.0, call_cost(result, self.price) - charged)
         self.budget.settle(cached=cached, cost=cost)

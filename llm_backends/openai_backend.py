@@ -88,9 +88,10 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed", "stop")
 #: Completion tokens assumed for the tokens-per-minute estimate when ``max_tokens`` is not given.
 DEFAULT_COMPLETION_ESTIMATE = 256
-#: A reply's ``usage`` is believed up to this many times the request's token budget (its prompt's estimate plus
-#: ``max_tokens``, or :data:`NO_LIMIT_REPLY_TOKENS` without one), and never below :data:`MIN_USAGE_BOUND`: a count past
-#: it is not a count (a server's 400-digit ``prompt_tokens`` would price a call at more dollars than exist).
+#: A reply's ``usage`` is believed up to this many times the request's token budget (its prompt's estimate
+#: plus ``max_tokens``, or :data:`NO_LIMIT_REPLY_TOKENS` without one), and never below
+#: :data:`MIN_USAGE_BOUND`: a count past it is not a count (a server's 400-digit ``prompt_tokens`` would price
+#: a call at more dollars than exist).
 USAGE_BOUND_FACTOR = 100
 #: The reply tokens a request without ``max_tokens`` is assumed to allow, for the usage bound only.
 NO_LIMIT_REPLY_TOKENS = 32_768
@@ -256,9 +257,9 @@ def parse_chat_payload(payload: Any) -> tuple[str, str | None, dict[str, int] | 
 def parse_usage(payload: Any, *, bound: int | None = None) -> dict[str, int] | None:
     """``{"prompt_tokens", "completion_tokens"}`` from a reply's ``usage``, or None when it reports none.
 
-    Works on any reply, usable or not: a server bills an empty or cut-off reply too. A count that is not a whole
-    number ``>= 0`` (and, with ``bound``, at most ``bound``) is not a count: ``ValueError`` says which (the backend
-    makes it a ``malformed_reply`` and counts the call at its estimate).
+    Works on any reply, usable or not: a server bills an empty or cut-off reply too. A count that is not a
+    whole number ``>= 0`` (and, with ``bound``, at most ``bound``) is not a count: ``ValueError`` says which
+    (the backend makes it a ``malformed_reply`` and counts the call at its estimate).
 
     >>> parse_usage({"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 612}})
     {'prompt_tokens': 40, 'completion_tokens': 612}

@@ -1,13 +1,14 @@
 """What one env-LLM call costs, in one place.
 
-A call's dollars are its billed tokens at the model's price when the run gives one (``env_model_prices``, the env's
-``model_prices``), else the backend's own accounting (``Completion.cost_usd``, e.g. ``openai:`` with
-``price_per_1k``). The budget (:class:`~promptr1.llm_backends.budget.BudgetedBackend`), the env's episode cost and
-cost-aware reward, the evaluation's records and report, the trainer's TensorBoard scalars and ``train --dry-run``
-all count with :func:`call_cost` / :func:`dollars`, so ``--max-cost`` stops a run on the dollars its report shows.
+A call's dollars are its billed tokens at the model's price when the run gives one (``env_model_prices``, the
+env's ``model_prices``), else the backend's own accounting (``Completion.cost_usd``, e.g. ``openai:`` with
+``price_per_1k``). The budget (:class:`~promptr1.llm_backends.budget.BudgetedBackend`), the env's episode cost
+and cost-aware reward, the evaluation's records and report, the trainer's TensorBoard scalars and ``train
+--dry-run`` all count with :func:`call_cost` / :func:`dollars`, so ``--max-cost`` stops a run on the dollars
+its report shows.
 
-The billed tokens of a call are those of every attempt: a reply that succeeded after failed attempts carries what
-those were billed for in ``extra["failed_attempts_usage"]``, a call that failed carries it on its
+The billed tokens of a call are those of every attempt: a reply that succeeded after failed attempts carries
+what those were billed for in ``extra["failed_attempts_usage"]``, a call that failed carries it on its
 :class:`~promptr1.llm_backends.EnvLLMError`.
 
 >>> from promptr1.llm_backends import Completion
@@ -40,7 +41,8 @@ Price = tuple[float, float]
 
 
 def check_price(value: Any, *, what: str = "price") -> Price:
-    """``value`` as a :data:`Price` if it is two finite numbers ``>= 0``, else a :class:`ConfigError` naming ``what``."""
+    """``value`` as a :data:`Price` if it is two finite numbers ``>= 0``, else a :class:`ConfigError` naming
+    ``what``."""
     try:
         pair = tuple(value)
         if len(pair) != 2:
@@ -56,8 +58,8 @@ def check_prices(prices: Mapping[str, Sequence[float]] | None, *, what: str = "m
     return {str(k): check_price(v, what=f"{what}[{str(k)!r}]") for k, v in dict(prices or {}).items()}
 
 
-#: More tokens than any call is billed for: a count above it is not a count (the ``openai`` backend already refuses
-#: usage over 100x a request's token budget).
+#: More tokens than any call is billed for: a count above it is not a count (the ``openai`` backend already
+#: refuses usage over 100x a request's token budget).
 MAX_TOKENS_COUNTED = 10**12
 
 
@@ -89,7 +91,8 @@ def _backend_cost(cost: Any) -> float:
 
 
 def billed_usage(result: Completion | EnvLLMError | None) -> tuple[int, int, float]:
-    """``(prompt_tokens, completion_tokens, backend_cost_usd)`` that every attempt of a call was billed for."""
+    """``(prompt_tokens, completion_tokens, backend_cost_usd)`` that every attempt of a call was billed
+    for."""
     if result is None:
         return 0, 0, 0.0
     p, c = _tokens(getattr(result, "prompt_tokens", 0)), _tokens(getattr(result, "completion_tokens", 0))

@@ -60,9 +60,10 @@ class ConfigError(ValueError):
 
 
 def check_money(value: Any, what: str, *, positive: bool = False) -> float:
-    """``value`` as a float if it is a finite number ``>= 0`` (``> 0`` with ``positive``), else a :class:`ConfigError`
-    naming ``what``: a price, cost weight or dollar amount that is negative, NaN or infinite would pay the agent for
-    calling or turn rewards into NaN. The settings, the env and the budget all check money with it.
+    """``value`` as a float if it is a finite number ``>= 0`` (``> 0`` with ``positive``), else a
+    :class:`ConfigError` naming ``what``: a price, cost weight or dollar amount that is negative, NaN or
+    infinite would pay the agent for calling or turn rewards into NaN. The settings, the env and the budget
+    all check money with it.
 
     >>> check_money("0.15", "--env-price-per-1k")
     0.15

@@ -49,14 +49,16 @@ def answer_turn(think: str, answer: str) -> str:
     return f"{THINK_OPEN}{think}{THINK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
 
 
-#: A name of one of several env LLMs, as the agent writes it at the start of a plain-text request (``[strong] ...``).
+#: A name of one of several env LLMs, as the agent writes it at the start of a plain-text request (``[strong]
+#: ...``).
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN + r"\Z")
 
 
 def check_model_name(name: object, *, what: str = "env model name") -> str:
-    """``name`` if the agent can reach it as ``[name]`` (letters, digits, ``_.-``, starting with a letter or digit),
-    else a ``ValueError`` saying how to fix it: a name the agent is told but cannot write is a model nobody calls.
+    """``name`` if the agent can reach it as ``[name]`` (letters, digits, ``_.-``, starting with a letter or
+    digit), else a ``ValueError`` saying how to fix it: a name the agent is told but cannot write is a model
+    nobody calls.
 
     >>> check_model_name("gpt-4o.mini_2")
     'gpt-4o.mini_2'

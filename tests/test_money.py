@@ -1,4 +1,5 @@
-"""The money cap holds for every priced model, and the backend's error contract (issue 25, items 1-5, 7, 10, 11)."""
+"""The money cap holds for every priced model, and the backend's error contract (issue 25, items 1-5, 7, 10,
+11)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def test_call_cost_prices_every_attempt_at_the_models_price_else_the_backends_ow
 
 
 def test_max_cost_counts_env_model_prices_in_an_eval(tmp_path, monkeypatch):
-    """The issue's case: two openai: models priced 1000:1000 and --max-cost tiny; the budget used to count $0."""
+    """The issue's case: two openai: models priced 1000:1000 and --max-cost tiny; the budget used to count
+    $0."""
     from promptr1.evaluation import EvalConfig, run_evaluation
     from promptr1.testing.agents import ScriptedAgentPolicy
 
@@ -218,7 +220,8 @@ def test_usage_that_is_not_a_bounded_count_is_a_malformed_reply_counted_at_the_e
             BudgetedBackend(inner, budget).complete(MSGS, max_tokens=10)
         inner.close()
     assert ei.value.kind == "malformed_reply" and "usage" in str(ei.value)
-    # each of the 2 attempts counted at the request's estimate: 5 prompt tokens (18 characters) + max_tokens 10
+    # each of the 2 attempts counted at the request's estimate: 5 prompt tokens (18 characters) + max_tokens
+    # 10
     assert (ei.value.prompt_tokens, ei.value.completion_tokens) == (2 * 5, 2 * 10)
     assert budget.cost == pytest.approx(2 * 15 / 1000) and math.isfinite(budget.cost)
     assert "not a token count" in caplog.text and "counted at its estimate" in caplog.text
@@ -263,7 +266,8 @@ def test_every_reply_body_failure_is_an_env_error_with_a_kind(body):
     assert ei.value.kind in ("malformed_reply", "empty_reply")
 
 
-# ------------------------------------------------------------------ 10. names the agent can write; no URL logins
+# ------------------------------------------------------------------ 10. names the agent can write; no URL
+# logins
 @pytest.mark.parametrize("name", ["my model", "a]", "[x", "-lead", "ü"])
 def test_env_model_names_must_be_writable_as_brackets(name):
     with pytest.raises(ConfigError, match="cannot be named by the agent"):
@@ -343,7 +347,8 @@ def test_a_training_run_stopped_by_max_cost_exits_3_even_when_its_calls_failed(t
     from promptr1.testing.tiny_model import tiny_model_path
 
     inner = _FailsBilled()
-    # step 1: two episodes of one call each, both failed and billed $0.25: every episode failed, and the budget ran out
+    # step 1: two episodes of one call each, both failed and billed $0.25: every episode failed, and the
+    # budget ran out
     cfg = GRPOConfig(model=str(tiny_model_path()), steps=2, output_dir=str(tmp_path / "run"), batch_questions=1,
                      group_size=2, max_new_tokens=32, max_turns=1, progress=False, max_seq_len=768, kl_coef=0.0,
                      num_transcripts=0, eval_every=0, eval_episodes=0, max_cost=0.4, env_error_patience=1)

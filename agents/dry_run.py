@@ -43,18 +43,18 @@ def _dearest_price(cfg: GRPOConfig) -> tuple[tuple[float, float] | None, str]:
     """
     own = tuple(float(v) for v in cfg.env_price_per_1k) if cfg.env_price_per_1k else None
     if not cfg.env_models:
-        return own, ("--env-price-per-1k" if own else "no price given (--env-price-per-1k IN OUT, USD per 1,000 "
-                     "tokens)")
+        return own, ("--env-price-per-1k" if own
+                     else "no price given (--env-price-per-1k IN OUT, USD per 1,000 tokens)")
     models, prices = cfg.env_models_map()
     each = {name: prices.get(name, own) for name in models}
     known = {name: p for name, p in each.items() if p is not None}
     unpriced = [name for name, p in each.items() if p is None]
     if not known:
-        return None, ("no price given (--env-model-prices NAME=IN:OUT, or --env-price-per-1k IN OUT, USD per 1,000 "
-                      "tokens)")
+        return None, ("no price given (--env-model-prices NAME=IN:OUT, or --env-price-per-1k IN OUT, USD per "
+                      "1,000 tokens)")
     dearest = (max(p[0] for p in known.values()), max(p[1] for p in known.values()))
-    note = ("the dearest of --env-model-prices " + ", ".join(f"{n}={p[0]:g}:{p[1]:g}" for n, p in known.items())
-            + ": every call may go to any model")
+    shown = ", ".join(f"{n}={p[0]:g}:{p[1]:g}" for n, p in known.items())
+    note = f"the dearest of --env-model-prices {shown}: every call may go to any model"
     if unpriced:
         note += f"; {', '.join(unpriced)} without a price, counted at $0 by the budget"
     return dearest, note
@@ -110,7 +110,8 @@ def dry_run_report(cfg: GRPOConfig) -> str:
     rows.append((label, calls * total_eps, inp * total_eps, outp * total_eps))
     lines = [
         "promptr1 train --dry-run: expected env-LLM use, upper bounds (no model loaded, no call made)",
-        f"  env LLM {' '.join(cfg.env_models) if cfg.env_models else repr(cfg.env_llm)}; {cfg.batch_questions} question(s) x {cfg.group_size} rollouts = {episodes} episodes "
+        f"  env LLM {' '.join(cfg.env_models) if cfg.env_models else repr(cfg.env_llm)}; "
+        f"{cfg.batch_questions} question(s) x {cfg.group_size} rollouts = {episodes} episodes "
         "a step (per process under accelerate launch)",
         f"  up to {calls} calls an episode (max_turns={cfg.max_turns}: every turn may send a prompt, the last one "
         "included)",

@@ -164,7 +164,7 @@ class PromptCollabEnv(gym.Env):
         if isinstance(env_llm, Mapping):
             if not env_llm:
                 raise ValueError("env_llm as a mapping needs at least one entry, e.g. {'cheap': 'sim', 'strong': ...}.")
-            for k in env_llm:  # the agent is told to name a model as [name]: every name must be one it can write
+            for k in env_llm:  # the agent is told to name a model as [name]: every name must be writable
                 check_model_name(k, what="env_llm mapping: the model name")
             self.env_llms = {str(k): make_backend(v, **dict(backend_kwargs or {})) for k, v in env_llm.items()}
             default_model = default_model or next(iter(self.env_llms))
@@ -177,13 +177,15 @@ class PromptCollabEnv(gym.Env):
                                  "{'cheap': spec, 'strong': spec}.")
             self.env_llm = make_backend(env_llm, **dict(backend_kwargs or {}))
         self.default_model = default_model
-        self.model_prices = check_prices(model_prices)  # finite and >= 0: a negative price would pay for calling
+        self.model_prices = check_prices(model_prices)  # finite and >= 0: a negative price pays for calling
         unknown = sorted(set(self.model_prices) - set(self.env_llms))
         if unknown:
             raise ValueError(f"model_prices names {unknown}, which are not env LLMs ({sorted(self.env_llms)}).")
         self.cost_weight = check_money(cost_weight, "cost_weight")
-        self.cost_reference_usd = (None if cost_reference_usd is None
-                                   else check_money(cost_reference_usd, "cost_reference_usd (None: dollars)", positive=True))
+        self.cost_reference_usd = None
+        if cost_reference_usd is not None:
+            self.cost_reference_usd = check_money(cost_reference_usd, "cost_reference_usd (None: dollars)",
+                                                  positive=True)
         self.max_turns = max_turns
         self.max_response_chars = max_response_chars
         self.max_action_chars = max_action_chars

@@ -53,8 +53,8 @@ def _evaluate(cfg: EvalConfig) -> int:
     print(f"transcripts: {result.paths['transcripts']}"
           + (f"\nchart: {result.paths['chart']}" if "chart" in result.paths else ""))
     if result.budget_stopped:  # a budget stop is a partial result, never a failure
-        print(f"promptr1 eval: budget reached ({result.stop_reason}): {len(result.records)} of {result.planned} "
-              "episodes; run the same command again to resume", file=sys.stderr)
+        print(f"promptr1 eval: budget reached ({result.stop_reason}): {len(result.records)} of "
+              f"{result.planned} episodes; run the same command again to resume", file=sys.stderr)
         return 3
     if result.failed:
         for column, why in result.failed_columns().items():

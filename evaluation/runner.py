@@ -369,8 +369,8 @@ def _status(result: EvalResult) -> str:
     n_err = sum(1 for r in result.records if r.get("env_error"))
     failed = result.failed_columns()
     if result.budget_stopped:  # the budget stopped the run: a partial result, never a failure (exit 3)
-        status = (f"PARTIAL: budget reached ({result.stop_reason}): {len(result.records)} of {result.planned} "
-                  "episodes; re-run the same command to resume (with a new budget)")
+        status = (f"PARTIAL: budget reached ({result.stop_reason}): {len(result.records)} of "
+                  f"{result.planned} episodes; re-run the same command to resume (with a new budget)")
         if failed:
             status += "; before it, " + "; ".join(f"{column}: {why}" for column, why in failed.items())
         elif n_err:

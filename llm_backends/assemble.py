@@ -100,7 +100,8 @@ class EnvLLMs(dict):
 
 
 def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None, spec: str | None = None,
-                  budget: Budget | None = None, price: tuple[float, float] | None = None) -> tuple[Any, Budget]:
+                  budget: Budget | None = None,
+                  price: tuple[float, float] | None = None) -> tuple[Any, Budget]:
     """The env LLM of ``settings`` as a run uses it, and its :class:`~promptr1.llm_backends.budget.Budget`.
 
     ``given``: an already-built backend, used as is (the budget and the cache still wrap it; it is not closed

@@ -93,7 +93,8 @@ def _rebuild_env_llm_error(message: str, kind: str, attempts: int, retryable: bo
 #: failed attempt it calls ``hook(prompt_tokens, completion_tokens, cost_usd)`` with what that attempt was
 #: billed for (zeros when nothing), and gives up instead of retrying when the hook returns a reason (a str).
 #: See :func:`failed_attempt`.
-ATTEMPT_BILLING: contextvars.ContextVar[Callable[[int, int, float], str | None] | None] = contextvars.ContextVar(
+AttemptHook = Callable[[int, int, float], "str | None"]
+ATTEMPT_BILLING: contextvars.ContextVar[AttemptHook | None] = contextvars.ContextVar(
     "promptr1_attempt_billing", default=None)
 
 
@@ -114,7 +115,8 @@ def error_summary(env_errors: Iterable[str], *, most: int = 2) -> str:
     its latest message, whole (messages of one kind differ in seconds, ports and counts, so their text never
     groups).
 
-    >>> print(error_summary(["timeout: no reply in 1.02 s", "timeout: no reply in 0.98 s", "connection: refused"]))
+    >>> print(error_summary(["timeout: no reply in 1.02 s", "timeout: no reply in 0.98 s",
+    ...                      "connection: refused"]))
     2 x timeout (last: 'timeout: no reply in 0.98 s'); 1 x connection (last: 'connection: refused')
     """
     counts: Counter[str] = Counter()

@@ -130,7 +130,8 @@ class BudgetedBackend:
         self.inner = inner
         self.budget = budget
         self.owns_inner = owns_inner
-        self.price: Price | None = None if price is None else check_price(price, what="BudgetedBackend(price=...)")
+        self.price: Price | None = (None if price is None
+                                    else check_price(price, what="BudgetedBackend(price=...)"))
         self.name = getattr(inner, "name", type(inner).__name__)
         self.model = str(getattr(inner, "model", "") or getattr(inner, "model_id", "") or "")
         self.deterministic = bool(getattr(inner, "deterministic", False))

@@ -244,7 +244,8 @@ def parse_chat_payload(payload: Any) -> tuple[str, str | None, dict[str, int] | 
         raise ValueError("choices[0] has no 'message' object")
     content = first["message"].get("content")
     if isinstance(content, list):  # content parts
-        content = "".join(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+        content = "".join(p["text"] for p in content
+                          if isinstance(p, Mapping) and isinstance(p.get("text"), str))
     if content is not None and not isinstance(content, str):
         raise ValueError(f"message content is {type(content).__name__}, expected a string")
     if not content or not content.strip():
@@ -288,7 +289,8 @@ def parse_usage(payload: Any, *, bound: int | None = None) -> dict[str, int] | N
             shown = repr(value)
             if isinstance(value, int) and not isinstance(value, bool) and len(shown) > 40:
                 shown = f"{shown[:40]}... ({len(shown)} digits)"
-            raise ValueError(f"usage {key} is {shown[:60]}, not a token count in [0, {bound if bound is not None else 'inf'}]")
+            top = "inf" if bound is None else bound
+            raise ValueError(f"usage {key} is {shown[:60]}, not a token count in [0, {top}]")
         out[key] = int(value)
     return out
 
@@ -718,8 +720,9 @@ class OpenAIBackend(BaseBackend):
             userinfo = False
         if userinfo:  # the SDK's Authorization header and the URL's would clash on every call; never shown
             where = "base_url=..." if base_url else "the OPENAI_BASE_URL environment variable"
-            raise ValueError(f"the server URL from {where} ({_display_url(self.base_url)}, credentials hidden) carries "
-                             "a user name or password (user:password@host): that fails every call. Remove it from the "
+            shown = _display_url(self.base_url)
+            raise ValueError(f"the server URL from {where} ({shown}, credentials hidden) carries a user name "
+                             "or password (user:password@host): that fails every call. Remove it from the "
                              "URL and give the key as api_key=... or OPENAI_API_KEY (a proxy's login: "
                              "default_headers={'Proxy-Authorization': ...}).")
         key = api_key or (os.environ.get("OPENAI_API_KEY") or "").strip()
@@ -750,7 +753,7 @@ class OpenAIBackend(BaseBackend):
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
         self.limiter = limiter if limiter is not None else SharedLimiter(max_concurrency, rpm, tpm)
-        if isinstance(price_per_1k, Mapping):  # finite and >= 0: a negative or infinite price breaks every total
+        if isinstance(price_per_1k, Mapping):  # finite and >= 0: a negative or infinite price breaks totals
             price_per_1k = check_prices(price_per_1k, what="price_per_1k")
         elif price_per_1k is not None:
             price_per_1k = check_price(price_per_1k, what="price_per_1k")
@@ -971,7 +974,7 @@ class OpenAIBackend(BaseBackend):
         st: dict[str, Any] = {"deadline_at": None, "first_start": None, "errors": [], "stop": "", "attempts": 0,
                               "key": f"{self._key_prefix}-{next(self._key_counter)}"}
         prompt_est = sum(estimate_tokens(m["content"]) for m in msgs)
-        st["estimate"] = (prompt_est, est_tokens - prompt_est)  # what a reply whose usage is garbage is counted at
+        st["estimate"] = (prompt_est, est_tokens - prompt_est)  # what a reply with garbage usage counts
         st["usage_bound"] = max(MIN_USAGE_BOUND, USAGE_BOUND_FACTOR * (
             prompt_est + int(params.get("max_tokens") or NO_LIMIT_REPLY_TOKENS)))
 
@@ -1110,9 +1113,9 @@ class OpenAIBackend(BaseBackend):
                 return await self._attempt_inner(params, est_tokens, st)
             except (_AttemptError, asyncio.CancelledError):
                 raise
-            except Exception as e:  # noqa: BLE001 - whatever a reply does, the call fails with a kind, never a traceback
-                raise _AttemptError("error", f"{type(e).__name__}: "
-                                    f"{scrub_secrets(str(e), [self._api_key], limit=300)}", retryable=False) from None
+            except Exception as e:  # noqa: BLE001 - whatever a reply does, the call fails with a kind
+                detail = f"{type(e).__name__}: {scrub_secrets(str(e), [self._api_key], limit=300)}"
+                raise _AttemptError("error", detail, retryable=False) from None
         except _AttemptError as e:
             st["errors"].append(e.kind)
             # whoever pays (a budget) is told what this attempt was billed for, and may forbid a retry
@@ -1192,8 +1195,9 @@ class OpenAIBackend(BaseBackend):
                 parse_usage(payload, bound=st["usage_bound"])
             except ValueError as e:  # billed, but for what is unknown: count the request's estimate
                 p_est, c_est = st["estimate"]
-                log.warning("openai:%s replied with a usage that is not a token count (%s); the call is counted at its "
-                            "estimate, %d prompt + %d completion tokens", self.model, e, p_est, c_est)
+                log.warning("openai:%s replied with a usage that is not a token count (%s); the call is "
+                            "counted at its estimate, %d prompt + %d completion tokens",
+                            self.model, e, p_est, c_est)
                 self._add_failed_usage(st, {"prompt_tokens": p_est, "completion_tokens": c_est}, payload)
                 slot.report_tokens(p_est + c_est)
                 raise _AttemptError("malformed_reply", f"the reply's {e}", retryable=True) from None

@@ -18,7 +18,7 @@ what those were billed for in ``extra["failed_attempts_usage"]``, a call that fa
 >>> check_price((0.15, float("inf")), what="model_prices['strong']")
 Traceback (most recent call last):
 ...
-promptr1.config.ConfigError: model_prices['strong'] must be two finite numbers >= 0, USD per 1,000 input and per 1,000 output tokens (e.g. (0.15, 0.6)); got (0.15, inf).
+promptr1.config.ConfigError: model_prices['strong'] must be two finite numbers >= 0, USD per 1,000 input / output tokens (e.g. (0.15, 0.6)); got (0.15, inf).
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ def check_price(value: Any, *, what: str = "price") -> Price:
             raise ValueError
         return (check_money(pair[0], what), check_money(pair[1], what))
     except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be two finite numbers >= 0, USD per 1,000 input and per 1,000 output tokens "
+        raise ConfigError(f"{what} must be two finite numbers >= 0, USD per 1,000 input / output tokens "
                           f"(e.g. (0.15, 0.6)); got {value!r}.") from None
 
 
-def check_prices(prices: Mapping[str, Sequence[float]] | None, *, what: str = "model_prices") -> dict[str, Price]:
+def check_prices(prices: Mapping[str, Sequence[float]] | None, *,
+                 what: str = "model_prices") -> dict[str, Price]:
     """``{name: price}`` with every price checked by :func:`check_price`."""
     return {str(k): check_price(v, what=f"{what}[{str(k)!r}]") for k, v in dict(prices or {}).items()}
 
@@ -73,7 +74,7 @@ def _tokens(n: Any) -> int:
         ok = 0 <= n <= MAX_TOKENS_COUNTED
     if not ok:
         if n:
-            log.warning("a backend reported %.40r tokens for a call, which is not a token count; counted as 0", n)
+            log.warning("a backend reported %.40r tokens for a call, not a token count; counted as 0", n)
         return 0
     return int(n)
 
@@ -104,7 +105,8 @@ def billed_usage(result: Completion | EnvLLMError | None) -> tuple[int, int, flo
     return p, c, _backend_cost(getattr(result, "cost_usd", 0.0))
 
 
-def dollars(prompt_tokens: int, completion_tokens: int, backend_cost: float | None, price: Price | None) -> float:
+def dollars(prompt_tokens: int, completion_tokens: int, backend_cost: float | None,
+            price: Price | None) -> float:
     """Dollars of billed tokens: at ``price`` (USD per 1,000 input / output tokens) when given, else
     ``backend_cost`` (the backend's own accounting; 0 when it has none). Always finite and >= 0.
 
@@ -113,8 +115,8 @@ def dollars(prompt_tokens: int, completion_tokens: int, backend_cost: float | No
     """
     if price is None:
         return _backend_cost(backend_cost)
-    return round(_tokens(prompt_tokens) / 1000.0 * float(price[0]) + _tokens(completion_tokens) / 1000.0 * float(price[1]),
-                 12)
+    usd = (_tokens(prompt_tokens) * float(price[0]) + _tokens(completion_tokens) * float(price[1])) / 1000.0
+    return round(usd, 12)
 
 
 def call_cost(result: Completion | EnvLLMError | None, price: Price | None = None) -> float:

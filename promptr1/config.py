@@ -162,8 +162,9 @@ class BackendSettings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (or left out), got {value!r}.")
         if self.env_price_per_1k and (len(self.env_price_per_1k) != 2 or not all(
                 math.isfinite(float(v)) and float(v) >= 0 for v in self.env_price_per_1k)):
-            raise ConfigError(f"--env-price-per-1k takes two numbers (finite, >= 0), USD per 1,000 input tokens and per 1,000 "
-                              f"output tokens (e.g. --env-price-per-1k 0.15 0.6); got {self.env_price_per_1k!r}.")
+            raise ConfigError(f"--env-price-per-1k takes two numbers (finite, >= 0), USD per 1,000 input "
+                              f"tokens and per 1,000 output tokens (e.g. --env-price-per-1k 0.15 0.6); got "
+                              f"{self.env_price_per_1k!r}.")
 
     def env_models_map(self) -> tuple[dict[str, str], dict[str, tuple[float, float]]]:
         """``({name: spec}, {name: (usd_in, usd_out) per 1k tokens})`` from ``env_models`` and ``env_model_prices``.
@@ -189,9 +190,11 @@ class BackendSettings:
                 pair = tuple(float(v) for v in values.split(":"))
             except ValueError:
                 pair = ()
-            if not sep or len(pair) != 2 or not all(math.isfinite(v) and v >= 0 for v in pair) or name.strip() not in models:
-                raise ConfigError(f"--env-model-prices takes NAME=IN:OUT entries (USD per 1,000 input / output tokens, "
-                                  f"finite and >= 0) for models of --env-models {sorted(models)}; got {entry!r}.")
+            money = len(pair) == 2 and all(math.isfinite(v) and v >= 0 for v in pair)
+            if not sep or not money or name.strip() not in models:
+                raise ConfigError(f"--env-model-prices takes NAME=IN:OUT entries (USD per 1,000 input / "
+                                  f"output tokens, finite and >= 0) for models of --env-models "
+                                  f"{sorted(models)}; got {entry!r}.")
             prices[name.strip()] = (pair[0], pair[1])
         if self.env_default_model and self.env_default_model not in models:
             raise ConfigError(f"--env-default-model {self.env_default_model!r} is not one of --env-models "
@@ -296,7 +299,8 @@ class RunSettings(BackendSettings):
             raise ConfigError(f"--top-p must be in (0, 1]; got {self.top_p!r}.")
         check_money(self.cost_weight, "--cost-weight")
         if self.cost_reference_usd is not None:
-            check_money(self.cost_reference_usd, "--cost-reference-usd (leave it out to count dollars)", positive=True)
+            check_money(self.cost_reference_usd, "--cost-reference-usd (leave it out to count dollars)",
+                        positive=True)
         if self.env_history not in ("seen", "full", "reference"):
             raise ConfigError(f"--env-history must be seen, full or reference; got {self.env_history!r}.")
 

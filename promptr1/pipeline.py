@@ -184,10 +184,11 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
         try:
             history = trainer.train()
         except TrainingFailed as e:
-            if budget.stop_reason is not None:  # the budget stopped the run: a budget stop (exit 3), never a failure
+            if budget.stop_reason is not None:  # the budget stopped the run: exit 3, never a failure
                 if main:
-                    why = (f"budget reached ({budget.stop_reason}) at step {trainer.step} of {cfg.steps}; before it, {e}. "
-                           "Run the same command with --resume auto to continue (with a new budget).")
+                    why = (f"budget reached ({budget.stop_reason}) at step {trainer.step} of {cfg.steps}; "
+                           f"before it, {e}. Run the same command with --resume auto to continue (with a new "
+                           "budget).")
                     print(f"promptr1 train: {why}", flush=True)
                     write_training_summary(out, "budget-stopped", why, trainer.step, cfg, budget)
                 return BUDGET_EXIT_CODE
@@ -204,8 +205,8 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
                   f"uncached calls, ${budget.cost:.4f}", flush=True)
         if stop.stopped_at is not None:
             if main:
-                why = (f"budget reached: the env-LLM budget stopped training at step {stop.stopped_at} of {cfg.steps} "
-                       f"({stop.reason}); "
+                why = (f"budget reached: the env-LLM budget stopped training at step {stop.stopped_at} of "
+                       f"{cfg.steps} ({stop.reason}); "
                        f"checkpoint {ckpt}. Run the same command with --resume auto to continue (with a new budget).")
                 print(f"promptr1 train: {why}", flush=True)
                 write_training_summary(out, "budget-stopped", why, trainer.step, cfg, budget)

@@ -69,6 +69,6 @@ def check_model_name(name: object, *, what: str = "env model name") -> str:
     """
     if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
         fixed = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_.-") or "model"
-        raise ValueError(f"{what} {name!r} cannot be named by the agent as [{name}]: use letters, digits, '_', '.' "
-                         f"and '-' only, starting with a letter or digit (e.g. {fixed!r}).")
+        raise ValueError(f"{what} {name!r} cannot be named by the agent as [{name}]: use letters, digits, "
+                         f"'_', '.' and '-' only, starting with a letter or digit (e.g. {fixed!r}).")
     return name

@@ -168,7 +168,8 @@ def cost_penalty(cost_usd: float, weight: float, reference_usd: float | None = N
     if not (math.isfinite(weight) and weight >= 0):
         raise ValueError(f"cost_weight must be a finite number >= 0 (0: cost does not count), got {weight}.")
     if reference_usd is not None and not (math.isfinite(reference_usd) and reference_usd > 0):
-        raise ValueError(f"cost_reference_usd must be a finite number > 0 (or None: dollars), got {reference_usd}.")
+        raise ValueError(f"cost_reference_usd must be a finite number > 0 (or None: dollars), got "
+                         f"{reference_usd}.")
     return float(weight) * float(cost_usd) / (float(reference_usd) if reference_usd else 1.0)
 
 

@@ -9,8 +9,6 @@ import logging
 import math
 
 import pytest
-
-from promptr1.config import ConfigError, RunSettings, load_config
 from promptr1.envs.collab_env import PromptCollabEnv
 from promptr1.envs.tasks import Task
 from promptr1.llm_backends import Completion, EnvLLMError
@@ -18,6 +16,8 @@ from promptr1.llm_backends.base import error_summary
 from promptr1.llm_backends.budget import Budget, BudgetedBackend, is_budget_stop
 from promptr1.llm_backends.openai_backend import OpenAIBackend
 from promptr1.llm_backends.pricing import call_cost
+
+from promptr1.config import ConfigError, RunSettings, load_config
 from promptr1.testing.fake_server import FakeOpenAIServer
 from promptr1.testing.scripted import ScriptedBackend
 
@@ -45,7 +45,8 @@ def eval_argv(tmp_path, *extra):
 # ------------------------------------------------------------------ 1. one price, everywhere
 def test_call_cost_prices_every_attempt_at_the_models_price_else_the_backends_own():
     c = Completion(text="ok", prompt_tokens=1000, completion_tokens=500, cost_usd=0.01,
-                   extra={"failed_attempts_usage": {"prompt_tokens": 1000, "completion_tokens": 0, "cost_usd": 0.004}})
+                   extra={"failed_attempts_usage": {"prompt_tokens": 1000, "completion_tokens": 0,
+                                                    "cost_usd": 0.004}})
     assert call_cost(c) == 0.01  # the backend's own accounting (failed attempts included)
     assert call_cost(c, (1.0, 2.0)) == pytest.approx(2.0 + 1.0)  # both attempts' prompts, one reply
     err = EnvLLMError("cut", kind="max_tokens", prompt_tokens=40, completion_tokens=612, cost_usd=0.25)
@@ -59,6 +60,7 @@ def test_max_cost_counts_env_model_prices_in_an_eval(tmp_path, monkeypatch):
     """The issue's case: two openai: models priced 1000:1000 and --max-cost tiny; the budget used to count
     $0."""
     from promptr1.evaluation import EvalConfig, run_evaluation
+
     from promptr1.testing.agents import ScriptedAgentPolicy
 
     turns = ["<think>a</think><interaction_prompt>[b] What is 3 + 4?</interaction_prompt>",
@@ -66,7 +68,8 @@ def test_max_cost_counts_env_model_prices_in_an_eval(tmp_path, monkeypatch):
              "<think>c</think><answer>7</answer>"]
     with FakeOpenAIServer(rewrite=fixed_usage(1, 1)) as srv:  # every call: 2 tokens at $1 each = $2
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
-        cfg = EvalConfig(tasks=["synthetic"], methods=["agent:scripted"], env_llm="openai:fake-model", limit=6,
+        cfg = EvalConfig(tasks=["synthetic"], methods=["agent:scripted"], env_llm="openai:fake-model",
+                         limit=6,
                          batch_size=2, chart=False, progress=False, output_dir=str(tmp_path),
                          env_models=["a=openai:fake-model", "b=openai:fake-model"],
                          env_model_prices=["a=1000:1000", "b=1000:1000"], max_cost=0.001)
@@ -97,7 +100,8 @@ def test_the_env_reward_and_the_budget_count_the_same_dollars():
 def test_from_settings_prices_each_model_of_env_models():
     from promptr1.llm_backends import from_settings
 
-    settings = RunSettings(env_models=["cheap=sim", "strong=sim-strong"], env_model_prices=["strong=1000:1000"])
+    settings = RunSettings(env_models=["cheap=sim", "strong=sim-strong"],
+                           env_model_prices=["strong=1000:1000"])
     backends, budget = from_settings(settings)
     backends["cheap"].complete([{"role": "user", "content": "Who founded Vantrel Corp?"}])
     assert budget.cost == 0.0  # sim reports no cost and has no price
@@ -111,7 +115,8 @@ def test_dry_run_estimates_with_env_model_prices(capsys):
     from promptr1.agents.dry_run import dry_run_report
 
     cfg = GRPOConfig(steps=2, batch_questions=1, group_size=2, max_turns=2, eval_every=0, max_cost=1.0,
-                     env_models=["cheap=sim", "strong=sim-strong"], env_model_prices=["cheap=1:4", "strong=3:2"])
+                     env_models=["cheap=sim", "strong=sim-strong"],
+                     env_model_prices=["cheap=1:4", "strong=3:2"])
     report = dry_run_report(cfg)
     assert "$3 / $4 per 1,000 input / output tokens" in report  # the dearest input and output prices
     episode = next(line for line in report.splitlines() if line.strip().startswith("per episode"))
@@ -125,7 +130,8 @@ def test_dry_run_estimates_with_env_model_prices(capsys):
 def test_each_billed_attempt_is_settled_and_retries_stop_at_max_cost():
     # every reply is empty but billed 4 prompt tokens: $1 an attempt at 250:250 per 1k
     with FakeOpenAIServer(fault_rate=1.0, faults=("emptytext",)) as srv:
-        inner = OpenAIBackend("fake-model", base_url=srv.base_url, price_per_1k=(250.0, 250.0), max_retries=7, **FAST)
+        inner = OpenAIBackend("fake-model", base_url=srv.base_url, price_per_1k=(250.0, 250.0), max_retries=7,
+                              **FAST)
         budget = Budget(max_cost=2.0)
         with pytest.raises(EnvLLMError) as ei:
             BudgetedBackend(inner, budget).complete(MSGS)
@@ -143,7 +149,7 @@ def test_attempts_are_charged_at_the_models_price_async_too():
         b = BudgetedBackend(inner, budget, price=(1000.0, 1000.0))
         c = asyncio.run(b.acomplete(MSGS))
         inner.close()
-    assert c.attempts == 3 and budget.cost == pytest.approx(3 * 4 + 4)  # three prompts of 4 tokens, a reply of 4
+    assert c.attempts == 3 and budget.cost == pytest.approx(3 * 4 + 4)  # three prompts of 4 tokens, 1 reply
 
 
 # ------------------------------------------------------------------ 3. a budget stop is not a failure
@@ -192,8 +198,8 @@ def test_money_in_yaml_is_checked_too(tmp_path):
 ])
 def test_the_env_refuses_money_that_is_not_money(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        PromptCollabEnv(task=[TASK], env_llm={"cheap": ScriptedBackend(["x"]), "strong": ScriptedBackend(["y"])},
-                        **kwargs)
+        PromptCollabEnv(task=[TASK], env_llm={"cheap": ScriptedBackend(["x"]),
+                                              "strong": ScriptedBackend(["y"])}, **kwargs)
 
 
 def test_the_openai_backend_refuses_a_price_that_is_not_money():
@@ -214,7 +220,8 @@ def test_usage_that_is_not_a_bounded_count_is_a_malformed_reply_counted_at_the_e
             payload["usage"] = {"prompt_tokens": "INF", "completion_tokens": 1}
             return json.dumps(payload).encode().replace(b'"INF"', b"1e999")
     with FakeOpenAIServer(rewrite=rewrite) as srv:
-        inner = OpenAIBackend("fake-model", base_url=srv.base_url, price_per_1k=(1.0, 1.0), max_retries=1, **FAST)
+        inner = OpenAIBackend("fake-model", base_url=srv.base_url, price_per_1k=(1.0, 1.0), max_retries=1,
+                              **FAST)
         budget = Budget()
         with caplog.at_level(logging.WARNING), pytest.raises(EnvLLMError) as ei:
             BudgetedBackend(inner, budget).complete(MSGS, max_tokens=10)
@@ -257,7 +264,8 @@ def test_a_usage_within_the_bound_is_believed():
 ], ids=["nested-100k", "nested-choices", "content-part-not-text", "usage-5000-digits", "usage-1e999"])
 def test_every_reply_body_failure_is_an_env_error_with_a_kind(body):
     with FakeOpenAIServer(rewrite=lambda payload, req: body) as srv:
-        inner = OpenAIBackend("fake-model", base_url=srv.base_url, max_retries=1, price_per_1k=(1.0, 1.0), **FAST)
+        inner = OpenAIBackend("fake-model", base_url=srv.base_url, max_retries=1, price_per_1k=(1.0, 1.0),
+                              **FAST)
         with pytest.raises(EnvLLMError) as ei:
             inner.complete(MSGS)
         with pytest.raises(EnvLLMError):
@@ -289,7 +297,8 @@ def test_every_accepted_name_is_reachable_by_the_agent():
 def test_a_base_url_with_a_login_is_refused_without_showing_it(monkeypatch):
     with pytest.raises(ValueError, match="user name or password") as ei:
         OpenAIBackend("m", base_url="http://bob:hunter2secret@127.0.0.1:8000/v1")
-    assert "hunter2secret" not in str(ei.value) and "bob" not in str(ei.value) and "127.0.0.1:8000" in str(ei.value)
+    text = str(ei.value)
+    assert "hunter2secret" not in text and "bob" not in text and "127.0.0.1:8000" in text
     monkeypatch.setenv("OPENAI_BASE_URL", "https://bob:hunter2secret@example.com/v1")
     with pytest.raises(ValueError, match="OPENAI_BASE_URL") as ei:
         OpenAIBackend("m")
@@ -321,8 +330,10 @@ def test_a_down_servers_errors_are_grouped_by_kind_and_kept_whole(tmp_path):
 
 
 def test_error_summary_groups_messages_that_differ_only_in_seconds():
-    errs = [f"timeout: openai:m failed after 7 attempt(s) in {s:.2f} s; last error timeout" for s in (60.01, 60.02)]
-    assert error_summary([*errs, "server_error: HTTP 500"]).startswith(f"2 x timeout (last: {errs[1]!r}); 1 x ")
+    errs = [f"timeout: openai:m failed after 7 attempt(s) in {s:.2f} s; last error timeout"
+            for s in (60.01, 60.02)]
+    summary = error_summary([*errs, "server_error: HTTP 500"])
+    assert summary.startswith(f"2 x timeout (last: {errs[1]!r}); 1 x ")
 
 
 class _FailsBilled:
@@ -335,22 +346,26 @@ class _FailsBilled:
 
     def complete(self, messages, **sampling):
         self.calls += 1
-        raise EnvLLMError("cut off", kind="max_tokens", prompt_tokens=40, completion_tokens=612, cost_usd=0.25)
+        raise EnvLLMError("cut off", kind="max_tokens", prompt_tokens=40, completion_tokens=612,
+                          cost_usd=0.25)
 
     async def acomplete(self, messages, **sampling):
         return self.complete(messages, **sampling)
 
 
-def test_a_training_run_stopped_by_max_cost_exits_3_even_when_its_calls_failed(tmp_path, always_prompt, capsys):
+def test_a_training_run_stopped_by_max_cost_exits_3_even_when_its_calls_failed(tmp_path, always_prompt,
+                                                                                capsys):
     from promptr1.agents.config import GRPOConfig
+
     from promptr1.pipeline import BUDGET_EXIT_CODE, run_training
     from promptr1.testing.tiny_model import tiny_model_path
 
     inner = _FailsBilled()
     # step 1: two episodes of one call each, both failed and billed $0.25: every episode failed, and the
     # budget ran out
-    cfg = GRPOConfig(model=str(tiny_model_path()), steps=2, output_dir=str(tmp_path / "run"), batch_questions=1,
-                     group_size=2, max_new_tokens=32, max_turns=1, progress=False, max_seq_len=768, kl_coef=0.0,
+    cfg = GRPOConfig(model=str(tiny_model_path()), steps=2, output_dir=str(tmp_path / "run"),
+                     batch_questions=1, group_size=2, max_new_tokens=32, max_turns=1, progress=False,
+                     max_seq_len=768, kl_coef=0.0,
                      num_transcripts=0, eval_every=0, eval_episodes=0, max_cost=0.4, env_error_patience=1)
     assert run_training(cfg, env_llm=inner) == BUDGET_EXIT_CODE  # not FAILED (1): the budget stopped it too
     assert inner.calls == 2

@@ -208,13 +208,19 @@ def scrub_secrets(text: str, secrets: Sequence[str] = (), *, limit: int = 500) -
 
     >>> scrub_secrets("Incorrect API key provided: sk-proj-abc123XYZ. Header Bearer abc", ["abc123XYZ"])
     'Incorrect API key provided: sk-***. Header Bearer ***'
+    >>> scrub_secrets("connection failed or dropped, or the HTTP response was malformed", limit=45)
+    'connection failed or dropped, or the HTTP...'
     """
     for s in secrets:
         if s and len(s) >= 4:
             text = text.replace(s, "***")
     text = _SK_PATTERN.sub(r"\1***", text)
     text = _BEARER_PATTERN.sub(r"\1***", text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut) + "..."  # at a word's end where there is one
 
 
 def parse_chat_payload(payload: Any) -> tuple[str, str | None, dict[str, int] | None, str | None]:

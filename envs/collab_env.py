@@ -31,9 +31,8 @@ from promptr1.envs.protocol import ParsedTurn, call_target, parse_turn
 from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.step_info import StepInfo
 from promptr1.envs.tasks import Task, load_tasks
-from promptr1.config import check_money
 from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, make_backend
-from promptr1.llm_backends.pricing import call_cost, check_prices
+from promptr1.llm_backends.pricing import call_cost, check_money, check_prices
 from promptr1.rewards import (
     ANSWER_METRICS,
     COST_AWARE_VARIANTS,

@@ -18,7 +18,7 @@ what those were billed for in ``extra["failed_attempts_usage"]``, a call that fa
 >>> check_price((0.15, float("inf")), what="model_prices['strong']")
 Traceback (most recent call last):
 ...
-promptr1.config.ConfigError: model_prices['strong'] must be two finite numbers >= 0, USD per 1,000 input / output tokens (e.g. (0.15, 0.6)); got (0.15, inf).
+ValueError: model_prices['strong'] must be two finite numbers >= 0, USD per 1,000 input / output tokens (e.g. (0.15, 0.6)); got (0.15, inf).
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from promptr1.config import ConfigError, check_money
-
 from .base import Completion, EnvLLMError
 
-__all__ = ["Price", "billed_usage", "call_cost", "check_price", "check_prices", "dollars"]
+__all__ = ["Price", "billed_usage", "call_cost", "check_money", "check_price", "check_prices", "dollars"]
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +38,30 @@ log = logging.getLogger(__name__)
 Price = tuple[float, float]
 
 
+def check_money(value: Any, what: str, *, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite number ``>= 0`` (``> 0`` with ``positive``), else a
+    ``ValueError`` naming ``what``: a price, cost weight or dollar amount that is negative, NaN or infinite
+    would pay the agent for calling or turn rewards into NaN. The env, the budget and the backends check money
+    with it (the settings with :func:`promptr1.config.check_amount`).
+
+    >>> check_money("0.15", "price")
+    0.15
+    >>> check_money(float("inf"), "cost_weight")
+    Traceback (most recent call last):
+    ...
+    ValueError: cost_weight must be a finite number >= 0; got inf.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f"{what} must be a finite number {'> 0' if positive else '>= 0'}; got {value!r}.")
+    return number
+
+
 def check_price(value: Any, *, what: str = "price") -> Price:
-    """``value`` as a :data:`Price` if it is two finite numbers ``>= 0``, else a :class:`ConfigError` naming
+    """``value`` as a :data:`Price` if it is two finite numbers ``>= 0``, else a ``ValueError`` naming
     ``what``."""
     try:
         pair = tuple(value)
@@ -49,8 +69,8 @@ def check_price(value: Any, *, what: str = "price") -> Price:
             raise ValueError
         return (check_money(pair[0], what), check_money(pair[1], what))
     except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be two finite numbers >= 0, USD per 1,000 input / output tokens "
-                          f"(e.g. (0.15, 0.6)); got {value!r}.") from None
+        raise ValueError(f"{what} must be two finite numbers >= 0, USD per 1,000 input / output tokens "
+                         f"(e.g. (0.15, 0.6)); got {value!r}.") from None
 
 
 def check_prices(prices: Mapping[str, Sequence[float]] | None, *,

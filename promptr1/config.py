@@ -38,7 +38,7 @@ from promptr1.tags import check_model_name
 __all__ = [
     "ConfigError",
     "RunSettings",
-    "check_money",
+    "check_amount",
     "bundled_config",
     "parse_command",
     "config_help",
@@ -59,26 +59,17 @@ class ConfigError(ValueError):
     """A configuration key or value that the command does not accept."""
 
 
-def check_money(value: Any, what: str, *, positive: bool = False) -> float:
-    """``value`` as a float if it is a finite number ``>= 0`` (``> 0`` with ``positive``), else a
-    :class:`ConfigError` naming ``what``: a price, cost weight or dollar amount that is negative, NaN or
-    infinite would pay the agent for calling or turn rewards into NaN. The settings, the env and the budget
-    all check money with it.
-
-    >>> check_money("0.15", "--env-price-per-1k")
-    0.15
-    >>> check_money(float("inf"), "--cost-weight")
-    Traceback (most recent call last):
-    ...
-    promptr1.config.ConfigError: --cost-weight must be a finite number >= 0; got inf.
-    """
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise ConfigError(f"{what} must be a finite number {'> 0' if positive else '>= 0'}; got {value!r}.")
-    return number
+def check_amount(name: str, value: Any, *, positive: bool = False, optional: bool = True) -> None:
+    """The one check of a number setting: finite and >= 0 (> 0 with ``positive``), or none where ``optional``
+    (a price, cost weight or dollar amount that is negative, NaN or infinite would pay the agent for calling
+    or turn rewards into NaN)."""
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigError(f"--{name.replace('_', '-')} must be a finite number {bound}"
+                          f"{' (or left out)' if optional else ''}; got {value!r}.")
 
 
 #: The values of ``cache_mode``.
@@ -150,8 +141,7 @@ class BackendSettings:
             raise ConfigError(f"--env-temperature must be >= 0 (0: greedy); got {self.env_temperature!r}.")
         if self.max_calls is not None and self.max_calls < 0:
             raise ConfigError(f"--max-calls must be >= 0 (or left out), got {self.max_calls!r}.")
-        if self.max_cost is not None:
-            check_money(self.max_cost, "--max-cost (USD; leave it out for no limit)")
+        check_amount("max_cost", self.max_cost)
         mode = str(self.cache_mode).strip().lower().replace("_", "-")
         if mode not in CACHE_MODES:
             raise ConfigError(f"--cache-mode must be one of {', '.join(CACHE_MODES)}; got {self.cache_mode!r}.")
@@ -297,10 +287,8 @@ class RunSettings(BackendSettings):
             raise ConfigError(f"--temperature must be >= 0 (0: greedy); got {self.temperature!r}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"--top-p must be in (0, 1]; got {self.top_p!r}.")
-        check_money(self.cost_weight, "--cost-weight")
-        if self.cost_reference_usd is not None:
-            check_money(self.cost_reference_usd, "--cost-reference-usd (leave it out to count dollars)",
-                        positive=True)
+        check_amount("cost_weight", self.cost_weight, optional=False)
+        check_amount("cost_reference_usd", self.cost_reference_usd, positive=True)
         if self.env_history not in ("seen", "full", "reference"):
             raise ConfigError(f"--env-history must be seen, full or reference; got {self.env_history!r}.")
 

@@ -46,6 +46,7 @@ from promptr1.core.settings import config_to_dict
 from promptr1.agents.logger import Callback, CallbackList, Logger
 from promptr1.agents.models import load_policy, resolve_dtype, resolve_model_path, sequence_logprobs
 from promptr1.agents.seeding import derived_seed, seed_everything
+from promptr1.llm_backends.base import error_summary
 from promptr1.llm_backends.budget import is_budget_stop
 from promptr1.core.plugins import import_plugins
 from promptr1.agents.episode import ends_on_context, training_reward
@@ -597,13 +598,10 @@ class GRPOTrainer:
 
     def _last_env_errors(self) -> str:
         """The most common env errors of the last step, for a failure message."""
-        from collections import Counter
-
-        errors = Counter(e.env_error for e in self._last_episodes if e.env_error and not is_budget_stop(e.env_error))
+        errors = [e.env_error for e in self._last_episodes if e.env_error and not is_budget_stop(e.env_error)]
         if not errors:
             return "no env error text was recorded"
-        shown = "; ".join(f"{n} x {text[:200]!r}" for text, n in errors.most_common(2))
-        return f"last step's errors: {shown}"
+        return f"last step's errors: {error_summary(errors)}"
 
     def transcript(self, e: Episode) -> str:
         lines = [f"reward={e.reward:+.3f} turns={e.turns} gold={list(getattr(e.task, 'answers', []))}"]

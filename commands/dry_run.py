@@ -33,9 +33,37 @@ def _validation_questions(cfg: GRPOConfig) -> tuple[int, str]:
     return n, note
 
 
+def _dearest_price(cfg: GRPOConfig) -> tuple[tuple[float, float] | None, str]:
+    """The price a call is counted at (USD per 1,000 input / output tokens) and where it comes from.
+
+    One env LLM: ``env_price_per_1k``. Several (``env_models``): each model's ``env_model_prices`` entry, else
+    ``env_price_per_1k`` (its backend's own price), as the budget counts them; since the agent may send every
+    call to any model, the upper bound counts each at the dearest input and the dearest output price. None
+    when no price is known (then the budget's ``max_cost`` cannot stop the run).
+    """
+    own = tuple(float(v) for v in cfg.env_price_per_1k) if cfg.env_price_per_1k else None
+    if not cfg.env_models:
+        return own, ("--env-price-per-1k" if own
+                     else "no price given (--env-price-per-1k IN OUT, USD per 1,000 tokens)")
+    models, prices = cfg.env_models_map()
+    each = {name: prices.get(name, own) for name in models}
+    known = {name: p for name, p in each.items() if p is not None}
+    unpriced = [name for name, p in each.items() if p is None]
+    if not known:
+        return None, ("no price given (--env-model-prices NAME=IN:OUT, or --env-price-per-1k IN OUT, USD per "
+                      "1,000 tokens)")
+    dearest = (max(p[0] for p in known.values()), max(p[1] for p in known.values()))
+    shown = ", ".join(f"{n}={p[0]:g}:{p[1]:g}" for n, p in known.items())
+    note = f"the dearest of --env-model-prices {shown}: every call may go to any model"
+    if unpriced:
+        note += f"; {', '.join(unpriced)} without a price, counted at $0 by the budget"
+    return dearest, note
+
+
 def dry_run_report(cfg: GRPOConfig) -> str:
     """What ``cfg`` will ask of the env LLM, as upper bounds: calls, input and output tokens, and dollars
-    (with ``env_price_per_1k``), per episode, per step, per validation and for the whole run.
+    (with ``env_price_per_1k``, or the dearest of ``env_model_prices`` with several env LLMs), per episode,
+    per step, per validation and for the whole run.
 
     Every agent turn may be a prompt, and the env sends every prompt, the last turn's included: up to
     ``max_turns`` calls an episode. A prompt is at most one agent turn (``max_new_tokens`` tokens); a reply is at
@@ -74,7 +102,7 @@ def dry_run_report(cfg: GRPOConfig) -> str:
     system = estimate_tokens(DEFAULT_ENV_SYSTEM_PROMPT)
     inp = sum(system + (k - 1) * (prompt + reply) + prompt for k in range(1, calls + 1))
     outp = calls * reply
-    price = tuple(float(v) for v in cfg.env_price_per_1k) if cfg.env_price_per_1k else None
+    price, price_note = _dearest_price(cfg)
 
     def cost(i: float, o: float) -> str:
         return f"{i / 1000 * price[0] + o / 1000 * price[1]:,.4f}" if price else "n/a"
@@ -99,8 +127,8 @@ def dry_run_report(cfg: GRPOConfig) -> str:
         "included)",
         f"  a prompt <= {prompt} tokens (max_new_tokens), a reply <= {reply} tokens ({reply_note}), env system "
         f"prompt ~{system} tokens; the k-th call re-sends the k-1 earlier prompts and replies",
-        "  cost: " + (f"${price[0]:g} / ${price[1]:g} per 1,000 input / output tokens (--env-price-per-1k)" if price
-                      else "n/a: no price given (--env-price-per-1k IN OUT, USD per 1,000 tokens)"),
+        "  cost: " + (f"${price[0]:g} / ${price[1]:g} per 1,000 input / output tokens ({price_note})" if price
+                      else f"n/a: {price_note}"),
         "",
         f"  {'':<38} {'calls':>10} {'input tokens':>14} {'output tokens':>14} {'cost (USD)':>12}",
     ]

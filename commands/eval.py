@@ -41,6 +41,10 @@ def _evaluate(parsed: ParsedSettings) -> int:
     print(result.paths["report"].read_text(encoding="utf-8"))
     print(f"transcripts: {result.paths['transcripts']}"
           + (f"\nchart: {result.paths['chart']}" if "chart" in result.paths else ""))
+    if result.budget_stopped:  # a budget stop is a partial result, never a failure
+        print(f"promptr1 eval: budget reached ({result.stop_reason}): {len(result.records)} of "
+              f"{result.planned} episodes; run the same command again to resume", file=sys.stderr)
+        return 3
     if result.failed:
         for column, why in result.failed_columns().items():
             print(f"promptr1 eval: FAILED: {column}: {why}", file=sys.stderr)

@@ -131,7 +131,7 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
     from promptr1.llm_backends import from_settings
 
     backend, budget = from_settings(cfg, given=env_llm)  # 2. once per run: limits, budget, cache
-    if cfg.max_cost is not None and not cfg.env_price_per_1k:
+    if cfg.max_cost is not None and not cfg.env_price_per_1k and not cfg.env_model_prices:
         print("promptr1 train: warning: --max-cost is set but no price was given (--env-price-per-1k IN OUT); "
               "a backend without its own price table reports every call as $0, so only --max-calls can stop it.",
               file=sys.stderr, flush=True)
@@ -162,6 +162,14 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
         try:
             history = trainer.train()
         except TrainingFailed as e:
+            if budget.stop_reason is not None:  # the budget stopped the run: exit 3, never a failure
+                if main:
+                    why = (f"budget reached ({budget.stop_reason}) at step {trainer.step} of {cfg.steps}; "
+                           f"before it, {e}. Run the same command with --resume auto to continue (with a new "
+                           "budget).")
+                    print(f"promptr1 train: {why}", flush=True)
+                    write_training_summary(out, "budget-stopped", why, trainer.step, cfg, budget)
+                return BUDGET_EXIT_CODE
             if main:
                 print(f"promptr1 train: FAILED: {e}", file=sys.stderr, flush=True)
                 write_training_summary(out, "failed", str(e), trainer.step, cfg, budget)
@@ -175,7 +183,8 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
                   f"uncached calls, ${budget.cost:.4f}", flush=True)
         if stop.stopped_at is not None:
             if main:
-                why = (f"the env-LLM budget stopped training at step {stop.stopped_at} of {cfg.steps} ({stop.reason}); "
+                why = (f"budget reached: the env-LLM budget stopped training at step {stop.stopped_at} of "
+                       f"{cfg.steps} ({stop.reason}); "
                        f"checkpoint {ckpt}. Run the same command with --resume auto to continue (with a new budget).")
                 print(f"promptr1 train: {why}", flush=True)
                 write_training_summary(out, "budget-stopped", why, trainer.step, cfg, budget)

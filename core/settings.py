@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
+from promptr1.core.tags import check_model_name
+
 __all__ = [
     "BackendSettings",
     "BudgetSettings",
@@ -188,6 +190,10 @@ class EnvLLMSettings(Settings):
             if not sep or not name.strip() or not spec.strip() or name.strip() in models:
                 raise ConfigError(f"--env-models takes NAME=SPEC entries with distinct names (e.g. cheap=sim "
                                   f"strong=openai:gpt-4o); got {entry!r}.")
+            try:
+                check_model_name(name.strip(), what=f"--env-models {entry!r}: the name")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
             models[name.strip()] = spec.strip()
         prices: dict[str, tuple[float, float]] = {}
         for entry in self.env_model_prices:
@@ -196,9 +202,11 @@ class EnvLLMSettings(Settings):
                 pair = tuple(float(v) for v in values.split(":"))
             except ValueError:
                 pair = ()
-            if not sep or len(pair) != 2 or min(pair) < 0 or name.strip() not in models:
-                raise ConfigError(f"--env-model-prices takes NAME=IN:OUT entries (USD per 1,000 input / output tokens, "
-                                  f">= 0) for models of --env-models {sorted(models)}; got {entry!r}.")
+            money = len(pair) == 2 and all(math.isfinite(v) and v >= 0 for v in pair)
+            if not sep or not money or name.strip() not in models:
+                raise ConfigError(f"--env-model-prices takes NAME=IN:OUT entries (USD per 1,000 input / "
+                                  f"output tokens, finite and >= 0) for models of --env-models "
+                                  f"{sorted(models)}; got {entry!r}.")
             prices[name.strip()] = (pair[0], pair[1])
         if self.env_default_model and self.env_default_model not in models:
             raise ConfigError(f"--env-default-model {self.env_default_model!r} is not one of --env-models "
@@ -261,8 +269,8 @@ class BudgetSettings(Settings):
             check_amount(name, getattr(self, name), positive=True)
         if self.env_price_per_1k and (len(self.env_price_per_1k) != 2 or any(
                 not math.isfinite(float(v)) or float(v) < 0 for v in self.env_price_per_1k)):
-            raise ConfigError(f"--env-price-per-1k takes two numbers >= 0, USD per 1,000 input tokens and per 1,000 "
-                              f"output tokens (e.g. --env-price-per-1k 0.15 0.6); got {self.env_price_per_1k!r}.")
+            raise ConfigError(f"--env-price-per-1k takes two numbers (finite, >= 0), USD per 1,000 input tokens and "
+                              f"per 1,000 output tokens (e.g. --env-price-per-1k 0.15 0.6); got {self.env_price_per_1k!r}.")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from promptr1.envs.spaces import UnicodeText
 from promptr1.envs.step_info import StepInfo
 from promptr1.envs.tasks import Task, load_tasks
 from promptr1.llm_backends import Completion, EnvLLMError, LLMBackend, make_backend
+from promptr1.llm_backends.pricing import call_cost, check_prices
 from promptr1.rewards import (
     ANSWER_METRICS,
     COST_AWARE_VARIANTS,
@@ -42,7 +43,7 @@ from promptr1.rewards import (
 )
 from promptr1.core.registry import did_you_mean
 from promptr1.core.settings import ENV_HISTORY_MODES, EpisodeSettings
-from promptr1.core.tags import THINK_OPEN
+from promptr1.core.tags import THINK_OPEN, check_model_name
 
 #: What the reference prefills at the start of every agent turn after the first.
 REFERENCE_TURN_PREFILL = THINK_OPEN + "\n"
@@ -158,6 +159,8 @@ class PromptCollabEnv(gym.Env):
         if isinstance(env_llm, Mapping):
             if not env_llm:
                 raise ValueError("env_llm as a mapping needs at least one entry, e.g. {'cheap': 'sim', 'strong': ...}.")
+            for k in env_llm:  # the agent is told to name a model as [name]: every name must be writable
+                check_model_name(k, what="env_llm mapping: the model name")
             self.env_llms = {str(k): make_backend(v, **dict(backend_kwargs or {})) for k, v in env_llm.items()}
             default_model = default_model or next(iter(self.env_llms))
             if default_model not in self.env_llms:
@@ -169,7 +172,7 @@ class PromptCollabEnv(gym.Env):
                                  "{'cheap': spec, 'strong': spec}.")
             self.env_llm = make_backend(env_llm, **dict(backend_kwargs or {}))
         self.default_model = default_model
-        self.model_prices = {str(k): (float(v[0]), float(v[1])) for k, v in dict(model_prices or {}).items()}
+        self.model_prices = check_prices(model_prices)  # finite and >= 0: a negative price pays for calling
         unknown = sorted(set(self.model_prices) - set(self.env_llms))
         if unknown:
             raise ValueError(f"model_prices names {unknown}, which are not env LLMs ({sorted(self.env_llms)}).")
@@ -351,12 +354,11 @@ class PromptCollabEnv(gym.Env):
     def _backend(self, pending: _Pending) -> LLMBackend:
         return self.env_llms[pending.target] if pending.target else self.env_llm
 
-    def _call_cost(self, target: str | None, completion: Completion) -> float:
-        """Dollars of one call: from ``model_prices`` when the model has one, else the backend's own accounting."""
-        price = self.model_prices.get(target or "")
-        if price is not None:
-            return (completion.prompt_tokens * price[0] + completion.completion_tokens * price[1]) / 1000.0
-        return float(completion.cost_usd or 0.0)
+    def _call_cost(self, target: str | None, result: Completion | EnvLLMError) -> float:
+        """Dollars of one call, a reply or a failure: from ``model_prices`` when the model has one, else the
+        backend's own accounting (:func:`~promptr1.llm_backends.pricing.call_cost`, as the budget counts
+        it)."""
+        return call_cost(result, self.model_prices.get(target or ""))
 
     # ------------------------------------------------------------------ the turn logic
     def _begin(self, action: Any):
@@ -411,10 +413,11 @@ class PromptCollabEnv(gym.Env):
         if called:
             self.episode_stats["env_llm_calls"] += 1
         if error is not None:
+            cost = self._call_cost(pending.target, error) if called else 0.0
             if called and pending.target:
                 self.episode_stats["calls_by_model"][pending.target] += 1
-                self.episode_stats["cost_by_model"][pending.target] += float(getattr(error, "cost_usd", 0.0) or 0.0)
-            self.episode_stats["env_llm_cost_usd"] += float(getattr(error, "cost_usd", 0.0) or 0.0)
+                self.episode_stats["cost_by_model"][pending.target] += cost
+            self.episode_stats["env_llm_cost_usd"] += cost
             self.env_error = f"{error.kind}: {error}"
             self.episode_stats["env_llm_attempts"] += getattr(error, "attempts", 1)
             return self._end(pending.parsed, terminated=False, truncated=True,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from promptr1.core.tags import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
+    MODEL_NAME_PATTERN,
     PROMPT_CLOSE,
     PROMPT_OPEN,
     RESPONSE_CLOSE,
@@ -80,7 +81,7 @@ def _call_arguments(inner: str) -> dict | None:
     return args if isinstance(args, dict) else None
 
 
-_TARGET_RE = re.compile(r"^\s*\[([A-Za-z0-9][A-Za-z0-9_.-]*)\]\s*")
+_TARGET_RE = re.compile(r"^\s*\[(" + MODEL_NAME_PATTERN + r")\]\s*")
 
 
 def call_target(inner: str, prompt: str) -> tuple[str | None, str]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from promptr1.llm_backends.base import error_summary
 
 from .scoring import MEASURES, METRICS, PRIMARY_METRIC, task_type
 from .stats import CI, Z95, mean_ci, standard_error
@@ -236,6 +237,13 @@ class EvalResult:
     """Per dataset: which task type its rows got and from what evidence."""
 
     @property
+    def budget_stopped(self) -> bool:
+        """True when the budget (``max_calls`` / ``max_cost``) stopped the run before every planned episode
+        had a record: a partial result (exit 3; the same command resumes), whatever the recorded episodes
+        say."""
+        return self.stop_reason is not None and self.partial
+
+    @property
     def partial(self) -> bool:
         """True when some planned episodes have no record (budget stop, or a crash)."""
         return len(self.records) < self.planned
@@ -249,9 +257,8 @@ class EvalResult:
         out = {}
         for column, recs in by_column.items():
             if recs and all(r.get("env_error") for r in recs):
-                errors = Counter(str(r["env_error"]) for r in recs).most_common(2)
                 out[column] = (f"all {len(recs)} episodes failed on the env LLM: "
-                               + "; ".join(f"{n} x {text[:200]!r}" for text, n in errors))
+                               + error_summary(str(r["env_error"]) for r in recs))
         return out
 
     @property
@@ -321,6 +328,7 @@ class EvalResult:
         return {
             "status": status,
             "partial": self.partial,
+            "budget_stopped": self.budget_stopped,
             "failed": self.failed_columns(),
             "planned": self.planned,
             "finished": len(self.records),

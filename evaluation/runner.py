@@ -45,6 +45,7 @@ from promptr1.core.fileio import atomic_write_text
 from promptr1.llm_backends import EnvLLMError, LLMBackend
 
 from promptr1.llm_backends.budget import Budget, is_budget_stop
+from promptr1.llm_backends.pricing import call_cost
 from promptr1.rewards.metrics import METRIC_SETS
 from .config import EvalConfig
 from .methods import MethodSpec, baseline_messages, parse_method
@@ -174,11 +175,12 @@ class _Run:
                     return
                 messages = baseline_messages(job.task.question, job.method.kind)
                 t0 = time.perf_counter()
-                reply, error, c = "", None, None
+                reply, error, c, price = "", None, None, None
                 try:
                     backend = self.backends[job.env_llm]
                     if isinstance(backend, Mapping):  # several env LLMs: a baseline asks the default one
-                        backend = backend[self.cfg.env_default_model or next(iter(backend))]
+                        name = self.cfg.env_default_model or next(iter(backend))
+                        backend, price = backend[name], self.cfg.env_models_map()[1].get(name)
                     c = await backend.acomplete(messages, **self.sampling)
                     reply = c.text
                 except EnvLLMError as exc:
@@ -194,7 +196,7 @@ class _Run:
                             num_turns=1, env_llm_calls=1, latency_s=time.perf_counter() - t0,
                             env_llm_latency_s=c.latency_s if c else 0.0,
                             tokens=(c.prompt_tokens + c.completion_tokens) if c else 0,
-                            cost_usd=float(c.cost_usd or 0.0) if c else 0.0)
+                            cost_usd=call_cost(c, price) if c else 0.0)
 
         await asyncio.gather(*(one(j) for j in jobs))
 
@@ -365,6 +367,14 @@ def run_evaluation(
 def _status(result: EvalResult) -> str:
     n_err = sum(1 for r in result.records if r.get("env_error"))
     failed = result.failed_columns()
+    if result.budget_stopped:  # the budget stopped the run: a partial result, never a failure (exit 3)
+        status = (f"PARTIAL: budget reached ({result.stop_reason}): {len(result.records)} of "
+                  f"{result.planned} episodes; re-run the same command to resume (with a new budget)")
+        if failed:
+            status += "; before it, " + "; ".join(f"{column}: {why}" for column, why in failed.items())
+        elif n_err:
+            status += f"; {n_err} env-LLM failures (not scored; a re-run retries them)"
+        return status
     if failed:
         return "FAILED: " + "; ".join(f"{column}: {why}" for column, why in failed.items()) + (
             "; fix the env LLM (key, URL, model name) and re-run: finished episodes are kept, failed ones retried")

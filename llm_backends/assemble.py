@@ -100,14 +100,17 @@ class EnvLLMs(dict):
 
 
 def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None, spec: str | None = None,
-                  budget: Budget | None = None) -> tuple[Any, Budget]:
+                  budget: Budget | None = None,
+                  price: tuple[float, float] | None = None) -> tuple[Any, Budget]:
     """The env LLM of ``settings`` as a run uses it, and its :class:`~promptr1.llm_backends.budget.Budget`.
 
     ``given``: an already-built backend, used as is (the budget and the cache still wrap it; it is not closed
     with the result, and limit settings, which configure a backend built here, are refused). ``spec``: another
     env LLM than ``settings.env_llm`` (an evaluation's transfer env LLMs), sharing ``budget`` when given.
-    Closing the result closes the cache, the budget wrapper and a backend built here. With ``env_models`` (several
-    env LLMs) the result is an :class:`EnvLLMs` mapping, each entry built so, all sharing one budget.
+    Closing the result closes the cache, the budget wrapper and a backend built here. With ``env_models``
+    (several env LLMs) the result is an :class:`EnvLLMs` mapping, each entry built so, all sharing one budget,
+    each model's calls priced at its ``env_model_prices`` entry (``price``: USD per 1,000 input / output
+    tokens) when it has one.
     """
     from .specs import make_backend
 
@@ -118,8 +121,9 @@ def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None,
                               "cannot stand for several. Pass env_llm={name: backend, ...} to the env instead.")
         budget = budget if budget is not None else Budget(settings.max_calls, settings.max_cost)
         built = EnvLLMs()
+        prices = settings.env_models_map()[1]
         for name, model_spec in models.items():
-            built[name] = from_settings(settings, spec=model_spec, budget=budget)[0]
+            built[name] = from_settings(settings, spec=model_spec, budget=budget, price=prices.get(name))[0]
         return built, budget
     kwargs = backend_kwargs(settings, spec)
     if given is not None and kwargs:
@@ -127,7 +131,7 @@ def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None,
                           "object is used as it is. Build it with those arguments instead.")
     inner = given if given is not None else make_backend(spec or settings.env_llm, **kwargs)
     budget = budget if budget is not None else Budget(settings.max_calls, settings.max_cost)
-    backend: Any = BudgetedBackend(inner, budget, owns_inner=given is None)
+    backend: Any = BudgetedBackend(inner, budget, owns_inner=given is None, price=price)
     if settings.cache and settings.cache_mode != "off":
         from .cache import CachedBackend
 

@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 Message = Mapping[str, str]
 
 __all__ = [
+    "ATTEMPT_BILLING",
     "BaseBackend",
     "Completion",
     "EnvLLMError",
     "LLMBackend",
     "Message",
+    "error_summary",
+    "failed_attempt",
     "validate_messages",
 ]
 
@@ -82,6 +87,45 @@ def _rebuild_env_llm_error(message: str, kind: str, attempts: int, retryable: bo
                            completion_tokens: int = 0, cost_usd: float = 0.0) -> EnvLLMError:
     return EnvLLMError(message, kind=kind, attempts=attempts, retryable=retryable, prompt_tokens=prompt_tokens,
                        completion_tokens=completion_tokens, cost_usd=cost_usd)
+
+
+#: Set by whoever pays for a call (a budget, around the call) and read by a backend that retries: after every
+#: failed attempt it calls ``hook(prompt_tokens, completion_tokens, cost_usd)`` with what that attempt was
+#: billed for (zeros when nothing), and gives up instead of retrying when the hook returns a reason (a str).
+#: See :func:`failed_attempt`.
+AttemptHook = Callable[[int, int, float], "str | None"]
+ATTEMPT_BILLING: contextvars.ContextVar[AttemptHook | None] = contextvars.ContextVar(
+    "promptr1_attempt_billing", default=None)
+
+
+def failed_attempt(prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0) -> str | None:
+    """Report one failed attempt of the current call and what it was billed for; returns why no retry may
+    follow (e.g. ``"max_cost=$2 reached"``), or None to go on. A backend that retries calls it after every
+    failed attempt.
+
+    >>> failed_attempt(40, 612, 0.25) is None  # nobody is counting
+    True
+    """
+    hook = ATTEMPT_BILLING.get()
+    return None if hook is None else hook(int(prompt_tokens), int(completion_tokens), float(cost_usd or 0.0))
+
+
+def error_summary(env_errors: Iterable[str], *, most: int = 2) -> str:
+    """Episodes' env errors (``"kind: message"``) grouped by kind, most frequent first: each kind's count and
+    its latest message, whole (messages of one kind differ in seconds, ports and counts, so their text never
+    groups).
+
+    >>> print(error_summary(["timeout: no reply in 1.02 s", "timeout: no reply in 0.98 s",
+    ...                      "connection: refused"]))
+    2 x timeout (last: 'timeout: no reply in 0.98 s'); 1 x connection (last: 'connection: refused')
+    """
+    counts: Counter[str] = Counter()
+    last: dict[str, str] = {}
+    for text in env_errors:
+        kind = str(text).partition(":")[0].strip() or "error"
+        counts[kind] += 1
+        last[kind] = str(text)
+    return "; ".join(f"{n} x {kind} (last: {last[kind]!r})" for kind, n in counts.most_common(most))
 
 
 @runtime_checkable

@@ -39,7 +39,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Completion, EnvLLMError, LLMBackend, Message
+from .base import ATTEMPT_BILLING, Completion, EnvLLMError, LLMBackend, Message
+from .pricing import Price, call_cost, check_price, dollars
 
 __all__ = ["BUDGET_ERROR_KIND", "Budget", "BudgetedBackend", "is_budget_stop"]
 
@@ -87,83 +88,111 @@ class Budget:
             return True
 
     def settle(self, *, cached: bool = False, cost: float = 0.0) -> None:
-        """Close a reserved call: count it (unless a cache answered it) and add its cost."""
+        """Close a reserved call: count it (unless a cache answered it) and add its cost; a cost that reaches
+        ``max_cost`` sets :attr:`stop_reason` now (so a run stops at the end of the step that spent it)."""
         with self._lock:
             self.in_flight -= 1
             if not cached:
                 self.calls += 1
             self.cost += float(cost or 0.0)
+            if self.stop_reason is None and self.max_cost is not None and self.cost >= self.max_cost:
+                self.stop_reason = f"max_cost=${self.max_cost:g} reached"
+
+    def charge(self, cost: float) -> str | None:
+        """Add what a failed attempt of a call in flight was billed for; returns :attr:`stop_reason` once
+        ``max_cost`` is reached (then the call makes no further attempt), else None."""
+        with self._lock:
+            self.cost += float(cost or 0.0)
+            if self.stop_reason is None and self.max_cost is not None and self.cost >= self.max_cost:
+                self.stop_reason = f"max_cost=${self.max_cost:g} reached"
+            return self.stop_reason
 
     def __repr__(self) -> str:
         return (f"Budget(calls={self.calls}/{self.max_calls}, cost=${self.cost:.4f}/{self.max_cost}, "
                 f"stop_reason={self.stop_reason!r})")
 
 
-def _error_cost(e: EnvLLMError) -> float:
-    """What a failed call was billed for (``EnvLLMError.cost_usd``; 0 when unknown or unreadable)."""
-    try:
-        cost = float(getattr(e, "cost_usd", 0.0) or 0.0)
-    except (TypeError, ValueError):
-        return 0.0
-    return cost if cost > 0 and cost != float("inf") else 0.0
-
-
 class BudgetedBackend:
     """``inner`` behind ``budget``: a refused call raises ``EnvLLMError(kind="budget")``.
+
+    ``price`` (USD per 1,000 input / output tokens; a model's ``env_model_prices``) prices the calls; without
+    one a call costs what the backend reports (:func:`~promptr1.llm_backends.pricing.call_cost`, the function
+    the env's reward and the report count with too). Every failed attempt of a call that retries is charged as
+    it happens (:data:`~promptr1.llm_backends.base.ATTEMPT_BILLING`), and once ``max_cost`` is reached the
+    call stops retrying.
 
     ``name``, ``model`` and ``default_sampling`` are the inner backend's, so a cache keyed on them
     sees no difference. :meth:`close` closes the inner backend only when ``owns_inner`` is True.
     """
 
-    def __init__(self, inner: LLMBackend, budget: Budget, *, owns_inner: bool = True) -> None:
+    def __init__(self, inner: LLMBackend, budget: Budget, *, owns_inner: bool = True,
+                 price: Sequence[float] | None = None) -> None:
         self.inner = inner
         self.budget = budget
         self.owns_inner = owns_inner
+        self.price: Price | None = (None if price is None
+                                    else check_price(price, what="BudgetedBackend(price=...)"))
         self.name = getattr(inner, "name", type(inner).__name__)
         self.model = str(getattr(inner, "model", "") or getattr(inner, "model_id", "") or "")
         self.deterministic = bool(getattr(inner, "deterministic", False))
 
     def __getattr__(self, item: str) -> Any:
-        if item.startswith("_") or item in ("inner", "budget"):
+        if item.startswith("_") or item in ("inner", "budget", "price"):
             raise AttributeError(item)
         return getattr(self.inner, item)
 
     def _refused(self) -> EnvLLMError:
         return EnvLLMError(self.budget.stop_reason or "budget exhausted", kind=BUDGET_ERROR_KIND, attempts=0)
 
+    def _attempt_hook(self, charged: list[float]) -> Any:
+        """The :data:`ATTEMPT_BILLING` hook of one call: charges each failed attempt at once (``charged[0]``
+        adds them up) and says stop once the budget's ``max_cost`` is reached."""
+
+        def hook(prompt_tokens: int, completion_tokens: int, cost_usd: float) -> str | None:
+            cost = dollars(prompt_tokens, completion_tokens, cost_usd, self.price)
+            charged[0] += cost
+            return self.budget.charge(cost)
+
+        return hook
+
     def complete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
         if not self.budget.reserve():
             raise self._refused()
-        c: Completion | None = None
-        failed_cost = 0.0
+        result: Completion | EnvLLMError | None = None
+        charged = [0.0]
+        token = ATTEMPT_BILLING.set(self._attempt_hook(charged))
         try:
-            c = self.inner.complete(messages, **sampling)
-            return c
+            result = self.inner.complete(messages, **sampling)
+            return result
         except EnvLLMError as e:  # failed attempts that reported usage were billed
-            failed_cost = _error_cost(e)
+            result = e
             raise
         finally:
-            self._settle(c, failed_cost)
+            ATTEMPT_BILLING.reset(token)
+            self._settle(result, charged[0])
 
     async def acomplete(self, messages: Sequence[Message], **sampling: Any) -> Completion:
         if not self.budget.reserve():
             raise self._refused()
-        c: Completion | None = None
-        failed_cost = 0.0
+        result: Completion | EnvLLMError | None = None
+        charged = [0.0]
+        token = ATTEMPT_BILLING.set(self._attempt_hook(charged))
         try:
-            c = await self.inner.acomplete(messages, **sampling)
-            return c
+            result = await self.inner.acomplete(messages, **sampling)
+            return result
         except EnvLLMError as e:
-            failed_cost = _error_cost(e)
+            result = e
             raise
         finally:
-            self._settle(c, failed_cost)
+            ATTEMPT_BILLING.reset(token)
+            self._settle(result, charged[0])
 
-    def _settle(self, c: Completion | None, failed_cost: float) -> None:
-        if c is not None:
-            self.budget.settle(cached=bool(c.cached), cost=float(c.cost_usd or 0.0))
-        else:
-            self.budget.settle(cost=failed_cost)
+    def _settle(self, result: Completion | EnvLLMError | None, charged: float) -> None:
+        """Count the call and add its cost (:func:`call_cost`) less what its failed attempts were already
+        charged."""
+        cached = isinstance(result, Completion) and bool(result.cached)
+        cost = 0.0 if cached else max(0.0, call_cost(result, self.price) - charged)
+        self.budget.settle(cached=cached, cost=cost)
 
     def close(self) -> None:
         if self.owns_inner:

@@ -64,8 +64,9 @@ import openai
 import yarl  # aiohttp's URL type (installed with it)
 from tenacity import AsyncRetrying, retry_if_exception
 
-from .base import BaseBackend, Completion, EnvLLMError, LoopThread, Message, validate_messages
+from .base import BaseBackend, Completion, EnvLLMError, LoopThread, Message, failed_attempt, validate_messages
 from .limits import SharedLimiter, estimate_tokens
+from .pricing import check_price, check_prices
 
 __all__ = [
     "SAMPLING_KEYS",
@@ -87,6 +88,15 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed", "stop")
 #: Completion tokens assumed for the tokens-per-minute estimate when ``max_tokens`` is not given.
 DEFAULT_COMPLETION_ESTIMATE = 256
+#: A reply's ``usage`` is believed up to this many times the request's token budget (its prompt's estimate
+#: plus ``max_tokens``, or :data:`NO_LIMIT_REPLY_TOKENS` without one), and never below
+#: :data:`MIN_USAGE_BOUND`: a count past it is not a count (a server's 400-digit ``prompt_tokens`` would price
+#: a call at more dollars than exist).
+USAGE_BOUND_FACTOR = 100
+#: The reply tokens a request without ``max_tokens`` is assumed to allow, for the usage bound only.
+NO_LIMIT_REPLY_TOKENS = 32_768
+#: The usage bound of the smallest request (a chat template adds tokens the estimate does not see).
+MIN_USAGE_BOUND = 4_096
 #: An attempt needs at least this much time left before the deadline to be worth starting.
 MIN_ATTEMPT_S = 0.05
 #: In-flight requests per HTTP client before another client (connection pool) is added: httpx's
@@ -198,13 +208,19 @@ def scrub_secrets(text: str, secrets: Sequence[str] = (), *, limit: int = 500) -
 
     >>> scrub_secrets("Incorrect API key provided: sk-proj-abc123XYZ. Header Bearer abc", ["abc123XYZ"])
     'Incorrect API key provided: sk-***. Header Bearer ***'
+    >>> scrub_secrets("connection failed or dropped, or the HTTP response was malformed", limit=45)
+    'connection failed or dropped, or the HTTP...'
     """
     for s in secrets:
         if s and len(s) >= 4:
             text = text.replace(s, "***")
     text = _SK_PATTERN.sub(r"\1***", text)
     text = _BEARER_PATTERN.sub(r"\1***", text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut) + "..."  # at a word's end where there is one
 
 
 def parse_chat_payload(payload: Any) -> tuple[str, str | None, dict[str, int] | None, str | None]:
@@ -234,7 +250,8 @@ def parse_chat_payload(payload: Any) -> tuple[str, str | None, dict[str, int] | 
         raise ValueError("choices[0] has no 'message' object")
     content = first["message"].get("content")
     if isinstance(content, list):  # content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+        content = "".join(p["text"] for p in content
+                          if isinstance(p, Mapping) and isinstance(p.get("text"), str))
     if content is not None and not isinstance(content, str):
         raise ValueError(f"message content is {type(content).__name__}, expected a string")
     if not content or not content.strip():
@@ -244,26 +261,43 @@ def parse_chat_payload(payload: Any) -> tuple[str, str | None, dict[str, int] | 
     return content, finish, parse_usage(payload), model
 
 
-def parse_usage(payload: Any) -> dict[str, int] | None:
+def parse_usage(payload: Any, *, bound: int | None = None) -> dict[str, int] | None:
     """``{"prompt_tokens", "completion_tokens"}`` from a reply's ``usage``, or None when it reports none.
 
-    Works on any reply, usable or not: a server bills an empty or cut-off reply too.
+    Works on any reply, usable or not: a server bills an empty or cut-off reply too. A count that is not a
+    whole number ``>= 0`` (and, with ``bound``, at most ``bound``) is not a count: ``ValueError`` says which
+    (the backend makes it a ``malformed_reply`` and counts the call at its estimate).
 
     >>> parse_usage({"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 612}})
     {'prompt_tokens': 40, 'completion_tokens': 612}
     >>> parse_usage({"usage": "n/a"}) is None
     True
+    >>> parse_usage({"usage": {"prompt_tokens": 10**400, "completion_tokens": 1}}, bound=10**6)
+    Traceback (most recent call last):
+    ...
+    ValueError: usage prompt_tokens is 1000000000000000000000000000000000000000... (401 digits), not a token count in [0, 1000000]
     """
     usage = payload.get("usage") if isinstance(payload, Mapping) else None
     if not isinstance(usage, Mapping):
         return None
-    try:
-        out = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-               "completion_tokens": int(usage.get("completion_tokens") or 0)}
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if out["prompt_tokens"] < 0 or out["completion_tokens"] < 0:
-        return None
+    out = {}
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(key)
+        if value is None:
+            out[key] = 0
+            continue
+        ok = not isinstance(value, bool) and isinstance(value, (int, float))
+        if ok and isinstance(value, float):
+            ok = math.isfinite(value) and value.is_integer()
+        if ok:
+            ok = value >= 0 and (bound is None or value <= bound)
+        if not ok:
+            shown = repr(value)
+            if isinstance(value, int) and not isinstance(value, bool) and len(shown) > 40:
+                shown = f"{shown[:40]}... ({len(shown)} digits)"
+            top = "inf" if bound is None else bound
+            raise ValueError(f"usage {key} is {shown[:60]}, not a token count in [0, {top}]")
+        out[key] = int(value)
     return out
 
 
@@ -686,6 +720,17 @@ class OpenAIBackend(BaseBackend):
         # values read from the environment lose surrounding whitespace (a key pasted from a file ends in "\n")
         env_url = (os.environ.get("OPENAI_BASE_URL") or "").strip()
         self.base_url = (base_url or env_url or OPENAI_BASE_URL).rstrip("/")
+        try:
+            userinfo = "@" in (urllib.parse.urlsplit(self.base_url).netloc or "")
+        except ValueError:
+            userinfo = False
+        if userinfo:  # the SDK's Authorization header and the URL's would clash on every call; never shown
+            where = "base_url=..." if base_url else "the OPENAI_BASE_URL environment variable"
+            shown = _display_url(self.base_url)
+            raise ValueError(f"the server URL from {where} ({shown}, credentials hidden) carries a user name "
+                             "or password (user:password@host): that fails every call. Remove it from the "
+                             "URL and give the key as api_key=... or OPENAI_API_KEY (a proxy's login: "
+                             "default_headers={'Proxy-Authorization': ...}).")
         key = api_key or (os.environ.get("OPENAI_API_KEY") or "").strip()
         if not key:
             if _is_openai_host(self.base_url):
@@ -714,6 +759,10 @@ class OpenAIBackend(BaseBackend):
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
         self.limiter = limiter if limiter is not None else SharedLimiter(max_concurrency, rpm, tpm)
+        if isinstance(price_per_1k, Mapping):  # finite and >= 0: a negative or infinite price breaks totals
+            price_per_1k = check_prices(price_per_1k, what="price_per_1k")
+        elif price_per_1k is not None:
+            price_per_1k = check_price(price_per_1k, what="price_per_1k")
         self.price_per_1k = price_per_1k
         self.default_sampling = dict(default_sampling or {})
         self.extra_body = dict(extra_body or {})
@@ -930,6 +979,10 @@ class OpenAIBackend(BaseBackend):
         # one idempotency key per call (all its attempts): the SDK would otherwise draw a uuid4 per request
         st: dict[str, Any] = {"deadline_at": None, "first_start": None, "errors": [], "stop": "", "attempts": 0,
                               "key": f"{self._key_prefix}-{next(self._key_counter)}"}
+        prompt_est = sum(estimate_tokens(m["content"]) for m in msgs)
+        st["estimate"] = (prompt_est, est_tokens - prompt_est)  # what a reply with garbage usage counts
+        st["usage_bound"] = max(MIN_USAGE_BOUND, USAGE_BOUND_FACTOR * (
+            prompt_est + int(params.get("max_tokens") or NO_LIMIT_REPLY_TOKENS)))
 
         failure: _AttemptError | None = None
         result = None
@@ -1031,16 +1084,17 @@ class OpenAIBackend(BaseBackend):
     def _give_up(self, failure: _AttemptError, st: Mapping[str, Any], n: int, elapsed: float) -> EnvLLMError:
         kind = failure.kind
         stop_reason = "deadline" if kind == "deadline" else st["stop"]
-        if stop_reason == "deadline":
-            kind = "deadline"
+        if stop_reason in ("deadline", "budget"):
+            kind = stop_reason
         why = {
             "attempts": f"after {n} attempt(s) (max_retries={self.max_retries})",
             "deadline": f"within the deadline of {self.deadline_s:g} s ({n} attempt(s))",
+            "budget": f"after {n} attempt(s), not retried: {st.get('budget_stop')}",
         }.get(stop_reason, f"after {n} attempt(s), not retryable")
         msg = scrub_secrets(
             f"openai:{self.model} at {_display_url(self.base_url)} failed {why} in {elapsed:.2f} s; "
             f"last error {failure.kind}: {failure.detail}",
-            [self._api_key],
+            [self._api_key], limit=2000,  # kept whole: its parts are bounded already (detail: 300 characters)
         )
         fp, fc, fcost = st.get("failed_usage") or (0, 0, 0.0)
         if fp or fc:
@@ -1061,9 +1115,20 @@ class OpenAIBackend(BaseBackend):
     async def _attempt(self, params: dict[str, Any], est_tokens: int, st: dict[str, Any]):
         """One HTTP request: returns ``(text, finish, usage, model, seconds)`` or raises ``_AttemptError``."""
         try:
-            return await self._attempt_inner(params, est_tokens, st)
+            try:
+                return await self._attempt_inner(params, est_tokens, st)
+            except (_AttemptError, asyncio.CancelledError):
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever a reply does, the call fails with a kind
+                detail = f"{type(e).__name__}: {scrub_secrets(str(e), [self._api_key], limit=300)}"
+                raise _AttemptError("error", detail, retryable=False) from None
         except _AttemptError as e:
             st["errors"].append(e.kind)
+            # whoever pays (a budget) is told what this attempt was billed for, and may forbid a retry
+            stop = failed_attempt(*st.pop("attempt_billed", (0, 0, 0.0)))
+            if stop is not None and e.retryable:
+                e.retryable = False
+                st["stop"], st["budget_stop"] = "budget", stop
             raise
 
     async def _attempt_inner(self, params: dict[str, Any], est_tokens: int, st: dict[str, Any]):
@@ -1129,9 +1194,19 @@ class OpenAIBackend(BaseBackend):
             seconds = time.monotonic() - t0
             try:
                 payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: 100k nested '['
                 raise _AttemptError("malformed_reply", f"the reply is not valid JSON ({len(body)} bytes)",
                                     retryable=True) from None
+            try:
+                parse_usage(payload, bound=st["usage_bound"])
+            except ValueError as e:  # billed, but for what is unknown: count the request's estimate
+                p_est, c_est = st["estimate"]
+                log.warning("openai:%s replied with a usage that is not a token count (%s); the call is "
+                            "counted at its estimate, %d prompt + %d completion tokens",
+                            self.model, e, p_est, c_est)
+                self._add_failed_usage(st, {"prompt_tokens": p_est, "completion_tokens": c_est}, payload)
+                slot.report_tokens(p_est + c_est)
+                raise _AttemptError("malformed_reply", f"the reply's {e}", retryable=True) from None
             try:
                 text, finish, usage, model = parse_chat_payload(payload)
             except (LookupError, ValueError) as e:
@@ -1190,3 +1265,4 @@ class OpenAIBackend(BaseBackend):
         cost = self._price(p, c, server_model if isinstance(server_model, str) else None) or 0.0
         fp, fc, fcost = st.get("failed_usage", (0, 0, 0.0))
         st["failed_usage"] = (fp + p, fc + c, round(fcost + cost, 12))
+        st["attempt_billed"] = (p, c, cost)

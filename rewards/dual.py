@@ -39,6 +39,7 @@ of the reference (see its description and ``docs/reward.md``).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -162,12 +163,13 @@ def cost_penalty(cost_usd: float, weight: float, reference_usd: float | None = N
     >>> cost_penalty(0.002, -1.0)
     Traceback (most recent call last):
     ...
-    ValueError: cost_weight must be >= 0 (0: cost does not count), got -1.0.
+    ValueError: cost_weight must be a finite number >= 0 (0: cost does not count), got -1.0.
     """
-    if weight < 0:
-        raise ValueError(f"cost_weight must be >= 0 (0: cost does not count), got {weight}.")
-    if reference_usd is not None and reference_usd <= 0:
-        raise ValueError(f"cost_reference_usd must be > 0 (or None: dollars), got {reference_usd}.")
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"cost_weight must be a finite number >= 0 (0: cost does not count), got {weight}.")
+    if reference_usd is not None and not (math.isfinite(reference_usd) and reference_usd > 0):
+        raise ValueError(f"cost_reference_usd must be a finite number > 0 (or None: dollars), got "
+                         f"{reference_usd}.")
     return float(weight) * float(cost_usd) / (float(reference_usd) if reference_usd else 1.0)
 
 

@@ -367,6 +367,9 @@ class FakeOpenAIServer:
         record_bodies: keep each request's JSON body in :attr:`records`.
         oversize_bytes: the body size of the ``"oversized*"`` faults (before gzip), default 9 MiB
             (just over the backend's default cap of 8 MiB).
+        rewrite: ``callable(payload, request_body) -> payload or bytes``, applied to every normal reply before
+            it is sent: a server that gets ``usage`` wrong, or a body that is not what it should be (bytes are
+            sent as they are).
 
     Use as a context manager (``with FakeOpenAIServer() as srv: srv.base_url``) or call
     :meth:`start` / :meth:`stop`. :meth:`stats` and :attr:`records` hold what the server
@@ -391,6 +394,7 @@ class FakeOpenAIServer:
         host: str = "127.0.0.1",
         port: int = 0,
         oversize_bytes: int = 9 * 1024 * 1024,
+        rewrite: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None,
     ) -> None:
         bad = [f for f in faults if f not in FAULTS]
         if bad:
@@ -418,6 +422,7 @@ class FakeOpenAIServer:
         self.seed = int(seed)
         self.record_bodies = record_bodies
         self.oversize_bytes = int(oversize_bytes)
+        self.rewrite = rewrite
         self.host = host
         self._port = port
         self.records: list[RequestRecord] = []
@@ -661,4 +666,8 @@ class FakeOpenAIServer:
             choices[0]["message"]["content"] = text + " " + "x" * max(0, self.oversize_bytes - base - 1)
             encoding = {"oversized_chunked": "chunked", "oversized_gzip": "gzip"}.get(fault)
             return self._send(conn, rec, 200, payload, keep, encoding=encoding)
+        if self.rewrite is not None:
+            payload = self.rewrite(payload, body)
+            if isinstance(payload, (bytes, bytearray)):
+                return self._send(conn, rec, 200, None, keep, raw=bytes(payload))
         return self._send(conn, rec, 200, payload, keep)

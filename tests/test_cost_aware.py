@@ -93,7 +93,7 @@ def test_the_default_env_and_reward_are_exactly_as_before():
 def test_call_target_and_cost_penalty():
     assert call_target("[cheap]  Where?", "[cheap]  Where?") == ("cheap", "Where?")
     assert cost_penalty(0.5, 0.0) == 0.0
-    with pytest.raises(ValueError, match="cost_reference_usd must be > 0"):
+    with pytest.raises(ValueError, match="cost_reference_usd must be a finite number > 0"):
         cost_penalty(0.5, 1.0, reference_usd=0.0)
 
 

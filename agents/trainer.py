@@ -33,7 +33,7 @@ from promptr1.agents.checkpoint import (
     CheckpointError,
     checkpoint_name,
     claim_output_dir,
-    find_latest_checkpoint,
+    find_resume_checkpoint,
     load_checkpoint_file,
     load_trainer_state,
     publish_checkpoint,
@@ -50,7 +50,7 @@ from promptr1.plugins import import_plugins
 from promptr1.agents.episode import ends_on_context, training_reward
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
 
-__all__ = ["GRPOTrainer", "TrainingFailed"]
+__all__ = ["GRPOTrainer", "TrainingFailed", "TrainingInterrupted"]
 
 
 class TrainingFailed(RuntimeError):
@@ -58,6 +58,18 @@ class TrainingFailed(RuntimeError):
 
     A checkpoint of the last step is written first; ``promptr1 train`` exits non-zero with this message.
     """
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped at the end of a step because of SIGINT (Ctrl-C) or SIGTERM; a checkpoint of that step was
+    written first (``checkpoint``), so ``resume="auto"`` continues from it. ``exit_code``: 130 or 143."""
+
+    def __init__(self, step: int, signum: int, checkpoint: pathlib.Path) -> None:
+        from promptr1.agents.interrupt import signal_exit_code
+
+        self.step, self.signum, self.checkpoint = step, signum, checkpoint
+        self.exit_code = signal_exit_code(signum)
+        super().__init__(f"interrupted at step {step}; checkpoint {checkpoint}")
 
 
 
@@ -122,6 +134,7 @@ class GRPOTrainer:
         self._skip_rows_without_gradient = True  # see _rows_with_gradient; tests turn it off to compare
         self.callbacks = CallbackList(list(callbacks))
         self.step = 0
+        self._stop_signum = 0  # the signal that stopped the last train() (0: none)
         self.cursor = 0  # questions consumed (all processes together)
 
         if self.accelerator.is_main_process:  # before anything is loaded: never write over an earlier run
@@ -209,20 +222,7 @@ class GRPOTrainer:
             yield self.unwrapped_model
 
     def _find_resume(self) -> pathlib.Path | None:
-        r = self.cfg.resume
-        if not r:
-            return None
-        where = self.cfg.output_dir if r == "auto" else r
-        found = find_latest_checkpoint(where)
-        if found is None:
-            if r == "auto":
-                return None  # nothing to resume yet: a fresh run
-            raise FileNotFoundError(
-                f"--resume {r!r}: no complete checkpoint there. Expected a checkpoint folder (with "
-                "trainer_state.json) or an output_dir holding checkpoint-* folders; use --resume auto to "
-                "start fresh when none exists."
-            )
-        return found
+        return find_resume_checkpoint(self.cfg.output_dir, self.cfg.resume)
 
     def _wrap_lora(self, model: Any) -> Any:
         try:
@@ -548,15 +548,40 @@ class GRPOTrainer:
         cfg, acc = self.cfg, self.accelerator
         total = cfg.steps if steps is None else steps
         out_dir = pathlib.Path(cfg.output_dir)
+        if self.step >= total:  # a finished run resumed: nothing to do, and no second checkpoint of its last step
+            return []
         if self.logger is None:
             self.logger = Logger(str(out_dir / "tensorboard") if acc.is_main_process else None,
                                  progress=cfg.progress and acc.is_main_process, total_steps=total,
                                  initial_step=self.step, enabled=acc.is_main_process)
             self.logger.record_hparams(config_to_dict(cfg) | {"loss." + k: v for k, v in self.loss_cfg.to_dict().items()})
+        from promptr1.agents.interrupt import StopRequest
+
+        with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, write a checkpoint, raise
+            history, failure = self._train_loop(total, stop)
+        if history and failure is None and all(m.get("env_llm/failure_rate", 0.0) >= 1.0 for m in history):
+            failure = (f"every episode of the run that reached the env LLM failed there; {self._last_env_errors()}. "
+                       "The model was not trained on anything; fix the env LLM and run again.")
+        final = self.save()
+        self.callbacks.on_train_end(self)
+        self.logger.close()
+        self.logger = None
+        signum = stop.signum or self._stop_signum
+        if signum:
+            raise TrainingInterrupted(self.step, signum, final)
+        if failure is not None:
+            raise TrainingFailed(f"training stopped at step {self.step}: {failure}")
+        return history
+
+    def _train_loop(self, total: int, stop: Any) -> tuple[list[dict[str, float]], str | None]:
+        """Steps until ``total``, a callback's stop, a failing env LLM or a stop request; returns the steps'
+        metrics and the failure, if any."""
+        cfg, acc = self.cfg, self.accelerator
         self.callbacks.on_train_begin(self)
         history = []
         failing: list[int] = []  # consecutive steps above max_env_error_rate
         failure: str | None = None
+        self._stop_signum = 0
         while self.step < total:
             metrics = self.train_step()
             rate = metrics.get("env_llm/failure_rate", 0.0)
@@ -574,21 +599,22 @@ class GRPOTrainer:
             means = self.logger.dump(self.step) if self.step % max(cfg.log_every, 1) == 0 else metrics
             history.append(metrics)
             keep_going = self.callbacks.on_step_end(self, self.step, metrics)
-            if cfg.save_every > 0 and self.step % cfg.save_every == 0 and self.step < total:
+            self._stop_signum = self._any_process_signal(stop.signum)
+            if cfg.save_every > 0 and self.step % cfg.save_every == 0 and self.step < total and not self._stop_signum:
                 self.save()
-            if not keep_going or failure:
+            if not keep_going or failure or self._stop_signum:
                 break
             del means
-        if history and failure is None and all(m.get("env_llm/failure_rate", 0.0) >= 1.0 for m in history):
-            failure = (f"every episode of the run that reached the env LLM failed there; {self._last_env_errors()}. "
-                       "The model was not trained on anything; fix the env LLM and run again.")
-        self.save()
-        self.callbacks.on_train_end(self)
-        self.logger.close()
-        self.logger = None
-        if failure is not None:
-            raise TrainingFailed(f"training stopped at step {self.step}: {failure}")
-        return history
+        return history, failure
+
+    def _any_process_signal(self, signum: int | None) -> int:
+        """The stop signal this process (or, under ``accelerate launch``, any process) received; 0 for none. Every
+        process stops at the same step."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return int(signum or 0)
+        flag = torch.tensor([float(signum or 0)], device=acc.device)
+        return int(acc.gather(flag).max().item())
 
     def _last_env_errors(self) -> str:
         """The most common env errors of the last step, for a failure message."""

@@ -36,6 +36,15 @@ def eval_main(argv: Sequence[str]) -> int:
         lead += 1
     if lead and any(a == "--tasks" or a.startswith("--tasks=") for a in argv[lead:]):
         return _die("give task files either first, as positional arguments, or with --tasks, not both.", "eval")
+    try:
+        return _eval_command(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once; finished episodes are on disk already
+        print("\npromptr1 eval: stopped at once; finished episodes are kept in the output folder's "
+              "transcripts.jsonl: run the same command to resume.", file=sys.stderr, flush=True)
+        return 130
+
+
+def _eval_command(argv: list[str]) -> int:
     return run_command(EvalConfig, argv, "eval", _evaluate, positional="tasks",
                        usage="[TASK_FILE ...] [--config FILE|NAME] [options]",
                        about="Evaluate agents and baselines (--methods) on task files (given first, or with --tasks), "
@@ -56,6 +65,12 @@ def _evaluate(cfg: EvalConfig) -> int:
         for column, why in result.failed_columns().items():
             print(f"promptr1 eval: FAILED: {column}: {why}", file=sys.stderr)
         return 1
+    if result.signal:
+        from promptr1.agents.interrupt import signal_exit_code
+
+        print(f"promptr1 eval: {result.stop_reason}: {len(result.records)} of {result.planned} episodes kept in "
+              f"{result.paths['transcripts']}; run the same command to resume.", file=sys.stderr, flush=True)
+        return signal_exit_code(result.signal)
     return 3 if result.partial else 0
 
 

@@ -234,6 +234,9 @@ class EvalResult:
     paths: dict[str, Path] = field(default_factory=dict)
     task_types: dict[str, str] = field(default_factory=dict)
     """Per dataset: which task type its rows got and from what evidence."""
+    signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the evaluation early, if one did: the episodes finished by then
+    are kept, and the same command resumes."""
 
     @property
     def partial(self) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from promptr1.agents.config import GRPOConfig
 from promptr1.agents.logger import Callback
 
-__all__ = ["ValidationCallback", "final_evaluation", "reference_validation_scalars"]
+__all__ = ["ValidationCallback", "final_evaluation", "reference_validation_scalars", "run_outputs"]
 
 
 class ValidationCallback(Callback):
@@ -150,3 +150,22 @@ def final_evaluation(cfg: GRPOConfig, sft_model: str, trained_model: Any, tokeni
 
     atomic_write_text(out / "eval.json", json.dumps(result.to_json(), indent=2))
     return result
+
+
+def run_outputs(out: str | pathlib.Path) -> dict[str, pathlib.Path]:
+    """Where a ``promptr1 train`` run's results are, for its last line: ``{what: path}`` for those that exist (the
+    latest checkpoint, the TensorBoard logs, the held-out evaluation's report and chart, the summary).
+
+    >>> run_outputs("/nonexistent")
+    {}
+    """
+    out = pathlib.Path(out)
+    latest = out / "latest"
+    found = {
+        "checkpoint": out / latest.read_text().strip() if latest.is_file() else None,
+        "TensorBoard logs": out / "tensorboard",
+        "report": out / "eval" / "report.md",
+        "chart": out / "eval" / "chart.png",
+        "summary": out / "summary.json",
+    }
+    return {what: p for what, p in found.items() if p is not None and p.exists()}

@@ -97,8 +97,15 @@ def train_main(argv: Sequence[str]) -> int:
         given = f" with {' '.join(argv)}" if argv else ""
         print(f"promptr1 train: running the CPU quickstart (bundled config 'quickstart'){given}; "
               "see `promptr1 train --help`.", flush=True)
-    return run_command(GRPOConfig, argv, "train", run_training, default_config=base, about=TRAIN_ABOUT,
-                       epilog=TRAIN_EPILOG)
+    try:
+        return run_command(GRPOConfig, argv, "train", lambda cfg: run_training(cfg, argv=argv),
+                           default_config=base, about=TRAIN_ABOUT, epilog=TRAIN_EPILOG)
+    except KeyboardInterrupt:  # outside the training loop (loading, the final evaluation), or a second Ctrl-C
+        from promptr1.agents.interrupt import resume_command
+
+        print(f"\npromptr1 train: stopped at once; the work since the last checkpoint is lost. Continue with "
+              f"`{resume_command(argv)}`.", file=sys.stderr, flush=True)
+        return 130
 
 
 def sft_main(argv: Sequence[str]) -> int:
@@ -115,12 +122,14 @@ def sft_main(argv: Sequence[str]) -> int:
                              "'promptr1 train --model' can start from.")
 
 
-def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Callback] = ()) -> int:
+def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Callback] = (),
+                 argv: Sequence[str] | None = None) -> int:
     """The whole ``promptr1 train`` pipeline for a parsed config; returns the exit code: 0, or
     :data:`BUDGET_EXIT_CODE` when the env LLM's budget stopped training (a checkpoint was written).
 
     ``env_llm``: an already-built backend (used as is, not closed; the budget and the cache still wrap it).
     ``callbacks``: more :class:`~promptr1.agents.logger.Callback` objects for the trainer.
+    ``argv``: the command line, for the command an interrupted run prints to continue.
     """
     import dataclasses
 
@@ -129,10 +138,16 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
     import_plugins(cfg.plugins)  # 1. before anything that looks a name up
     cfg.loss_config()  # an unknown --algo or a bad loss setting fails here, before any model loads
     check_training_settings(cfg, given_backend=env_llm is not None)
-    if not cfg.resume:
-        from promptr1.agents.models import check_model_name
+    from promptr1.agents.preflight import check_training_inputs
 
-        check_model_name(cfg.model, what="--model")
+    check_training_inputs(cfg, given_backend=env_llm is not None)  # names and paths, before any model loads
+    if cfg.resume and not cfg.dry_run:
+        from promptr1.agents.checkpoint import resume_report
+
+        line, finished = resume_report(cfg.output_dir, cfg.resume, cfg.steps)
+        print(f"promptr1 train: {line}", flush=True)
+        if finished:
+            return 0
     if cfg.dry_run:
         from promptr1.agents.dry_run import dry_run_report
 
@@ -179,10 +194,18 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
                   f"env LLM {cfg.env_llm!r}, algo {cfg.algo!r}, {cfg.steps} steps of "
                   f"{cfg.batch_questions}x{cfg.group_size} episodes on {trainer.accelerator.device}; "
                   f"logs: {out / 'tensorboard'}", flush=True)
-        from promptr1.agents.trainer import TrainingFailed
+        from promptr1.agents.trainer import TrainingFailed, TrainingInterrupted
 
         try:
             history = trainer.train()
+        except TrainingInterrupted as e:
+            from promptr1.agents.interrupt import resume_command
+
+            why = f"interrupted at step {e.step}: continue with `{resume_command(argv)}`"
+            if main:
+                print(f"promptr1 train: {why} (checkpoint {e.checkpoint})", file=sys.stderr, flush=True)
+                write_training_summary(out, "interrupted", why, e.step, cfg, budget)
+            return e.exit_code
         except TrainingFailed as e:
             if main:
                 print(f"promptr1 train: FAILED: {e}", file=sys.stderr, flush=True)
@@ -210,6 +233,10 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
             del trainer
             final_evaluation(cfg, policy, trained, tokenizer, backend, out)
             print(f"promptr1 train: total {time.perf_counter() - t_start:.0f}s", flush=True)
+        if main:
+            from promptr1.evaluation.validation import run_outputs
+
+            print("promptr1 train: outputs: " + "; ".join(f"{k} {v}" for k, v in run_outputs(out).items()), flush=True)
     finally:
         close = getattr(backend, "close", None)  # closes the budget wrapper and the cache, and our own backend
         if callable(close):
@@ -219,7 +246,8 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
 
 def write_training_summary(out: pathlib.Path, status: str, reason: str, step: int, cfg: GRPOConfig,
                            budget: Any) -> pathlib.Path:
-    """``OUTPUT_DIR/summary.json``: how the run ended (``complete``, ``budget-stopped`` or ``failed``) and why."""
+    """``OUTPUT_DIR/summary.json``: how the run ended (``complete``, ``budget-stopped``, ``interrupted`` or
+    ``failed``) and why."""
     from promptr1.fileio import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)

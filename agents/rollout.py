@@ -462,14 +462,17 @@ def run_episodes(
     timings: dict[str, float] | None = None,
     seed: int | None = None,
     sampler: Callable[..., list[SampledTurn]] | None = None,
+    on_episode_end: Callable[[int, int], None] | None = None,
 ) -> list[Episode]:
     """Play one episode per ``(env, task)`` pair to the end; return them as token sequences.
 
     ``envs[i]`` is reset with ``options={"task": tasks[i]}``. ``timings`` (if given) receives
     ``generate_s`` and ``env_s``: wall time spent sampling and waiting for the environment.
+    ``on_episode_end(finished, total)`` is called each time an episode ends (for a progress display).
     """
     return asyncio.run(arun_episodes(model, tokenizer, envs, tasks, groups, cfg, framer=framer,
-                                     generator=generator, timings=timings, seed=seed, sampler=sampler))
+                                     generator=generator, timings=timings, seed=seed, sampler=sampler,
+                                     on_episode_end=on_episode_end))
 
 
 def stop_strings_for(framing: str) -> tuple[str, ...]:
@@ -509,6 +512,7 @@ async def arun_episodes(
     timings: dict[str, float] | None = None,
     seed: int | None = None,
     sampler: Callable[..., list[SampledTurn]] | None = None,
+    on_episode_end: Callable[[int, int], None] | None = None,
 ) -> list[Episode]:
     """Async form of :func:`run_episodes` (for callers that already run an event loop).
 
@@ -554,6 +558,8 @@ async def arun_episodes(
                 apply(k, s, text, result)
                 if not episodes[k].done:
                     ready.append(k)
+                elif on_episode_end is not None:
+                    on_episode_end(sum(e.done for e in episodes), len(episodes))
         if not ready:
             continue
         active, ready = sorted(ready), []

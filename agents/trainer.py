@@ -297,10 +297,17 @@ class GRPOTrainer:
         gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, "rollout", self.step, rank))
         timings: dict[str, float] = {}
         with self.generation_model() as model, self.accelerator.autocast():
+            self._within_step(f"episodes 0/{len(tasks)}")
             episodes = run_episodes(model, self.tokenizer, self.envs[: len(tasks)], tasks, groups, self.rollout_cfg,
                                     framer=self.framer, generator=gen, timings=timings,
-                                    seed=derived_seed(self.cfg.seed, "env", self.step, rank) % (2**31))
+                                    seed=derived_seed(self.cfg.seed, "env", self.step, rank) % (2**31),
+                                    on_episode_end=lambda done, n: self._within_step(f"episodes {done}/{n}"))
         return episodes, timings
+
+    def _within_step(self, text: str) -> None:
+        """Where the step in hand is, on the console's progress bar (see :meth:`Logger.within_step`)."""
+        if self.logger is not None:
+            self.logger.within_step(f"step {self.step + 1}: {text}")
 
     def _logprobs(self, model: Any, batch: dict[str, torch.Tensor], *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs (and entropies) ``(b, T)`` aligned to token positions; 0 before the first action."""
@@ -412,46 +419,50 @@ class GRPOTrainer:
         needed = self._rows_with_gradient(batch)
         rec["rollout/update_rows_fraction"] = float(needed.float().mean()) if N else 0.0
         order_rng = np.random.default_rng(derived_seed(cfg.seed, "minibatch", self.step, acc.process_index))
+        plan: list[tuple[list[int], list[list[int]]]] = []  # (minibatch, its micro-batches) of every epoch
         for _epoch in range(cfg.update_epochs):
             perm = order_rng.permutation(N).tolist()
             n_mini = max(1, min(cfg.minibatches, N))
-            minis = [perm[i::n_mini] for i in range(n_mini)]
-            for mini in minis:
+            for mini in (perm[i::n_mini] for i in range(n_mini)):
                 # rows that cannot move the weights skip their forward and backward passes; the denominators
                 # below still count them, so the gradient is the same. A minibatch with none keeps one row, so
                 # that the optimizer still takes its (zero-gradient) step, as it would without skipping.
                 work = [r for r in sorted(mini) if needed[r]] or sorted(mini)[:1]
-                micro = self._micro_batches(work)
-                eff = (batch["action_mask"][mini] * batch["sample_mask"][mini, None]).sum().item()
-                seqs = ((batch["action_mask"][mini].sum(-1) > 0) & batch["sample_mask"][mini]).sum().item()
-                for j, rows in enumerate(micro):
-                    sub = self._slice(batch, rows)
-                    sub_tokens = (sub["action_mask"] * sub["sample_mask"][:, None]).sum().item()
-                    sub_seqs = ((sub["action_mask"].sum(-1) > 0) & sub["sample_mask"]).sum().item()
-                    if self.loss_cfg.loss_agg == "token-mean":
-                        weight = sub_tokens / eff if eff > 0 else 0.0
-                    else:
-                        weight = sub_seqs / seqs if seqs > 0 else 0.0
-                    last = j == len(micro) - 1
-                    ctx = acc.no_sync(self.model) if (not last and acc.num_processes > 1) else contextlib.nullcontext()
-                    with ctx:
-                        logp, ent = self._logprobs(self.model, sub, with_entropy=need_entropy)
-                        loss_batch = {"logp": logp, "mask": sub["action_mask"], "advantages": sub["advantages"],
-                                      "old_logp": sub["old_logp"], "sample_mask": sub["sample_mask"]}
-                        if "ref_logp" in sub:
-                            loss_batch["ref_logp"] = sub["ref_logp"]
-                        if ent is not None:
-                            loss_batch["entropy"] = ent if self.loss_cfg.entropy_coef != 0 else ent.detach()
-                        loss, stats = compute_loss(loss_batch, self.loss_cfg)
-                        acc.backward(loss * weight)
-                    if weight > 0:
-                        for k, v in stats.items():
-                            stats_acc.setdefault(k, []).append(float(v))
-                if cfg.max_grad_norm > 0:
-                    gn = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    grad_norms.append(float(gn))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                plan.append((mini, self._micro_batches(work)))
+        n_micro, done_micro = sum(len(micro) for _, micro in plan), 0
+        for mini, micro in plan:
+            eff = (batch["action_mask"][mini] * batch["sample_mask"][mini, None]).sum().item()
+            seqs = ((batch["action_mask"][mini].sum(-1) > 0) & batch["sample_mask"][mini]).sum().item()
+            for j, rows in enumerate(micro):
+                sub = self._slice(batch, rows)
+                sub_tokens = (sub["action_mask"] * sub["sample_mask"][:, None]).sum().item()
+                sub_seqs = ((sub["action_mask"].sum(-1) > 0) & sub["sample_mask"]).sum().item()
+                if self.loss_cfg.loss_agg == "token-mean":
+                    weight = sub_tokens / eff if eff > 0 else 0.0
+                else:
+                    weight = sub_seqs / seqs if seqs > 0 else 0.0
+                last = j == len(micro) - 1
+                ctx = acc.no_sync(self.model) if (not last and acc.num_processes > 1) else contextlib.nullcontext()
+                with ctx:
+                    logp, ent = self._logprobs(self.model, sub, with_entropy=need_entropy)
+                    loss_batch = {"logp": logp, "mask": sub["action_mask"], "advantages": sub["advantages"],
+                                  "old_logp": sub["old_logp"], "sample_mask": sub["sample_mask"]}
+                    if "ref_logp" in sub:
+                        loss_batch["ref_logp"] = sub["ref_logp"]
+                    if ent is not None:
+                        loss_batch["entropy"] = ent if self.loss_cfg.entropy_coef != 0 else ent.detach()
+                    loss, stats = compute_loss(loss_batch, self.loss_cfg)
+                    acc.backward(loss * weight)
+                if weight > 0:
+                    for k, v in stats.items():
+                        stats_acc.setdefault(k, []).append(float(v))
+                done_micro += 1
+                self._within_step(f"update {done_micro}/{n_micro} micro-batches")
+            if cfg.max_grad_norm > 0:
+                gn = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                grad_norms.append(float(gn))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         t_end = time.perf_counter()
         self.step += 1

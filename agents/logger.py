@@ -36,6 +36,7 @@ PROGRESS_KEYS = {
     "turns": "rollout/turns_mean",
     "kl": "losses/kl",
     "s/step": "time/step_s",
+    "nll": "sft/nll",
 }
 
 
@@ -43,10 +44,13 @@ class Logger:
     """Collects scalars and text for one step; writes them to TensorBoard and the console."""
 
     def __init__(self, log_dir: str | None, *, progress: bool = True, total_steps: int | None = None,
-                 initial_step: int = 0, enabled: bool = True, stream: TextIO | None = None) -> None:
+                 initial_step: int = 0, enabled: bool = True, stream: TextIO | None = None,
+                 name: str = "train") -> None:
         """``progress``: a bar on a terminal (else plain lines); False: plain lines. ``stream``: the console
-        (default ``sys.stderr``). ``enabled=False`` (processes other than the main one): nothing is written."""
+        (default ``sys.stderr``). ``enabled=False`` (processes other than the main one): nothing is written.
+        ``name``: what the console lines and the bar are labelled (``train``, ``sft``)."""
         self.enabled = enabled
+        self.name = name
         self.stream = stream if stream is not None else sys.stderr
         self.total_steps = total_steps
         self._values: dict[str, list[float]] = defaultdict(list)
@@ -62,7 +66,7 @@ class Logger:
         if enabled and not self.lines:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True,
+            self.bar = tqdm(total=total_steps, initial=initial_step, desc=name, unit="step", dynamic_ncols=True,
                             file=self.stream)
 
     def record(self, key: str, value: Any) -> None:
@@ -100,20 +104,20 @@ class Logger:
         self.history.append({"step": float(step), **means})
         post = {short: f"{means[key]:.3g}" for short, key in PROGRESS_KEYS.items() if key in means}
         if self.bar is not None:
-            self.bar.set_description_str("train", refresh=False)
+            self.bar.set_description_str(self.name, refresh=False)
             self.bar.set_postfix(post, refresh=False)
             self.bar.update(step - self.bar.n)
         elif self.lines:
             of = f"/{self.total_steps}" if self.total_steps else ""
             shown = ", ".join(f"{short} {value}" for short, value in post.items())
-            print(f"train: step {step}{of}" + (f": {shown}" if shown else ""), file=self.stream, flush=True)
+            print(f"{self.name}: step {step}{of}" + (f": {shown}" if shown else ""), file=self.stream, flush=True)
         return means
 
     def within_step(self, text: str) -> None:
         """Say where the step in hand is (``episodes 5/16``, ``update 2/4 micro-batches``) on the bar; plain lines
         are per step only."""
         if self.bar is not None:
-            self.bar.set_description_str(f"train [{text}]", refresh=True)
+            self.bar.set_description_str(f"{self.name} [{text}]", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -532,8 +532,13 @@ async def arun_episodes(
 
     def apply(k: int, s: Any, text: str, result: tuple) -> None:
         """Record env step ``result`` of episode ``k``; leaves it done or waiting for its next turn."""
-        record_step(episodes[k], text, result, framer=framer, ended_with_eos=bool(s.ids) and s.ids[-1] in eos_ids,
+        ep = episodes[k]
+        record_step(ep, text, result, framer=framer, ended_with_eos=bool(s.ids) and s.ids[-1] in eos_ids,
                     max_seq_len=cfg.max_seq_len)
+        if ep.overflow and not ep.episode_stats:
+            # ended here, not by the env (no room for another turn): the env's summary was never sent, but the
+            # calls were made; without this the step's env_llm/calls missed them (the budget counted them)
+            ep.episode_stats = dict(getattr(envs[k], "episode_stats", None) or {})
 
     async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, tuple]:
         return k, s, text, await env_step(envs[k], text)

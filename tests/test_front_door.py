@@ -74,3 +74,18 @@ def test_sft_loss_goes_to_tensorboard(tmp_path):
     acc.Reload()
     assert [e.step for e in acc.Scalars("sft/nll")] == [1, 2]
     assert "sft/lr" in acc.Tags()["scalars"]
+
+
+def test_run_outputs_names_what_a_training_run_wrote(tmp_path):
+    from promptr1.evaluation.validation import run_outputs
+
+    (tmp_path / "checkpoint-000006").mkdir()
+    (tmp_path / "latest").write_text("checkpoint-000006\n")
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "eval").mkdir()
+    for name in ("eval/report.md", "eval/chart.png", "summary.json"):
+        (tmp_path / name).write_text("x")
+    assert run_outputs(tmp_path) == {
+        "checkpoint": tmp_path / "checkpoint-000006", "TensorBoard logs": tmp_path / "tensorboard",
+        "report": tmp_path / "eval" / "report.md", "chart": tmp_path / "eval" / "chart.png",
+        "summary": tmp_path / "summary.json"}

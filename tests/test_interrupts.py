@@ -86,7 +86,10 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_resume_continues(tmp_p
     monkeypatch.chdir(tmp_path)  # the rest in this process (faster)
     resume = ["train", "--model", "tiny", "--steps", "3", "--output-dir", "run", *FAST, "--resume", "auto"]
     assert run_main(resume) == 0
-    assert "resuming from run/checkpoint-000002 (step 2 of 3)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming from run/checkpoint-000002 (step 2 of 3)" in out
+    assert "outputs: checkpoint run/checkpoint-000003; TensorBoard logs run/tensorboard; summary run/summary.json" \
+        in out  # train ends by naming where its results are
     assert checkpoints(tmp_path / "run") == ["checkpoint-000002", "checkpoint-000003"]
 
     assert run_main(resume) == 0  # a finished run: nothing to do, no checkpoint-000003.1, no nan reward line

@@ -1,9 +1,9 @@
-"""Checks a training run passes before anything expensive: every name and path it will need, in seconds.
+"""Checks a command passes before anything expensive: every name and path it will need, in seconds.
 
-``promptr1 train`` calls :func:`check_training_inputs` after parsing and before any model loads, so that a missing
-task file, a mistyped model or env-LLM name, or an output folder that is a file is one line and exit code 2, not a
-traceback after the model was loaded (twice: the warm start and the trainer). Nothing here reads weights or data or
-opens a connection.
+``promptr1 train`` calls :func:`check_training_inputs` (``sft`` and ``chat`` their own) after parsing and before
+any model loads, so that a missing task file, a mistyped model or env-LLM name, or an output folder that is a file
+is one line and exit code 2, not a traceback after the model was loaded (twice: the warm start and the trainer).
+Nothing here reads weights or data or opens a connection.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import pathlib
 from typing import Any
 
-__all__ = ["check_output_dir", "check_training_inputs"]
+__all__ = ["check_chat_inputs", "check_output_dir", "check_sft_inputs", "check_training_inputs"]
 
 
 def check_output_dir(output_dir: str | os.PathLike, *, what: str = "--output-dir") -> None:
@@ -35,7 +35,6 @@ def check_training_inputs(cfg: Any, *, given_backend: bool = False) -> None:
     from promptr1.agents.checkpoint import find_resume_checkpoint
     from promptr1.agents.models import check_model_name
     from promptr1.envs.tasks import check_task_specs
-    from promptr1.llm_backends.specs import check_spec
 
     check_output_dir(cfg.output_dir)
     check_task_specs(cfg.tasks, what="--tasks")
@@ -44,7 +43,33 @@ def check_training_inputs(cfg: Any, *, given_backend: bool = False) -> None:
     if find_resume_checkpoint(cfg.output_dir, cfg.resume) is None:
         check_model_name(cfg.model, what="--model")
     if not given_backend:
-        models, _ = cfg.env_models_map()
-        specs = list(models.values()) or [cfg.env_llm]
-        for spec in specs:
-            check_spec(spec)
+        _check_env_llms(cfg)
+
+
+def check_sft_inputs(cfg: Any, *, given_backend: bool = False) -> None:
+    """Check a :class:`~promptr1.agents.config.SFTConfig`'s task sources, model, env LLM(s) and output folder."""
+    from promptr1.agents.models import check_model_name
+    from promptr1.envs.tasks import check_task_specs
+
+    check_output_dir(cfg.output_dir)
+    check_task_specs(cfg.tasks, what="--tasks")
+    check_model_name(cfg.model, what="--model")
+    if not given_backend:
+        _check_env_llms(cfg)
+
+
+def check_chat_inputs(cfg: Any) -> None:
+    """Check a :class:`~promptr1.evaluation.config.ChatConfig`'s model and env LLM(s)."""
+    from promptr1.agents.models import check_model_name
+
+    check_model_name(cfg.model, what="--model")
+    _check_env_llms(cfg)
+
+
+def _check_env_llms(cfg: Any) -> None:
+    """Every env-LLM spec the settings name (``env_models`` when set, else ``env_llm``) is registered."""
+    from promptr1.llm_backends.specs import check_spec
+
+    models, _ = cfg.env_models_map()
+    for spec in list(models.values()) or [cfg.env_llm]:
+        check_spec(spec)

@@ -96,6 +96,10 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
 
     from promptr1.agents.checkpoint import claim_output_dir
 
+    if model is None:
+        from promptr1.agents.preflight import check_sft_inputs
+
+        check_sft_inputs(cfg, given_backend=env_llm is not None)  # names and paths, before anything loads
     claim_output_dir(cfg.output_dir, overwrite=cfg.overwrite, command="promptr1 sft")  # before anything loads
     seed_everything(cfg.seed)
     mp = cfg.mixed_precision

@@ -92,6 +92,9 @@ def _chat(cfg: ChatConfig) -> int:
 
     if not cfg.question.strip():
         raise ValueError('give a question: promptr1 chat "Who directed ...?" (or --question TEXT).')
+    from promptr1.agents.preflight import check_chat_inputs
+
+    check_chat_inputs(cfg)  # the model and env-LLM names, before the model loads
     try:
         policy = ModelPolicy.load(cfg.model, rollout=rollout_config(cfg), device="cpu" if cfg.cpu else None,
                                   seed=cfg.seed, dtype=cfg.model_dtype)

@@ -231,7 +231,12 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
         if cfg.eval_episodes > 0 and main:  # 5.
             trained, tokenizer = trainer.unwrapped_model, trainer.tokenizer
             del trainer
-            final_evaluation(cfg, policy, trained, tokenizer, backend, out)
+            try:
+                final_evaluation(cfg, policy, trained, tokenizer, backend, out)
+            except KeyboardInterrupt:  # training is complete and saved; only the comparison is cut short
+                print(f"\npromptr1 train: the held-out evaluation was interrupted; training is complete ({ckpt}).",
+                      file=sys.stderr, flush=True)
+                return 130
             print(f"promptr1 train: total {time.perf_counter() - t_start:.0f}s", flush=True)
         if main:
             from promptr1.evaluation.validation import run_outputs

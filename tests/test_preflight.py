@@ -84,3 +84,13 @@ def test_readme_plugin_command_works_from_the_folder_holding_the_plugin(tmp_path
     from promptr1.agents.registry import ALGORITHMS
 
     assert "median-grpo" in ALGORITHMS
+
+
+def test_sft_and_chat_check_names_before_loading(tmp_path, no_model_load, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sft", "--model", "smolm2", "--steps", "1", "--output-dir", str(tmp_path / "sft")]) == 2
+    assert "Did you mean 'smollm2'?" in one_line_error(capsys)
+    assert main(["sft", "--model", "tiny", "--tasks", "nope.jsonl", "--output-dir", str(tmp_path / "sft")]) == 2
+    assert "nope.jsonl" in one_line_error(capsys)
+    assert main(["chat", "Where was Brukmo Doldrak born?", "--model", "tiny", "--env-llm", "opneai:gpt-4o"]) == 2
+    assert "Did you mean 'openai:gpt-4o'?" in one_line_error(capsys)

@@ -155,7 +155,7 @@ def captured_training(monkeypatch):
     from promptr1 import pipeline
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_training", lambda cfg: seen.append(cfg) or 0)
+    monkeypatch.setattr(pipeline, "run_training", lambda cfg, **kw: seen.append(cfg) or 0)
 
     def run(argv):
         assert main(["train", *argv]) == 0

@@ -138,7 +138,9 @@ def test_eval_interrupted_keeps_finished_episodes_and_resumes(tmp_path, monkeypa
     assert "interrupted by SIGINT: 10 of 12 episodes kept" in err and "run the same command" in err
     monkeypatch.setattr(runner._Run, "finish", finish)
     assert run_main(args) == 0
-    assert "complete: 12 episodes" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "complete: 12 episodes" in printed.out
+    assert "resuming from" in printed.err and "10 of 12 episodes done, 2 to play" in printed.err
     assert len((out / "transcripts.jsonl").read_text().splitlines()) == 12
 
 

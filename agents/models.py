@@ -124,7 +124,11 @@ def load_policy(name: str, *, dtype: str | torch.dtype | None = None) -> tuple[A
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:  # not on the hub, no network, no such folder: one line, a usage error, no traceback
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise FileNotFoundError(f"model {name!r} cannot be loaded: {first.strip()}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = resolve_dtype(dtype)

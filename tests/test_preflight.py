@@ -94,3 +94,19 @@ def test_sft_and_chat_check_names_before_loading(tmp_path, no_model_load, monkey
     assert "nope.jsonl" in one_line_error(capsys)
     assert main(["chat", "Where was Brukmo Doldrak born?", "--model", "tiny", "--env-llm", "opneai:gpt-4o"]) == 2
     assert "Did you mean 'openai:gpt-4o'?" in one_line_error(capsys)
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line(monkeypatch):
+    """An id the hub does not have (or no network): a usage error of one line, not transformers' OSError."""
+    import transformers
+
+    from promptr1.agents.models import load_policy
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreachable)
+    with pytest.raises(FileNotFoundError) as info:
+        load_policy("SomeOrg/no-such-model")
+    assert str(info.value) == ("model 'SomeOrg/no-such-model' cannot be loaded: We couldn't connect to "
+                               "'https://huggingface.co' to load the files.")

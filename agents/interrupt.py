@@ -20,7 +20,7 @@ import shlex
 import signal
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["StopRequest", "resume_command", "signal_exit_code"]
 
@@ -64,13 +64,13 @@ class StopRequest:
         if self.signum is None:
             self.signum = int(signum)
 
-    def __enter__(self) -> StopRequest:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             for s in _SIGNALS:
                 self._previous[s] = signal.signal(s, self.request)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()

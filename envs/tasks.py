@@ -21,11 +21,11 @@ from promptr1.registry import Registry
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "TASK_SOURCES",
-    "check_task_specs",
     "ListTaskSource",
     "Task",
     "TaskSource",
     "assign_types",
+    "check_task_specs",
     "load_hf_tasks",
     "load_jsonl",
     "load_parquet",

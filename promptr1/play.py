@@ -46,7 +46,7 @@ def read_turns(text: str, *, one_per_line: bool = False) -> list[str]:
     if one_per_line and not any(line.strip() == "---" for line in text.splitlines()):
         turns, cur = [], []
         for line in text.splitlines():
-            cur.append(line[:-1] if line.endswith("\\") else line)
+            cur.append(line.removesuffix("\\"))
             if not line.endswith("\\"):
                 turns.append("\n".join(cur))
                 cur = []

@@ -40,7 +40,7 @@ def test_gym_max_episode_steps_scores_the_cut_episode_as_max_turns_does(limit):
     def play(env):
         env.reset(seed=0)
         for turn in range(1, 10):
-            obs, reward, terminated, truncated, info = env.step(ASK)
+            _, reward, terminated, truncated, info = env.step(ASK)
             if terminated or truncated:
                 return turn, reward, truncated, info
         raise AssertionError("the episode never ended")

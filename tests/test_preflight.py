@@ -74,7 +74,7 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path, no_model_load, capsys):
 
 def test_readme_plugin_command_works_from_the_folder_holding_the_plugin(tmp_path, monkeypatch, capsys):
     text = README.read_text()
-    code = re.search(r"```python\n(# my_algos\.py\n.*?)```", text, re.S).group(1)
+    code = re.search(r"```python\n(# my_algos\.py\n.*?)```", text, re.DOTALL).group(1)
     command = re.search(r"```bash\n(promptr1 train --plugins my_algos [^\n]*)\n```", text).group(1)
     (tmp_path / "my_algos.py").write_text(code)
     monkeypatch.chdir(tmp_path)
@@ -99,7 +99,6 @@ def test_sft_and_chat_check_names_before_loading(tmp_path, no_model_load, monkey
 def test_a_model_that_cannot_be_loaded_is_one_line(monkeypatch):
     """An id the hub does not have (or no network): a usage error of one line, not transformers' OSError."""
     import transformers
-
     from promptr1.agents.models import load_policy
 
     def unreachable(*args, **kwargs):

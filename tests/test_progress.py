@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("accelerate")
 
-from promptr1.agents.config import GRPOConfig  # noqa: E402
-from promptr1.agents.trainer import GRPOTrainer  # noqa: E402
-from promptr1.envs.tasks import Task  # noqa: E402
+from promptr1.agents.config import GRPOConfig
+from promptr1.agents.trainer import GRPOTrainer
+from promptr1.envs.tasks import Task
 
 TASKS = [Task(question=f"What is {i} plus {i}?", answers=(str(2 * i),), id=f"q{i}") for i in range(4)]
 

@@ -3,7 +3,8 @@
 Inside ``with StopRequest() as stop:`` the first SIGINT or SIGTERM only sets ``stop.signum``: the training loop
 (or the evaluation) finishes the unit of work in hand (a training step, a batch of episodes), writes what it has,
 and ends on its own. A second SIGINT stops at once: it raises :class:`KeyboardInterrupt` where the program is, as
-Python's default handler does. Outside the block the earlier handlers are back.
+Python's default handler does. Outside the block the earlier handlers are back. Blocks nest: a stop requested
+inside an inner block (a validation run during training) is a stop request for the outer one too.
 
 Handlers can only be installed from the main thread; elsewhere (a notebook's worker thread, a trainer driven from
 another thread) the block does nothing and ``stop.signum`` stays ``None``.
@@ -63,6 +64,9 @@ class StopRequest:
             raise KeyboardInterrupt
         if self.signum is None:
             self.signum = int(signum)
+        outer = getattr(self._previous.get(signum), "__self__", None)
+        if isinstance(outer, StopRequest) and outer.signum is None:  # nested (an evaluation inside training):
+            outer.signum = int(signum)  # the enclosing run stops too
 
     def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():

@@ -135,6 +135,7 @@ class GRPOTrainer:
         self.callbacks = CallbackList(list(callbacks))
         self.step = 0
         self._stop_signum = 0  # the signal that stopped the last train() (0: none)
+        self._stop: Any = None  # the StopRequest of a train() in progress
         self.cursor = 0  # questions consumed (all processes together)
 
         if self.accelerator.is_main_process:  # before anything is loaded: never write over an earlier run
@@ -569,7 +570,11 @@ class GRPOTrainer:
         from promptr1.agents.interrupt import StopRequest
 
         with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, write a checkpoint, raise
-            history, failure = self._train_loop(total, stop)
+            self._stop = stop
+            try:
+                history, failure = self._train_loop(total, stop)
+            finally:
+                self._stop = None
         if history and failure is None and all(m.get("env_llm/failure_rate", 0.0) >= 1.0 for m in history):
             failure = (f"every episode of the run that reached the env LLM failed there; {self._last_env_errors()}. "
                        "The model was not trained on anything; fix the env LLM and run again.")
@@ -617,6 +622,11 @@ class GRPOTrainer:
                 break
             del means
         return history, failure
+
+    @property
+    def stop_requested(self) -> bool:
+        """A SIGINT/SIGTERM arrived during :meth:`train`: the step in hand is the last (callbacks skip extra work)."""
+        return self._stop is not None and self._stop.requested
 
     def _any_process_signal(self, signum: int | None) -> int:
         """The stop signal this process (or, under ``accelerate launch``, any process) received; 0 for none. Every

@@ -55,7 +55,8 @@ class ValidationCallback(Callback):
         acc = trainer.accelerator
         done = (self.folder / f"step-{step:06d}" / "summary.json").is_file()
         spent = self.budget is not None and self.budget.stop_reason is not None
-        if acc.is_main_process and not done and not spent:
+        stopping = getattr(trainer, "stop_requested", False)  # Ctrl-C / SIGTERM: no validation on the way out
+        if acc.is_main_process and not done and not spent and not stopping:
             self.validate(trainer, step)
         acc.wait_for_everyone()
 

@@ -157,3 +157,27 @@ def test_resume_command_drops_overwrite_and_an_earlier_resume():
     assert resume_command(["--overwrite", "--resume", "runs/x/checkpoint-000004", "--steps", "9"]) == \
         "promptr1 train --steps 9 --resume auto"
     assert resume_command([]) == "promptr1 train --resume auto"
+
+
+def test_a_stop_inside_a_nested_block_stops_the_outer_one_too():
+    """A validation run (an evaluation, with its own block) inside training: Ctrl-C there stops training too."""
+    with StopRequest() as outer:
+        with StopRequest() as inner:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert inner.signum == outer.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == outer.request
+
+
+def test_no_validation_on_the_way_out(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from promptr1.agents.config import GRPOConfig
+    from promptr1.evaluation.validation import ValidationCallback
+
+    callback = ValidationCallback(GRPOConfig(output_dir=str(tmp_path), eval_every=1), backend=None)
+    ran = []
+    monkeypatch.setattr(callback, "validate", lambda trainer, step: ran.append(step))
+    accelerator = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    callback.on_step_end(SimpleNamespace(accelerator=accelerator, stop_requested=False), 1, {})
+    callback.on_step_end(SimpleNamespace(accelerator=accelerator, stop_requested=True), 2, {})
+    assert ran == [1]

@@ -265,8 +265,8 @@ def load_trainer_state(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def find_resume_checkpoint(output_dir: str | os.PathLike, resume: str) -> pathlib.Path | None:
-    """The checkpoint a run with ``--resume RESUME`` continues from: ``None`` for a fresh run (no ``resume``, or
-    ``auto`` with nothing there yet); a :class:`FileNotFoundError` for a ``resume`` folder without one."""
+    """The checkpoint a run with ``--resume RESUME`` continues from: ``None`` for a fresh run (no ``resume``,
+    or ``auto`` with nothing there yet); a :class:`FileNotFoundError` for a ``resume`` folder without one."""
     if not resume:
         return None
     found = find_latest_checkpoint(output_dir if resume == "auto" else resume)
@@ -280,15 +280,16 @@ def find_resume_checkpoint(output_dir: str | os.PathLike, resume: str) -> pathli
 
 
 def resume_report(output_dir: str | os.PathLike, resume: str, steps: int) -> tuple[str, bool]:
-    """What a run with ``--resume RESUME`` and ``--steps STEPS`` will do, in one line, and whether it is finished
-    already (its checkpoint's step is ``STEPS`` or more: nothing to train). Reads no weights."""
+    """What a run with ``--resume RESUME`` and ``--steps STEPS`` will do, in one line, and whether it is
+    finished already (its checkpoint's step is ``STEPS`` or more: nothing to train). Reads no weights."""
     found = find_resume_checkpoint(output_dir, resume)
     if found is None:
-        return (f"--resume {resume}: no checkpoint in {os.fspath(output_dir)} yet; starting a fresh run.", False)
+        where = os.fspath(output_dir)
+        return f"--resume {resume}: no checkpoint in {where} yet; starting a fresh run.", False
     step = int(load_trainer_state(found).get("step", 0))
     if step >= steps:
-        return (f"the run in {found} is finished (step {step} of {steps}); nothing to resume. Raise --steps to "
-                "train it further.", True)
+        return (f"the run in {found} is finished (step {step} of {steps}); nothing to resume. Raise --steps "
+                "to train it further.", True)
     return f"resuming from {found} (step {step} of {steps}).", False
 
 

@@ -1,13 +1,13 @@
 """Stopping a long run cleanly on Ctrl-C or SIGTERM: :class:`StopRequest`.
 
-Inside ``with StopRequest() as stop:`` the first SIGINT or SIGTERM only sets ``stop.signum``: the training loop
-(or the evaluation) finishes the unit of work in hand (a training step, a batch of episodes), writes what it has,
-and ends on its own. A second SIGINT stops at once: it raises :class:`KeyboardInterrupt` where the program is, as
-Python's default handler does. Outside the block the earlier handlers are back. Blocks nest: a stop requested
-inside an inner block (a validation run during training) is a stop request for the outer one too.
+Inside ``with StopRequest() as stop:`` the first SIGINT or SIGTERM only sets ``stop.signum``: the training
+loop (or the evaluation) finishes the unit of work in hand (a training step, a batch of episodes), writes what
+it has, and ends on its own. A second SIGINT stops at once: it raises :class:`KeyboardInterrupt` where the
+program is, as Python's default handler does. Outside the block the earlier handlers are back. Blocks nest: a
+stop requested inside an inner block (a validation run during training) stops the outer one too.
 
-Handlers can only be installed from the main thread; elsewhere (a notebook's worker thread, a trainer driven from
-another thread) the block does nothing and ``stop.signum`` stays ``None``.
+Handlers can only be installed from the main thread; elsewhere (a notebook's worker thread, a trainer driven
+from another thread) the block does nothing and ``stop.signum`` stays ``None``.
 
 >>> with StopRequest() as stop:
 ...     stop.request(signal.SIGTERM)
@@ -30,7 +30,8 @@ _BOOL_WORDS = ("true", "false", "yes", "no", "1", "0", "on", "off")
 
 
 def signal_exit_code(signum: int) -> int:
-    """The shell's exit code for a process ended by ``signum``: 128 + its number (130 for SIGINT, 143 for SIGTERM).
+    """The shell's exit code for a process ended by ``signum``: 128 + its number (130 for SIGINT, 143 for
+    SIGTERM).
 
     >>> signal_exit_code(signal.SIGINT), signal_exit_code(signal.SIGTERM)
     (130, 143)
@@ -59,7 +60,8 @@ class StopRequest:
         return "" if self.signum is None else signal.Signals(self.signum).name
 
     def request(self, signum: int, frame: Any = None) -> None:
-        """The signal handler: the first call records ``signum``; a later SIGINT raises :class:`KeyboardInterrupt`."""
+        """The signal handler: the first call records ``signum``; a later SIGINT raises
+        :class:`KeyboardInterrupt`."""
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         if self.signum is None:

@@ -66,8 +66,8 @@ class Logger:
         if enabled and not self.lines:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=initial_step, desc=name, unit="step", dynamic_ncols=True,
-                            file=self.stream)
+            self.bar = tqdm(total=total_steps, initial=initial_step, desc=name, unit="step",
+                            dynamic_ncols=True, file=self.stream)
 
     def record(self, key: str, value: Any) -> None:
         """Record a scalar for this step (several records of one key are averaged)."""
@@ -110,12 +110,13 @@ class Logger:
         elif self.lines:
             of = f"/{self.total_steps}" if self.total_steps else ""
             shown = ", ".join(f"{short} {value}" for short, value in post.items())
-            print(f"{self.name}: step {step}{of}" + (f": {shown}" if shown else ""), file=self.stream, flush=True)
+            line = f"{self.name}: step {step}{of}" + (f": {shown}" if shown else "")
+            print(line, file=self.stream, flush=True)
         return means
 
     def within_step(self, text: str) -> None:
-        """Say where the step in hand is (``episodes 5/16``, ``update 2/4 micro-batches``) on the bar; plain lines
-        are per step only."""
+        """Say where the step in hand is (``episodes 5/16``, ``update 2/4 micro-batches``) on the bar; plain
+        lines are per step only."""
         if self.bar is not None:
             self.bar.set_description_str(f"{self.name} [{text}]", refresh=True)
 

@@ -1,9 +1,9 @@
 """Checks a command passes before anything expensive: every name and path it will need, in seconds.
 
-``promptr1 train`` calls :func:`check_training_inputs` (``sft`` and ``chat`` their own) after parsing and before
-any model loads, so that a missing task file, a mistyped model or env-LLM name, or an output folder that is a file
-is one line and exit code 2, not a traceback after the model was loaded (twice: the warm start and the trainer).
-Nothing here reads weights or data or opens a connection.
+``promptr1 train`` calls :func:`check_training_inputs` (``sft`` and ``chat`` their own) after parsing and
+before any model loads, so that a missing task file, a mistyped model or env-LLM name, or an output folder
+that is a file is one line and exit code 2, not a traceback after the model was loaded (twice: the warm
+start and the trainer). Nothing here reads weights or data or opens a connection.
 """
 
 from __future__ import annotations
@@ -19,18 +19,20 @@ def check_output_dir(output_dir: str | os.PathLike, *, what: str = "--output-dir
     """A folder a run can write to: not a file, and under a folder this process can create it in."""
     p = pathlib.Path(output_dir).expanduser()
     if p.exists() and not p.is_dir():
-        raise FileExistsError(f"{what} {os.fspath(output_dir)!r} is a file; give a folder (it is created if needed).")
+        raise FileExistsError(f"{what} {os.fspath(output_dir)!r} is a file; give a folder (it is created if "
+                              "needed).")
     parent = p if p.exists() else next((a for a in p.absolute().parents if a.exists()), None)
     if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
-        raise ValueError(f"{what} {os.fspath(output_dir)!r}: cannot write under {parent}; give a folder you can "
-                         "write to.")
+        raise ValueError(f"{what} {os.fspath(output_dir)!r}: cannot write under {parent}; give a folder you "
+                         "can write to.")
 
 
 def check_training_inputs(cfg: Any, *, given_backend: bool = False) -> None:
-    """Check a :class:`~promptr1.agents.config.GRPOConfig`'s task sources, model, env LLM(s) and output folder.
+    """Check a :class:`~promptr1.agents.config.GRPOConfig`'s task sources, model, env LLM(s) and output
+    folder.
 
-    The model is not checked when the run resumes from a checkpoint (its weights come from there). The env LLM is
-    not checked when the caller passes a backend object (``given_backend``).
+    The model is not checked when the run resumes from a checkpoint (its weights come from there). The env LLM
+    is not checked when the caller passes a backend object (``given_backend``).
     """
     from promptr1.agents.checkpoint import find_resume_checkpoint
     from promptr1.agents.models import check_model_name
@@ -47,7 +49,8 @@ def check_training_inputs(cfg: Any, *, given_backend: bool = False) -> None:
 
 
 def check_sft_inputs(cfg: Any, *, given_backend: bool = False) -> None:
-    """Check a :class:`~promptr1.agents.config.SFTConfig`'s task sources, model, env LLM(s) and output folder."""
+    """Check a :class:`~promptr1.agents.config.SFTConfig`'s task sources, model, env LLM(s) and output
+    folder."""
     from promptr1.agents.models import check_model_name
     from promptr1.envs.tasks import check_task_specs
 

@@ -61,8 +61,8 @@ class TrainingFailed(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """Training stopped at the end of a step because of SIGINT (Ctrl-C) or SIGTERM; a checkpoint of that step was
-    written first (``checkpoint``), so ``resume="auto"`` continues from it. ``exit_code``: 130 or 143."""
+    """Training stopped at the end of a step because of SIGINT (Ctrl-C) or SIGTERM; a checkpoint of that step
+    was written first (``checkpoint``), so ``resume="auto"`` continues from it. ``exit_code``: 130 or 143."""
 
     def __init__(self, step: int, signum: int, checkpoint: pathlib.Path) -> None:
         from promptr1.agents.interrupt import signal_exit_code
@@ -560,7 +560,7 @@ class GRPOTrainer:
         cfg, acc = self.cfg, self.accelerator
         total = cfg.steps if steps is None else steps
         out_dir = pathlib.Path(cfg.output_dir)
-        if self.step >= total:  # a finished run resumed: nothing to do, and no second checkpoint of its last step
+        if self.step >= total:  # a finished run resumed: nothing to do, no second checkpoint of its last step
             return []
         if self.logger is None:
             self.logger = Logger(str(out_dir / "tensorboard") if acc.is_main_process else None,
@@ -616,7 +616,8 @@ class GRPOTrainer:
             history.append(metrics)
             keep_going = self.callbacks.on_step_end(self, self.step, metrics)
             self._stop_signum = self._any_process_signal(stop.signum)
-            if cfg.save_every > 0 and self.step % cfg.save_every == 0 and self.step < total and not self._stop_signum:
+            periodic = cfg.save_every > 0 and self.step % cfg.save_every == 0
+            if periodic and self.step < total and not self._stop_signum:  # (the final save follows the loop)
                 self.save()
             if not keep_going or failure or self._stop_signum:
                 break
@@ -625,12 +626,13 @@ class GRPOTrainer:
 
     @property
     def stop_requested(self) -> bool:
-        """A SIGINT/SIGTERM arrived during :meth:`train`: the step in hand is the last (callbacks skip extra work)."""
+        """A SIGINT/SIGTERM arrived during :meth:`train`: the step in hand is the last (callbacks skip extra
+        work)."""
         return self._stop is not None and self._stop.requested
 
     def _any_process_signal(self, signum: int | None) -> int:
-        """The stop signal this process (or, under ``accelerate launch``, any process) received; 0 for none. Every
-        process stops at the same step."""
+        """The stop signal this process (or, under ``accelerate launch``, any process) received; 0 for none.
+        Every process stops at the same step."""
         acc = self.accelerator
         if acc.num_processes == 1:
             return int(signum or 0)

@@ -503,9 +503,10 @@ def _time_limit_of(env: PromptCollabEnv) -> int | None:
     """The step limit of a gymnasium ``TimeLimit`` wrapping ``env`` (``gym.make("PromptR1-v0",
     max_episode_steps=N)``), found among the callers of ``env.reset``; ``None`` when there is none.
 
-    That wrapper cuts an episode after N steps from the outside, on a turn the env treated as intermediate (reward
-    0, no ``reward_components``). The env reads the limit when an episode starts and ends its N-th turn itself,
-    scored as a turn at ``max_turns`` is. Only the wrapper's own attribute is read; nothing is changed.
+    That wrapper cuts an episode after N steps from the outside, on a turn the env treated as intermediate
+    (reward 0, no ``reward_components``). The env reads the limit when an episode starts and ends its N-th
+    turn itself, scored as a turn at ``max_turns`` is. Only the wrapper's own attribute is read; nothing is
+    changed.
     """
     import sys
 

@@ -398,14 +398,14 @@ TASK_SOURCES: Registry[Callable[..., Sequence[Task]]] = Registry(
 
 
 def check_task_specs(spec: Any, *, what: str = "--tasks") -> None:
-    """Check a ``task=`` argument without reading it (cheap: a command calls this before any model loads): every
-    file it names exists and has a suffix :func:`load_tasks` reads, every ``NAME:...`` names a task source.
+    """Check a ``task=`` argument without reading it (cheap: a command calls this before any model loads):
+    every file it names exists and has a suffix :func:`load_tasks` reads, every ``NAME:...`` names a source.
 
     >>> check_task_specs(["synthetic", "synthetic:test"])
     >>> check_task_specs("/nope.parquet")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: --tasks: task file '/nope.parquet' does not exist; give a .parquet or .jsonl path, or 'synthetic'.
+    FileNotFoundError: --tasks: task file '/nope.parquet' does not exist; give a .parquet or .jsonl path, ...
     """
     if isinstance(spec, (str, os.PathLike)):
         specs: list[Any] = [spec]
@@ -423,11 +423,12 @@ def check_task_specs(spec: Any, *, what: str = "--tasks") -> None:
         suffix = Path(text).suffix.lower()
         if suffix not in (".parquet", ".jsonl", ".json", ".ndjson"):
             sources = ", ".join(f"'{n}:...'" for n in TASK_SOURCES.names())
-            raise ValueError(f"{what}: cannot load tasks from {text!r}: expected 'synthetic', a source ({sources}), "
-                             "a .parquet file in the Prompt-R1 schema, or a .jsonl file with 'question'/'answers'.")
+            raise ValueError(f"{what}: cannot load tasks from {text!r}: expected 'synthetic', a source "
+                             f"({sources}), a .parquet file in the Prompt-R1 schema, or a .jsonl file with "
+                             "'question'/'answers'.")
         if not Path(text).expanduser().is_file():
-            raise FileNotFoundError(f"{what}: task file {text!r} does not exist; give a .parquet or .jsonl path, or "
-                                    "'synthetic'.")
+            raise FileNotFoundError(f"{what}: task file {text!r} does not exist; give a .parquet or .jsonl "
+                                    "path, or 'synthetic'.")
 
 
 def load_tasks(spec, *, split: str = "train", seed: int = 0, task_type: str | None = None) -> Sequence[Task]:

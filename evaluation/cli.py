@@ -68,8 +68,9 @@ def _evaluate(cfg: EvalConfig) -> int:
     if result.signal:
         from promptr1.agents.interrupt import signal_exit_code
 
-        print(f"promptr1 eval: {result.stop_reason}: {len(result.records)} of {result.planned} episodes kept in "
-              f"{result.paths['transcripts']}; run the same command to resume.", file=sys.stderr, flush=True)
+        print(f"promptr1 eval: {result.stop_reason}: {len(result.records)} of {result.planned} episodes kept "
+              f"in {result.paths['transcripts']}; run the same command to resume.", file=sys.stderr,
+              flush=True)
         return signal_exit_code(result.signal)
     return 3 if result.partial else 0
 

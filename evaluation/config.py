@@ -154,5 +154,5 @@ class ChatConfig(RunSettings):
     question: str = ""
     """The question to ask (or give it as the first argument)."""
     temperature: float = 0.0
-    """Agent sampling temperature; chat decodes greedily by default, as ``promptr1 eval`` does, so that the same
-    question gets the same transcript (give a temperature above 0 to sample)."""
+    """Agent sampling temperature; chat decodes greedily by default, as ``promptr1 eval`` does, so that the
+    same question gets the same transcript (give a temperature above 0 to sample)."""

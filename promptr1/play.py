@@ -24,9 +24,9 @@ __all__ = ["main", "read_turns"]
 
 
 def read_turns(text: str, *, one_per_line: bool = False) -> list[str]:
-    """Turns from a file's text: a JSON list of strings, or blocks separated by ``---`` lines. ``one_per_line``
-    (text piped to stdin): without ``---`` lines, each line is a turn, as typed at the prompt (a line ending in
-    ``\\`` goes on on the next).
+    """Turns from a file's text: a JSON list of strings, or blocks separated by ``---`` lines.
+    ``one_per_line`` (text piped to stdin): without ``---`` lines, each line is a turn, as typed at the prompt
+    (a line ending in ``\\`` goes on on the next).
 
     >>> read_turns("<think>a</think><answer>b</answer>\\n---\\nsecond\\nline\\n")
     ['<think>a</think><answer>b</answer>', 'second\\nline']

@@ -19,8 +19,8 @@ _IMPORTED: set[str] = set()
 def import_plugins(spec: str) -> None:
     """Import the comma-separated modules or ``.py`` files in ``spec`` (they register algorithms, losses, backends).
 
-    A module name is looked up as ``import`` does, then in the current folder. Idempotent: a plug-in already imported by this process is not imported again (a ``.py`` file run twice
-    would register its names twice).
+    A module name is looked up as ``import`` does, then in the current folder. Idempotent: a plug-in already
+    imported by this process is not imported again (a ``.py`` file run twice would register its names twice).
     """
     for name in (m.strip() for m in spec.split(",")):
         key = str(pathlib.Path(name).resolve()) if name.endswith(".py") else name

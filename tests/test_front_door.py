@@ -67,8 +67,8 @@ def test_sft_loss_goes_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "sft"
-    assert main(["sft", "--plugins", "promptr1.testing", "--model", "tiny", "--steps", "2", "--batch-size", "2",
-                 "--max-turns", "4", "--output-dir", str(out), "--progress", "false"]) == 0
+    assert main(["sft", "--plugins", "promptr1.testing", "--model", "tiny", "--steps", "2", "--batch-size",
+                 "2", "--max-turns", "4", "--output-dir", str(out), "--progress", "false"]) == 0
     (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
     acc = EventAccumulator(str(events))
     acc.Reload()

@@ -1,8 +1,10 @@
-"""Ctrl-C and SIGTERM during ``promptr1 train`` and ``promptr1 eval``: nothing finished is lost, the way on is named.
+"""Ctrl-C and SIGTERM during ``promptr1 train`` and ``promptr1 eval``: nothing finished is lost, the way on is
+named.
 
-The commands run on the tiny model: the first in a subprocess through the console script, as a user starts it, the
-others in this process (faster). The signal is sent from inside the run, by a plug-in or a patched method, at a point
-the code decides (the start of a step's rollout, or right after an eval episode is recorded), never after a sleep.
+The commands run on the tiny model: the first in a subprocess through the console script, as a user starts it,
+the others in this process (faster). The signal is sent from inside the run, by a plug-in or a patched method,
+at a point the code decides (the start of a step's rollout, or right after an eval episode is recorded), never
+after a sleep.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ _t.GRPOTrainer.collect = collect
 
 def promptr1(args: list[str], cwd: pathlib.Path, **env: str) -> subprocess.CompletedProcess:
     exe = pathlib.Path(sys.executable).parent / "promptr1"  # the console script, as a user starts it
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          check=False, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
 
 
 def checkpoints(out: pathlib.Path) -> list[str]:
@@ -76,8 +78,8 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_resume_continues(tmp_p
     assert res.returncode == 130, res.stderr
     assert "Traceback" not in res.stderr
     assert checkpoints(tmp_path / "run") == ["checkpoint-000002"]  # step 2 (the one in progress) finished
-    assert ("interrupted at step 2: continue with `promptr1 train --plugins promptr1.testing,sig.py --model tiny "
-            "--steps 3 --output-dir run") in res.stderr
+    assert ("interrupted at step 2: continue with `promptr1 train --plugins promptr1.testing,sig.py --model "
+            "tiny --steps 3 --output-dir run") in res.stderr
     assert "--resume auto`" in res.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["step"] == 2
@@ -87,8 +89,9 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_resume_continues(tmp_p
     assert run_main(resume) == 0
     out = capsys.readouterr().out
     assert "resuming from run/checkpoint-000002 (step 2 of 3)" in out
-    assert "outputs: checkpoint run/checkpoint-000003; TensorBoard logs run/tensorboard; summary run/summary.json" \
-        in out  # train ends by naming where its results are
+    # train ends by naming where its results are
+    assert ("outputs: checkpoint run/checkpoint-000003; TensorBoard logs run/tensorboard; "
+            "summary run/summary.json") in out
     assert checkpoints(tmp_path / "run") == ["checkpoint-000002", "checkpoint-000003"]
 
     assert run_main(resume) == 0  # a finished run: nothing to do, no checkpoint-000003.1, no nan reward line
@@ -132,8 +135,8 @@ def test_eval_interrupted_keeps_finished_episodes_and_resumes(tmp_path, monkeypa
             "--max-turns", "2", "--output-dir", str(out)]
     assert run_main(args) == 130
     err = capsys.readouterr().err
-    assert len((out / "transcripts.jsonl").read_text().splitlines()) == 10  # direct and cot (4 each), the agent's
-    # first batch of 2; its second batch never started
+    # direct and cot (4 each), the agent's first batch of 2; its second batch never started
+    assert len((out / "transcripts.jsonl").read_text().splitlines()) == 10
     assert "interrupted by SIGINT: 10 of 12 episodes kept" in err and "run the same command" in err
     monkeypatch.setattr(runner._Run, "finish", finish)
     assert run_main(args) == 0
@@ -160,7 +163,8 @@ def test_resume_command_drops_overwrite_and_an_earlier_resume():
 
 
 def test_a_stop_inside_a_nested_block_stops_the_outer_one_too():
-    """A validation run (an evaluation, with its own block) inside training: Ctrl-C there stops training too."""
+    """A validation run (an evaluation, with its own block) inside training: Ctrl-C there stops training
+    too."""
     with StopRequest() as outer:
         with StopRequest() as inner:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -73,16 +73,17 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
     assert install_and_test in ci.splitlines(), "'.ci/run' must run the README's test command verbatim"
 
 
-#: Declared dependencies imported under another name, or used through another package (what to look for instead).
+#: Declared dependencies imported under another name, or used through another package (what to look for).
 USED_AS = {
     "pyyaml": [r"(from|import)\s+yaml\b"],
-    "tensorboard": [r"from\s+torch\.utils\.tensorboard\s+import"],  # SummaryWriter needs the tensorboard package
+    "tensorboard": [r"from\s+torch\.utils\.tensorboard\s+import"],  # SummaryWriter needs tensorboard
     "gguf": [r"gguf_file="],  # transformers reads the SmolLM2 GGUF file with it (llm_backends/smollm2.py)
 }
 
 
 def test_every_declared_dependency_is_used():
-    """A dependency no library module or example uses is dead weight every user installs (as aiolimiter was)."""
+    """A dependency no library module or example uses is dead weight every user installs (as aiolimiter
+    was)."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -1,4 +1,5 @@
-"""``promptr1 train`` checks names and paths before anything expensive: one line, exit code 2, no model loaded."""
+"""``promptr1 train`` checks names and paths before anything expensive: one line, exit code 2, no model
+loaded."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def test_missing_task_file_is_refused_before_any_model_loads(tmp_path, no_model_
 
 
 def test_missing_eval_task_file_is_refused_too(tmp_path, no_model_load, capsys):
-    rc = main(["train", "--model", "tiny", "--eval-tasks", str(tmp_path / "held.jsonl"), "--eval-episodes", "4",
-               "--steps", "1", "--output-dir", str(tmp_path / "run")])
+    rc = main(["train", "--model", "tiny", "--eval-tasks", str(tmp_path / "held.jsonl"), "--eval-episodes",
+               "4", "--steps", "1", "--output-dir", str(tmp_path / "run")])
     assert rc == 2
     assert "--eval-tasks" in one_line_error(capsys)
 
@@ -90,9 +91,10 @@ def test_sft_and_chat_check_names_before_loading(tmp_path, no_model_load, monkey
     monkeypatch.chdir(tmp_path)
     assert main(["sft", "--model", "smolm2", "--steps", "1", "--output-dir", str(tmp_path / "sft")]) == 2
     assert "Did you mean 'smollm2'?" in one_line_error(capsys)
-    assert main(["sft", "--model", "tiny", "--tasks", "nope.jsonl", "--output-dir", str(tmp_path / "sft")]) == 2
+    assert main(["sft", "--model", "tiny", "--tasks", "nope.jsonl", "--output-dir", str(tmp_path / "s")]) == 2
     assert "nope.jsonl" in one_line_error(capsys)
-    assert main(["chat", "Where was Brukmo Doldrak born?", "--model", "tiny", "--env-llm", "opneai:gpt-4o"]) == 2
+    chat = ["chat", "Where was Brukmo Doldrak born?", "--model", "tiny", "--env-llm", "opneai:gpt-4o"]
+    assert main(chat) == 2
     assert "Did you mean 'openai:gpt-4o'?" in one_line_error(capsys)
 
 
@@ -102,7 +104,7 @@ def test_a_model_that_cannot_be_loaded_is_one_line(monkeypatch):
     from promptr1.agents.models import load_policy
 
     def unreachable(*args, **kwargs):
-        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nMore lines.")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreachable)
     with pytest.raises(FileNotFoundError) as info:

@@ -1,4 +1,5 @@
-"""What a person sees while ``promptr1 train`` runs: where the step in hand is, one plain line per step in a log."""
+"""What a person sees while ``promptr1 train`` runs: where the step in hand is, one plain line per step in a
+log."""
 
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ def train(tmp_path, monkeypatch, stderr, steps=2, **kw):
     from promptr1.testing.tiny_model import tiny_model_path
 
     monkeypatch.setattr("sys.stderr", stderr)
-    cfg = GRPOConfig(model=str(tiny_model_path()), steps=steps, batch_questions=2, group_size=2, max_new_tokens=4,
-                     max_seq_len=512, max_turns=1, seed=1, output_dir=str(tmp_path / "run"), micro_batch_size=1,
-                     minibatches=1, kl_coef=0.0, num_transcripts=0, **kw)
+    cfg = GRPOConfig(model=str(tiny_model_path()), steps=steps, batch_questions=2, group_size=2,
+                     max_new_tokens=4, max_seq_len=512, max_turns=1, seed=1, output_dir=str(tmp_path / "run"),
+                     micro_batch_size=1, minibatches=1, kl_coef=0.0, num_transcripts=0, **kw)
     GRPOTrainer(cfg, tasks=TASKS, env_factory=OneTurnEnv).train()
     return stderr.getvalue()
 

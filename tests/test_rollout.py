@@ -182,8 +182,8 @@ def test_overflowing_episode_is_cut_with_lowest_reward(tiny):
 
 
 def test_overflowing_episode_keeps_the_env_llm_calls_it_made(tiny):
-    """An episode cut for room still made its env-LLM calls: the trainer's env_llm/calls counts them (it read 0
-    where the budget counted 18)."""
+    """An episode cut for room still made its env-LLM calls: the trainer's env_llm/calls counts them (it read
+    0 where the budget counted 18)."""
     model, tok = tiny
     framer = ChatFramer(tok)
     n_prompt = len(framer.prompt_ids([{"role": "system", "content": "You ask the big model."},

@@ -21,8 +21,10 @@ class BudgetStopCallback(Callback):
 
     The trainer then writes its final checkpoint; calls the budget refused flagged their episodes
     (``env_error`` ``"budget: ..."``), which the trainer dropped from their groups like any env error. The
-    budget's use is logged as ``env_llm/budget_calls`` and ``env_llm/budget_cost_usd`` (this run's uncached calls).
-    Under ``accelerate launch`` each process has its own budget and all stop when one does.
+    budget's use is logged as ``env_llm/budget_calls`` and ``env_llm/budget_cost_usd``: the run's uncached
+    calls so far, the warm start's demonstrations and validation included (the trainer's ``env_llm/calls``
+    counts one step's training episodes, cached replies included). Under ``accelerate launch`` each process
+    has its own budget and all stop when one does.
     """
 
     def __init__(self, budget: Any) -> None:

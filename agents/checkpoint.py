@@ -47,9 +47,11 @@ __all__ = [
     "claim_output_dir",
     "earlier_outputs",
     "find_latest_checkpoint",
+    "find_resume_checkpoint",
     "load_checkpoint_file",
     "load_trainer_state",
     "restore_rng_state",
+    "resume_report",
     "write_checkpoint",
 ]
 
@@ -260,6 +262,35 @@ def find_latest_checkpoint(path: str | os.PathLike) -> pathlib.Path | None:
 
 def load_trainer_state(folder: str | os.PathLike) -> dict[str, Any]:
     return json.loads((pathlib.Path(folder) / "trainer_state.json").read_text())
+
+
+def find_resume_checkpoint(output_dir: str | os.PathLike, resume: str) -> pathlib.Path | None:
+    """The checkpoint a run with ``--resume RESUME`` continues from: ``None`` for a fresh run (no ``resume``,
+    or ``auto`` with nothing there yet); a :class:`FileNotFoundError` for a ``resume`` folder without one."""
+    if not resume:
+        return None
+    found = find_latest_checkpoint(output_dir if resume == "auto" else resume)
+    if found is None and resume != "auto":
+        raise FileNotFoundError(
+            f"--resume {resume!r}: no complete checkpoint there. Expected a checkpoint folder (with "
+            "trainer_state.json) or an output_dir holding checkpoint-* folders; use --resume auto to "
+            "start fresh when none exists."
+        )
+    return found
+
+
+def resume_report(output_dir: str | os.PathLike, resume: str, steps: int) -> tuple[str, bool]:
+    """What a run with ``--resume RESUME`` and ``--steps STEPS`` will do, in one line, and whether it is
+    finished already (its checkpoint's step is ``STEPS`` or more: nothing to train). Reads no weights."""
+    found = find_resume_checkpoint(output_dir, resume)
+    if found is None:
+        where = os.fspath(output_dir)
+        return f"--resume {resume}: no checkpoint in {where} yet; starting a fresh run.", False
+    step = int(load_trainer_state(found).get("step", 0))
+    if step >= steps:
+        return (f"the run in {found} is finished (step {step} of {steps}); nothing to resume. Raise --steps "
+                "to train it further.", True)
+    return f"resuming from {found} (step {step} of {steps}).", False
 
 
 #: What a training run writes into its ``output_dir`` besides its checkpoints (``--overwrite`` removes these and

@@ -2,21 +2,29 @@
 
 In the spirit of stable-baselines3's logger: code anywhere in a step calls
 ``logger.record("reward/mean", 0.3)``; values recorded several times in a step are averaged;
-``logger.dump(step)`` writes them all to TensorBoard and refreshes the progress bar. Keys live in
+``logger.dump(step)`` writes them all to TensorBoard and to the console. Keys live in
 namespaces: ``rollout/``, ``reward/``, ``losses/``, ``env_llm/``, ``time/``.
 
->>> log = Logger(log_dir=None, progress=False)
+On the console, a progress bar when the console is a terminal (its description says where the step in hand is:
+``episodes 5/16``, then ``update 2/4 micro-batches``, from :meth:`Logger.within_step`); otherwise, or with
+``progress=False``, one plain line per dump, which a log file keeps readable.
+
+>>> import io
+>>> log = Logger(log_dir=None, progress=False, total_steps=6, stream=io.StringIO())
 >>> log.record("reward/mean", 1.0); log.record("reward/mean", 0.0)
 >>> log.dump(step=1)["reward/mean"]
 0.5
+>>> print(log.stream.getvalue(), end="")
+train: step 1/6: reward 0.5
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = ["Callback", "CallbackList", "Logger"]
 
@@ -28,6 +36,7 @@ PROGRESS_KEYS = {
     "turns": "rollout/turns_mean",
     "kl": "losses/kl",
     "s/step": "time/step_s",
+    "nll": "sft/nll",
 }
 
 
@@ -35,8 +44,15 @@ class Logger:
     """Collects scalars and text for one step; writes them to TensorBoard and the console."""
 
     def __init__(self, log_dir: str | None, *, progress: bool = True, total_steps: int | None = None,
-                 initial_step: int = 0, enabled: bool = True) -> None:
+                 initial_step: int = 0, enabled: bool = True, stream: TextIO | None = None,
+                 name: str = "train") -> None:
+        """``progress``: a bar on a terminal (else plain lines); False: plain lines. ``stream``: the console
+        (default ``sys.stderr``). ``enabled=False`` (processes other than the main one): nothing is written.
+        ``name``: what the console lines and the bar are labelled (``train``, ``sft``)."""
         self.enabled = enabled
+        self.name = name
+        self.stream = stream if stream is not None else sys.stderr
+        self.total_steps = total_steps
         self._values: dict[str, list[float]] = defaultdict(list)
         self._texts: dict[str, str] = {}
         self.history: list[dict[str, float]] = []
@@ -46,10 +62,12 @@ class Logger:
 
             self.writer = SummaryWriter(log_dir=log_dir)
         self.bar = None
-        if enabled and progress:
+        self.lines = enabled and not (progress and _is_terminal(self.stream))
+        if enabled and not self.lines:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, initial=initial_step, desc=name, unit="step",
+                            dynamic_ncols=True, file=self.stream)
 
     def record(self, key: str, value: Any) -> None:
         """Record a scalar for this step (several records of one key are averaged)."""
@@ -84,11 +102,23 @@ class Logger:
             self.writer.flush()
         self._texts.clear()
         self.history.append({"step": float(step), **means})
+        post = {short: f"{means[key]:.3g}" for short, key in PROGRESS_KEYS.items() if key in means}
         if self.bar is not None:
-            post = {short: f"{means[key]:.3g}" for short, key in PROGRESS_KEYS.items() if key in means}
+            self.bar.set_description_str(self.name, refresh=False)
             self.bar.set_postfix(post, refresh=False)
             self.bar.update(step - self.bar.n)
+        elif self.lines:
+            of = f"/{self.total_steps}" if self.total_steps else ""
+            shown = ", ".join(f"{short} {value}" for short, value in post.items())
+            line = f"{self.name}: step {step}{of}" + (f": {shown}" if shown else "")
+            print(line, file=self.stream, flush=True)
         return means
+
+    def within_step(self, text: str) -> None:
+        """Say where the step in hand is (``episodes 5/16``, ``update 2/4 micro-batches``) on the bar; plain
+        lines are per step only."""
+        if self.bar is not None:
+            self.bar.set_description_str(f"{self.name} [{text}]", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -144,3 +174,10 @@ class CallbackList(Callback):
     def on_train_end(self, trainer: Any) -> None:
         for c in self.callbacks:
             c.on_train_end(trainer)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -72,10 +72,31 @@ def check_model_name(name: str, *, what: str = "model") -> None:
             local = not isinstance(try_to_load_from_cache(name, "config.json"), str)
         except Exception:  # an id the hub library rejects: let from_pretrained say why
             local = False
+    if not local and len(parts) == 1 and not _in_hub_cache(name):
+        # a bare name (no ORG/) that is neither registered, nor a folder, nor cached: a typo far more often
+        # than one of the hub's few legacy un-namespaced ids; say so now, not after a minute of hub retries
+        import difflib
+
+        close = difflib.get_close_matches(name, sorted(MODELS), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise FileNotFoundError(f"{what} {name!r} is not a registered name, a folder here, or a model in the "
+                                f"local Hugging Face cache.{hint} Give a registered name "
+                                f"({', '.join(sorted(MODELS))}), a model folder, a training run folder, or a "
+                                "Hugging Face id (ORG/NAME).")
     if local:
         raise FileNotFoundError(f"{what} {name!r}: no such folder. Give a model folder, a training run folder "
                                 "(its latest checkpoint is used), a registered name "
                                 f"({', '.join(sorted(MODELS))}), or a Hugging Face id (ORG/NAME).")
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the local Hugging Face cache holds a model ``name`` (its ``config.json``); reads no network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an id the hub library rejects
+        return False
 
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -104,7 +125,11 @@ def load_policy(name: str, *, dtype: str | torch.dtype | None = None) -> tuple[A
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:  # not on the hub, no network, no such folder: a one-line usage error, no traceback
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise FileNotFoundError(f"model {name!r} cannot be loaded: {first.strip()}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = resolve_dtype(dtype)

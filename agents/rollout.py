@@ -464,14 +464,17 @@ def run_episodes(
     timings: dict[str, float] | None = None,
     seed: int | None = None,
     sampler: Callable[..., list[SampledTurn]] | None = None,
+    on_episode_end: Callable[[int, int], None] | None = None,
 ) -> list[Episode]:
     """Play one episode per ``(env, task)`` pair to the end; return them as token sequences.
 
     ``envs[i]`` is reset with ``options={"task": tasks[i]}``. ``timings`` (if given) receives
     ``generate_s`` and ``env_s``: wall time spent sampling and waiting for the environment.
+    ``on_episode_end(finished, total)`` is called each time an episode ends (for a progress display).
     """
     return asyncio.run(arun_episodes(model, tokenizer, envs, tasks, groups, cfg, framer=framer,
-                                     generator=generator, timings=timings, seed=seed, sampler=sampler))
+                                     generator=generator, timings=timings, seed=seed, sampler=sampler,
+                                     on_episode_end=on_episode_end))
 
 
 def end_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
@@ -541,6 +544,7 @@ async def arun_episodes(
     timings: dict[str, float] | None = None,
     seed: int | None = None,
     sampler: Callable[..., list[SampledTurn]] | None = None,
+    on_episode_end: Callable[[int, int], None] | None = None,
 ) -> list[Episode]:
     """Async form of :func:`run_episodes` (for callers that already run an event loop).
 
@@ -561,8 +565,13 @@ async def arun_episodes(
 
     def apply(k: int, s: Any, text: str, result: tuple) -> None:
         """Record env step ``result`` of episode ``k``; leaves it done or waiting for its next turn."""
-        record_step(episodes[k], text, result, framer=framer, ended_with_eos=bool(s.ids) and s.ids[-1] in eos_ids,
+        ep = episodes[k]
+        record_step(ep, text, result, framer=framer, ended_with_eos=bool(s.ids) and s.ids[-1] in eos_ids,
                     max_seq_len=cfg.max_seq_len, max_new_tokens=cfg.max_new_tokens)
+        if ep.overflow and not ep.episode_stats:
+            # ended here, not by the env (no room for another turn): the env's summary was never sent, but the
+            # calls were made; without this the step's env_llm/calls missed them (the budget counted them)
+            ep.episode_stats = dict(getattr(envs[k], "episode_stats", None) or {})
 
     async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, tuple]:
         return k, s, text, await env_step(envs[k], text)
@@ -587,6 +596,8 @@ async def arun_episodes(
                 apply(k, s, text, result)
                 if not episodes[k].done:
                     ready.append(k)
+                elif on_episode_end is not None:
+                    on_episode_end(sum(e.done for e in episodes), len(episodes))
         if not ready:
             continue
         active, ready = sorted(ready), []

@@ -96,6 +96,10 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
 
     from promptr1.agents.checkpoint import claim_output_dir
 
+    if model is None:
+        from promptr1.agents.preflight import check_sft_inputs
+
+        check_sft_inputs(cfg, given_backend=env_llm is not None)  # names and paths, before anything loads
     claim_output_dir(cfg.output_dir, overwrite=cfg.overwrite, command="promptr1 sft")  # before anything loads
     seed_everything(cfg.seed)
     mp = cfg.mixed_precision
@@ -127,11 +131,11 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
     model.train()
     rng = np.random.default_rng(cfg.seed)
     order: list[int] = []
-    bar = None
-    if cfg.progress and acc.is_main_process:
-        from tqdm.auto import tqdm
+    from promptr1.agents.logger import Logger
 
-        bar = tqdm(total=cfg.steps, desc="sft", unit="step", dynamic_ncols=True)
+    out = pathlib.Path(cfg.output_dir)
+    logger = Logger(str(out / "tensorboard") if acc.is_main_process else None, progress=cfg.progress,
+                    total_steps=cfg.steps, enabled=acc.is_main_process, name="sft")
     losses = []
     for step in range(cfg.steps):
         if len(order) < cfg.batch_size:
@@ -152,12 +156,10 @@ def run_sft(cfg: SFTConfig, *, model: Any = None, tokenizer: Any = None, tasks: 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if bar is not None:
-            bar.set_postfix(nll=f"{loss.item():.3f}", refresh=False)
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    out = pathlib.Path(cfg.output_dir)
+        logger.record("sft/nll", losses[-1])  # TensorBoard: the warm start's loss curve beside the RL run's
+        logger.record("sft/lr", scheduler.get_last_lr()[0])
+        logger.dump(step + 1)
+    logger.close()
     if acc.is_main_process:
         from promptr1.agents.checkpoint import write_checkpoint
 

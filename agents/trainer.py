@@ -34,7 +34,7 @@ from promptr1.agents.checkpoint import (
     CheckpointError,
     checkpoint_name,
     claim_output_dir,
-    find_latest_checkpoint,
+    find_resume_checkpoint,
     load_checkpoint_file,
     load_trainer_state,
     publish_checkpoint,
@@ -52,7 +52,7 @@ from promptr1.core.plugins import import_plugins
 from promptr1.agents.episode import ends_on_context, training_reward
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
 
-__all__ = ["GRPOTrainer", "TrainingFailed"]
+__all__ = ["GRPOTrainer", "TrainingFailed", "TrainingInterrupted"]
 
 
 class TrainingFailed(RuntimeError):
@@ -60,6 +60,18 @@ class TrainingFailed(RuntimeError):
 
     A checkpoint of the last step is written first; ``promptr1 train`` exits non-zero with this message.
     """
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped at the end of a step because of SIGINT (Ctrl-C) or SIGTERM; a checkpoint of that step
+    was written first (``checkpoint``), so ``resume="auto"`` continues from it. ``exit_code``: 130 or 143."""
+
+    def __init__(self, step: int, signum: int, checkpoint: pathlib.Path) -> None:
+        from promptr1.agents.interrupt import signal_exit_code
+
+        self.step, self.signum, self.checkpoint = step, signum, checkpoint
+        self.exit_code = signal_exit_code(signum)
+        super().__init__(f"interrupted at step {step}; checkpoint {checkpoint}")
 
 
 
@@ -124,6 +136,8 @@ class GRPOTrainer:
         self._skip_rows_without_gradient = True  # see _rows_with_gradient; tests turn it off to compare
         self.callbacks = CallbackList(list(callbacks))
         self.step = 0
+        self._stop_signum = 0  # the signal that stopped the last train() (0: none)
+        self._stop: Any = None  # the StopRequest of a train() in progress
         self.cursor = 0  # questions consumed (all processes together)
 
         from promptr1.envs.tasks import load_tasks
@@ -215,20 +229,7 @@ class GRPOTrainer:
             yield self.unwrapped_model
 
     def _find_resume(self) -> pathlib.Path | None:
-        r = self.cfg.resume
-        if not r:
-            return None
-        where = self.cfg.output_dir if r == "auto" else r
-        found = find_latest_checkpoint(where)
-        if found is None:
-            if r == "auto":
-                return None  # nothing to resume yet: a fresh run
-            raise FileNotFoundError(
-                f"--resume {r!r}: no complete checkpoint there. Expected a checkpoint folder (with "
-                "trainer_state.json) or an output_dir holding checkpoint-* folders; use --resume auto to "
-                "start fresh when none exists."
-            )
-        return found
+        return find_resume_checkpoint(self.cfg.output_dir, self.cfg.resume)
 
     def _wrap_lora(self, model: Any) -> Any:
         try:
@@ -303,10 +304,17 @@ class GRPOTrainer:
         gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, "rollout", self.step, rank))
         timings: dict[str, float] = {}
         with self.generation_model() as model, self.accelerator.autocast():
+            self._within_step(f"episodes 0/{len(tasks)}")
             episodes = run_episodes(model, self.tokenizer, self.envs[: len(tasks)], tasks, groups, self.rollout_cfg,
                                     framer=self.framer, generator=gen, timings=timings,
-                                    seed=derived_seed(self.cfg.seed, "env", self.step, rank) % (2**31))
+                                    seed=derived_seed(self.cfg.seed, "env", self.step, rank) % (2**31),
+                                    on_episode_end=lambda done, n: self._within_step(f"episodes {done}/{n}"))
         return episodes, timings
+
+    def _within_step(self, text: str) -> None:
+        """Where the step in hand is, on the console's progress bar (see :meth:`Logger.within_step`)."""
+        if self.logger is not None:
+            self.logger.within_step(f"step {self.step + 1}: {text}")
 
     def _logprobs(self, model: Any, batch: dict[str, torch.Tensor], *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs (and entropies) ``(b, T)`` aligned to token positions; 0 before the first action."""
@@ -418,46 +426,50 @@ class GRPOTrainer:
         needed = self._rows_with_gradient(batch)
         rec["rollout/update_rows_fraction"] = float(needed.float().mean()) if N else 0.0
         order_rng = np.random.default_rng(derived_seed(cfg.seed, "minibatch", self.step, acc.process_index))
+        plan: list[tuple[list[int], list[list[int]]]] = []  # (minibatch, its micro-batches) of every epoch
         for _epoch in range(cfg.update_epochs):
             perm = order_rng.permutation(N).tolist()
             n_mini = max(1, min(cfg.minibatches, N))
-            minis = [perm[i::n_mini] for i in range(n_mini)]
-            for mini in minis:
+            for mini in (perm[i::n_mini] for i in range(n_mini)):
                 # rows that cannot move the weights skip their forward and backward passes; the denominators
                 # below still count them, so the gradient is the same. A minibatch with none keeps one row, so
                 # that the optimizer still takes its (zero-gradient) step, as it would without skipping.
                 work = [r for r in sorted(mini) if needed[r]] or sorted(mini)[:1]
-                micro = self._micro_batches(work)
-                eff = (batch["action_mask"][mini] * batch["sample_mask"][mini, None]).sum().item()
-                seqs = ((batch["action_mask"][mini].sum(-1) > 0) & batch["sample_mask"][mini]).sum().item()
-                for j, rows in enumerate(micro):
-                    sub = self._slice(batch, rows)
-                    sub_tokens = (sub["action_mask"] * sub["sample_mask"][:, None]).sum().item()
-                    sub_seqs = ((sub["action_mask"].sum(-1) > 0) & sub["sample_mask"]).sum().item()
-                    if self.loss_cfg.loss_agg == "token-mean":
-                        weight = sub_tokens / eff if eff > 0 else 0.0
-                    else:
-                        weight = sub_seqs / seqs if seqs > 0 else 0.0
-                    last = j == len(micro) - 1
-                    ctx = acc.no_sync(self.model) if (not last and acc.num_processes > 1) else contextlib.nullcontext()
-                    with ctx:
-                        logp, ent = self._logprobs(self.model, sub, with_entropy=need_entropy)
-                        loss_batch = {"logp": logp, "mask": sub["action_mask"], "advantages": sub["advantages"],
-                                      "old_logp": sub["old_logp"], "sample_mask": sub["sample_mask"]}
-                        if "ref_logp" in sub:
-                            loss_batch["ref_logp"] = sub["ref_logp"]
-                        if ent is not None:
-                            loss_batch["entropy"] = ent if self.loss_cfg.entropy_coef != 0 else ent.detach()
-                        loss, stats = compute_loss(loss_batch, self.loss_cfg)
-                        acc.backward(loss * weight)
-                    if weight > 0:
-                        for k, v in stats.items():
-                            stats_acc.setdefault(k, []).append(float(v))
-                if cfg.max_grad_norm > 0:
-                    gn = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    grad_norms.append(float(gn))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                plan.append((mini, self._micro_batches(work)))
+        n_micro, done_micro = sum(len(micro) for _, micro in plan), 0
+        for mini, micro in plan:
+            eff = (batch["action_mask"][mini] * batch["sample_mask"][mini, None]).sum().item()
+            seqs = ((batch["action_mask"][mini].sum(-1) > 0) & batch["sample_mask"][mini]).sum().item()
+            for j, rows in enumerate(micro):
+                sub = self._slice(batch, rows)
+                sub_tokens = (sub["action_mask"] * sub["sample_mask"][:, None]).sum().item()
+                sub_seqs = ((sub["action_mask"].sum(-1) > 0) & sub["sample_mask"]).sum().item()
+                if self.loss_cfg.loss_agg == "token-mean":
+                    weight = sub_tokens / eff if eff > 0 else 0.0
+                else:
+                    weight = sub_seqs / seqs if seqs > 0 else 0.0
+                last = j == len(micro) - 1
+                ctx = acc.no_sync(self.model) if (not last and acc.num_processes > 1) else contextlib.nullcontext()
+                with ctx:
+                    logp, ent = self._logprobs(self.model, sub, with_entropy=need_entropy)
+                    loss_batch = {"logp": logp, "mask": sub["action_mask"], "advantages": sub["advantages"],
+                                  "old_logp": sub["old_logp"], "sample_mask": sub["sample_mask"]}
+                    if "ref_logp" in sub:
+                        loss_batch["ref_logp"] = sub["ref_logp"]
+                    if ent is not None:
+                        loss_batch["entropy"] = ent if self.loss_cfg.entropy_coef != 0 else ent.detach()
+                    loss, stats = compute_loss(loss_batch, self.loss_cfg)
+                    acc.backward(loss * weight)
+                if weight > 0:
+                    for k, v in stats.items():
+                        stats_acc.setdefault(k, []).append(float(v))
+                done_micro += 1
+                self._within_step(f"update {done_micro}/{n_micro} micro-batches")
+            if cfg.max_grad_norm > 0:
+                gn = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                grad_norms.append(float(gn))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         t_end = time.perf_counter()
         self.step += 1
@@ -554,15 +566,44 @@ class GRPOTrainer:
         cfg, acc = self.cfg, self.accelerator
         total = cfg.steps if steps is None else steps
         out_dir = pathlib.Path(cfg.output_dir)
+        if self.step >= total:  # a finished run resumed: nothing to do, no second checkpoint of its last step
+            return []
         if self.logger is None:
             self.logger = Logger(str(out_dir / "tensorboard") if acc.is_main_process else None,
                                  progress=cfg.progress and acc.is_main_process, total_steps=total,
                                  initial_step=self.step, enabled=acc.is_main_process)
             self.logger.record_hparams(config_to_dict(cfg) | {"loss." + k: v for k, v in self.loss_cfg.to_dict().items()})
+        from promptr1.agents.interrupt import StopRequest
+
+        with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, write a checkpoint, raise
+            self._stop = stop
+            try:
+                history, failure = self._train_loop(total, stop)
+            finally:
+                self._stop = None
+        if history and failure is None and all(m.get("env_llm/failure_rate", 0.0) >= 1.0 for m in history):
+            failure = (f"every episode of the run that reached the env LLM failed there; {self._last_env_errors()}. "
+                       "The model was not trained on anything; fix the env LLM and run again.")
+        final = self.save()
+        self.callbacks.on_train_end(self)
+        self.logger.close()
+        self.logger = None
+        signum = stop.signum or self._stop_signum
+        if signum:
+            raise TrainingInterrupted(self.step, signum, final)
+        if failure is not None:
+            raise TrainingFailed(f"training stopped at step {self.step}: {failure}")
+        return history
+
+    def _train_loop(self, total: int, stop: Any) -> tuple[list[dict[str, float]], str | None]:
+        """Steps until ``total``, a callback's stop, a failing env LLM or a stop request; returns the steps'
+        metrics and the failure, if any."""
+        cfg, acc = self.cfg, self.accelerator
         self.callbacks.on_train_begin(self)
         history = []
         failing: list[int] = []  # consecutive steps above max_env_error_rate
         failure: str | None = None
+        self._stop_signum = 0
         while self.step < total:
             metrics = self.train_step()
             rate = metrics.get("env_llm/failure_rate", 0.0)
@@ -580,21 +621,29 @@ class GRPOTrainer:
             means = self.logger.dump(self.step) if self.step % max(cfg.log_every, 1) == 0 else metrics
             history.append(metrics)
             keep_going = self.callbacks.on_step_end(self, self.step, metrics)
-            if cfg.save_every > 0 and self.step % cfg.save_every == 0 and self.step < total:
+            self._stop_signum = self._any_process_signal(stop.signum)
+            periodic = cfg.save_every > 0 and self.step % cfg.save_every == 0
+            if periodic and self.step < total and not self._stop_signum:  # (the final save follows the loop)
                 self.save()
-            if not keep_going or failure:
+            if not keep_going or failure or self._stop_signum:
                 break
             del means
-        if history and failure is None and all(m.get("env_llm/failure_rate", 0.0) >= 1.0 for m in history):
-            failure = (f"every episode of the run that reached the env LLM failed there; {self._last_env_errors()}. "
-                       "The model was not trained on anything; fix the env LLM and run again.")
-        self.save()
-        self.callbacks.on_train_end(self)
-        self.logger.close()
-        self.logger = None
-        if failure is not None:
-            raise TrainingFailed(f"training stopped at step {self.step}: {failure}")
-        return history
+        return history, failure
+
+    @property
+    def stop_requested(self) -> bool:
+        """A SIGINT/SIGTERM arrived during :meth:`train`: the step in hand is the last (callbacks skip extra
+        work)."""
+        return self._stop is not None and self._stop.requested
+
+    def _any_process_signal(self, signum: int | None) -> int:
+        """The stop signal this process (or, under ``accelerate launch``, any process) received; 0 for none.
+        Every process stops at the same step."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return int(signum or 0)
+        flag = torch.tensor([float(signum or 0)], device=acc.device)
+        return int(acc.gather(flag).max().item())
 
     def _last_env_errors(self) -> str:
         """The most common env errors of the last step, for a failure message."""

@@ -25,6 +25,15 @@ __all__ = ["chat_main", "eval_main"]
 
 def eval_main(argv: Sequence[str]) -> int:
     """``promptr1 eval``: prints the report; returns 0 (complete), 3 (partial: budget stop), 1 (failed) or 2 (usage error)."""
+    try:
+        return _eval_command(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once; finished episodes are on disk already
+        print("\npromptr1 eval: stopped at once; finished episodes are kept in the output folder's "
+              "transcripts.jsonl: run the same command to resume.", file=sys.stderr, flush=True)
+        return 130
+
+
+def _eval_command(argv: Sequence[str]) -> int:
     return run_command(EvalConfig, argv, "eval", _evaluate, positional="tasks",
                        about="Evaluate agents and baselines (--methods) on task files (given first, or with --tasks), "
                              "against one or more env LLMs; writes a report, transcripts and a chart to --output-dir.",
@@ -41,6 +50,13 @@ def _evaluate(parsed: ParsedSettings) -> int:
     print(result.paths["report"].read_text(encoding="utf-8"))
     print(f"transcripts: {result.paths['transcripts']}"
           + (f"\nchart: {result.paths['chart']}" if "chart" in result.paths else ""))
+    if result.signal:
+        from promptr1.agents.interrupt import signal_exit_code
+
+        print(f"promptr1 eval: {result.stop_reason}: {len(result.records)} of {result.planned} episodes kept "
+              f"in {result.paths['transcripts']}; run the same command to resume.", file=sys.stderr,
+              flush=True)
+        return signal_exit_code(result.signal)
     if result.budget_stopped:  # a budget stop is a partial result, never a failure
         print(f"promptr1 eval: budget reached ({result.stop_reason}): {len(result.records)} of "
               f"{result.planned} episodes; run the same command again to resume", file=sys.stderr)
@@ -68,6 +84,9 @@ def _chat(parsed: ParsedSettings) -> int:
     cfg: ChatConfig = parsed.settings
     if not cfg.question.strip():
         raise ValueError('give a question: promptr1 chat "Who directed ...?" (or --question TEXT).')
+    from promptr1.agents.preflight import check_chat_inputs
+
+    check_chat_inputs(cfg)  # the model and env-LLM names, before the model loads
     try:
         policy = ModelPolicy.load(cfg.model, rollout=rollout_config(cfg), device="cpu" if cfg.cpu else None,
                                   seed=cfg.seed, dtype=cfg.model_dtype)

@@ -26,13 +26,17 @@ from promptr1.envs.step_info import StepInfo
 __all__ = ["PlayConfig", "play_main", "read_turns"]
 
 
-def read_turns(text: str) -> list[str]:
+def read_turns(text: str, *, one_per_line: bool = False) -> list[str]:
     """Turns from a file's text: a JSON list of strings, or blocks separated by ``---`` lines.
+    ``one_per_line`` (text piped to stdin): without ``---`` lines, each line is a turn, as typed at the prompt
+    (a line ending in ``\\`` goes on on the next).
 
     >>> read_turns("<think>a</think><answer>b</answer>\\n---\\nsecond\\nline\\n")
     ['<think>a</think><answer>b</answer>', 'second\\nline']
     >>> read_turns('["one", "two"]')
     ['one', 'two']
+    >>> read_turns("first turn\\nsecond \\\\\\nturn\\n", one_per_line=True)
+    ['first turn', 'second \\nturn']
     """
     stripped = text.strip()
     if stripped.startswith("["):
@@ -42,6 +46,14 @@ def read_turns(text: str) -> list[str]:
             data = None
         if isinstance(data, list) and all(isinstance(t, str) for t in data):
             return data
+    if one_per_line and not any(line.strip() == "---" for line in text.splitlines()):
+        turns, cur = [], []
+        for line in text.splitlines():
+            cur.append(line.removesuffix("\\"))
+            if not line.endswith("\\"):
+                turns.append("\n".join(cur))
+                cur = []
+        return [t for t in [*turns, "\n".join(cur)] if t.strip()]
     turns, cur = [], []
     for line in text.splitlines():
         if line.strip() == "---":
@@ -169,7 +181,7 @@ def _play(parsed: ParsedSettings) -> int:
             turns = iter(read_turns(Path(args.turns).read_text(encoding="utf-8")))
             interactive = False
         elif not sys.stdin.isatty():
-            turns = iter(read_turns(sys.stdin.read()))
+            turns = iter(read_turns(sys.stdin.read(), one_per_line=True))
             interactive = False
         else:
             turns = _interactive_turns()

@@ -67,12 +67,21 @@ TRAIN_EPILOG = (
 
 def train_main(argv: Sequence[str]) -> int:
     """``promptr1 train``: the bundled CPU quickstart, or the config ``--config`` names, changed by the options."""
+    argv = list(argv)
 
     def train(parsed: ParsedSettings) -> int:
         print(f"promptr1 train: {parsed.describe()}", flush=True)
-        return run_training(parsed.settings, origin=parsed)
+        return run_training(parsed.settings, origin=parsed, argv=argv)
 
-    return run_command(GRPOConfig, argv, "train", train, base="quickstart", about=TRAIN_ABOUT, epilog=TRAIN_EPILOG)
+    try:
+        return run_command(GRPOConfig, argv, "train", train, base="quickstart", about=TRAIN_ABOUT,
+                           epilog=TRAIN_EPILOG)
+    except KeyboardInterrupt:  # outside the training loop (loading, the final evaluation), or a second Ctrl-C
+        from promptr1.agents.interrupt import resume_command
+
+        print(f"\npromptr1 train: stopped at once; the work since the last checkpoint is lost. Continue with "
+              f"`{resume_command(argv)}`.", file=sys.stderr, flush=True)
+        return 130
 
 
 def sft_main(argv: Sequence[str]) -> int:
@@ -90,13 +99,14 @@ def sft_main(argv: Sequence[str]) -> int:
 
 
 def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Callback] = (),
-                 origin: ParsedSettings | None = None) -> int:
+                 origin: ParsedSettings | None = None, argv: Sequence[str] | None = None) -> int:
     """The whole ``promptr1 train`` pipeline for a parsed config; returns the exit code: 0, or
     :data:`BUDGET_EXIT_CODE` when the env LLM's budget stopped training (a checkpoint was written).
 
     ``env_llm``: an already-built backend (used as is, not closed; the budget and the cache still wrap it).
     ``callbacks``: more :class:`~promptr1.agents.logger.Callback` objects for the trainer.
     ``origin``: what the settings started from and what changed (written to ``OUTPUT_DIR/settings.yaml``).
+    ``argv``: the command line, for the command an interrupted run prints to continue.
     """
     import dataclasses
 
@@ -105,10 +115,16 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
     import_plugins(cfg.plugins)  # 1. before anything that looks a name up
     cfg.loss_config()  # an unknown --algo or a bad loss setting fails here, before any model loads
     check_training_settings(cfg, given_backend=env_llm is not None)
-    if not cfg.resume:
-        from promptr1.agents.models import check_model_name
+    from promptr1.agents.preflight import check_training_inputs
 
-        check_model_name(cfg.model, what="--model")
+    check_training_inputs(cfg, given_backend=env_llm is not None)  # names and paths, before any model loads
+    if cfg.resume and not cfg.dry_run:
+        from promptr1.agents.checkpoint import resume_report
+
+        line, finished = resume_report(cfg.output_dir, cfg.resume, cfg.steps)
+        print(f"promptr1 train: {line}", flush=True)
+        if finished:
+            return 0
     if cfg.dry_run:
         from promptr1.commands.dry_run import dry_run_report
 
@@ -157,10 +173,18 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
                   f"env LLM {cfg.env_llm_label()!r}, algo {cfg.algo!r}, {cfg.steps} steps of "
                   f"{cfg.batch_questions}x{cfg.group_size} episodes on {trainer.accelerator.device}; "
                   f"logs: {out / 'tensorboard'}", flush=True)
-        from promptr1.agents.trainer import TrainingFailed
+        from promptr1.agents.trainer import TrainingFailed, TrainingInterrupted
 
         try:
             history = trainer.train()
+        except TrainingInterrupted as e:
+            from promptr1.agents.interrupt import resume_command
+
+            why = f"interrupted at step {e.step}: continue with `{resume_command(argv)}`"
+            if main:
+                print(f"promptr1 train: {why} (checkpoint {e.checkpoint})", file=sys.stderr, flush=True)
+                write_training_summary(out, "interrupted", why, e.step, cfg, budget)
+            return e.exit_code
         except TrainingFailed as e:
             if budget.stop_reason is not None:  # the budget stopped the run: exit 3, never a failure
                 if main:
@@ -195,8 +219,18 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
         if cfg.eval_episodes > 0 and main:  # 5.
             trained, tokenizer = trainer.unwrapped_model, trainer.tokenizer
             del trainer
-            final_evaluation(cfg, policy, trained, tokenizer, backend, out)
+            try:
+                final_evaluation(cfg, policy, trained, tokenizer, backend, out)
+            except KeyboardInterrupt:  # training is complete and saved; only the comparison is cut short
+                print(f"\npromptr1 train: the held-out evaluation was interrupted; training is complete "
+                      f"({ckpt}).", file=sys.stderr, flush=True)
+                return 130
             print(f"promptr1 train: total {time.perf_counter() - t_start:.0f}s", flush=True)
+        if main:
+            from promptr1.evaluation.validation import run_outputs
+
+            where = "; ".join(f"{what} {path}" for what, path in run_outputs(out).items())
+            print(f"promptr1 train: outputs: {where}", flush=True)
     finally:
         close = getattr(backend, "close", None)  # closes the budget wrapper and the cache, and our own backend
         if callable(close):
@@ -223,7 +257,8 @@ def write_settings(out: pathlib.Path, cfg: Any, origin: ParsedSettings | None) -
 
 def write_training_summary(out: pathlib.Path, status: str, reason: str, step: int, cfg: GRPOConfig,
                            budget: Any) -> pathlib.Path:
-    """``OUTPUT_DIR/summary.json``: how the run ended (``complete``, ``budget-stopped`` or ``failed``) and why."""
+    """``OUTPUT_DIR/summary.json``: how the run ended (``complete``, ``budget-stopped``, ``interrupted`` or
+    ``failed``) and why."""
     from promptr1.core.fileio import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)

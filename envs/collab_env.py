@@ -245,6 +245,7 @@ class PromptCollabEnv(gym.Env):
         self.done = True
         self.env_error: str | None = None
         self.last_reward_components: dict[str, Any] | None = None
+        self._turn_limit = self.max_turns  # the last turn of this episode (see _time_limit_of)
         self.episode_stats = {"env_llm_calls": 0, "env_llm_latency_s": 0.0, "env_llm_tokens": 0,
                               "env_llm_attempts": 0, "env_llm_cost_usd": 0.0}
         if getattr(self, "env_llms", None):
@@ -267,6 +268,8 @@ class PromptCollabEnv(gym.Env):
         super().reset(seed=seed)
         options = dict(options or {})
         self._clear_episode()
+        limit = _time_limit_of(self)
+        self._turn_limit = min(self.max_turns, limit) if limit else self.max_turns
         if "task" in options:
             task = options["task"]
             if not isinstance(task, Task):
@@ -436,7 +439,7 @@ class PromptCollabEnv(gym.Env):
                 self.episode_stats["cost_by_model"][pending.target] += cost
         if obs is None:
             obs = self.framing.wrap_reply(reply, self.max_response_chars)
-        if self.turn >= self.max_turns:
+        if self.turn >= self._turn_limit:
             return self._end(pending.parsed, terminated=False, truncated=True,
                              action_truncated=pending.action_truncated, completion=completion, out_of_turns=True)
         self.messages.append({"role": "user", "content": obs})
@@ -555,3 +558,29 @@ class PromptCollabEnv(gym.Env):
     def __repr__(self) -> str:
         return (f"PromptCollabEnv(tasks={len(self.tasks)}, env_llm={getattr(self.env_llm, 'name', '?')!r}, "
                 f"max_turns={self.max_turns})")
+
+
+def _time_limit_of(env: PromptCollabEnv) -> int | None:
+    """The step limit of a gymnasium ``TimeLimit`` wrapping ``env`` (``gym.make("PromptR1-v0",
+    max_episode_steps=N)``), found among the callers of ``env.reset``; ``None`` when there is none.
+
+    That wrapper cuts an episode after N steps from the outside, on a turn the env treated as intermediate
+    (reward 0, no ``reward_components``). The env reads the limit when an episode starts and ends its N-th
+    turn itself, scored as a turn at ``max_turns`` is. Only the wrapper's own attribute is read; nothing is
+    changed.
+    """
+    import sys
+
+    frame = sys._getframe(2)  # reset's caller: the wrapper chain starts there
+    for _ in range(16):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, gym.Wrapper) and owner.unwrapped is env:
+            limit = getattr(owner, "_max_episode_steps", None)
+            if isinstance(limit, int) and limit > 0:
+                return limit
+        elif owner is not None and owner is not env:
+            return None  # past the wrappers: a caller of the outermost one
+        frame = frame.f_back
+    return None

@@ -28,6 +28,7 @@ __all__ = [
     "TaskSource",
     "assign_types",
     "convert_to_parquet",
+    "check_task_specs",
     "load_hf_tasks",
     "load_jsonl",
     "load_parquet",
@@ -487,6 +488,40 @@ TASK_SOURCES: Registry[Callable[..., Sequence[Task]]] = Registry(
     "task source", {"synthetic": "promptr1.envs.synthetic.world:load_synthetic", "geo": "promptr1.envs.geography:load_geo",
      "hf": load_hf_tasks}
 )
+
+
+def check_task_specs(spec: Any, *, what: str = "--tasks") -> None:
+    """Check a ``task=`` argument without reading it (cheap: a command calls this before any model loads):
+    every file it names exists and has a suffix :func:`load_tasks` reads, every ``NAME:...`` names a source.
+
+    >>> check_task_specs(["synthetic", "synthetic:test"])
+    >>> check_task_specs("/nope.parquet")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: --tasks: task file '/nope.parquet' does not exist; give a .parquet or .jsonl path, ...
+    """
+    if isinstance(spec, (str, os.PathLike)):
+        specs: list[Any] = [spec]
+    elif isinstance(spec, Iterable) and not isinstance(spec, Task):
+        specs = list(spec)
+    else:
+        return
+    for one in specs:
+        if not isinstance(one, (str, os.PathLike)):
+            continue
+        text = os.fspath(one)
+        scheme = text.partition(":")[0]
+        if scheme in TASK_SOURCES and not Path(text).suffix:
+            continue
+        suffix = Path(text).suffix.lower()
+        if suffix not in (".parquet", ".jsonl", ".json", ".ndjson"):
+            sources = ", ".join(f"'{n}:...'" for n in TASK_SOURCES.names())
+            raise ValueError(f"{what}: cannot load tasks from {text!r}: expected 'synthetic', a source "
+                             f"({sources}), a .parquet file in the Prompt-R1 schema, or a .jsonl file with "
+                             "'question'/'answers'.")
+        if not Path(text).expanduser().is_file():
+            raise FileNotFoundError(f"{what}: task file {text!r} does not exist; give a .parquet or .jsonl "
+                                    "path, or 'synthetic'.")
 
 
 def load_tasks(spec, *, split: str = "train", seed: int = 0, task_type: str | None = None) -> Sequence[Task]:

@@ -156,3 +156,4 @@ class ChatConfig(RunSettings):
 
     question: str = ""
     """The question to ask (or give it as the first argument)."""
+    temperature: float = 0.0  # greedy, as eval: the same question gives the same transcript

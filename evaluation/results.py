@@ -235,13 +235,16 @@ class EvalResult:
     paths: dict[str, Path] = field(default_factory=dict)
     task_types: dict[str, str] = field(default_factory=dict)
     """Per dataset: which task type its rows got and from what evidence."""
+    signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the evaluation early, if one did: the episodes finished by
+    then are kept, and the same command resumes."""
 
     @property
     def budget_stopped(self) -> bool:
         """True when the budget (``max_calls`` / ``max_cost``) stopped the run before every planned episode
         had a record: a partial result (exit 3; the same command resumes), whatever the recorded episodes
         say."""
-        return self.stop_reason is not None and self.partial
+        return self.stop_reason is not None and self.partial and not getattr(self, "signal", None)
 
     @property
     def partial(self) -> bool:

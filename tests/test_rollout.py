@@ -181,6 +181,25 @@ def test_overflowing_episode_is_cut_with_lowest_reward(tiny):
     assert ep.overflow and ep.reward == -1.0 and len(ep.ids) <= n_prompt + 20
 
 
+def test_overflowing_episode_keeps_the_env_llm_calls_it_made(tiny):
+    """An episode cut for room still made its env-LLM calls: the trainer's env_llm/calls counts them (it read
+    0 where the budget counted 18)."""
+    model, tok = tiny
+    framer = ChatFramer(tok)
+    n_prompt = len(framer.prompt_ids([{"role": "system", "content": "You ask the big model."},
+                                      {"role": "user", "content": TASK.prompt}]))
+
+    class CountingEnv(ReplyEnv):
+        def step(self, action):
+            self.episode_stats = {"env_llm_calls": self.t + 1}
+            return super().step(action)
+
+    ep = run_episodes(model, tok, [CountingEnv(5)], [TASK], [0],
+                      RolloutConfig(max_new_tokens=8, max_seq_len=n_prompt + 20),
+                      generator=torch.Generator().manual_seed(0))[0]
+    assert ep.overflow and ep.episode_stats == {"env_llm_calls": ep.turns}
+
+
 def test_template_that_rewrites_history_is_rejected(tiny):
     _, tok = tiny
     import copy

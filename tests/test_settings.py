@@ -284,7 +284,7 @@ def captured_training(monkeypatch):
     from promptr1.commands import train as pipeline
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_training", lambda cfg, origin=None: seen.append((cfg, origin)) or 0)
+    monkeypatch.setattr(pipeline, "run_training", lambda cfg, origin=None, argv=None: seen.append((cfg, origin)) or 0)
 
     def run(argv):
         assert main(["train", *argv]) == 0

@@ -40,7 +40,7 @@ def test_package_without_the_file(monkeypatch, tmp_path):
         sm.smollm2_gguf_path()
 
 
-def test_model_dir_converts_once_into_the_cache(monkeypatch, tmp_path):
+def test_model_dir_converts_once_into_the_cache(monkeypatch, tmp_path, capsys):
     fake_gguf = tmp_path / "pkg" / sm.GGUF_FILENAME
     fake_gguf.parent.mkdir()
     fake_gguf.write_bytes(b"GGUF" + b"\0" * 100)
@@ -56,8 +56,11 @@ def test_model_dir_converts_once_into_the_cache(monkeypatch, tmp_path):
     d = sm.smollm2_model_dir()
     assert d == tmp_path / "cache" / "smollm2-135m-instruct"
     assert (d / "config.json").exists() and calls[0][0] == fake_gguf
+    err = capsys.readouterr().err  # the conversion says what it does, where, and that it happens once
+    assert "converting SmolLM2-135M-Instruct" in err and str(d) in err and "first use only" in err
     assert sm.smollm2_model_dir() == d
     assert len(calls) == 1
+    assert "converting" not in capsys.readouterr().err
     # An explicit cache_dir wins over the environment.
     assert sm.smollm2_model_dir(tmp_path / "other") == tmp_path / "other" / "smollm2-135m-instruct"
     assert len(calls) == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import pathlib
 import time
@@ -51,6 +52,8 @@ from promptr1.agents.episode import ends_on_context, training_reward
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
 
 __all__ = ["GRPOTrainer", "TrainingFailed"]
+
+log = logging.getLogger(__name__)
 
 
 class TrainingFailed(RuntimeError):
@@ -340,6 +343,15 @@ class GRPOTrainer:
             keep = keep & (batch["advantages"] != 0)
         return keep
 
+    def _zero_gradients(self) -> None:
+        """Give every trained parameter a zero gradient: what a backward pass of a loss without signal leaves, so
+        that the optimizer's step is the one it would take after that pass (AdamW still decays its moments, applies
+        weight decay and counts the step; a ``None`` gradient would skip the parameter instead)."""
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+
     @torch.no_grad()
     def _no_grad_logprobs(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = torch.zeros_like(batch["old_logp"])
@@ -412,15 +424,19 @@ class GRPOTrainer:
         needed = self._rows_with_gradient(batch)
         rec["rollout/update_rows_fraction"] = float(needed.float().mean()) if N else 0.0
         order_rng = np.random.default_rng(derived_seed(cfg.seed, "minibatch", self.step, acc.process_index))
+        no_signal = updates = 0  # optimizer steps taken on a zero gradient without any pass; all of them
         for _epoch in range(cfg.update_epochs):
             perm = order_rng.permutation(N).tolist()
             n_mini = max(1, min(cfg.minibatches, N))
             minis = [perm[i::n_mini] for i in range(n_mini)]
             for mini in minis:
                 # rows that cannot move the weights skip their forward and backward passes; the denominators
-                # below still count them, so the gradient is the same. A minibatch with none keeps one row, so
-                # that the optimizer still takes its (zero-gradient) step, as it would without skipping.
-                work = [r for r in sorted(mini) if needed[r]] or sorted(mini)[:1]
+                # below still count them, so the gradient is the same. A minibatch with none has a zero gradient:
+                # it makes no pass at all, and the optimizer takes the same (zero-gradient) step on zeros.
+                work = [r for r in sorted(mini) if needed[r]]
+                if not work:
+                    self._zero_gradients()
+                    no_signal += 1
                 micro = self._micro_batches(work)
                 eff = (batch["action_mask"][mini] * batch["sample_mask"][mini, None]).sum().item()
                 seqs = ((batch["action_mask"][mini].sum(-1) > 0) & batch["sample_mask"][mini]).sum().item()
@@ -452,7 +468,14 @@ class GRPOTrainer:
                     grad_norms.append(float(gn))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                updates += 1
         self.scheduler.step()
+        # the share of this step's optimizer steps whose minibatch had no row that could move the weights (1.0:
+        # the step had no signal, e.g. every group's rewards were equal, and made no forward or backward pass)
+        rec["rollout/no_signal_updates"] = no_signal / updates if updates else 0.0
+        if updates and no_signal == updates:
+            log.info("step %d had no signal (no row with a non-zero gradient): the optimizer stepped on zero "
+                     "gradients without a forward or backward pass", self.step + 1)
         t_end = time.perf_counter()
         self.step += 1
 

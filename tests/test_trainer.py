@@ -275,3 +275,53 @@ def test_rows_without_gradient_skip_the_update_with_the_same_gradient(tmp_path, 
     assert scale > 0
     for k, g in g_all[0].items():
         assert torch.allclose(g_skip[0][k], g, atol=1e-5 * scale, rtol=1e-4), k
+
+
+class SwitchableFlatEnv(LengthRewardEnv):
+    """LengthRewardEnv until ``flat`` is set; then every rollout gets reward 0 (no group has a spread)."""
+
+    flat = False
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        if trunc and self.flat:
+            r = 0.0
+            info["reward_components"] = dict(info["reward_components"], total=r)
+        return obs, r, term, trunc, info
+
+
+def test_step_without_signal_makes_no_pass_and_the_same_optimizer_step(tmp_path, one_thread, caplog):
+    """A step where no row can move the weights (every group flat, no KL, no entropy term) runs no forward or
+    backward pass, yet the AdamW step (momentum from the step before, weight decay) leaves the weights exactly
+    where computing every row's (zero) gradient leaves them."""
+    import logging
+
+    weights, passes, metrics = {}, {}, {}
+    for skip in (True, False):
+        tr = GRPOTrainer(make_cfg(tmp_path / str(skip), steps=2, batch_questions=2, minibatches=2, kl_coef=0.0,
+                                  weight_decay=0.1), tasks=TASKS, env_factory=SwitchableFlatEnv)
+        tr._skip_rows_without_gradient = False
+        tr.train_step()  # a step with signal: AdamW's moments are non-zero from here on
+        before = {n: p.detach().clone() for n, p in tr.unwrapped_model.named_parameters()}
+        for env in tr.envs:
+            env.flat = True
+        tr._skip_rows_without_gradient = skip
+        rows, real = [], tr._logprobs
+
+        def counting(model, sub, _real=real, _rows=rows, **kw):
+            if torch.is_grad_enabled():
+                _rows.append(sub["input_ids"].shape[0])
+            return _real(model, sub, **kw)
+
+        tr._logprobs = counting
+        with caplog.at_level(logging.INFO, logger="promptr1.agents.trainer"):
+            metrics[skip] = tr.train_step()
+        weights[skip] = {n: p.detach().clone() for n, p in tr.unwrapped_model.named_parameters()}
+        passes[skip] = sum(rows)
+        assert any(not torch.equal(before[n], w) for n, w in weights[skip].items())  # the optimizer did step
+    assert metrics[True]["rollout/update_rows_fraction"] == 0.0
+    assert passes[True] == 0 and passes[False] == 6  # 2 questions x 3 rollouts, computed only without skipping
+    assert metrics[True]["rollout/no_signal_updates"] == 1.0 and metrics[False]["rollout/no_signal_updates"] == 0.0
+    assert "had no signal" in caplog.text
+    for n, w in weights[False].items():
+        assert torch.equal(weights[True][n], w), n

@@ -47,7 +47,7 @@ class GRPOConfig(RunSettings):
         "budget": ("dry_run",),
         "system": ("mixed_precision", "gradient_checkpointing", "deterministic", "max_env_error_rate",
                    "env_error_patience"),
-        "output": ("resume", "save_every", "keep_checkpoints", "log_every", "num_transcripts"),
+        "output": ("resume", "save_every", "keep_checkpoints", "save_optimizer", "log_every", "num_transcripts"),
     }
 
     eval_tasks: list[str] = None  # type: ignore[assignment]
@@ -122,6 +122,12 @@ class GRPOConfig(RunSettings):
     """Write a checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
     """Checkpoints kept in ``output_dir``; older ones are deleted as new ones are written (0: keep all)."""
+    save_optimizer: str = "latest"
+    """Which checkpoints keep the optimizer and LR-scheduler state (AdamW's moments: twice the float32 weights),
+    which an exact resume needs: ``latest`` (the newest one; an older kept checkpoint loses it once a newer one is
+    complete, and stays loadable as weights), ``all`` (every kept one), or ``unfinished`` (the newest one until the
+    run has done its ``steps``: the final checkpoint of a finished run holds weights only, so the run resumes after
+    an interruption but cannot be extended with a larger ``--steps``). Default ``latest``: what resuming needs."""
     resume: str = ""
     """``auto`` (latest in output_dir), a checkpoint folder, or empty for a fresh run."""
     log_every: int = 1
@@ -173,6 +179,9 @@ class GRPOConfig(RunSettings):
         if self.truncated_reward not in ("ours", "reference"):
             raise ValueError(f"truncated_reward must be 'ours' (the reward function's value) or 'reference' (0 for "
                              f"episodes ending on an env reply); got {self.truncated_reward!r}.")
+        if self.save_optimizer not in ("latest", "all", "unfinished"):
+            raise ValueError(f"save_optimizer must be latest (the newest checkpoint keeps the optimizer state), all, "
+                             f"or unfinished (none in a finished run's final checkpoint); got {self.save_optimizer!r}.")
         if int(self.env_error_patience) < 1:
             raise ValueError(f"env_error_patience counts steps and must be >= 1; got {self.env_error_patience!r}.")
 

@@ -34,9 +34,12 @@ from promptr1.agents.checkpoint import (
     CheckpointError,
     checkpoint_name,
     claim_output_dir,
+    drop_optimizer_state,
     find_latest_checkpoint,
+    has_optimizer_state,
     load_checkpoint_file,
     load_trainer_state,
+    older_checkpoints,
     publish_checkpoint,
     restore_rng_state,
     temp_dir_for,
@@ -187,7 +190,9 @@ class GRPOTrainer:
         only the optimizer, scheduler and RNG (no second copy of the weights). FSDP and DeepSpeed keep their own."""
         from accelerate.utils import DistributedType
 
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        self._owns_weights_files = self.accelerator.distributed_type not in (DistributedType.FSDP,
+                                                                             DistributedType.DEEPSPEED)
+        if not self._owns_weights_files:
             return
         self.accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
         self.accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
@@ -667,9 +672,18 @@ class GRPOTrainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp / ACCELERATE_STATE))
         acc.wait_for_everyone()
+        # The optimizer and scheduler state (twice the float32 weights) only where a resume needs it
+        # (cfg.save_optimizer): not in a finished run's final checkpoint ("unfinished"), and not in the older
+        # checkpoints once the new one is complete ("latest", "unfinished"). Sharded states keep their layout.
+        prune = self.cfg.save_optimizer != "all" and self._owns_weights_files
+        if acc.is_main_process and prune and self.cfg.save_optimizer == "unfinished" and self.step >= self.cfg.steps:
+            drop_optimizer_state(tmp)
         final = out / checkpoint_name(self.step)  # the main process's answer may carry a version suffix
         if acc.is_main_process:
             final = publish_checkpoint(out, self.step, keep=self.cfg.keep_checkpoints)
+            if prune:
+                for old in older_checkpoints(out, final):
+                    drop_optimizer_state(old)
             self.callbacks.on_checkpoint(self, str(final))
         acc.wait_for_everyone()
         return final
@@ -681,6 +695,15 @@ class GRPOTrainer:
         self.cursor = int(state["cursor"])
         if (folder / ACCELERATE_STATE).is_dir():
             import pickle
+
+            if self._owns_weights_files and not has_optimizer_state(folder):
+                if self.step >= self.cfg.steps:
+                    return  # a finished run resumed with nothing left to train: no optimizer step will be taken
+                raise CheckpointError(
+                    f"--resume: {folder} holds no optimizer state (only the newest checkpoint of a run keeps it, and "
+                    "none is kept in a finished run's final checkpoint with --save-optimizer unfinished), so training "
+                    f"would not continue exactly. Resume from the run's latest checkpoint, or start a new run from "
+                    f"these weights with --model {folder}.")
 
             try:  # accelerate loads every file with torch.load(weights_only=True): data, never code
                 self.accelerator.load_state(str(folder / ACCELERATE_STATE))

@@ -60,7 +60,7 @@ RUN_OUTPUTS = ("sft", "validation", "eval", "eval.json", "summary.json")
 #: (or nothing) starts from the bundled ``quickstart`` config; any other option starts from the plain defaults.
 #: They change how long the quickstart runs, where it writes and on what, not what it trains.
 QUICKSTART_OPTIONS = ("steps", "sft_steps", "eval_episodes", "eval_warm_start", "output_dir", "overwrite", "resume",
-                      "save_every", "seed", "cpu", "progress", "dry_run")
+                      "save_every", "save_optimizer", "seed", "cpu", "progress", "dry_run")
 
 TRAIN_ABOUT = ("Train the agent with GRPO (or another registered algorithm, --algo): an optional supervised warm "
                "start, then RL against the env LLM, then an optional held-out evaluation.")

@@ -325,3 +325,50 @@ def test_step_without_signal_makes_no_pass_and_the_same_optimizer_step(tmp_path,
     assert "had no signal" in caplog.text
     for n, w in weights[False].items():
         assert torch.equal(weights[True][n], w), n
+
+
+@pytest.mark.parametrize("mode, with_state", [("latest", [3]), ("all", [1, 2, 3]), ("unfinished", [])])
+def test_optimizer_state_only_where_a_resume_needs_it(tmp_path, mode, with_state):
+    """Every checkpoint holds the weights (in the dtype they train in); the optimizer and scheduler state only the
+    ones save_optimizer names. A checkpoint without it refuses to resume, saying which one would."""
+    from safetensors import safe_open
+
+    from promptr1.agents.checkpoint import CheckpointError, checkpoint_name
+
+    cfg = make_cfg(tmp_path, steps=3, save_every=1, keep_checkpoints=0, kl_coef=0.0, save_optimizer=mode)
+    tr = make_trainer(cfg)
+    tr.train()
+    trained_dtype = next(tr.unwrapped_model.parameters()).dtype
+    out = tmp_path / "run"
+    for step in (1, 2, 3):
+        folder = out / checkpoint_name(step)
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {trained_dtype}
+        state = folder / "accelerate_state"
+        assert (state / "optimizer.bin").is_file() == (step in with_state), step
+        assert (state / "scheduler.bin").is_file() == (step in with_state), step
+        assert any(p.name.startswith("random_states") for p in state.iterdir())  # the RNG stays everywhere
+    older = out / checkpoint_name(1)
+    if 1 not in with_state:
+        with pytest.raises(CheckpointError, match="holds no optimizer state.*--model"):
+            make_trainer(dataclasses.replace(cfg, resume=str(older), output_dir=str(tmp_path / "again")))
+
+
+def test_unfinished_keeps_the_optimizer_state_until_the_run_is_done(tmp_path):
+    from promptr1.agents.checkpoint import checkpoint_name
+
+    cfg = make_cfg(tmp_path, steps=2, kl_coef=0.0, save_optimizer="unfinished")
+    first = make_trainer(cfg)
+    first.train(steps=1)  # interrupted after step 1 of 2: its checkpoint is the one a resume needs
+    assert (tmp_path / "run" / checkpoint_name(1) / "accelerate_state" / "optimizer.bin").is_file()
+    second = make_trainer(dataclasses.replace(cfg, resume="auto"))
+    assert second.step == 1
+    second.train()
+    assert not (tmp_path / "run" / checkpoint_name(2) / "accelerate_state" / "optimizer.bin").exists()
+    again = make_trainer(dataclasses.replace(cfg, resume="auto"))  # a finished run, nothing left to train: fine
+    assert again.step == 2 and again.train() == []
+
+
+def test_save_optimizer_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="save_optimizer must be latest"):
+        make_cfg(tmp_path, save_optimizer="never")

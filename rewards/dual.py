@@ -323,7 +323,7 @@ class RewardBreakdown:
         >>> sorted(compute_reward([], "x").as_dict())[:3]
         ['answer', 'answer_counted', 'answer_metric']
         """
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
+        return self.__dict__.copy()  # the fields in declaration order (a plain dataclass: no __slots__)
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(RewardBreakdown))

@@ -330,6 +330,8 @@ _FIELD_NAMES = tuple(f.name for f in fields(RewardBreakdown))
 
 
 def _check_turns(turns: object) -> Sequence[str]:
+    if type(turns) is list and all(type(t) is str for t in turns):
+        return turns  # the common case, checked without the abstract-base-class tests below
     if turns is None:
         raise TypeError(
             "turns must be a sequence of the agent's turns (str); got None. "

@@ -314,7 +314,8 @@ class GRPOTrainer:
         """Per-token log-probs (and entropies) ``(b, T)`` aligned to token positions; 0 before the first action."""
         T_rollout = self.rollout_cfg.temperature if self.rollout_cfg.temperature > 0 else 1.0
         return sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["action_mask"],
-                                 temperature=T_rollout, with_entropy=with_entropy, autocast=self.accelerator.autocast)
+                                 temperature=T_rollout, with_entropy=with_entropy,
+                                 entropy_grad=self.loss_cfg.entropy_coef != 0, autocast=self.accelerator.autocast)
 
     def _micro_batches(self, idx: list[int]) -> list[list[int]]:
         m = max(1, self.cfg.micro_batch_size)

@@ -372,3 +372,18 @@ def test_unfinished_keeps_the_optimizer_state_until_the_run_is_done(tmp_path):
 def test_save_optimizer_is_checked(tmp_path):
     with pytest.raises(ValueError, match="save_optimizer must be latest"):
         make_cfg(tmp_path, save_optimizer="never")
+
+
+def test_logged_entropy_is_computed_without_autograd_unless_the_loss_uses_it():
+    """The entropy the trainer logs (entropy_coef 0) keeps no autograd buffers; its value is the same."""
+    from promptr1.agents.models import load_policy, sequence_logprobs
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    model, _ = load_policy(str(tiny_model_path()), dtype=torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    act = torch.zeros_like(ids)
+    act[:, 6:] = 1
+    lp_a, ent_a = sequence_logprobs(model, ids, torch.ones_like(ids), act, with_entropy=True)
+    lp_b, ent_b = sequence_logprobs(model, ids, torch.ones_like(ids), act, with_entropy=True, entropy_grad=False)
+    assert ent_a.requires_grad and not ent_b.requires_grad and lp_b.requires_grad
+    assert torch.equal(ent_a.detach(), ent_b) and torch.equal(lp_a, lp_b)

@@ -440,7 +440,9 @@ class GRPOTrainer:
                 # below still count them, so the gradient is the same. A minibatch with none has a zero gradient:
                 # it makes no pass at all, and the optimizer takes the same (zero-gradient) step on zeros.
                 work = [r for r in sorted(mini) if needed[r]]
-                if not work:
+                if not work and not self._owns_weights_files:
+                    work = sorted(mini)[:1]  # FSDP / DeepSpeed step through their engine: one row, as before
+                elif not work:
                     self._zero_gradients()
                     no_signal += 1
                 micro = self._micro_batches(work)

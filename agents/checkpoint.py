@@ -7,7 +7,9 @@ Layout of ``OUTPUT_DIR``::
         trainer_state.json                                      step, data cursor, config
         accelerate_state/                                       the trainer's: optimizer, LR scheduler and every
                                                                 process's RNG through accelerate's state API
-                                                                (sharded per rank under FSDP / DeepSpeed)
+                                                                (sharded per rank under FSDP / DeepSpeed); by
+                                                                default only the newest checkpoint keeps the
+                                                                optimizer and scheduler (``save_optimizer``)
         optimizer.pt, scheduler.pt, rng_state_rank0.pt ...      single-process writers (write_checkpoint, SFT)
     checkpoint-000010.1/      the same step saved again (e.g. at the end of a resumed run): a new name, never a swap
     latest                    a text file naming the newest complete checkpoint
@@ -45,11 +47,14 @@ __all__ = [
     "CheckpointError",
     "capture_rng_state",
     "claim_output_dir",
+    "drop_optimizer_state",
     "earlier_outputs",
     "find_latest_checkpoint",
     "find_resume_checkpoint",
+    "has_optimizer_state",
     "load_checkpoint_file",
     "load_trainer_state",
+    "older_checkpoints",
     "restore_rng_state",
     "resume_report",
     "write_checkpoint",
@@ -240,6 +245,36 @@ def publish_checkpoint(output_dir: str | os.PathLike, step: int, *, keep: int = 
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+#: Files of accelerate's saved state that hold the optimizer and LR-scheduler state (``optimizer.bin``,
+#: ``scheduler.bin``, ``optimizer_1.bin`` ...); the RNG states beside them stay.
+_OPTIMIZER_FILES = re.compile(r"(optimizer|scheduler)(_\d+)?\.(bin|safetensors)$")
+
+
+def has_optimizer_state(folder: str | os.PathLike) -> bool:
+    """Whether a trainer checkpoint holds the optimizer state an exact resume needs."""
+    state = pathlib.Path(folder) / ACCELERATE_STATE
+    return state.is_dir() and any(_OPTIMIZER_FILES.match(p.name) for p in state.iterdir())
+
+
+def drop_optimizer_state(folder: str | os.PathLike) -> int:
+    """Delete the optimizer and scheduler files of a trainer checkpoint (its weights, RNG states and
+    trainer_state.json stay); return the bytes freed. Only for the unsharded layout (one file per optimizer)."""
+    state = pathlib.Path(folder) / ACCELERATE_STATE
+    freed = 0
+    if state.is_dir():
+        for p in state.iterdir():
+            if p.is_file() and _OPTIMIZER_FILES.match(p.name):
+                freed += p.stat().st_size
+                p.unlink()
+    return freed
+
+
+def older_checkpoints(output_dir: str | os.PathLike, than: str | os.PathLike) -> list[pathlib.Path]:
+    """The checkpoint folders in ``output_dir`` other than ``than``, oldest first."""
+    keep = pathlib.Path(than).name
+    return [p for p in _checkpoints(pathlib.Path(output_dir)) if p.name != keep]
 
 
 def _is_complete(folder: pathlib.Path) -> bool:

@@ -241,12 +241,24 @@ class CheckpointSettings(Settings):
     """Write a checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
     """Checkpoints kept in ``output_dir``; older ones are deleted as new ones are written (0: keep all)."""
+    save_optimizer: str = "latest"
+    """Which checkpoints keep the optimizer and LR-scheduler state (AdamW's moments: twice the float32 weights),
+    which an exact resume needs: ``latest`` (the newest one; an older kept checkpoint loses it once a newer one is
+    complete, and stays loadable as weights), ``all`` (every kept one), or ``unfinished`` (the newest one until the
+    run has done its ``steps``: the final checkpoint of a finished run holds weights only, so the run resumes after
+    an interruption but cannot be extended with a larger ``--steps``). Default ``latest``: what resuming needs."""
     resume: str = ""
     """``auto`` (latest in output_dir), a checkpoint folder, or empty for a fresh run."""
     log_every: int = 1
     """Write metrics to TensorBoard and the console every N steps."""
     num_transcripts: int = 2
     """Full transcripts written to TensorBoard per step."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.save_optimizer not in ("latest", "all", "unfinished"):
+            raise ConfigError(f"save_optimizer must be latest (the newest checkpoint keeps the optimizer state), all, "
+                              f"or unfinished (none in a finished run's final checkpoint); got {self.save_optimizer!r}.")
 
 
 @dataclass

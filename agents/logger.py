@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-__all__ = ["Callback", "CallbackList", "Logger"]
+__all__ = ["Callback", "CallbackList", "Logger", "peak_memory_gb"]
 
 #: Keys shown on the console progress bar (short name -> key), when present.
 PROGRESS_KEYS = {
@@ -181,3 +181,23 @@ def _is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
+
+
+def peak_memory_gb() -> dict[str, float]:
+    """This process's peak memory so far, in GiB: ``peak_rss_gb`` (resident RAM, the operating system's count; absent
+    where the platform has no ``resource`` module) and, once CUDA is in use, ``peak_gpu_gb`` (the largest allocation
+    torch made on the current GPU)."""
+    import sys
+
+    out: dict[str, float] = {}
+    try:
+        import resource
+    except ImportError:  # Windows
+        resource = None  # type: ignore[assignment]
+    if resource is not None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        out["peak_rss_gb"] = rss / 2**30 if sys.platform == "darwin" else rss / 2**20
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out

@@ -139,13 +139,14 @@ def load_policy(name: str, *, dtype: str | torch.dtype | None = None) -> tuple[A
 
 
 def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
-                      *, temperature: float = 1.0, with_entropy: bool = False,
+                      *, temperature: float = 1.0, with_entropy: bool = False, entropy_grad: bool = True,
                       autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log p(token_t | tokens_<t)`` as ``(B, T)`` (0 where not computed), and optionally the entropy.
 
     Logits are only computed from the position before the batch's first action token on
     (``logits_to_keep``): the prompt's logits are never needed, which saves memory and time
-    with large vocabularies.
+    with large vocabularies. ``entropy_grad=False`` computes the entropy without autograd (for logging only): its
+    softmax buffers, two to three times the logits' size, are then not kept for the backward pass.
     """
     from promptr1.agents.losses import entropy_from_logits, token_logprobs
 
@@ -163,6 +164,7 @@ def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch
     logp = torch.cat([logp[:, : start + 1], lp], dim=1)  # (B, T)
     ent = None
     if with_entropy:
-        e = entropy_from_logits(logits, temperature=temperature)
+        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+            e = entropy_from_logits(logits, temperature=temperature)
         ent = torch.cat([e.new_zeros(B, start + 1), e], dim=1)  # (B, T)
     return logp, ent

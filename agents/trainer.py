@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import pathlib
 import time
@@ -35,8 +36,12 @@ from promptr1.agents.checkpoint import (
     checkpoint_name,
     claim_output_dir,
     find_resume_checkpoint,
+    drop_optimizer_state,
+    find_latest_checkpoint,
+    has_optimizer_state,
     load_checkpoint_file,
     load_trainer_state,
+    older_checkpoints,
     publish_checkpoint,
     restore_rng_state,
     temp_dir_for,
@@ -53,6 +58,8 @@ from promptr1.agents.episode import ends_on_context, training_reward
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
 
 __all__ = ["GRPOTrainer", "TrainingFailed", "TrainingInterrupted"]
+
+log = logging.getLogger(__name__)
 
 
 class TrainingFailed(RuntimeError):
@@ -204,7 +211,9 @@ class GRPOTrainer:
         only the optimizer, scheduler and RNG (no second copy of the weights). FSDP and DeepSpeed keep their own."""
         from accelerate.utils import DistributedType
 
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        self._owns_weights_files = self.accelerator.distributed_type not in (DistributedType.FSDP,
+                                                                             DistributedType.DEEPSPEED)
+        if not self._owns_weights_files:
             return
         self.accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
         self.accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
@@ -320,7 +329,8 @@ class GRPOTrainer:
         """Per-token log-probs (and entropies) ``(b, T)`` aligned to token positions; 0 before the first action."""
         T_rollout = self.rollout_cfg.temperature if self.rollout_cfg.temperature > 0 else 1.0
         return sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["action_mask"],
-                                 temperature=T_rollout, with_entropy=with_entropy, autocast=self.accelerator.autocast)
+                                 temperature=T_rollout, with_entropy=with_entropy,
+                                 entropy_grad=self.loss_cfg.entropy_coef != 0, autocast=self.accelerator.autocast)
 
     def _micro_batches(self, idx: list[int]) -> list[list[int]]:
         m = max(1, self.cfg.micro_batch_size)
@@ -353,6 +363,15 @@ class GRPOTrainer:
         if zero_adv_is_inert:
             keep = keep & (batch["advantages"] != 0)
         return keep
+
+    def _zero_gradients(self) -> None:
+        """Give every trained parameter a zero gradient: what a backward pass of a loss without signal leaves, so
+        that the optimizer's step is the one it would take after that pass (AdamW still decays its moments, applies
+        weight decay and counts the step; a ``None`` gradient would skip the parameter instead)."""
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
 
     @torch.no_grad()
     def _no_grad_logprobs(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -427,17 +446,23 @@ class GRPOTrainer:
         rec["rollout/update_rows_fraction"] = float(needed.float().mean()) if N else 0.0
         order_rng = np.random.default_rng(derived_seed(cfg.seed, "minibatch", self.step, acc.process_index))
         plan: list[tuple[list[int], list[list[int]]]] = []  # (minibatch, its micro-batches) of every epoch
+        no_signal = updates = 0  # optimizer steps taken on a zero gradient without any pass; all of them
         for _epoch in range(cfg.update_epochs):
             perm = order_rng.permutation(N).tolist()
             n_mini = max(1, min(cfg.minibatches, N))
             for mini in (perm[i::n_mini] for i in range(n_mini)):
                 # rows that cannot move the weights skip their forward and backward passes; the denominators
-                # below still count them, so the gradient is the same. A minibatch with none keeps one row, so
-                # that the optimizer still takes its (zero-gradient) step, as it would without skipping.
-                work = [r for r in sorted(mini) if needed[r]] or sorted(mini)[:1]
-                plan.append((mini, self._micro_batches(work)))
+                # below still count them, so the gradient is the same. A minibatch with none has a zero gradient:
+                # it makes no pass at all, and the optimizer takes the same (zero-gradient) step on zeros.
+                work = [r for r in sorted(mini) if needed[r]]
+                if not work and not self._owns_weights_files:
+                    work = sorted(mini)[:1]  # FSDP / DeepSpeed step through their engine: one row, as before
+                plan.append((mini, self._micro_batches(work) if work else []))
         n_micro, done_micro = sum(len(micro) for _, micro in plan), 0
         for mini, micro in plan:
+            if not micro:
+                self._zero_gradients()
+                no_signal += 1
             eff = (batch["action_mask"][mini] * batch["sample_mask"][mini, None]).sum().item()
             seqs = ((batch["action_mask"][mini].sum(-1) > 0) & batch["sample_mask"][mini]).sum().item()
             for j, rows in enumerate(micro):
@@ -470,7 +495,14 @@ class GRPOTrainer:
                 grad_norms.append(float(gn))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            updates += 1
         self.scheduler.step()
+        # the share of this step's optimizer steps whose minibatch had no row that could move the weights (1.0:
+        # the step had no signal, e.g. every group's rewards were equal, and made no forward or backward pass)
+        rec["rollout/no_signal_updates"] = no_signal / updates if updates else 0.0
+        if updates and no_signal == updates:
+            log.info("step %d had no signal (no row with a non-zero gradient): the optimizer stepped on zero "
+                     "gradients without a forward or backward pass", self.step + 1)
         t_end = time.perf_counter()
         self.step += 1
 
@@ -696,9 +728,18 @@ class GRPOTrainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp / ACCELERATE_STATE))
         acc.wait_for_everyone()
+        # The optimizer and scheduler state (twice the float32 weights) only where a resume needs it
+        # (cfg.save_optimizer): not in a finished run's final checkpoint ("unfinished"), and not in the older
+        # checkpoints once the new one is complete ("latest", "unfinished"). Sharded states keep their layout.
+        prune = self.cfg.save_optimizer != "all" and self._owns_weights_files
+        if acc.is_main_process and prune and self.cfg.save_optimizer == "unfinished" and self.step >= self.cfg.steps:
+            drop_optimizer_state(tmp)
         final = out / checkpoint_name(self.step)  # the main process's answer may carry a version suffix
         if acc.is_main_process:
             final = publish_checkpoint(out, self.step, keep=self.cfg.keep_checkpoints)
+            if prune:
+                for old in older_checkpoints(out, final):
+                    drop_optimizer_state(old)
             self.callbacks.on_checkpoint(self, str(final))
         acc.wait_for_everyone()
         return final
@@ -710,6 +751,15 @@ class GRPOTrainer:
         self.cursor = int(state["cursor"])
         if (folder / ACCELERATE_STATE).is_dir():
             import pickle
+
+            if self._owns_weights_files and not has_optimizer_state(folder):
+                if self.step >= self.cfg.steps:
+                    return  # a finished run resumed with nothing left to train: no optimizer step will be taken
+                raise CheckpointError(
+                    f"--resume: {folder} holds no optimizer state (only the newest checkpoint of a run keeps it, and "
+                    "none is kept in a finished run's final checkpoint with --save-optimizer unfinished), so training "
+                    f"would not continue exactly. Resume from the run's latest checkpoint, or start a new run from "
+                    f"these weights with --model {folder}.")
 
             try:  # accelerate loads every file with torch.load(weights_only=True): data, never code
                 self.accelerator.load_state(str(folder / ACCELERATE_STATE))

@@ -204,7 +204,7 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
             last = history[-1] if history else {}
             print(f"promptr1 train: done in {time.perf_counter() - t_start:.0f}s; last step reward "
                   f"{last.get('reward/mean', float('nan')):+.3f}; checkpoint {ckpt}; env LLM: {budget.calls} "
-                  f"uncached calls, ${budget.cost:.4f}", flush=True)
+                  f"uncached calls, ${budget.cost:.4f}; {_peak_memory_text()}", flush=True)
         if stop.stopped_at is not None:
             if main:
                 why = (f"budget reached: the env-LLM budget stopped training at step {stop.stopped_at} of "
@@ -225,7 +225,7 @@ def run_training(cfg: GRPOConfig, *, env_llm: Any = None, callbacks: Sequence[Ca
                 print(f"\npromptr1 train: the held-out evaluation was interrupted; training is complete "
                       f"({ckpt}).", file=sys.stderr, flush=True)
                 return 130
-            print(f"promptr1 train: total {time.perf_counter() - t_start:.0f}s", flush=True)
+            print(f"promptr1 train: total {time.perf_counter() - t_start:.0f}s; {_peak_memory_text()}", flush=True)
         if main:
             from promptr1.evaluation.validation import run_outputs
 
@@ -263,10 +263,23 @@ def write_training_summary(out: pathlib.Path, status: str, reason: str, step: in
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "summary.json"
+    from promptr1.agents.logger import peak_memory_gb
+
     atomic_write_text(path, json.dumps({"status": status, "reason": reason, "step": step, "steps": cfg.steps,
                                         "env_llm": cfg.env_llm_label(), "env_llm_calls": budget.calls,
-                                        "env_llm_cost_usd": budget.cost}, indent=2))
+                                        "env_llm_cost_usd": budget.cost, **peak_memory_gb()}, indent=2))
     return path
+
+
+def _peak_memory_text() -> str:
+    """``peak memory 3.1 GB RAM, 2.0 GB GPU``: the process's peaks so far (for the summary lines)."""
+    from promptr1.agents.logger import peak_memory_gb
+
+    peaks = peak_memory_gb()
+    parts = [f"{peaks['peak_rss_gb']:.1f} GB RAM"] if "peak_rss_gb" in peaks else []
+    if "peak_gpu_gb" in peaks:
+        parts.append(f"{peaks['peak_gpu_gb']:.1f} GB GPU")
+    return "peak memory " + (", ".join(parts) if parts else "unknown")
 
 
 # ----------------------------------------------------------------------------- the env LLM of a run

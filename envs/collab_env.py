@@ -389,7 +389,8 @@ class PromptCollabEnv(gym.Env):
                 self._record_history(action, None, None)
                 return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
                                     obs=self.framing.error_reply(refusal))
-            parsed = dataclasses.replace(parsed, prompt=prompt)
+            if prompt != parsed.prompt:
+                parsed = dataclasses.replace(parsed, prompt=prompt)
 
         if parsed.kind != "prompt":  # an answer, or a turn with neither tag: the episode ends here
             return self._end(parsed, terminated=True, truncated=False, action_truncated=truncated_action)
@@ -443,9 +444,9 @@ class PromptCollabEnv(gym.Env):
             return self._end(pending.parsed, terminated=False, truncated=True,
                              action_truncated=pending.action_truncated, completion=completion, out_of_turns=True)
         self.messages.append({"role": "user", "content": obs})
-        info = dataclasses.replace(self._info(pending.parsed, pending.action_truncated, completion),
-                                   turn_prefill=self.framing.turn_prefill)  # what the agent's next turn opens with
-        return self._fit_obs(obs), 0.0, False, False, info.to_info()
+        info = self._info(pending.parsed, pending.action_truncated, completion,
+                          turn_prefill=self.framing.turn_prefill)  # what the agent's next turn opens with
+        return self._fit_obs(obs), 0.0, False, False, info
 
     def _record_history(self, action: str, pending: _Pending | None, reply: str | None) -> None:
         """Add a call to the env LLM's history: ``pending``/``reply`` for a call made, None for a refused one.
@@ -509,13 +510,15 @@ class PromptCollabEnv(gym.Env):
             penalty = cost_penalty(spent, self.cost_weight, self.cost_reference_usd)
             total -= penalty
             self.last_reward_components.update(total=total, cost_usd=spent, cost_penalty=penalty)
-        info = dataclasses.replace(self._info(parsed, action_truncated, completion),
-                                   reward_components=self.last_reward_components,
-                                   episode={"r": total, "l": self.turn, **self.episode_stats})
-        return "", total, terminated, truncated, info.to_info()
+        info = self._info(parsed, action_truncated, completion, reward_components=self.last_reward_components,
+                          episode={"r": total, "l": self.turn, **self.episode_stats})
+        return "", total, terminated, truncated, info
 
-    def _info(self, parsed: ParsedTurn, action_truncated: bool, completion: Completion | None) -> StepInfo:
-        return StepInfo(
+    def _info(self, parsed: ParsedTurn, action_truncated: bool, completion: Completion | None,
+              **fields: Any) -> dict[str, Any]:
+        """The step's record in its dict form (:class:`StepInfo`); ``fields`` sets the end-of-episode or next-turn
+        fields."""
+        return StepInfo.info_of(
             task_id=self.task.id if self.task else "",
             turn=self.turn,
             turn_kind=parsed.kind,
@@ -529,6 +532,7 @@ class PromptCollabEnv(gym.Env):
             env_llm_attempts=completion.attempts if completion else 0,
             env_llm_cached=bool(completion.cached) if completion else False,
             env_system_prompt=self.env_system_prompt,
+            **fields,
         )
 
     def _fit_obs(self, obs: str) -> str:

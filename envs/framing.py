@@ -59,6 +59,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from promptr1.envs.protocol import extract_prompt
 from promptr1.core.registry import Registry
 from promptr1.core.tags import PROMPT_CLOSE, PROMPT_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN, STOP_STRINGS, THINK_OPEN
 
@@ -167,8 +168,6 @@ class Framing:
 
 class OurFraming(Framing):
     def check_call(self, inner: str) -> tuple[str | None, str | None]:
-        from promptr1.envs.protocol import extract_prompt
-
         return extract_prompt(inner)[0], None
 
 

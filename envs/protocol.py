@@ -27,10 +27,6 @@ from promptr1.core.tags import (
 
 __all__ = ["ParsedTurn", "call_target", "extract_prompt", "parse_turn", "wrap_response"]
 
-_PROMPT_RE = re.compile(re.escape(PROMPT_OPEN) + "(.*?)" + re.escape(PROMPT_CLOSE), re.DOTALL)
-_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + "(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
-_THINK_RE = re.compile(re.escape(THINK_OPEN) + "(.*?)" + re.escape(THINK_CLOSE), re.DOTALL)
-
 
 @dataclass(frozen=True)
 class ParsedTurn:
@@ -116,16 +112,33 @@ def parse_turn(text: str) -> ParsedTurn:
     >>> parse_turn("I don't know").kind
     'none'
     """
-    think_m = _THINK_RE.search(text)
-    think = think_m.group(1).strip() if think_m else None
-    prompt_m = _PROMPT_RE.search(text)
-    if prompt_m:
-        prompt, tool_call = extract_prompt(prompt_m.group(1))
-        return ParsedTurn("prompt", prompt=prompt, think=think, tool_call=tool_call, inner=prompt_m.group(1))
-    answer_m = _ANSWER_RE.search(text)
-    if answer_m:
-        return ParsedTurn("answer", answer=answer_m.group(1).strip(), think=think)
+    think = _between(text, THINK_OPEN, THINK_CLOSE)
+    if think is not None:
+        think = think.strip()
+    inner = _between(text, PROMPT_OPEN, PROMPT_CLOSE)
+    if inner is not None:
+        prompt, tool_call = extract_prompt(inner)
+        return ParsedTurn("prompt", prompt=prompt, think=think, tool_call=tool_call, inner=inner)
+    answer = _between(text, ANSWER_OPEN, ANSWER_CLOSE)
+    if answer is not None:
+        return ParsedTurn("answer", answer=answer.strip(), think=think)
     return ParsedTurn("none", think=think)
+
+
+def _between(text: str, open_tag: str, close_tag: str) -> str | None:
+    """What ``re.search(open_tag + "(.*?)" + close_tag, text, re.DOTALL).group(1)`` finds (None: no match), with two
+    ``str.find`` calls: the first opening tag followed by a closing one is the first opening tag (no closing tag
+    starts inside an opening one), and the lazy group ends at the first closing tag after it.
+
+    >>> _between("a<t>x</t>y<t>z</t>", "<t>", "</t>"), _between("<t>x", "<t>", "</t>")
+    ('x', None)
+    """
+    i = text.find(open_tag)
+    if i < 0:
+        return None
+    i += len(open_tag)
+    j = text.find(close_tag, i)
+    return None if j < 0 else text[i:j]
 
 
 def wrap_response(reply: str, max_chars: int) -> str:

@@ -325,13 +325,15 @@ class RewardBreakdown:
         >>> sorted(compute_reward([], "x").as_dict())[:3]
         ['answer', 'answer_counted', 'answer_metric']
         """
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
+        return self.__dict__.copy()  # the fields in declaration order (a plain dataclass: no __slots__)
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(RewardBreakdown))
 
 
 def _check_turns(turns: object) -> Sequence[str]:
+    if type(turns) is list and all(type(t) is str for t in turns):
+        return turns  # the common case, checked without the abstract-base-class tests below
     if turns is None:
         raise TypeError(
             "turns must be a sequence of the agent's turns (str); got None. "

@@ -22,6 +22,7 @@ empty collection of gold answers scores 0.0, as in the reference.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Callable, Iterable, Mapping
@@ -87,8 +88,14 @@ def normalize_answer(s: str) -> str:
     return " ".join(text.split())
 
 
+#: Gold answers come back episode after episode (a group's rollouts share their task): each is normalised once.
+_normalized_gold = functools.lru_cache(maxsize=8192)(normalize_answer)
+
+
 def _as_golds(golds: object) -> tuple[str, ...]:
     """Validate gold answers and return them as a tuple of str (numbers converted with str)."""
+    if type(golds) is tuple and all(type(g) is str for g in golds):
+        return golds  # the common case (a Task's answers), already what is returned
     if golds is None:
         raise TypeError(
             "gold answers must be a str or an iterable of str; got None. "
@@ -154,7 +161,7 @@ def _f1_and_em(pred: str, golds: tuple[str, ...]) -> tuple[float, float]:
     pred_tokens = norm_pred.split()
     best_f1 = em = 0.0
     for gold in golds:
-        norm_gold = normalize_answer(gold)
+        norm_gold = _normalized_gold(gold)
         if norm_gold == norm_pred:
             em = 1.0
         best_f1 = max(best_f1, _f1_from_tokens(pred_tokens, norm_gold.split()))

@@ -275,3 +275,115 @@ def test_rows_without_gradient_skip_the_update_with_the_same_gradient(tmp_path, 
     assert scale > 0
     for k, g in g_all[0].items():
         assert torch.allclose(g_skip[0][k], g, atol=1e-5 * scale, rtol=1e-4), k
+
+
+class SwitchableFlatEnv(LengthRewardEnv):
+    """LengthRewardEnv until ``flat`` is set; then every rollout gets reward 0 (no group has a spread)."""
+
+    flat = False
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        if trunc and self.flat:
+            r = 0.0
+            info["reward_components"] = dict(info["reward_components"], total=r)
+        return obs, r, term, trunc, info
+
+
+def test_step_without_signal_makes_no_pass_and_the_same_optimizer_step(tmp_path, one_thread, caplog):
+    """A step where no row can move the weights (every group flat, no KL, no entropy term) runs no forward or
+    backward pass, yet the AdamW step (momentum from the step before, weight decay) leaves the weights exactly
+    where computing every row's (zero) gradient leaves them."""
+    import logging
+
+    weights, passes, metrics = {}, {}, {}
+    for skip in (True, False):
+        tr = GRPOTrainer(make_cfg(tmp_path / str(skip), steps=2, batch_questions=2, minibatches=2, kl_coef=0.0,
+                                  weight_decay=0.1), tasks=TASKS, env_factory=SwitchableFlatEnv)
+        tr._skip_rows_without_gradient = False
+        tr.train_step()  # a step with signal: AdamW's moments are non-zero from here on
+        before = {n: p.detach().clone() for n, p in tr.unwrapped_model.named_parameters()}
+        for env in tr.envs:
+            env.flat = True
+        tr._skip_rows_without_gradient = skip
+        rows, real = [], tr._logprobs
+
+        def counting(model, sub, _real=real, _rows=rows, **kw):
+            if torch.is_grad_enabled():
+                _rows.append(sub["input_ids"].shape[0])
+            return _real(model, sub, **kw)
+
+        tr._logprobs = counting
+        with caplog.at_level(logging.INFO, logger="promptr1.agents.trainer"):
+            metrics[skip] = tr.train_step()
+        weights[skip] = {n: p.detach().clone() for n, p in tr.unwrapped_model.named_parameters()}
+        passes[skip] = sum(rows)
+        assert any(not torch.equal(before[n], w) for n, w in weights[skip].items())  # the optimizer did step
+    assert metrics[True]["rollout/update_rows_fraction"] == 0.0
+    assert passes[True] == 0 and passes[False] == 6  # 2 questions x 3 rollouts, computed only without skipping
+    assert metrics[True]["rollout/no_signal_updates"] == 1.0 and metrics[False]["rollout/no_signal_updates"] == 0.0
+    assert "had no signal" in caplog.text
+    for n, w in weights[False].items():
+        assert torch.equal(weights[True][n], w), n
+
+
+@pytest.mark.parametrize("mode, with_state", [("latest", [3]), ("all", [1, 2, 3]), ("unfinished", [])])
+def test_optimizer_state_only_where_a_resume_needs_it(tmp_path, mode, with_state):
+    """Every checkpoint holds the weights (in the dtype they train in); the optimizer and scheduler state only the
+    ones save_optimizer names. A checkpoint without it refuses to resume, saying which one would."""
+    from safetensors import safe_open
+
+    from promptr1.agents.checkpoint import CheckpointError, checkpoint_name
+
+    cfg = make_cfg(tmp_path, steps=3, save_every=1, keep_checkpoints=0, kl_coef=0.0, save_optimizer=mode)
+    tr = make_trainer(cfg)
+    tr.train()
+    trained_dtype = next(tr.unwrapped_model.parameters()).dtype
+    out = tmp_path / "run"
+    for step in (1, 2, 3):
+        folder = out / checkpoint_name(step)
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {trained_dtype}
+        state = folder / "accelerate_state"
+        assert (state / "optimizer.bin").is_file() == (step in with_state), step
+        assert (state / "scheduler.bin").is_file() == (step in with_state), step
+        assert any(p.name.startswith("random_states") for p in state.iterdir())  # the RNG stays everywhere
+    older = out / checkpoint_name(1)
+    if 1 not in with_state:
+        with pytest.raises(CheckpointError, match="holds no optimizer state.*--model"):
+            make_trainer(dataclasses.replace(cfg, resume=str(older), output_dir=str(tmp_path / "again")))
+
+
+def test_unfinished_keeps_the_optimizer_state_until_the_run_is_done(tmp_path):
+    from promptr1.agents.checkpoint import checkpoint_name
+
+    cfg = make_cfg(tmp_path, steps=2, kl_coef=0.0, save_optimizer="unfinished")
+    first = make_trainer(cfg)
+    first.train(steps=1)  # interrupted after step 1 of 2: its checkpoint is the one a resume needs
+    assert (tmp_path / "run" / checkpoint_name(1) / "accelerate_state" / "optimizer.bin").is_file()
+    second = make_trainer(dataclasses.replace(cfg, resume="auto"))
+    assert second.step == 1
+    second.train()
+    assert not (tmp_path / "run" / checkpoint_name(2) / "accelerate_state" / "optimizer.bin").exists()
+    again = make_trainer(dataclasses.replace(cfg, resume="auto"))  # a finished run, nothing left to train: fine
+    assert again.step == 2 and again.train() == []
+
+
+def test_save_optimizer_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="save_optimizer must be latest"):
+        make_cfg(tmp_path, save_optimizer="never")
+
+
+def test_logged_entropy_is_computed_without_autograd_unless_the_loss_uses_it():
+    """The entropy the trainer logs (entropy_coef 0) keeps no autograd buffers; its value is the same."""
+    from promptr1.agents.models import load_policy, sequence_logprobs
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    model, _ = load_policy(str(tiny_model_path()), dtype=torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    act = torch.zeros_like(ids)
+    act[:, 6:] = 1
+    lp_a, ent_a = sequence_logprobs(model, ids, torch.ones_like(ids), act, with_entropy=True)
+    lp_b, ent_b = sequence_logprobs(model, ids, torch.ones_like(ids), act, with_entropy=True, entropy_grad=False)
+    assert ent_a.requires_grad and not ent_b.requires_grad and lp_b.requires_grad
+    assert torch.equal(ent_a.detach(), ent_b) and torch.equal(lp_a, lp_b)

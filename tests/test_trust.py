@@ -112,9 +112,13 @@ def test_a_fresh_run_refuses_a_folder_with_an_earlier_run(tmp_path, tiny_path, a
 
     (out / "notes.txt").write_text("mine")  # not the run's: --overwrite leaves it alone
     assert main([*argv, "--overwrite"]) == 0
-    assert "removed the earlier run's" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "removed the earlier run's" in printed
     assert (out / "notes.txt").read_text() == "mine"
-    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    # the training summary carries the process's peak memory, printed with the "done" line too
+    assert summary["peak_rss_gb"] > 0 and f"peak memory {summary['peak_rss_gb']:.1f} GB RAM" in printed
 
 
 def test_claim_output_dir_on_empty_or_log_only_folders(tmp_path):

@@ -39,9 +39,10 @@ def check_training_inputs(cfg: Any, *, given_backend: bool = False) -> None:
     from promptr1.envs.tasks import check_task_specs
 
     check_output_dir(cfg.output_dir)
-    check_task_specs(cfg.tasks, what="--tasks")
-    if cfg.eval_tasks:
-        check_task_specs(cfg.eval_tasks, what="--eval-tasks")
+    if not cfg.dry_run:  # a dry run reads no task (the paper's files may live on another machine) and says so
+        check_task_specs(cfg.tasks, what="--tasks")
+        if cfg.eval_tasks:
+            check_task_specs(cfg.eval_tasks, what="--eval-tasks")
     if find_resume_checkpoint(cfg.output_dir, cfg.resume) is None:
         check_model_name(cfg.model, what="--model")
     if not given_backend:

@@ -61,7 +61,7 @@ def test_plugin_backend_serves_sft_training_and_evaluation_built_once(tmp_path, 
     real_init = env_mod.PromptCollabEnv.__init__
 
     def spy(self, *a, **k):
-        variants.append(k.get("reward_variant", "faithful"))
+        variants.append(k.get("reward_variant") or getattr(k.get("settings"), "reward_variant", "faithful"))
         real_init(self, *a, **k)
 
     monkeypatch.setattr(env_mod.PromptCollabEnv, "__init__", spy)

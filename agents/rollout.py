@@ -38,6 +38,7 @@ __all__ = [
     "QWEN3_PREFIX_TEMPLATE",
     "ChatFramer",
     "Episode",
+    "EpisodeFeed",
     "RolloutConfig",
     "TemplateError",
     "collate_episodes",
@@ -449,6 +450,50 @@ class RolloutConfig:
     batch_wait_s: float = 0.05
 
 
+class EpisodeFeed:
+    """Episodes that join an :func:`arun_episodes` loop while it plays (a server's requests).
+
+    :meth:`put` hands in an ``(env, task)`` pair and returns a future that the loop resolves with the finished
+    :class:`Episode` (or the error that stopped it); the episode joins the next generation batch with every other
+    episode waiting for a turn, whichever request it came from. Cancelling the future drops the episode at its next
+    turn. :meth:`close` ends the loop once the episodes in play are finished. Create and use it inside the loop
+    that runs :func:`arun_episodes`.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Any, Any, asyncio.Future]] = []
+        self._arrived = asyncio.Event()
+        self.closed = False
+
+    def put(self, env: Any, task: Any) -> asyncio.Future:
+        """Add an episode of ``task`` played in ``env`` (reset by the loop); returns its future."""
+        if self.closed:
+            raise RuntimeError("this EpisodeFeed is closed: no episode can join it any more.")
+        fut = asyncio.get_running_loop().create_future()
+        self._items.append((env, task, fut))
+        self._arrived.set()
+        return fut
+
+    def close(self) -> None:
+        """No more episodes: the loop returns once those in play are finished."""
+        self.closed = True
+        self._arrived.set()
+
+    def take(self) -> list[tuple[Any, Any, asyncio.Future]]:
+        items, self._items = self._items, []
+        if not self.closed:
+            self._arrived.clear()
+        return items
+
+    @property
+    def finished(self) -> bool:
+        return self.closed and not self._items
+
+    async def wait(self) -> None:
+        """Until an episode arrives or the feed is closed."""
+        await self._arrived.wait()
+
+
 def run_episodes(
     model: Any,
     tokenizer: Any,
@@ -509,34 +554,93 @@ async def arun_episodes(
     timings: dict[str, float] | None = None,
     seed: int | None = None,
     sampler: Callable[..., list[SampledTurn]] | None = None,
+    feed: EpisodeFeed | None = None,
+    listener: Callable[[str, Episode, str], None] | None = None,
+    offload: bool = False,
 ) -> list[Episode]:
     """Async form of :func:`run_episodes` (for callers that already run an event loop).
 
     ``sampler`` replaces :func:`sample_turns` (same signature and result), e.g. to generate with a vLLM
     engine (:mod:`promptr1.integrations.trl`).
+
+    ``feed`` (an :class:`EpisodeFeed`) keeps the loop open for episodes that arrive while it plays (a server's
+    requests): they join the same generation batches as the others, each resolved through its own future and
+    dropped from the loop once finished; the loop returns (the episodes of ``envs``/``tasks`` only) when the feed
+    is closed and every episode is finished. ``listener(event, episode, text)`` hears each ``"turn"`` (the agent's
+    turn ``text``, before the env call) and each ``"step"`` (the env's reply recorded, or the episode ended).
+    ``offload`` samples in a worker thread, so the event loop keeps serving (and env calls keep landing) while the
+    agent generates. ``timings`` also counts ``generate_batches`` and ``generate_episodes`` (episodes summed over
+    batches).
     """
     if not (len(envs) == len(tasks) == len(groups)):
         raise ValueError(f"envs, tasks and groups must have equal lengths, got {len(envs)}, {len(tasks)}, {len(groups)}.")
     framer = framer or ChatFramer(tokenizer)
     timings = timings if timings is not None else {}
-    timings.setdefault("generate_s", 0.0)
-    timings.setdefault("env_s", 0.0)
+    for key in ("generate_s", "env_s", "generate_batches", "generate_episodes"):
+        timings.setdefault(key, 0.0)
     eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    episodes = [start_episode(env, task, group=g, seed=None if seed is None else seed + i, framer=framer,
-                              max_seq_len=cfg.max_seq_len)
-                for i, (env, task, g) in enumerate(zip(envs, tasks, groups))]
+    episodes: dict[int, Episode] = {
+        i: start_episode(env, task, group=g, seed=None if seed is None else seed + i, framer=framer,
+                         max_seq_len=cfg.max_seq_len)
+        for i, (env, task, g) in enumerate(zip(envs, tasks, groups))}
+    env_of: dict[int, Any] = dict(enumerate(envs))
+    futures: dict[int, asyncio.Future] = {}  # episodes that came through the feed
+    given = len(episodes)
+    next_k = given
+
+    ready = list(range(len(episodes)))  # episodes waiting for their next agent turn
+    pending: set[asyncio.Task] = set()  # env steps in flight
+
+    def admit() -> None:
+        nonlocal next_k
+        for env, task, fut in feed.take():  # type: ignore[union-attr]
+            if fut.done():  # cancelled before it started
+                continue
+            try:
+                ep = start_episode(env, task, group=next_k, framer=framer, max_seq_len=cfg.max_seq_len)
+            except Exception as exc:  # noqa: BLE001 - this episode's error, for its caller
+                fut.set_exception(exc)
+                continue
+            episodes[next_k], env_of[next_k], futures[next_k] = ep, env, fut
+            ready.append(next_k)
+            next_k += 1
+
+    def leave(k: int, error: BaseException | None = None) -> None:
+        """A fed episode leaves the loop: finished, failed (``error``) or cancelled by its caller."""
+        ep, fut = episodes.pop(k), futures.pop(k)
+        env_of.pop(k)
+        ep.cache = None
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(ep)
+
+    def dropped(k: int) -> bool:
+        if k in futures and futures[k].done():
+            leave(k)
+            return True
+        return False
 
     def apply(k: int, s: Any, text: str, result: tuple) -> None:
         """Record env step ``result`` of episode ``k``; leaves it done or waiting for its next turn."""
         record_step(episodes[k], text, result, framer=framer, ended_with_eos=bool(s.ids) and s.ids[-1] in eos_ids,
                     max_seq_len=cfg.max_seq_len)
+        if listener is not None:
+            listener("step", episodes[k], "")
 
-    async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, tuple]:
-        return k, s, text, await env_step(envs[k], text)
+    async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, Any]:
+        try:
+            return k, s, text, await env_step(env_of[k], text)
+        except Exception as exc:  # noqa: BLE001 - a fed episode fails alone; the others play on
+            if k not in futures:
+                raise
+            return k, s, text, exc
 
-    ready = list(range(len(episodes)))  # episodes waiting for their next agent turn
-    pending: set[asyncio.Task] = set()  # env steps in flight
-    while ready or pending:
+    while ready or pending or (feed is not None and not feed.finished):
+        if feed is not None:
+            admit()
+            if not ready and not pending:
+                if not feed.finished:
+                    await feed.wait()
+                continue
         if pending and (not ready or cfg.independent):
             # Without a barrier, wait briefly for more replies; with one, wait for all of them.
             t0 = time.perf_counter()
@@ -544,19 +648,35 @@ async def arun_episodes(
                 done, pending = await asyncio.wait(pending)
             else:
                 timeout = None if not ready else cfg.batch_wait_s
-                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                # an open loop with nothing to generate also wakes up for a new episode
+                arrival = (asyncio.ensure_future(feed.wait()) if feed is not None and not ready and not feed.closed
+                           else None)
+                waiting = pending | {arrival} if arrival is not None else pending
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if arrival is not None:
+                    arrival.cancel()
+                    done.discard(arrival)
+                pending = pending - done
                 if ready or done:  # let replies that land within the window join this batch
                     more, pending = (await asyncio.wait(pending, timeout=cfg.batch_wait_s)) if pending else (set(), set())
                     done |= more
             timings["env_s"] += time.perf_counter() - t0
             for task in sorted(done, key=lambda t: t.result()[0]):  # stable order: episode index
                 k, s, text, result = task.result()
+                if k in futures and futures[k].done():
+                    leave(k)
+                    continue
+                if isinstance(result, BaseException):
+                    leave(k, result)
+                    continue
                 apply(k, s, text, result)
                 if not episodes[k].done:
                     ready.append(k)
-        if not ready:
-            continue
-        active, ready = sorted(ready), []
+                elif k in futures:
+                    leave(k)
+        if feed is not None:
+            admit()
+        active, ready = [k for k in sorted(ready) if not dropped(k)], []
         for chunk in _token_batches(active, [len(episodes[k].ids) for k in active], cfg):
             t0 = time.perf_counter()
             budget = [min(cfg.max_new_tokens, cfg.max_seq_len - len(episodes[k].ids)) for k in chunk]
@@ -565,13 +685,24 @@ async def arun_episodes(
                 kw = {"caches": [episodes[k].cache for k in chunk], "keep_cache": True, "stats": timings}
             elif sampler is None:
                 kw = {"stats": timings}
-            sampled = (sampler or sample_turns)(
-                model, tokenizer, [episodes[k].ids for k in chunk],
-                max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
-                repetition_penalty=cfg.repetition_penalty,
-                stop_strings=cfg.stop_strings, eos_token_ids=eos_ids, generator=generator, **kw,
-            )
+            args = (model, tokenizer, [episodes[k].ids for k in chunk])
+            kw.update(max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
+                      repetition_penalty=cfg.repetition_penalty, stop_strings=cfg.stop_strings,
+                      eos_token_ids=eos_ids, generator=generator)
+            try:
+                if offload:
+                    sampled = await asyncio.to_thread(sampler or sample_turns, *args, **kw)
+                else:
+                    sampled = (sampler or sample_turns)(*args, **kw)
+            except Exception as exc:  # noqa: BLE001 - with a feed, the batch's episodes fail, the loop serves on
+                if feed is None:
+                    raise
+                for k in chunk:
+                    leave(k, exc)
+                continue
             timings["generate_s"] += time.perf_counter() - t0
+            timings["generate_batches"] += 1
+            timings["generate_episodes"] += len(chunk)
             for k, s, b in zip(chunk, sampled, budget):
                 ids, lps = s.ids[:b], s.logps[:b]  # a shorter budget than the batch's: cut
                 ep = episodes[k]
@@ -586,8 +717,10 @@ async def arun_episodes(
                 s.cache = None
                 s.ids, s.logps = ids, lps
                 text = ep.prefill + tokenizer.decode(ids, skip_special_tokens=True)
+                if listener is not None:
+                    listener("turn", ep, text)
                 pending.add(asyncio.ensure_future(env_call(k, s, text)))
-    return episodes
+    return [episodes[i] for i in range(given)]
 
 
 def _token_batches(active: list[int], lengths: list[int], cfg: RolloutConfig) -> list[list[int]]:

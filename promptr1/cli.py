@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("promptr1.pipeline:sft_main", "supervised warm-start on generated demonstrations"),
     "eval": ("promptr1.evaluation.cli:eval_main", "evaluate a checkpoint or base model on task files"),
     "chat": ("promptr1.evaluation.cli:chat_main", "ask one question, see the multi-turn transcript and answer"),
+    "serve": ("promptr1.commands.serve:main", "serve the agent in front of an env LLM as an OpenAI-compatible API"),
 }
 
 

@@ -498,6 +498,7 @@ HELP_HEADINGS: dict[str, str] = {
     "budget": "the env LLM's rate limits, price, budget and cache",
     "system": "seed, device, precision, plug-ins, failure rules",
     "output": "where results go and what is logged",
+    "server": "where it listens, who may call it, and the limits on each request",
 }
 
 #: The heading of each setting that every command shares (:class:`RunSettings`, :class:`BackendSettings`). A

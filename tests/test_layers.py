@@ -34,12 +34,12 @@ ROOT = pathlib.Path(promptr1.__file__).resolve().parent.parent
 LAZY_REF = re.compile(r"^promptr1(\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$")
 FOLDERS = {"promptr1": "promptr1", "envs": "promptr1.envs", "agents": "promptr1.agents",
            "evaluation": "promptr1.evaluation", "rewards": "promptr1.rewards",
-           "llm_backends": "promptr1.llm_backends"}
+           "llm_backends": "promptr1.llm_backends", "commands": "promptr1.commands"}
 LEVELS = [
     ("promptr1.testing", None),
     ("promptr1.rewards", 1), ("promptr1.llm_backends", 1),
     ("promptr1.envs", 2), ("promptr1.agents", 3), ("promptr1.evaluation", 4), ("promptr1.integrations", 4),
-    ("promptr1.pipeline", 5), ("promptr1.cli", 5), ("promptr1.play", 5),
+    ("promptr1.pipeline", 5), ("promptr1.commands", 5), ("promptr1.cli", 5), ("promptr1.play", 5),
     ("promptr1.registry", 0), ("promptr1.config", 0), ("promptr1.plugins", 0), ("promptr1.tags", 0),
     ("promptr1.fileio", 0),
 ]

@@ -1,0 +1,1 @@
+"""The promptr1 commands."""

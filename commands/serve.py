@@ -296,7 +296,8 @@ class LocalAgent:
     def stats(self) -> dict[str, float]:
         t = self.timings
         batches = t.get("generate_batches", 0.0)
-        return {"generate_batches": int(batches), "mean_batch_episodes": t.get("generate_episodes", 0.0) / max(batches, 1),
+        return {"generate_batches": int(batches), "generate_episodes": int(t.get("generate_episodes", 0.0)),
+                "mean_batch_episodes": round(t.get("generate_episodes", 0.0) / max(batches, 1), 3),
                 "generate_s": round(t.get("generate_s", 0.0), 3), "env_wait_s": round(t.get("env_s", 0.0), 3)}
 
     async def close(self) -> None:

@@ -74,15 +74,21 @@ def one_at_a_time(args: argparse.Namespace, base_url: str) -> dict:
     backend, _ = from_settings(cfg)
     lat, calls, tokens = [], [], []
     qs = questions(10_000)
+
+    def play(i: int):
+        task = Task(question=qs[i], answers=("",), id=f"q{i}")
+        env = PromptCollabEnv(task=task, env_llm=BudgetedBackend(backend, Budget(), owns_inner=False),
+                              **cfg.env_kwargs())
+        return policy.play([env], [task])[0]
+
+    play(len(qs) - 1)  # warm-up, not timed (the first turn builds the stop-string checker)
     end = time.perf_counter() + args.seconds
     i = 0
     while True:
         t0 = time.perf_counter()
         if t0 >= end:
             break
-        task = Task(question=qs[i], answers=("",), id=f"q{i}")
-        env = PromptCollabEnv(task=task, env_llm=BudgetedBackend(backend, Budget(), owns_inner=False), **cfg.env_kwargs())
-        ep = policy.play([env], [task])[0]
+        ep = play(i)
         t1 = time.perf_counter()
         if t1 <= end:
             lat.append(t1 - t0)
@@ -104,7 +110,7 @@ def metrics(url: str) -> dict:
         return json.load(r)
 
 
-async def clients(url: str, n: int, seconds: float) -> dict:
+async def clients(url: str, n: int, seconds: float, warm_up: bool = False) -> dict:
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=900)
@@ -113,7 +119,7 @@ async def clients(url: str, n: int, seconds: float) -> dict:
     end = time.perf_counter() + seconds
 
     async def worker() -> None:
-        while time.perf_counter() < end:
+        while time.perf_counter() < end or warm_up:
             t0 = time.perf_counter()
             try:
                 r = await client.chat.completions.create(model="prompt-r1",
@@ -122,6 +128,8 @@ async def clients(url: str, n: int, seconds: float) -> dict:
                 errors.append(str(exc))
                 continue
             t1 = time.perf_counter()
+            if warm_up:
+                return
             if t1 <= end:
                 lat.append(t1 - t0)
                 calls.append(r.model_extra["promptr1"]["env_llm_calls"])
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             line = proc.stdout.readline()
             url = re.search(r"http://[0-9.]+:\d+", line)[0]
+            asyncio.run(clients(url, 1, 0.0, warm_up=True))  # one untimed request, as on the other side
             for n in levels:
                 before = metrics(url)
                 res = asyncio.run(clients(url, n, args.seconds))

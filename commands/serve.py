@@ -271,6 +271,12 @@ class LocalAgent:
         self.loop_task = asyncio.ensure_future(arun_episodes(
             p.model, p.tokenizer, [], [], [], p.rollout, framer=p.framer, generator=p.generator,
             timings=self.timings, feed=self.feed, listener=self._hear, offload=True))
+        self.loop_task.add_done_callback(self._stopped)
+
+    @staticmethod
+    def _stopped(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the agent's generation loop stopped", exc_info=task.exception())
 
     def _hear(self, event: str, ep: Any, text: str) -> None:
         listener = self.listeners.get(id(ep.task))
@@ -283,7 +289,11 @@ class LocalAgent:
             self.listeners[id(task)] = listener
         try:
             fut = self.feed.put(env, task)
-            done, _ = await asyncio.wait({fut, self.loop_task}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({fut, self.loop_task}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:  # deadline, or the client went away: the engine drops the episode
+                fut.cancel()
+                raise
             if fut not in done:
                 fut.cancel()
                 raise ApiError(503, "the agent's generation loop stopped; the server log says why.",

@@ -136,6 +136,15 @@ class TextPolicyPlayer:
 
         ready = list(range(len(episodes)))
         pending: set[asyncio.Future] = set()
+        try:
+            await self._loop(episodes, ready, pending, step, listener)
+        finally:  # cancelled (a caller's deadline): no env call outlives the episodes
+            for fut in pending:
+                fut.cancel()
+        return episodes
+
+    async def _loop(self, episodes: list[Episode], ready: list[int], pending: set[asyncio.Future], step: Any,
+                    listener: Any) -> None:
         while ready or pending:
             while ready:
                 batch, ready = ready[: self.batch_size], ready[self.batch_size :]
@@ -149,7 +158,8 @@ class TextPolicyPlayer:
                         listener("turn", episodes[k], a)
                     pending.add(asyncio.ensure_future(step(k, a)))
             if pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending -= done  # in place: the caller cancels what is left
                 for fut in sorted(done, key=lambda f: f.result()[0]):
                     k, action, result = fut.result()
                     more = record_step(episodes[k], action, result)
@@ -157,7 +167,6 @@ class TextPolicyPlayer:
                         listener("step", episodes[k], "")
                     if more:
                         ready.append(k)
-        return episodes
 
 
 def as_player(agent: Any, *, rollout: RolloutConfig | None = None, batch_size: int = 8, seed: int = 0,

@@ -143,10 +143,12 @@ def scripted():
     with FakeOpenAIServer(reply=_agent_reply) as agent_srv, \
             FakeOpenAIServer(reply=lambda m, b: "The expert says: " + m[-1]["content"], schedule=_env_schedule,
                              hang_s=60) as env_srv:
-        served = Served(["--agent", "openai:relay", "--agent-base-url", agent_srv.base_url, "--env-llm",
-                         "openai:fake-env", "--env-price-per-1k", "1", "1", "--max-turns", "3",
+        served = Served(["--agent", "openai:relay", "--agent-base-url", agent_srv.base_url, "--env-models",
+                         "main=openai:fake-env", "backup=openai:fake-env-2", "--env-model-prices", "main=1:1",
+                         "backup=2:2", "--max-turns", "3",
                          "--request-timeout-s", "10", "--max-body-bytes", "4096"],
                         env={"PROMPTR1_API_KEYS": f"other-key, {KEY}", "OPENAI_BASE_URL": env_srv.base_url})
+        served.env_srv = env_srv
         yield served
         assert served.stop() == 0
         assert KEY not in served.stderr()  # a key is never logged
@@ -154,19 +156,28 @@ def scripted():
 
 def test_the_openai_client_gets_the_agents_answer(scripted):
     client = scripted.client(KEY)
-    assert [m.id for m in client.models.list().data] == ["prompt-r1"]
+    assert [m.id for m in client.models.list().data] == ["prompt-r1", "main", "backup"]
     r = client.chat.completions.create(model="prompt-r1", extra_body={"transcript": True},
                                        messages=[{"role": "user", "content": "What is the capital of Freedonia?"}])
     assert r.choices[0].message.content == "The expert says: What is the capital of Freedonia?"
     assert r.choices[0].finish_reason == "stop" and r.object == "chat.completion"
     extra = r.model_extra["promptr1"]
     assert extra["answered"] and extra["turns"] == 2 and extra["env_llm_calls"] == 1
-    assert extra["env_llm_cost_usd"] > 0  # --env-price-per-1k 1 1
+    assert extra["env_llm_cost_usd"] > 0 and extra["calls_by_model"] == {"main": 1, "backup": 0}
     assert [t["role"] for t in extra["transcript"]] == ["question", "agent", "env", "agent"]
     assert extra["transcript"][1]["content"].endswith("</interaction_prompt>")  # the cut stop string, put back
     u = r.usage
     assert u.prompt_tokens > 0 and u.completion_tokens > 0 and u.model_extra["env_llm_tokens"] > 0
     assert u.total_tokens == u.prompt_tokens + u.completion_tokens + u.model_extra["env_llm_tokens"]
+
+
+def test_a_request_may_pick_the_default_env_llm_among_those_configured(scripted):
+    client = scripted.client(KEY)
+    r = client.chat.completions.create(model="backup", messages=[{"role": "user", "content": "Where is Miktha?"}])
+    assert r.model == "backup" and r.model_extra["promptr1"]["calls_by_model"] == {"main": 0, "backup": 1}
+    assert scripted.env_srv.records[-1].body["model"] == "fake-env-2"  # the call went to backup's model
+    with pytest.raises(openai.NotFoundError, match="lists prompt-r1, main, backup"):
+        client.chat.completions.create(model="medium", messages=[{"role": "user", "content": "Hi?"}])
 
 
 def test_concurrent_async_requests_get_their_own_answers(scripted):

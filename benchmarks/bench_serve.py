@@ -137,7 +137,8 @@ async def clients(url: str, n: int, seconds: float, warm_up: bool = False) -> di
 
     await asyncio.gather(*(worker() for _ in range(n)))
     await client.close()
-    return {"rps": len(lat) / seconds, "lat": lat, "calls": calls, "tokens": tokens, "errors": errors}
+    return {"rps": len(lat) / seconds if seconds else 0.0, "lat": lat, "calls": calls, "tokens": tokens,
+            "errors": errors}
 
 
 def row(name: str, res: dict, base_rps: float | None, extra: str = "") -> str:

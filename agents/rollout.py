@@ -314,7 +314,8 @@ def sample_turns(
 
     ``caches[i]`` (optional) is the KV cache of ``prompts[i][:L]`` from an earlier turn: only the tokens after it
     are prefilled. With ``keep_cache`` each :class:`SampledTurn` carries its row's cache for the next turn.
-    ``stats`` (if given) receives ``prefill_tokens`` (tokens run through the model before the first sample).
+    ``stats`` (if given) receives ``prefill_tokens`` (tokens run through the model before the first sample) and
+    ``prefill_s`` (the time that took).
 
     Returns the sampled ids (up to and including the stop token) and each token's log-prob
     under the temperature-scaled distribution ``log_softmax(logits / temperature)``, which is
@@ -361,10 +362,13 @@ def sample_turns(
     model.eval()
     cache_kw = _cache_kwarg(model)
     extra = {cache_kw: _batch_cache(caches, C, device)} if C > 0 else {}
+    t_prefill = time.perf_counter()
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
                 use_cache=True, logits_to_keep=1, **extra)
     past = _out_cache(out)
     logits = out.logits[:, -1].float()
+    if stats is not None:
+        stats["prefill_s"] = stats.get("prefill_s", 0.0) + time.perf_counter() - t_prefill
     next_pos = position_ids[:, -1] + 1
     seen = None
     if repetition_penalty != 1.0:  # (B, V) tokens already in each sequence
@@ -557,6 +561,7 @@ async def arun_episodes(
     feed: EpisodeFeed | None = None,
     listener: Callable[[str, Episode, str], None] | None = None,
     offload: bool = False,
+    share_system_prefix: bool = False,
 ) -> list[Episode]:
     """Async form of :func:`run_episodes` (for callers that already run an event loop).
 
@@ -569,8 +574,10 @@ async def arun_episodes(
     is closed and every episode is finished. ``listener(event, episode, text)`` hears each ``"turn"`` (the agent's
     turn ``text``, before the env call) and each ``"step"`` (the env's reply recorded, or the episode ended).
     ``offload`` samples in a worker thread, so the event loop keeps serving (and env calls keep landing) while the
-    agent generates. ``timings`` also counts ``generate_batches`` and ``generate_episodes`` (episodes summed over
-    batches).
+    agent generates. ``share_system_prefix`` (with ``kv_reuse`` and our sampler): the KV cache of the tokens of the
+    chat's system message, which every episode of a server shares, is computed once, and each fed episode whose
+    prompt starts with them prefills only the rest. ``timings`` also counts ``generate_batches`` and
+    ``generate_episodes`` (episodes summed over batches).
     """
     if not (len(envs) == len(tasks) == len(groups)):
         raise ValueError(f"envs, tasks and groups must have equal lengths, got {len(envs)}, {len(tasks)}, {len(groups)}.")
@@ -591,6 +598,23 @@ async def arun_episodes(
     ready = list(range(len(episodes)))  # episodes waiting for their next agent turn
     pending: set[asyncio.Task] = set()  # env steps in flight
 
+    shared: list[Any] = []  # [(prefix ids, its KV cache)] once computed
+
+    def system_prefix(ep: Episode) -> None:
+        """Start ``ep`` from the shared KV cache of its system message's tokens (computed on first use)."""
+        if not shared:
+            shared.append(None)
+            if ep.messages and ep.messages[0].get("role") == "system":
+                ids = framer.encode(framer.render(ep.messages[:1], False))
+                if 0 < len(ids) < len(ep.ids) and ep.ids[:len(ids)] == ids:
+                    s = sample_turns(model, tokenizer, [ids], max_new_tokens=1, temperature=0.0, stop_strings=(),
+                                     keep_cache=True)[0]
+                    cache = crop_cache(s.cache, len(ids))
+                    if cache_length(cache) == len(ids):
+                        shared[0] = (ids, cache)
+        if shared[0] is not None and ep.ids[:len(shared[0][0])] == shared[0][0]:
+            ep.cache = shared[0][1]  # read only: a turn's cache is built anew from it
+
     def admit() -> None:
         nonlocal next_k
         for env, task, fut in feed.take():  # type: ignore[union-attr]
@@ -598,6 +622,8 @@ async def arun_episodes(
                 continue
             try:
                 ep = start_episode(env, task, group=next_k, framer=framer, max_seq_len=cfg.max_seq_len)
+                if share_system_prefix and cfg.kv_reuse and sampler is None:
+                    system_prefix(ep)
             except Exception as exc:  # noqa: BLE001 - this episode's error, for its caller
                 fut.set_exception(exc)
                 continue

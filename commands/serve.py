@@ -270,7 +270,7 @@ class LocalAgent:
         p = self.policy
         self.loop_task = asyncio.ensure_future(arun_episodes(
             p.model, p.tokenizer, [], [], [], p.rollout, framer=p.framer, generator=p.generator,
-            timings=self.timings, feed=self.feed, listener=self._hear, offload=True))
+            timings=self.timings, feed=self.feed, listener=self._hear, offload=True, share_system_prefix=True))
         self.loop_task.add_done_callback(self._stopped)
 
     @staticmethod
@@ -308,7 +308,8 @@ class LocalAgent:
         batches = t.get("generate_batches", 0.0)
         return {"generate_batches": int(batches), "generate_episodes": int(t.get("generate_episodes", 0.0)),
                 "mean_batch_episodes": round(t.get("generate_episodes", 0.0) / max(batches, 1), 3),
-                "generate_s": round(t.get("generate_s", 0.0), 3), "env_wait_s": round(t.get("env_s", 0.0), 3)}
+                "generate_s": round(t.get("generate_s", 0.0), 3), "prefill_s": round(t.get("prefill_s", 0.0), 3),
+                "prefill_tokens": int(t.get("prefill_tokens", 0.0)), "env_wait_s": round(t.get("env_s", 0.0), 3)}
 
     async def close(self) -> None:
         if self.feed is not None:

@@ -219,3 +219,37 @@ def test_a_cancelled_or_failing_episode_leaves_the_others_playing(tok):
     assert isinstance(outcomes[1], ValueError) and "raise max_seq_len" in str(outcomes[1])
     assert isinstance(outcomes[2], asyncio.CancelledError)
     assert timings["generate_episodes"] == 2  # only the first episode was generated for, once a turn
+
+
+def test_fed_episodes_share_the_system_prompts_cache_and_play_the_same(tok):
+    """``share_system_prefix``: the system message's tokens are prefilled once for every fed episode; greedy turns
+    are the same as when each episode prefills its whole prompt."""
+    from transformers import AutoModelForCausalLM
+
+    from promptr1.testing.tiny_model import tiny_model_path
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path()).eval()
+    cfg = RolloutConfig(max_new_tokens=12, max_seq_len=MAX_SEQ_LEN, temperature=0.0, independent=False)
+    tasks = [Task(f"Who founded company number {i}?", ("x",), id=f"q{i}") for i in range(3)]
+
+    def play(share: bool):
+        timings = {}
+
+        async def go():
+            feed = EpisodeFeed()
+            futures = [feed.put(make_env("ours"), t) for t in tasks]
+            loop = asyncio.ensure_future(arun_episodes(model, tok, [], [], [], cfg, feed=feed, timings=timings,
+                                                       share_system_prefix=share))
+            eps = await asyncio.gather(*futures)
+            feed.close()
+            await loop
+            return eps
+
+        return asyncio.run(go()), timings
+
+    shared, t_shared = play(True)
+    plain, t_plain = play(False)
+    assert [summary(e) for e in shared] == [summary(e) for e in plain]
+    framer = ChatFramer(tok)
+    system = len(framer.encode(framer.render(shared[0].messages[:1], False)))
+    assert system > 10 and t_plain["prefill_tokens"] - t_shared["prefill_tokens"] == 3 * system

@@ -13,9 +13,10 @@ at 2 s), same decoding settings (``--max-new-tokens``, ``--max-turns``, temperat
 
 Printed per row: completed requests/s and the speed-up over one at a time, p50 / p95 latency, env-LLM calls and
 agent tokens per request, and where the server's time went (from its ``/metrics``): the share of the wall time the
-agent was generating and the mean episodes per generation batch (the requests that shared a forward pass).
+agent was generating, how much of that was prefill (the prompts run through the model before the first sampled
+token), and the mean episodes per generation batch (the requests that shared a forward pass).
 
-    python benchmarks/bench_serve.py                       # 1/4/16/64 clients, 60 s each (~7 min on 2 cores)
+    python benchmarks/bench_serve.py --seconds 120         # 1/4/16/64 clients, 120 s each (~15 min on 2 cores)
     python benchmarks/bench_serve.py --clients 1,16 --seconds 30 --model tiny
 """
 
@@ -187,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                 batches = after["generate_batches"] - before["generate_batches"]
                 eps = after["generate_episodes"] - before["generate_episodes"]
                 gen = after["generate_s"] - before["generate_s"]
-                extra = (f"generating {100 * min(gen / args.seconds, 1):.0f}% of the time, "
-                         f"{eps / max(batches, 1):.1f} episodes a batch")
+                prefill = after["prefill_s"] - before["prefill_s"]
+                extra = (f"generating {100 * min(gen / args.seconds, 1):.0f}% of the time (prefill "
+                         f"{100 * prefill / max(gen, 1e-9):.0f}% of that), {eps / max(batches, 1):.1f} episodes a batch")
                 if res["errors"]:
                     extra += f", {len(res['errors'])} errors (first: {res['errors'][0][:80]})"
                 lines.append(row(f"serve, {n} client{'s' if n > 1 else ''}", res, base["rps"], extra))

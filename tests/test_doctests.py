@@ -17,7 +17,8 @@ PACKAGES = ["promptr1.rewards", "promptr1.envs", "promptr1.envs.synthetic", "pro
             "promptr1.evaluation"]
 MODULES = ["promptr1.play", "promptr1.registry", "promptr1.config", "promptr1.tags", "promptr1.agents.config",
            "promptr1.agents.advantages", "promptr1.agents.losses", "promptr1.agents.registry", "promptr1.agents.masks",
-           "promptr1.testing.agents", "promptr1.testing.scripted", "promptr1.integrations.trl"]
+           "promptr1.testing.agents", "promptr1.testing.scripted", "promptr1.integrations.trl",
+           "promptr1.commands.serve"]
 NEEDS_EXAMPLES = {
     "promptr1.rewards",
     "promptr1.rewards.metrics",

@@ -599,6 +599,7 @@ async def arun_episodes(
     pending: set[asyncio.Task] = set()  # env steps in flight
 
     shared: list[Any] = []  # [(prefix ids, its KV cache)] once computed
+    answered = 0  # fed episodes that left since the last generation round
 
     def system_prefix(ep: Episode) -> None:
         """Start ``ep`` from the shared KV cache of its system message's tokens (computed on first use)."""
@@ -633,9 +634,11 @@ async def arun_episodes(
 
     def leave(k: int, error: BaseException | None = None) -> None:
         """A fed episode leaves the loop: finished, failed (``error``) or cancelled by its caller."""
+        nonlocal answered
         ep, fut = episodes.pop(k), futures.pop(k)
         env_of.pop(k)
         ep.cache = None
+        answered += 1
         if not fut.done():
             fut.set_exception(error) if error is not None else fut.set_result(ep)
 
@@ -701,6 +704,11 @@ async def arun_episodes(
                 elif k in futures:
                     leave(k)
         if feed is not None:
+            if answered and cfg.independent and cfg.batch_wait_s > 0 and not feed.closed:
+                # episodes just finished: their callers may send the next ones at once; let those join this round
+                # rather than the next (steady callers would otherwise split into two alternating half batches)
+                await asyncio.sleep(cfg.batch_wait_s)
+            answered = 0
             admit()
         active, ready = [k for k in sorted(ready) if not dropped(k)], []
         for chunk in _token_batches(active, [len(episodes[k].ids) for k in active], cfg):

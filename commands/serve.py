@@ -254,8 +254,10 @@ class LocalAgent:
         from promptr1.evaluation.policies import ModelPolicy, rollout_config
 
         try:
-            self.policy = ModelPolicy.load(cfg.agent, rollout=rollout_config(cfg), device="cpu" if cfg.cpu else None,
-                                           seed=cfg.seed, dtype=cfg.model_dtype)
+            # batch_wait_s: how long a round waits for the next requests of callers it just answered (they join
+            # it rather than the round after); 0.1 s is ~1% of a CPU request and covers a client's round trip
+            self.policy = ModelPolicy.load(cfg.agent, rollout=rollout_config(cfg, batch_wait_s=0.1),
+                                           device="cpu" if cfg.cpu else None, seed=cfg.seed, dtype=cfg.model_dtype)
         except OSError as exc:  # a model folder that is not there or not a model
             raise FileNotFoundError(str(exc)) from exc
         self.timings: dict[str, float] = {}

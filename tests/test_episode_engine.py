@@ -253,3 +253,39 @@ def test_fed_episodes_share_the_system_prompts_cache_and_play_the_same(tok):
     framer = ChatFramer(tok)
     system = len(framer.encode(framer.render(shared[0].messages[:1], False)))
     assert system > 10 and t_plain["prefill_tokens"] - t_shared["prefill_tokens"] == 3 * system
+
+
+def test_callers_that_ask_again_at_once_join_the_waiting_episodes_round(tok):
+    """Steady callers do not split into alternating half batches: after a round whose episodes finished, the loop
+    lets their callers' next episodes arrive (``batch_wait_s``) and generates them with those already waiting."""
+    answer = "<think>x</think><answer>y</answer>"
+    cfg = RolloutConfig(max_new_tokens=64, max_seq_len=MAX_SEQ_LEN, independent=True, batch_wait_s=0.01)
+    timings, rounds = {}, []
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        feed = EpisodeFeed()
+
+        def sampler(model, tokenizer, prompts, **kw):  # runs in a worker thread (offload)
+            rounds.append(len(prompts))
+            if len(rounds) == 1:  # a third caller arrives while the first round generates
+                loop.call_soon_threadsafe(lambda: late.append(feed.put(make_env("ours"), TASK)))
+            ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            return [SampledTurn(list(ids), [-0.5] * len(ids), "string") for _ in prompts]
+
+        late = []
+        engine = asyncio.ensure_future(arun_episodes(None, tok, [], [], [], cfg, sampler=sampler, feed=feed,
+                                                     timings=timings, offload=True))
+
+        async def caller():  # asks, and asks again as soon as it has its answer
+            await feed.put(make_env("ours"), TASK)
+            await feed.put(make_env("ours"), TASK)
+
+        await asyncio.gather(caller(), caller())
+        await late[0]
+        feed.close()
+        await engine
+
+    asyncio.run(go())
+    assert rounds == [2, 3]  # not [2, 1, 2]
+    assert timings["generate_batches"] == 2 and timings["generate_episodes"] == 5

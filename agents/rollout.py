@@ -658,7 +658,7 @@ async def arun_episodes(
     async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, Any]:
         try:
             return k, s, text, await env_step(env_of[k], text)
-        except Exception as exc:  # noqa: BLE001 - a fed episode fails alone; the others play on
+        except Exception as exc:  # a fed episode fails alone; the others play on
             if k not in futures:
                 raise
             return k, s, text, exc
@@ -728,7 +728,7 @@ async def arun_episodes(
                     sampled = await asyncio.to_thread(sampler or sample_turns, *args, **kw)
                 else:
                     sampled = (sampler or sample_turns)(*args, **kw)
-            except Exception as exc:  # noqa: BLE001 - with a feed, the batch's episodes fail, the loop serves on
+            except Exception as exc:  # with a feed, the batch's episodes fail, the loop serves on
                 if feed is None:
                     raise
                 for k in chunk:

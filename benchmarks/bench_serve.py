@@ -47,7 +47,7 @@ def percentile(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def load() -> str:
@@ -57,16 +57,14 @@ def load() -> str:
 def one_at_a_time(args: argparse.Namespace, base_url: str) -> dict:
     """Today's chat path: one episode after the other, for ``args.seconds``."""
     import torch
-
+    from promptr1.commands.serve import ServeConfig
     from promptr1.envs.collab_env import PromptCollabEnv
     from promptr1.envs.tasks import Task
-    from promptr1.evaluation.policies import ModelPolicy
+    from promptr1.evaluation.policies import ModelPolicy, rollout_config
     from promptr1.llm_backends import from_settings
     from promptr1.llm_backends.budget import Budget, BudgetedBackend
 
-    from promptr1.commands.serve import ServeConfig
     from promptr1.config import load_config
-    from promptr1.evaluation.policies import rollout_config
 
     torch.set_num_threads(args.threads)
     os.environ["OPENAI_BASE_URL"] = base_url

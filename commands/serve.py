@@ -319,8 +319,8 @@ class LocalAgent:
         if self.loop_task is not None:
             try:
                 await self.loop_task
-            except Exception:  # noqa: BLE001 - reported when it happened
-                pass
+            except Exception:  # noqa: BLE001 - logged when it happened (_stopped)
+                log.debug("the generation loop had stopped with an error")
 
 
 def close_turn(text: str, stop_strings: Sequence[str]) -> str:
@@ -378,7 +378,6 @@ class RemoteAgent:
 
     def __init__(self, cfg: ServeConfig) -> None:
         import openai
-
         from promptr1.agents.rollout import rollout_config
 
         url = (cfg.agent_base_url or os.environ.get(AGENT_URL_ENV, "")).strip()
@@ -479,7 +478,7 @@ class Server:
                            405: f"{request.method} is not allowed on {request.path}."}.get(exc.status, exc.reason)
                 response = self._error_response(ApiError(exc.status, message, code=exc.reason.lower().replace(" ", "_"),
                                                          type_="invalid_request_error"))
-            except Exception:  # noqa: BLE001 - never a traceback in a response; it goes to the server log
+            except Exception:  # never a traceback in a response; it goes to the server log
                 log.exception("internal error on %s %s", request.method, request.path)
                 response = self._error_response(ApiError(500, "internal server error (the server log has the "
                                                               "details).", type_="server_error", code="internal_error"))
@@ -712,7 +711,7 @@ class Server:
         except (ConnectionResetError, asyncio.CancelledError):
             play.cancel()  # the client went away: its episode leaves the engine at its next turn
             raise
-        except Exception:  # noqa: BLE001 - headers are sent: the stream ends with an error event, never a traceback
+        except Exception:  # headers are sent: the stream ends with an error event, never a traceback
             log.exception("request %s failed while streaming", rid)
             play.cancel()
             try:
@@ -720,7 +719,7 @@ class Server:
                                     type_="server_error", code="internal_error").body())
                 await response.write_eof()
             except Exception:  # noqa: BLE001 - the connection is gone
-                pass
+                log.debug("request %s: the client is gone", rid)
         return response
 
 
@@ -733,7 +732,6 @@ def _build_agent(cfg: ServeConfig) -> Any:
 
 async def _run(cfg: ServeConfig) -> int:
     from aiohttp import web
-
     from promptr1.llm_backends import from_settings
 
     keys = load_api_keys(cfg)

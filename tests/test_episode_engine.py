@@ -214,7 +214,7 @@ def test_episodes_fed_together_share_generation_batches(tok):
 def test_a_cancelled_or_failing_episode_leaves_the_others_playing(tok):
     timings = {}
     too_long = Task("x " * 5000, ("y",), id="long")
-    outcomes, events = play_fed("ours", tok, tasks=[TASK, too_long, TASK], cancel=[2], timings=timings)
+    outcomes, _ = play_fed("ours", tok, tasks=[TASK, too_long, TASK], cancel=[2], timings=timings)
     assert outcomes[0].reward == 1.0
     assert isinstance(outcomes[1], ValueError) and "raise max_seq_len" in str(outcomes[1])
     assert isinstance(outcomes[2], asyncio.CancelledError)

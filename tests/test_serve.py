@@ -28,10 +28,11 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from promptr1.commands.serve import ServeConfig, close_turn, parse_chat_request  # noqa: E402
-from promptr1.config import ConfigError, load_config  # noqa: E402
-from promptr1.testing.agents import ScriptedAgentPolicy  # noqa: E402
-from promptr1.testing.fake_server import FakeOpenAIServer, constant  # noqa: E402
+from promptr1.commands.serve import ServeConfig, close_turn, parse_chat_request
+
+from promptr1.config import ConfigError, load_config
+from promptr1.testing.agents import ScriptedAgentPolicy
+from promptr1.testing.fake_server import FakeOpenAIServer, constant
 
 KEY = "sk-test-serve-key"
 CHROMIUM = "/usr/bin/chromium"
@@ -41,10 +42,11 @@ class Served:
     """``promptr1 serve --port 0 ARGS`` as a subprocess; ``url`` once it listens."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        fd, self.log = tempfile.mkstemp(suffix=".log", prefix="serve-")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "promptr1.cli", "serve", "--port", "0", *args], stdout=subprocess.PIPE,
-            stderr=self.log, text=True, env={**os.environ, **(env or {})})
+            stderr=fd, text=True, env={**os.environ, **(env or {})})
+        os.close(fd)
         line = self.proc.stdout.readline()  # the first line says where it listens (or the process ended)
         if "listening on" not in line:
             self.proc.wait()
@@ -52,7 +54,7 @@ class Served:
         self.url = re.search(r"http://[0-9.]+:\d+", line)[0]
 
     def stderr(self) -> str:
-        return pathlib.Path(self.log.name).read_text()
+        return pathlib.Path(self.log).read_text()
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -224,7 +226,7 @@ def test_bad_requests_get_openai_errors_never_tracebacks(scripted):
         "two answers": (ask("Hi?", n=2), KEY, 400, "n must be 1"),
     }
     for name, (body, key, status, text) in cases.items():
-        got, payload, headers = http(url, body, key)
+        got, payload, _ = http(url, body, key)
         assert got == status, name
         assert set(payload["error"]) == {"message", "type", "code", "param"} and text in payload["error"]["message"]
         assert "Traceback" not in json.dumps(payload)
@@ -318,19 +320,17 @@ def test_the_in_process_agent_answers_through_the_engine(tiny):
 def test_the_page_shows_the_turns_and_the_answer_in_a_real_browser(tiny, tmp_path):
     page = http_text(tiny.url + "/")
     assert "<script>" in page and '["prompt-r1"]' in page  # the models are filled in; no framework download
-    dom = asyncio.run(browse(tiny.url + "/?q=Who+founded+Vantrel+Corp%3F", tmp_path))
+    dom = browse(tiny.url + "/?q=Who+founded+Vantrel+Corp%3F", tmp_path)
     assert re.search(r'<div class="turn agent"><span class="who">agent, turn 1</span>', dom)
-    answer = re.search(r'<div id="answer">(.*?)</div>', dom, re.S)[1]
+    answer = re.search(r'<div id="answer">(.*?)</div>', dom, re.DOTALL)[1]
     assert answer.strip(), "the answer (or the no-answer note) is on the page"
     assert re.search(r"agent tokens: \d+ read, \d+ written; env LLM: \d+ call\(s\), \d+ tokens, \$\d", dom)
     assert '<div id="error"></div>' in dom
 
 
-async def browse(url: str, profile: pathlib.Path) -> str:
+def browse(url: str, profile: pathlib.Path) -> str:
     """Open ``url`` in headless Chromium and return the page's DOM once its script says it is done (it sets
     ``data-state="done"`` on the body), driving the browser over the Chrome DevTools protocol."""
-    import aiohttp
-
     proc = subprocess.Popen(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
@@ -343,30 +343,36 @@ async def browse(url: str, profile: pathlib.Path) -> str:
                 break
         else:
             raise AssertionError("chromium did not open its DevTools port")
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/json/list") as r:
-                target = next(t for t in await r.json() if t["type"] == "page")
-            async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                ids = iter(range(1, 1_000_000))
-
-                async def call(method: str, **params) -> dict:
-                    i = next(ids)
-                    await ws.send_json({"id": i, "method": method, "params": params})
-                    while True:
-                        msg = await ws.receive_json()
-                        if msg.get("id") == i:
-                            return msg.get("result", {})
-
-                async def value(expression: str):
-                    return (await call("Runtime.evaluate", expression=expression, returnByValue=True))["result"].get("value")
-
-                await call("Page.navigate", url=url)
-                while await value("document.body && document.body.dataset.state") != "done":
-                    await asyncio.sleep(0.1)  # until the page's script is done: no time limit asserted
-                return await value("document.documentElement.outerHTML")
+        return asyncio.run(_drive(port, url))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+async def _drive(port: str, url: str) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/json/list") as r:
+            target = next(t for t in await r.json() if t["type"] == "page")
+        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            ids = iter(range(1, 1_000_000))
+
+            async def call(method: str, **params) -> dict:
+                i = next(ids)
+                await ws.send_json({"id": i, "method": method, "params": params})
+                while True:
+                    msg = await ws.receive_json()
+                    if msg.get("id") == i:
+                        return msg.get("result", {})
+
+            async def value(expression: str):
+                return (await call("Runtime.evaluate", expression=expression, returnByValue=True))["result"].get("value")
+
+            await call("Page.navigate", url=url)
+            while await value("document.body && document.body.dataset.state") != "done":
+                await asyncio.sleep(0.1)  # until the page's script is done: no time limit asserted
+            return await value("document.documentElement.outerHTML")
 
 
 def http_text(url: str) -> str:

@@ -16,7 +16,8 @@ agent tokens per request, and where the server's time went (from its ``/metrics`
 agent was generating, how much of that was prefill (the prompts run through the model before the first sampled
 token), and the mean episodes per generation batch (the requests that shared a forward pass).
 
-    python benchmarks/bench_serve.py --seconds 120         # 1/4/16/64 clients, 120 s each (~15 min on 2 cores)
+    python benchmarks/bench_serve.py --seconds 90          # 1/4/16/64 clients, 90 s each (~15 min on 2 busy cores)
+    python benchmarks/bench_serve.py --clients 16 --seconds 60   # the 16-client target alone (~4 min)
     python benchmarks/bench_serve.py --clients 1,16 --seconds 30 --model tiny
 """
 

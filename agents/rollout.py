@@ -39,6 +39,7 @@ __all__ = [
     "QWEN3_PREFIX_TEMPLATE",
     "ChatFramer",
     "Episode",
+    "EpisodeFeed",
     "RolloutConfig",
     "TemplateError",
     "collate_episodes",
@@ -315,7 +316,8 @@ def sample_turns(
 
     ``caches[i]`` (optional) is the KV cache of ``prompts[i][:L]`` from an earlier turn: only the tokens after it
     are prefilled. With ``keep_cache`` each :class:`SampledTurn` carries its row's cache for the next turn.
-    ``stats`` (if given) receives ``prefill_tokens`` (tokens run through the model before the first sample).
+    ``stats`` (if given) receives ``prefill_tokens`` (tokens run through the model before the first sample) and
+    ``prefill_s`` (the time that took).
 
     Returns the sampled ids (up to and including the stop token) and each token's log-prob
     under the temperature-scaled distribution ``log_softmax(logits / temperature)``, which is
@@ -362,10 +364,13 @@ def sample_turns(
     model.eval()
     cache_kw = _cache_kwarg(model)
     extra = {cache_kw: _batch_cache(caches, C, device)} if C > 0 else {}
+    t_prefill = time.perf_counter()
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
                 use_cache=True, logits_to_keep=1, **extra)
     past = _out_cache(out)
     logits = out.logits[:, -1].float()
+    if stats is not None:
+        stats["prefill_s"] = stats.get("prefill_s", 0.0) + time.perf_counter() - t_prefill
     next_pos = position_ids[:, -1] + 1
     seen = None
     if repetition_penalty != 1.0:  # (B, V) tokens already in each sequence
@@ -449,6 +454,50 @@ class RolloutConfig:
     #: With ``independent``: how long to let more replies land before generating for those ready
     #: (larger batches for fast env LLMs; a slow call never holds the others back longer than this).
     batch_wait_s: float = 0.05
+
+
+class EpisodeFeed:
+    """Episodes that join an :func:`arun_episodes` loop while it plays (a server's requests).
+
+    :meth:`put` hands in an ``(env, task)`` pair and returns a future that the loop resolves with the finished
+    :class:`Episode` (or the error that stopped it); the episode joins the next generation batch with every other
+    episode waiting for a turn, whichever request it came from. Cancelling the future drops the episode at its next
+    turn. :meth:`close` ends the loop once the episodes in play are finished. Create and use it inside the loop
+    that runs :func:`arun_episodes`.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Any, Any, asyncio.Future]] = []
+        self._arrived = asyncio.Event()
+        self.closed = False
+
+    def put(self, env: Any, task: Any) -> asyncio.Future:
+        """Add an episode of ``task`` played in ``env`` (reset by the loop); returns its future."""
+        if self.closed:
+            raise RuntimeError("this EpisodeFeed is closed: no episode can join it any more.")
+        fut = asyncio.get_running_loop().create_future()
+        self._items.append((env, task, fut))
+        self._arrived.set()
+        return fut
+
+    def close(self) -> None:
+        """No more episodes: the loop returns once those in play are finished."""
+        self.closed = True
+        self._arrived.set()
+
+    def take(self) -> list[tuple[Any, Any, asyncio.Future]]:
+        items, self._items = self._items, []
+        if not self.closed:
+            self._arrived.clear()
+        return items
+
+    @property
+    def finished(self) -> bool:
+        return self.closed and not self._items
+
+    async def wait(self) -> None:
+        """Until an episode arrives or the feed is closed."""
+        await self._arrived.wait()
 
 
 def run_episodes(
@@ -545,23 +594,96 @@ async def arun_episodes(
     seed: int | None = None,
     sampler: Callable[..., list[SampledTurn]] | None = None,
     on_episode_end: Callable[[int, int], None] | None = None,
+    feed: EpisodeFeed | None = None,
+    listener: Callable[[str, Episode, str], None] | None = None,
+    offload: bool = False,
+    share_system_prefix: bool = False,
 ) -> list[Episode]:
     """Async form of :func:`run_episodes` (for callers that already run an event loop).
 
     ``sampler`` replaces :func:`sample_turns` (same signature and result), e.g. to generate with a vLLM
     engine (:mod:`promptr1.integrations.trl`).
+
+    ``feed`` (an :class:`EpisodeFeed`) keeps the loop open for episodes that arrive while it plays (a server's
+    requests): they join the same generation batches as the others, each resolved through its own future and
+    dropped from the loop once finished; the loop returns (the episodes of ``envs``/``tasks`` only) when the feed
+    is closed and every episode is finished. ``listener(event, episode, text)`` hears each ``"turn"`` (the agent's
+    turn ``text``, before the env call) and each ``"step"`` (the env's reply recorded, or the episode ended).
+    ``offload`` samples in a worker thread, so the event loop keeps serving (and env calls keep landing) while the
+    agent generates. ``share_system_prefix`` (with ``kv_reuse`` and our sampler): the KV cache of the tokens of the
+    chat's system message, which every episode of a server shares, is computed once, and each fed episode whose
+    prompt starts with them prefills only the rest. ``timings`` also counts ``generate_batches`` and
+    ``generate_episodes`` (episodes summed over batches).
     """
     if not (len(envs) == len(tasks) == len(groups)):
         raise ValueError(f"envs, tasks and groups must have equal lengths, got {len(envs)}, {len(tasks)}, {len(groups)}.")
     framer = framer or ChatFramer(tokenizer)
     timings = timings if timings is not None else {}
-    timings.setdefault("generate_s", 0.0)
-    timings.setdefault("env_s", 0.0)
+    for key in ("generate_s", "env_s", "generate_batches", "generate_episodes"):
+        timings.setdefault(key, 0.0)
     eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []  # the template's end of turn
     end_ids = end_token_ids(tokenizer, model)  # where a turn stops: every end token of the model
-    episodes = [start_episode(env, task, group=g, seed=None if seed is None else seed + i, framer=framer,
-                              max_seq_len=cfg.max_seq_len)
-                for i, (env, task, g) in enumerate(zip(envs, tasks, groups))]
+    episodes: dict[int, Episode] = {
+        i: start_episode(env, task, group=g, seed=None if seed is None else seed + i, framer=framer,
+                         max_seq_len=cfg.max_seq_len)
+        for i, (env, task, g) in enumerate(zip(envs, tasks, groups))}
+    env_of: dict[int, Any] = dict(enumerate(envs))
+    futures: dict[int, asyncio.Future] = {}  # episodes that came through the feed
+    given = len(episodes)
+    next_k = given
+
+    ready = list(range(len(episodes)))  # episodes waiting for their next agent turn
+    pending: set[asyncio.Task] = set()  # env steps in flight
+
+    shared: list[Any] = []  # [(prefix ids, its KV cache)] once computed
+    answered = 0  # fed episodes that left since the last generation round
+
+    def system_prefix(ep: Episode) -> None:
+        """Start ``ep`` from the shared KV cache of its system message's tokens (computed on first use)."""
+        if not shared:
+            shared.append(None)
+            if ep.messages and ep.messages[0].get("role") == "system":
+                ids = framer.encode(framer.render(ep.messages[:1], False))
+                if 0 < len(ids) < len(ep.ids) and ep.ids[:len(ids)] == ids:
+                    s = sample_turns(model, tokenizer, [ids], max_new_tokens=1, temperature=0.0, stop_strings=(),
+                                     keep_cache=True)[0]
+                    cache = crop_cache(s.cache, len(ids))
+                    if cache_length(cache) == len(ids):
+                        shared[0] = (ids, cache)
+        if shared[0] is not None and ep.ids[:len(shared[0][0])] == shared[0][0]:
+            ep.cache = shared[0][1]  # read only: a turn's cache is built anew from it
+
+    def admit() -> None:
+        nonlocal next_k
+        for env, task, fut in feed.take():  # type: ignore[union-attr]
+            if fut.done():  # cancelled before it started
+                continue
+            try:
+                ep = start_episode(env, task, group=next_k, framer=framer, max_seq_len=cfg.max_seq_len)
+                if share_system_prefix and cfg.kv_reuse and sampler is None:
+                    system_prefix(ep)
+            except Exception as exc:  # noqa: BLE001 - this episode's error, for its caller
+                fut.set_exception(exc)
+                continue
+            episodes[next_k], env_of[next_k], futures[next_k] = ep, env, fut
+            ready.append(next_k)
+            next_k += 1
+
+    def leave(k: int, error: BaseException | None = None) -> None:
+        """A fed episode leaves the loop: finished, failed (``error``) or cancelled by its caller."""
+        nonlocal answered
+        ep, fut = episodes.pop(k), futures.pop(k)
+        env_of.pop(k)
+        ep.cache = None
+        answered += 1
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(ep)
+
+    def dropped(k: int) -> bool:
+        if k in futures and futures[k].done():
+            leave(k)
+            return True
+        return False
 
     def apply(k: int, s: Any, text: str, result: tuple) -> None:
         """Record env step ``result`` of episode ``k``; leaves it done or waiting for its next turn."""
@@ -571,14 +693,25 @@ async def arun_episodes(
         if ep.overflow and not ep.episode_stats:
             # ended here, not by the env (no room for another turn): the env's summary was never sent, but the
             # calls were made; without this the step's env_llm/calls missed them (the budget counted them)
-            ep.episode_stats = dict(getattr(envs[k], "episode_stats", None) or {})
+            ep.episode_stats = dict(getattr(env_of[k], "episode_stats", None) or {})
+        if listener is not None:
+            listener("step", episodes[k], "")
 
-    async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, tuple]:
-        return k, s, text, await env_step(envs[k], text)
+    async def env_call(k: int, s: Any, text: str) -> tuple[int, Any, str, Any]:
+        try:
+            return k, s, text, await env_step(env_of[k], text)
+        except Exception as exc:  # a fed episode fails alone; the others play on
+            if k not in futures:
+                raise
+            return k, s, text, exc
 
-    ready = list(range(len(episodes)))  # episodes waiting for their next agent turn
-    pending: set[asyncio.Task] = set()  # env steps in flight
-    while ready or pending:
+    while ready or pending or (feed is not None and not feed.finished):
+        if feed is not None:
+            admit()
+            if not ready and not pending:
+                if not feed.finished:
+                    await feed.wait()
+                continue
         if pending and (not ready or cfg.independent):
             # Without a barrier, wait briefly for more replies; with one, wait for all of them.
             t0 = time.perf_counter()
@@ -586,21 +719,42 @@ async def arun_episodes(
                 done, pending = await asyncio.wait(pending)
             else:
                 timeout = None if not ready else cfg.batch_wait_s
-                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                # an open loop with nothing to generate also wakes up for a new episode
+                arrival = (asyncio.ensure_future(feed.wait()) if feed is not None and not ready and not feed.closed
+                           else None)
+                waiting = pending | {arrival} if arrival is not None else pending
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if arrival is not None:
+                    arrival.cancel()
+                    done.discard(arrival)
+                pending = pending - done
                 if ready or done:  # let replies that land within the window join this batch
                     more, pending = (await asyncio.wait(pending, timeout=cfg.batch_wait_s)) if pending else (set(), set())
                     done |= more
             timings["env_s"] += time.perf_counter() - t0
             for task in sorted(done, key=lambda t: t.result()[0]):  # stable order: episode index
                 k, s, text, result = task.result()
+                if k in futures and futures[k].done():
+                    leave(k)
+                    continue
+                if isinstance(result, BaseException):
+                    leave(k, result)
+                    continue
                 apply(k, s, text, result)
                 if not episodes[k].done:
                     ready.append(k)
+                elif k in futures:
+                    leave(k)
                 elif on_episode_end is not None:
-                    on_episode_end(sum(e.done for e in episodes), len(episodes))
-        if not ready:
-            continue
-        active, ready = sorted(ready), []
+                    on_episode_end(sum(e.done for e in episodes.values()), len(episodes))
+        if feed is not None:
+            if answered and cfg.independent and cfg.batch_wait_s > 0 and not feed.closed:
+                # episodes just finished: their callers may send the next ones at once; let those join this round
+                # rather than the next (steady callers would otherwise split into two alternating half batches)
+                await asyncio.sleep(cfg.batch_wait_s)
+            answered = 0
+            admit()
+        active, ready = [k for k in sorted(ready) if not dropped(k)], []
         for chunk in _token_batches(active, [len(episodes[k].ids) for k in active], cfg):
             t0 = time.perf_counter()
             budget = [min(cfg.max_new_tokens, cfg.max_seq_len - len(episodes[k].ids)) for k in chunk]
@@ -609,13 +763,24 @@ async def arun_episodes(
                 kw = {"caches": [episodes[k].cache for k in chunk], "keep_cache": True, "stats": timings}
             elif sampler is None:
                 kw = {"stats": timings}
-            sampled = (sampler or sample_turns)(
-                model, tokenizer, [episodes[k].ids for k in chunk],
-                max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
-                repetition_penalty=cfg.repetition_penalty,
-                stop_strings=cfg.stop_strings, eos_token_ids=end_ids, generator=generator, **kw,
-            )
+            args = (model, tokenizer, [episodes[k].ids for k in chunk])
+            kw.update(max_new_tokens=max(budget), temperature=cfg.temperature, top_p=cfg.top_p,
+                      repetition_penalty=cfg.repetition_penalty, stop_strings=cfg.stop_strings,
+                      eos_token_ids=end_ids, generator=generator)
+            try:
+                if offload:
+                    sampled = await asyncio.to_thread(sampler or sample_turns, *args, **kw)
+                else:
+                    sampled = (sampler or sample_turns)(*args, **kw)
+            except Exception as exc:  # with a feed, the batch's episodes fail, the loop serves on
+                if feed is None:
+                    raise
+                for k in chunk:
+                    leave(k, exc)
+                continue
             timings["generate_s"] += time.perf_counter() - t0
+            timings["generate_batches"] += 1
+            timings["generate_episodes"] += len(chunk)
             for k, s, b in zip(chunk, sampled, budget):
                 ids, lps = s.ids[:b], s.logps[:b]  # a shorter budget than the batch's: cut
                 ep = episodes[k]
@@ -630,8 +795,10 @@ async def arun_episodes(
                 s.cache = None
                 s.ids, s.logps = ids, lps
                 text = ep.prefill + tokenizer.decode(ids, skip_special_tokens=True)
+                if listener is not None:
+                    listener("turn", ep, text)
                 pending.add(asyncio.ensure_future(env_call(k, s, text)))
-    return episodes
+    return [episodes[i] for i in range(given)]
 
 
 def _token_batches(active: list[int], lengths: list[int], cfg: RolloutConfig) -> list[list[int]]:

@@ -51,6 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("promptr1.commands.train:sft_main", "supervised warm-start on generated demonstrations"),
     "eval": ("promptr1.commands.eval:eval_main", "evaluate a checkpoint or base model on task files"),
     "chat": ("promptr1.commands.eval:chat_main", "ask one question, see the multi-turn transcript and answer"),
+    "serve": ("promptr1.commands.serve:serve_main", "serve the agent in front of an env LLM as an OpenAI-compatible API"),
     "data": ("promptr1.commands.data:data_main", "task files: convert {question, golden_answers} records to the paper's parquet"),
 }
 

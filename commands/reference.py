@@ -20,6 +20,7 @@ COMMAND_SETTINGS = {
     "eval": "promptr1.evaluation.config:EvalConfig",
     "chat": "promptr1.evaluation.config:ChatConfig",
     "play": "promptr1.commands.play:PlayConfig",
+    "serve": "promptr1.commands.serve:ServeConfig",
 }
 
 

@@ -120,7 +120,12 @@ class TextPolicyPlayer:
         self.policy = policy
         self.batch_size = batch_size
 
-    async def aplay(self, envs: Sequence[Any], tasks: Sequence[Any], *, seed: int | None = None) -> list[Episode]:
+    async def aplay(self, envs: Sequence[Any], tasks: Sequence[Any], *, seed: int | None = None,
+                    listener: Any = None) -> list[Episode]:
+        """Play the episodes. A policy with an ``aact`` coroutine (same contract as ``act``) is awaited on the event
+        loop; ``act`` runs in a worker thread. ``listener(event, episode, text)`` hears each ``"turn"`` (before its
+        env call) and each ``"step"`` (the reply recorded, or the episode ended), as in
+        :func:`~promptr1.agents.rollout.arun_episodes`."""
         if len(envs) != len(tasks):
             raise ValueError(f"envs and tasks must have equal lengths, got {len(envs)} and {len(tasks)}.")
         episodes = [start_episode(env, task, group=i, seed=None if seed is None else seed + i)
@@ -131,21 +136,37 @@ class TextPolicyPlayer:
 
         ready = list(range(len(episodes)))
         pending: set[asyncio.Future] = set()
+        try:
+            await self._loop(episodes, ready, pending, step, listener)
+        finally:  # cancelled (a caller's deadline): no env call outlives the episodes
+            for fut in pending:
+                fut.cancel()
+        return episodes
+
+    async def _loop(self, episodes: list[Episode], ready: list[int], pending: set[asyncio.Future], step: Any,
+                    listener: Any) -> None:
         while ready or pending:
             while ready:
                 batch, ready = ready[: self.batch_size], ready[self.batch_size :]
                 chats = [[dict(m) for m in episodes[k].messages] for k in batch]
-                actions = await asyncio.to_thread(self.policy.act, chats)
+                aact = getattr(self.policy, "aact", None)
+                actions = await aact(chats) if aact is not None else await asyncio.to_thread(self.policy.act, chats)
                 if len(actions) != len(batch):
                     raise ValueError(f"AgentPolicy.act returned {len(actions)} turns for {len(batch)} chats.")
-                pending |= {asyncio.ensure_future(step(k, a)) for k, a in zip(batch, actions)}
+                for k, a in zip(batch, actions):
+                    if listener is not None:
+                        listener("turn", episodes[k], a)
+                    pending.add(asyncio.ensure_future(step(k, a)))
             if pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending -= done  # in place: the caller cancels what is left
                 for fut in sorted(done, key=lambda f: f.result()[0]):
                     k, action, result = fut.result()
-                    if record_step(episodes[k], action, result):
+                    more = record_step(episodes[k], action, result)
+                    if listener is not None:
+                        listener("step", episodes[k], "")
+                    if more:
                         ready.append(k)
-        return episodes
 
 
 def as_player(agent: Any, *, rollout: RolloutConfig | None = None, batch_size: int = 8, seed: int = 0,

@@ -18,7 +18,8 @@ PACKAGES = ["promptr1.rewards", "promptr1.envs", "promptr1.envs.synthetic", "pro
 MODULES = ["promptr1.commands.play", "promptr1.agents.interrupt", "promptr1.agents.logger", "promptr1.core.registry",
            "promptr1.core.settings", "promptr1.core.tags", "promptr1.agents.config",
            "promptr1.agents.advantages", "promptr1.agents.losses", "promptr1.agents.registry", "promptr1.agents.masks",
-           "promptr1.testing.agents", "promptr1.testing.scripted", "promptr1.integrations.trl"]
+           "promptr1.testing.agents", "promptr1.testing.scripted", "promptr1.integrations.trl",
+           "promptr1.commands.serve"]
 NEEDS_EXAMPLES = {
     "promptr1.rewards",
     "promptr1.rewards.metrics",

@@ -36,6 +36,7 @@ def test_wheel_contains_every_subpackage(wheel: Path):
             assert f"promptr1/{sub}/{src.name}" in names, f"{sub}/{src.name} missing from the wheel"
     assert "promptr1/__init__.py" in names and "promptr1/commands/cli.py" in names
     assert "promptr1/configs/quickstart.yaml" in names
+    assert "promptr1/commands/static/index.html" in names, "promptr1 serve's page is missing from the wheel"
     tops = {n.split("/")[0] for n in names if not n.startswith("prompt_r1-")}
     assert tops == {"promptr1"}, f"unexpected top-level entries in the wheel: {sorted(tops)}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
@@ -47,7 +48,7 @@ def test_no_bare_subpackage_importable_after_install(tmp_path: Path):
         "import importlib.util, sys\n"
         f"bare = [n for n in {SUBPACKAGES!r} if importlib.util.find_spec(n) is not None"
         " and 'promptr1' not in (importlib.util.find_spec(n).origin or '')]\n"
-        "import promptr1.envs, promptr1.agents, promptr1.rewards, promptr1.llm_backends\n"
+        "import promptr1.envs, promptr1.agents, promptr1.rewards, promptr1.llm_backends, promptr1.commands\n"
         "print(bare)\n"
     )
     # run from an unrelated folder so the checkout root is not on sys.path

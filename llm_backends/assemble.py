@@ -118,8 +118,12 @@ def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None,
                               "cannot stand for several. Pass env_llm={name: backend, ...} to the env instead.")
         budget = budget if budget is not None else Budget(settings.max_calls, settings.max_cost)
         built = EnvLLMs()
-        for name, model_spec in models.items():
-            built[name] = from_settings(settings, spec=model_spec, budget=budget)[0]
+        try:
+            for name, model_spec in models.items():
+                built[name] = from_settings(settings, spec=model_spec, budget=budget)[0]
+        except BaseException:
+            built.close()
+            raise
         return built, budget
     kwargs = backend_kwargs(settings, spec)
     if given is not None and kwargs:
@@ -131,5 +135,9 @@ def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None,
     if settings.cache and settings.cache_mode != "off":
         from .cache import CachedBackend
 
-        backend = CachedBackend(backend, settings.cache, settings.cache_mode)
+        try:  # a damaged cache file, or a missing one to replay, is refused here (CacheFileError, one line)
+            backend = CachedBackend(backend, settings.cache, settings.cache_mode)
+        except BaseException:
+            backend.close()  # the client built above; a backend passed in is not closed
+            raise
     return backend, budget

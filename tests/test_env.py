@@ -494,3 +494,19 @@ def test_a_parser_failure_is_refused_as_a_malformed_call(monkeypatch):
     assert env.episode_stats["env_llm_calls"] == 0 and env.messages[-2]["content"] == GOOD_PROMPT
     _, r, term, _, info = env.step(GOOD_ANSWER)
     assert term and -1.0 <= r <= 1.0
+
+
+def test_eval_under_reference_eval_with_deeply_nested_agent_text_writes_its_report(tmp_path):
+    """Issue 25, item 6, end to end: the issue's turn under `promptr1 eval --framing reference-eval` ended in a
+    traceback with no report. Now each episode plays through it and the report is written."""
+    from promptr1.evaluation import EvalConfig, run_evaluation
+    from promptr1.testing.agents import ScriptedAgentPolicy
+
+    deep = ('<interaction_prompt>{"name":"prompt","arguments":' + "[" * 1_000 + "]" * 1_000
+            + "}</interaction_prompt>")
+    turns = [deep, "<think>c</think><answer>7</answer>"]
+    cfg = EvalConfig(tasks=["synthetic"], methods=["agent:scripted"], env_llm="sim", limit=2, chart=False,
+                     progress=False, output_dir=str(tmp_path), framing="reference-eval")
+    result = run_evaluation(cfg, agents={"scripted": ScriptedAgentPolicy(turns)})
+    assert len(result.records) == 2 and all(not r.get("env_error") for r in result.records)
+    assert (tmp_path / "report.md").is_file()

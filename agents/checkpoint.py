@@ -45,6 +45,7 @@ __all__ = [
     "ACCELERATE_STATE",
     "CHECKPOINT_PREFIX",
     "CheckpointError",
+    "accelerate_rng_problem",
     "capture_rng_state",
     "claim_output_dir",
     "drop_optimizer_state",
@@ -57,6 +58,7 @@ __all__ = [
     "older_checkpoints",
     "restore_rng_state",
     "resume_report",
+    "unloadable_weights",
     "write_checkpoint",
 ]
 
@@ -67,7 +69,8 @@ _TMP_PREFIX = ".tmp-" + CHECKPOINT_PREFIX
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be loaded safely (it would need unpickling arbitrary objects)."""
+    """A checkpoint file that cannot be loaded safely (it would need unpickling arbitrary objects) or at all (its
+    weights are damaged)."""
 
     @classmethod
     def unsafe(cls, path: str | os.PathLike) -> CheckpointError:
@@ -75,6 +78,13 @@ class CheckpointError(ValueError):
             f"refusing to load {os.fspath(path)!r}: it holds Python objects other than tensors and plain containers, "
             "and loading it would run code from the file. prompt-r1 writes checkpoints that load as data only; "
             "resume from a checkpoint written by prompt-r1 (or delete the file to resume without it)."
+        )
+
+    @classmethod
+    def not_loadable(cls, path: str | os.PathLike, why: str) -> CheckpointError:
+        return cls(
+            f"{os.fspath(path)!r} is not a loadable checkpoint: {why}. Give a model folder whose weights are "
+            "safetensors, as prompt-r1 and save_pretrained write them (or an earlier checkpoint of the run)."
         )
 
 
@@ -122,6 +132,72 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError.unsafe(path) from None
+
+
+#: The weights files of a model folder that ``from_pretrained`` reads (single or sharded).
+WEIGHTS_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def unloadable_weights(folder: str | os.PathLike) -> CheckpointError | None:
+    """Why a model folder's weights cannot be loaded as data: a :class:`CheckpointError` naming the first weights
+    file that is damaged (a safetensors header that does not describe the file: truncated, garbage) or is a pickle
+    holding more than tensors; ``None`` when every weights file reads (or the folder has none).
+
+    Cheap for safetensors (the header only); a ``.bin`` is loaded in full, so this is for explaining a load that
+    failed, not for every load.
+    """
+    import pickle
+
+    from safetensors import SafetensorError, safe_open
+
+    root = pathlib.Path(folder)
+    if not root.is_dir():
+        return None
+    for path in sorted({p for pattern in WEIGHTS_PATTERNS for p in root.glob(pattern) if p.is_file()}):
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(path, framework="pt") as f:
+                    f.keys()
+            except (SafetensorError, OSError) as e:
+                reason = str(e).split(": ", 1)[-1]
+                return CheckpointError.not_loadable(path, f"it is not a complete safetensors file ({reason}); it may be "
+                                                          "truncated or damaged")
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        except pickle.UnpicklingError:  # torch's text here advises unsafe loading: it is not passed on
+            return CheckpointError.not_loadable(path, "its weights are a pickle holding Python objects other than "
+                                                      "tensors, and loading it would run code from the file")
+        except Exception as e:  # noqa: BLE001 -- any reason a weights file does not read is the answer here
+            return CheckpointError.not_loadable(path, f"it cannot be read as PyTorch weights ({type(e).__name__})")
+    return None
+
+
+def accelerate_rng_problem(state_dir: str | os.PathLike, process_index: int = 0) -> str | None:
+    """Why accelerate's ``load_state`` would not restore this process's RNG state from ``state_dir``, or ``None``.
+
+    accelerate reads ``random_states_N.pkl`` as data (``weights_only=True``) and, when that fails or the file is
+    missing, skips the RNG state without a word: the resumed run then draws other samples than an uninterrupted
+    one would. This reads the file as accelerate does, so the trainer can say so.
+    """
+    import pickle
+
+    from accelerate.utils import load
+
+    path = pathlib.Path(state_dir) / f"random_states_{int(process_index)}.pkl"
+    if not path.is_file():
+        return f"{os.fspath(path)!r} is missing"
+    try:
+        states = load(path, map_location="cpu")
+    except pickle.UnpicklingError:
+        return f"{os.fspath(path)!r} holds Python objects other than tensors and plain data, which are not loaded"
+    except Exception as e:  # noqa: BLE001 -- accelerate skips the file on any error; so we say why
+        return f"{os.fspath(path)!r} cannot be read ({type(e).__name__})"
+    missing = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed")
+               if not isinstance(states, Mapping) or k not in states]
+    if missing:
+        return f"{os.fspath(path)!r} lacks {', '.join(missing)}"
+    return None
 
 
 def _fsync_dir(path: pathlib.Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from promptr1.agents.checkpoint import find_latest_checkpoint
+from promptr1.agents.checkpoint import find_latest_checkpoint, unloadable_weights
 from promptr1.llm_backends.model_cache import MODELS, model_folder
 
 __all__ = ["MODELS", "check_model_name", "load_policy", "resolve_dtype", "resolve_model_path", "sequence_logprobs"]
@@ -121,7 +121,11 @@ def resolve_dtype(name: str | torch.dtype | None, *, cpu: bool = False) -> torch
 
 
 def load_policy(name: str, *, dtype: str | torch.dtype | None = None) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer (left padding off: we pad by hand), in ``dtype`` when given."""
+    """Load a causal LM and its tokenizer (left padding off: we pad by hand), in ``dtype`` when given.
+
+    Weights that do not load as data (a truncated or garbage ``model.safetensors``, a pickled ``.bin`` holding more
+    than tensors) are refused with a one-line :class:`~promptr1.agents.checkpoint.CheckpointError` naming the file.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name)
@@ -134,7 +138,13 @@ def load_policy(name: str, *, dtype: str | torch.dtype | None = None) -> tuple[A
         tokenizer.pad_token = tokenizer.eos_token
     dtype = resolve_dtype(dtype)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception:
+        bad = unloadable_weights(path)  # a damaged or pickled weights file: one line naming it, not a traceback
+        if bad is None:
+            raise
+        raise bad from None
     return model, tokenizer
 
 

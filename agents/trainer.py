@@ -33,6 +33,7 @@ import torch
 from promptr1.agents.checkpoint import (
     ACCELERATE_STATE,
     CheckpointError,
+    accelerate_rng_problem,
     checkpoint_name,
     claim_output_dir,
     find_resume_checkpoint,
@@ -58,6 +59,8 @@ from promptr1.agents.episode import ends_on_context, training_reward
 from promptr1.agents.rollout import ChatFramer, Episode, collate_episodes, rollout_config, run_episodes
 
 __all__ = ["GRPOTrainer", "TrainingFailed", "TrainingInterrupted"]
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -765,6 +768,10 @@ class GRPOTrainer:
                 self.accelerator.load_state(str(folder / ACCELERATE_STATE))
             except pickle.UnpicklingError:
                 raise CheckpointError.unsafe(folder / ACCELERATE_STATE) from None
+            problem = accelerate_rng_problem(folder / ACCELERATE_STATE, self.accelerator.process_index)
+            if problem:  # accelerate skips an unreadable RNG file silently
+                log.warning("the RNG state was not restored: %s. The resumed run goes on from the RNG state seeded "
+                            "at its start, so it may not repeat an uninterrupted run exactly.", problem)
             return
         opt = folder / "optimizer.pt"  # a checkpoint written before the state API was used
         if opt.exists():

@@ -20,6 +20,7 @@ error text never reaches the agent as if the large LLM had said it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,8 @@ DEFAULT_ENV_SYSTEM_PROMPT = (
     "You are a helpful assistant. Read the conversation so far and the current request, "
     "then help complete the task or answer the question."
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -377,32 +380,23 @@ class PromptCollabEnv(gym.Env):
         truncated_action = len(action) > self.max_action_chars
         if truncated_action:
             action = action[: self.max_action_chars]
-        action = self.framing.preprocess_action(action)
-        if self.framing.turn_prefill and self.turns and not action.startswith(self.framing.turn_prefill):
-            action = self.framing.turn_prefill + action  # the prefilled opening is part of the scored turn
+        try:
+            action, parsed, refusal, target = self._read_turn(action)
+        except Exception as exc:  # noqa: BLE001 -- text the run does not control never crashes a step
+            # A parser that fails on some agent text (today's known case, JSON nested too deep, is refused by the
+            # framing's check): the turn is a malformed call, refused with an error reply like any other.
+            log.warning("an agent turn could not be read (%s); refused as a malformed call", type(exc).__name__)
+            action = self._with_prefill(action)
+            parsed, refusal, target = ParsedTurn("prompt"), f"Error: unreadable call ({type(exc).__name__})", None
         self.turns.append(action)
         self.messages.append({"role": "assistant", "content": action})
-        parsed = parse_turn(action)
-        if parsed.kind == "prompt":
-            prompt, refusal = self.framing.check_call(parsed.inner or "")
-            if refusal is not None:  # a malformed call: an error message comes back, the large LLM is not called
+        if refusal is not None:  # a malformed call: an error message comes back, the large LLM is not called
+            if target is None:  # refused by the framing (not a model name the env lacks): the reference records it
                 self._record_history(action, None, None)
-                return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
-                                    obs=self.framing.error_reply(refusal))
-            if prompt != parsed.prompt:
-                parsed = dataclasses.replace(parsed, prompt=prompt)
-
+            return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
+                                obs=self.framing.error_reply(refusal))
         if parsed.kind != "prompt":  # an answer, or a turn with neither tag: the episode ends here
             return self._end(parsed, terminated=True, truncated=False, action_truncated=truncated_action)
-        target = None
-        if self.env_llms:
-            target, prompt = call_target(parsed.inner or "", parsed.prompt or "")
-            target = target or self.default_model
-            if target not in self.env_llms:  # a name the env does not have: an error reply, never an exception
-                error = f"Error: unknown model {target!r}; the models are {', '.join(self.env_llms)}"
-                return self._finish(_Pending([], parsed, truncated_action), Completion(text=""), None, called=False,
-                                    obs=self.framing.error_reply(error))
-            parsed = dataclasses.replace(parsed, prompt=prompt)
         if not parsed.prompt and not self.framing.name.startswith("reference"):
             # an empty request: nothing to send; the LLM's answer to nothing is nothing (the reference framings send
             # the empty user message and return the reply, as the reference does)
@@ -411,6 +405,33 @@ class PromptCollabEnv(gym.Env):
         history = self._history(target)
         messages = [*system, *history, {"role": "user", "content": parsed.prompt}]
         return _Pending(messages, parsed, truncated_action, target)
+
+    def _with_prefill(self, action: str) -> str:
+        """The turn with the framing's prefilled opening (every turn after the first; part of the scored turn)."""
+        if self.framing.turn_prefill and self.turns and not action.startswith(self.framing.turn_prefill):
+            return self.framing.turn_prefill + action
+        return action
+
+    def _read_turn(self, action: str) -> tuple[str, ParsedTurn, str | None, str | None]:
+        """Every parse of the agent's text, in one place (:meth:`_begin` guards it): the turn as recorded, what it
+        asks for, the error reply of a refused call (``None``: not refused) and the env LLM it names (for a refused
+        call, the unknown name it gave, or ``None`` when the framing refused it)."""
+        action = self._with_prefill(self.framing.preprocess_action(action))
+        parsed = parse_turn(action)
+        if parsed.kind != "prompt":
+            return action, parsed, None, None
+        prompt, refusal = self.framing.check_call(parsed.inner or "")
+        if refusal is not None:
+            return action, parsed, refusal, None
+        parsed = dataclasses.replace(parsed, prompt=prompt)
+        target = None
+        if self.env_llms:
+            target, prompt = call_target(parsed.inner or "", parsed.prompt or "")
+            target = target or self.default_model
+            if target not in self.env_llms:  # a name the env does not have: an error reply, never an exception
+                return action, parsed, f"Error: unknown model {target!r}; the models are {', '.join(self.env_llms)}", target
+            parsed = dataclasses.replace(parsed, prompt=prompt)
+        return action, parsed, None, target
 
     def _finish(self, pending: _Pending, completion: Completion | None, error: EnvLLMError | None, *,
                 called: bool = True, obs: str | None = None):

@@ -15,7 +15,7 @@ Two framings are built in (``PromptCollabEnv(framing=...)``, ``--framing`` on ev
     * a call must be that JSON: text that is not JSON, a call without a name, another tool's name or
       arguments without a string ``prompt`` are answered with an error message (``Error: JSONDecodeError``,
       ``Error: No tool name``, ``Error: ToolNotFoundError``, ``Error: Invalid tool arguments``) and the large
-      LLM is not called;
+      LLM is not called (JSON nested deeper than Python's parser reaches counts as text that is not JSON);
     * a reply comes back as ``<interaction_response>\\n{"results": [REPLY]}\\n</interaction_response>``, the
       JSON text cut to ``max_response_chars`` with ``...`` appended when longer;
     * every agent turn after the first starts with a prefilled ``<think>\\n`` (context, not generated; it is
@@ -32,7 +32,8 @@ Two framings are built in (``PromptCollabEnv(framing=...)``, ``--framing`` on ev
 ``reference-eval``
     The official *evaluation* scripts' agent side (``--preset reference``): the reference framing, and
 
-    * a plain-text prompt is wrapped into the JSON tool call before it is checked, and text after the first
+    * a plain-text prompt is wrapped into the JSON tool call before it is checked (JSON nested too deep to read
+      is left as it is, so the check refuses it), and text after the first
       ``</interaction_prompt>`` is dropped (:meth:`Framing.preprocess_action`);
     * the agent model is given the whole conversation as one user message each turn (:meth:`Framing.agent_view`):
       ``"\\n<|im_start|>system\\n" + system + "<|im_end|>\\n<|im_start|>\\nuser\\n" + question + "\\n"``, then
@@ -240,6 +241,8 @@ class ReferenceEvalFraming(ReferenceFraming):
             content = inner.strip()
             try:
                 json.loads(content)
+                continue
+            except RecursionError:  # JSON nested too deep to read: left as is, so the check refuses it
                 continue
             except ValueError:
                 pass

@@ -122,8 +122,12 @@ def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None,
         budget = budget if budget is not None else Budget(settings.max_calls, settings.max_cost)
         built = EnvLLMs()
         prices = settings.env_models_map()[1]
-        for name, model_spec in models.items():
-            built[name] = from_settings(settings, spec=model_spec, budget=budget, price=prices.get(name))[0]
+        try:
+            for name, model_spec in models.items():
+                built[name] = from_settings(settings, spec=model_spec, budget=budget, price=prices.get(name))[0]
+        except BaseException:
+            built.close()
+            raise
         return built, budget
     kwargs = backend_kwargs(settings, spec)
     if given is not None and kwargs:
@@ -135,5 +139,9 @@ def from_settings(settings: BackendSettings, *, given: LLMBackend | None = None,
     if settings.cache and settings.cache_mode != "off":
         from .cache import CachedBackend
 
-        backend = CachedBackend(backend, settings.cache, settings.cache_mode)
+        try:  # a damaged cache file, or a missing one to replay, is refused here (CacheFileError, one line)
+            backend = CachedBackend(backend, settings.cache, settings.cache_mode)
+        except BaseException:
+            backend.close()  # the client built above; a backend passed in is not closed
+            raise
     return backend, budget

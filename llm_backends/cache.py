@@ -73,7 +73,7 @@ from typing import Any
 
 from .base import BaseBackend, Completion, EnvLLMError, LLMBackend, Message, validate_messages
 
-__all__ = ["CACHE_MODES", "CachedBackend", "ResponseCache", "cache_key"]
+__all__ = ["CACHE_MODES", "CacheFileError", "CachedBackend", "ResponseCache", "cache_key"]
 
 CACHE_MODES = ("off", "record", "replay", "replay-or-record")
 _SCHEMA_VERSION = 1
@@ -92,6 +92,15 @@ CREATE TABLE IF NOT EXISTS completions (
     created           REAL NOT NULL
 )
 """
+
+
+_COLUMNS = ("key", "backend", "model", "request", "text", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s",
+            "response_model", "created")
+
+
+class CacheFileError(ValueError):
+    """A response cache file that cannot be used: truncated, not SQLite, another program's database, or missing in
+    replay mode. A ``ValueError``, so the commands report its one-line message and exit 2."""
 
 
 def _json_default(obj: Any) -> Any:
@@ -174,7 +183,10 @@ class ResponseCache:
     spawned worker) opens its own.
     """
 
-    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 60.0, max_connections: int = 4) -> None:
+    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 60.0, max_connections: int = 4,
+                 check: bool = True) -> None:
+        """``check``: read the whole file once now (SQLite's ``quick_check``, a fraction of a second for 200 MB) and
+        refuse a truncated or garbage one with :class:`CacheFileError` naming it; a pickled copy skips it."""
         if int(max_connections) < 1:
             raise ValueError(f"max_connections must be >= 1 (the connections kept open per process); "
                              f"got {max_connections}.")
@@ -189,13 +201,36 @@ class ResponseCache:
         self._generation = 0  # bumped by close() and fork: older connections are closed or dropped on return
         self._pid = os.getpid()
         _CACHES.add(self)
-        self._retry(lambda conn: None)  # create the file and table now, so errors surface early
+        try:  # create the file and table now, so errors surface early
+            self._retry(self._check if check else (lambda conn: None))
+        except CacheFileError:
+            self.close()
+            raise
+        except sqlite3.DatabaseError as e:
+            self.close()
+            if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
+                raise
+            raise CacheFileError(self._unusable(str(e))) from None
+
+    def _unusable(self, why: str) -> str:
+        return (f"the response cache {self.path!r} is not a usable cache file ({why}): it may be truncated, damaged "
+                "or another program's file. Give another cache path (--cache), or move this file away to record anew.")
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        """Refuse a damaged file or another program's table (see ``check`` in :meth:`__init__`)."""
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            raise CacheFileError(self._unusable("SQLite's quick_check: " + "; ".join(map(str, problems))))
+        columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(completions)").fetchall())
+        if columns != _COLUMNS:
+            raise CacheFileError(self._unusable(f"its completions table has the columns {list(columns)}"))
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "timeout_s": self.timeout_s, "max_connections": self.max_connections}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], timeout_s=state["timeout_s"], max_connections=state.get("max_connections", 4))
+        self.__init__(state["path"], timeout_s=state["timeout_s"], max_connections=state.get("max_connections", 4),
+                      check=False)  # the original checked the file
 
     def __repr__(self) -> str:
         return f"ResponseCache({self.path!r})"
@@ -383,6 +418,10 @@ class CachedBackend(BaseBackend):
         self.name = getattr(inner, "name", type(inner).__name__)
         self.model = _model_name(inner)
         self.deterministic = self.mode == "replay" or bool(getattr(inner, "deterministic", False))
+        if self.mode == "replay" and not os.path.isfile(self.path):
+            raise CacheFileError(
+                f"the response cache {self.path!r} does not exist, and mode 'replay' answers only from it. Record it "
+                "first (--cache-mode record or replay-or-record), or give the recorded file's path (--cache).")
         self.store = ResponseCache(self.path) if self.mode != "off" else None
         self._stats_lock = threading.Lock()
         self._stats: Counter = Counter()

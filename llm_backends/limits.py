@@ -36,6 +36,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,6 +205,11 @@ class SharedLimiter:
 
     ``burst_s`` is how many seconds of refill each bucket can hold (default 1 s).
     ``rpm`` and ``tpm`` of ``None`` mean unlimited.
+
+    ``clock`` and ``sleep`` are where the limiter's time is decided: the buckets read ``clock()`` and a request held
+    back waits with ``await sleep(seconds)``. The defaults are ``time.monotonic`` and ``asyncio.sleep``; a test
+    passes a virtual clock whose ``sleep`` advances it, so the pacing it checks does not depend on how busy the
+    machine is. A pickled copy uses the defaults.
     """
 
     def __init__(
@@ -213,6 +219,8 @@ class SharedLimiter:
         tpm: float | None = None,
         *,
         burst_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         for name, v in (("rpm", rpm), ("tpm", tpm)):
             if v is not None and not v > 0:
@@ -223,16 +231,19 @@ class SharedLimiter:
         self.rpm = rpm
         self.tpm = tpm
         self.burst_s = float(burst_s)
+        self.clock = clock
+        self.sleep = sleep
         self._init_state()
 
     def _init_state(self) -> None:
         self._pid = os.getpid()
         self._sem = CrossLoopSemaphore(self.max_concurrency)
+        clock = getattr(self, "clock", time.monotonic)
         self._req_bucket = (
-            TokenBucket(self.rpm / 60.0, max(1.0, self.rpm / 60.0 * self.burst_s)) if self.rpm else None
+            TokenBucket(self.rpm / 60.0, max(1.0, self.rpm / 60.0 * self.burst_s), clock=clock) if self.rpm else None
         )
         self._tok_bucket = (
-            TokenBucket(self.tpm / 60.0, max(1.0, self.tpm / 60.0 * self.burst_s)) if self.tpm else None
+            TokenBucket(self.tpm / 60.0, max(1.0, self.tpm / 60.0 * self.burst_s), clock=clock) if self.tpm else None
         )
         self._stats_lock = threading.Lock()
         self._in_flight = 0
@@ -246,6 +257,7 @@ class SharedLimiter:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.clock, self.sleep = time.monotonic, asyncio.sleep
         self._init_state()
 
     def __repr__(self) -> str:
@@ -258,7 +270,7 @@ class SharedLimiter:
         delay = bucket.reserve(amount)
         if delay > 0:
             try:
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
             except BaseException:
                 bucket.refund(amount)
                 raise

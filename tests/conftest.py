@@ -26,6 +26,49 @@ if os.environ.get("CI"):
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+class VirtualTime:
+    """A clock for code that takes ``clock=`` and ``sleep=`` (the env-LLM limiter): time moves only from one
+    sleeper's wake-up to the next, so what a test checks is what the code decided, never how busy the machine was.
+
+    ``sleep(s)`` parks the caller until ``now + s``; a driver task lets every task that can run run, then moves the
+    clock to the earliest wake-up and wakes that sleeper, and so on. Use it from one event loop.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = float(start)
+        self.sleeps: list[float] = []
+        self._parked: list[tuple[float, int, object]] = []
+        self._driver = None
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        import asyncio
+        import heapq
+
+        seconds = max(0.0, float(seconds))
+        self.sleeps.append(seconds)
+        loop = asyncio.get_running_loop()
+        wake = loop.create_future()
+        heapq.heappush(self._parked, (self.now + seconds, len(self.sleeps), wake))
+        if self._driver is None or self._driver.done():
+            self._driver = loop.create_task(self._drive())
+        await wake
+
+    async def _drive(self) -> None:
+        import asyncio
+        import heapq
+
+        while self._parked:
+            for _ in range(3):  # every task that can run without the clock moving runs first
+                await asyncio.sleep(0)
+            at, _, wake = heapq.heappop(self._parked)
+            self.now = max(self.now, at)
+            if not wake.done():
+                wake.set_result(None)
+
+
 def load_script(relpath: str) -> ModuleType:
     """Import a script of the repository (not an installed module) by its path from the repository root."""
     path = ROOT / relpath

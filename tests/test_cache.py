@@ -12,7 +12,7 @@ import threading
 
 import pytest
 from promptr1.llm_backends.base import BaseBackend, Completion, EnvLLMError
-from promptr1.llm_backends.cache import CachedBackend, ResponseCache, cache_key
+from promptr1.llm_backends.cache import CachedBackend, CacheFileError, ResponseCache, cache_key
 
 from promptr1.testing.scripted import EchoBackend, ScriptedBackend
 
@@ -501,3 +501,106 @@ def test_forked_child_opens_its_own_connections(tmp_path):
     assert result == ("ans:from child", True, 1) and p.exitcode == 0
     assert b.complete(chat("from child")).cached  # the child's write, read through the parent's connections
     b.close()
+
+
+@pytest.fixture(scope="module")
+def recorded_cache(tmp_path_factory) -> bytes:
+    """The bytes of a cache file holding 200 recorded calls (its WAL folded into the file)."""
+    path = tmp_path_factory.mktemp("recorded") / "good.sqlite"
+    live = CachedBackend(ScriptedBackend(["x" * 2_000]), path, mode="record")
+    for i in range(200):
+        live.complete(chat(f"q{i}"))
+    live.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "text", "half", "header_only", "one_page_short", "other_table"])
+@pytest.mark.parametrize("mode", ["replay", "replay-or-record", "record"])
+def test_a_damaged_cache_file_is_refused_when_opened_naming_the_file(tmp_path, recorded_cache, damage, mode):
+    """Issue 25, item 8: a truncated or garbage cache file raised a raw sqlite3.DatabaseError (naming no file) at
+    the first call, or mid-run. It is now refused when the cache is opened, in one line that names the file."""
+    data = recorded_cache
+    path = tmp_path / "calls.sqlite"
+    if damage == "other_table":
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE completions (id INTEGER, body TEXT)")
+        conn.commit()
+        conn.close()
+    else:
+        path.write_bytes({"garbage": bytes(range(256)) * 20, "text": b"not a database\n" * 100,
+                          "half": data[: len(data) // 2], "header_only": data[:100],
+                          "one_page_short": data[:-4096]}[damage])
+    with pytest.raises(CacheFileError) as info:
+        CachedBackend(ScriptedBackend(["never"]), path, mode=mode)
+    message = str(info.value)
+    assert repr(str(path)) in message and "not a usable cache file" in message and "\n" not in message
+    assert isinstance(info.value, ValueError)  # the commands' usage errors: one line, exit 2
+
+
+def test_a_sound_cache_file_is_accepted_at_every_size(tmp_path, recorded_cache):
+    """The check refuses only damage: a fresh file, an empty one and a recorded one open and answer."""
+    (tmp_path / "good.sqlite").write_bytes(recorded_cache)
+    (tmp_path / "empty.sqlite").write_bytes(b"")
+    for name in ("good.sqlite", "empty.sqlite", "new.sqlite"):
+        c = CachedBackend(ScriptedBackend(["fresh"]), tmp_path / name, mode="replay-or-record")
+        assert c.complete(chat("q7")).text == ("x" * 2_000 if name == "good.sqlite" else "fresh")
+        c.close()
+
+
+def test_replay_of_a_missing_file_is_refused_up_front(tmp_path):
+    """Replay with a cache file that does not exist created its folder and failed every episode (replay misses);
+    it is now refused when the backend is built, and nothing is created."""
+    path = tmp_path / "nowhere" / "calls.sqlite"
+    with pytest.raises(CacheFileError, match=r"does not exist.*replay.*Record it first"):
+        CachedBackend(ScriptedBackend(["never"]), path, mode="replay")
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("problem", ["garbage", "missing"])
+def test_eval_refuses_a_bad_cache_in_one_line_with_exit_2(tmp_path, capsys, problem):
+    """Every command opens its cache through llm_backends.from_settings, so every one refuses a bad cache file
+    before the first episode (eval shown): exit 2 and one line naming the file, no traceback."""
+    from promptr1.commands.cli import main
+
+    cache = tmp_path / "calls.sqlite"
+    if problem == "garbage":
+        cache.write_bytes(b"\x00garbage" * 1_000)
+    tasks = tmp_path / "qa.jsonl"
+    tasks.write_text('{"question": "Say w", "answers": ["w"]}\n', encoding="utf-8")
+    rc = main(["eval", str(tasks), "--methods", "direct", "--env-llm", "echo", "--output-dir", str(tmp_path / "out"),
+               "--embedder", "hashing", "--chart", "false", "--cache", str(cache),
+               *(["--cache-mode", "replay"] if problem == "missing" else [])])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(cache) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_refused_cache_closes_the_env_llms_built_for_it(tmp_path, monkeypatch):
+    """from_settings builds the clients before it opens the cache: when the cache is refused, every client it
+    built is closed (one env LLM, and each of several) before the error goes up."""
+    from promptr1.core.settings import BackendSettings
+    from promptr1.llm_backends import assemble, specs
+
+    closed: list[str] = []
+
+    class Client(EchoBackend):
+        def close(self) -> None:
+            closed.append(self.spec)
+
+    def make(spec, **kw):
+        client = Client()
+        client.spec = spec
+        return client
+
+    monkeypatch.setattr(specs, "make_backend", make)
+    cache = tmp_path / "calls.sqlite"
+    cache.write_bytes(b"garbage" * 1_000)
+    with pytest.raises(CacheFileError):
+        assemble.from_settings(BackendSettings(env_llm="echo", cache=str(cache)))
+    assert closed == ["echo"]
+    with pytest.raises(CacheFileError):
+        assemble.from_settings(BackendSettings(env_models=["cheap=echo", "strong=echo"], cache=str(cache)))
+    assert closed == ["echo", "echo"]  # the first of several was built, refused and closed; no second one was built

@@ -373,3 +373,140 @@ def test_env_system_prompt_none_sends_no_system_message_and_info_says_which():
     assert seen[-1][0] == {"role": "system", "content": "Be brief."}
     with pytest.raises(TypeError, match="env_system_prompt"):
         make_env(backend, env_system_prompt=3)
+
+
+def _fuzz_turns(seed: int, n: int) -> list[str]:
+    """``n`` agent turns from a seeded generator: the protocol's tags in any order, JSON tool calls well and badly
+    formed, model names known and unknown, JSON nested far deeper than Python's recursion limit (in the call, in
+    its arguments, in an arguments string), unpaired brackets, huge and non-finite numbers, control characters."""
+    import random
+
+    rng = random.Random(seed)
+    tags = ["<think>", "</think>", "<interaction_prompt>", "</interaction_prompt>", "<answer>", "</answer>",
+            "<interaction_response>", "</interaction_response>"]
+    junk = list("<>/ab {}[]\":,\\\x00\x1b\u202e\n") + ["é", "\U0001f600", "null", "1e999", "NaN", "-Infinity"]
+
+    def deep() -> str:
+        depth = rng.choice([50, 999, 1_000, 3_000, 20_000])
+        opener = rng.choice(["[", "{\"a\":", "[{\"b\":", "{\"arguments\":"])
+        closer = {"[": "]", "{\"a\":": "}", "[{\"b\":": "}]", "{\"arguments\":": "}"}[opener]
+        return opener * depth + rng.choice(["1", "\"x\"", "", "["]) + closer * rng.choice([depth, depth // 2, 0])
+
+    def value() -> str:
+        return rng.choice([lambda: json.dumps("Who founded Vantrel Corp?"), lambda: "1", lambda: "null", lambda: "[]",
+                           deep, lambda: json.dumps(deep()), lambda: "9" * 5_000, lambda: "1e999", lambda: "NaN",
+                           lambda: '"\\ud800"', lambda: '"' + "\\" * rng.randint(0, 3)])()
+
+    def call() -> str:
+        def json_call() -> str:
+            args = rng.choice([
+                lambda: '{"prompt": "Who founded Vantrel Corp?"}',
+                lambda: '{"prompt": ' + value() + "}",
+                lambda: '{"prompt": "hi", "model": ' + rng.choice(['"cheap"', '"strong"', '"nope"', '""', "1", "[]",
+                                                                  "{}"]) + "}",
+                value,
+            ])()
+            key = rng.choice(["arguments", "arguments", "arguments", "parameters", "args"])
+            name = rng.choice(['"prompt"', '"prompt"', '"prompt"', '"prompt"', '"search"', "null", "[" * 2_000])
+            return "{" + f'"name": {name}, "{key}": {args}' + "}"
+
+        return rng.choice([json_call, json_call, deep, lambda: "[" + rng.choice(["cheap", "strong", "x]", "[" * 1_000])
+                           + "] Who founded Vantrel Corp?", lambda: "What is 12 * 4?", lambda: ""])()
+
+    turns = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 6)):
+            kind = rng.random()
+            if kind < 0.35:
+                parts.append("<think>x</think><interaction_prompt>" + call() + "</interaction_prompt>")
+            elif kind < 0.5:
+                parts.append(rng.choice(tags))
+            elif kind < 0.6:
+                parts.append(deep())
+            elif kind < 0.7:
+                parts.append("<answer>" + rng.choice([lambda: "Vorla", lambda: "48", deep])() + "</answer>")
+            else:
+                parts.append("".join(rng.choice(junk) for _ in range(rng.randint(0, 40))))
+        turns.append("".join(parts))
+    return turns
+
+
+@pytest.mark.parametrize("two_models", [False, True], ids=["one-model", "two-models"])
+@pytest.mark.parametrize("framing", ["ours", "reference", "reference-eval"])
+def test_a_thousand_generated_turns_never_raise(framing, two_models):
+    """1,000 seeded turns per framing, one env LLM and two: every step returns (none raises, RecursionError from
+    deep JSON included), the reward is finite and in [-1, 1], the observation is in the space, and the chat the
+    agent model is shown (the framing's agent view) can be built from what was recorded."""
+    import math
+
+    from promptr1.envs.framing import FRAMINGS
+
+    llm = {"cheap": EchoBackend(), "strong": EchoBackend()} if two_models else EchoBackend()
+    env = make_env(llm, framing=framing, max_turns=4, **({"model_prices": {"strong": (1.0, 2.0)}} if two_models else {}))
+    env.reset(seed=0)
+    steps = episodes = calls = 0
+    for turn in _fuzz_turns(seed=25, n=1_000):
+        obs, r, term, trunc, info = env.step(turn)
+        steps += 1
+        assert math.isfinite(r) and -1.0 <= r <= 1.0
+        assert env.observation_space.contains(obs)
+        FRAMINGS.get(framing).agent_view(env.messages)
+        if term or trunc:
+            assert info["reward_components"] is not None
+            episodes += 1
+            calls += env.episode_stats["env_llm_calls"]
+            env.reset()
+    assert steps == 1_000 and episodes > 100 and calls > 20  # the generator reaches the env LLM, not only refusals
+
+
+@pytest.mark.parametrize("framing", ["ours", "reference", "reference-eval"])
+def test_deeply_nested_call_is_a_malformed_call_not_a_crash(framing):
+    """Issue 25, item 6: a call whose JSON nests deeper than Python's recursion limit raised RecursionError out of
+    env.step under reference-eval. It is now refused like any other malformed call (the reference framings), or sent
+    as plain text (ours); the episode goes on."""
+    env = make_env(ScriptedBackend(["fine"]), framing=framing)
+    env.reset(seed=0)
+    turn = '<interaction_prompt>{"name":"prompt","arguments":' + "[" * 1_000 + "]" * 1_000 + "}</interaction_prompt>"
+    obs, r, term, trunc, info = env.step(turn)
+    assert not (term or trunc) and info["env_error"] is None
+    if framing == "ours":
+        assert env.episode_stats["env_llm_calls"] == 1
+    else:
+        assert "Error: JSONDecodeError" in obs and env.episode_stats["env_llm_calls"] == 0
+    assert asyncio.run(env.astep(GOOD_ANSWER))[2]
+
+
+def test_a_parser_failure_is_refused_as_a_malformed_call(monkeypatch):
+    """Every parse of agent text is inside the step's guard: a framing whose parser raises on some text refuses the
+    turn with an error reply (the large LLM is not called, the run goes on) instead of raising out of env.step."""
+    from promptr1.envs import framing as framing_mod
+
+    env = make_env(ScriptedBackend(["fine"]), framing="reference")
+    env.reset(seed=0)
+
+    def broken(self, inner):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(framing_mod.ReferenceFraming, "check_call", broken)
+    obs, r, term, trunc, info = env.step(GOOD_PROMPT)
+    assert "Error: unreadable call (RecursionError)" in obs and not (term or trunc)
+    assert env.episode_stats["env_llm_calls"] == 0 and env.messages[-2]["content"] == GOOD_PROMPT
+    _, r, term, _, info = env.step(GOOD_ANSWER)
+    assert term and -1.0 <= r <= 1.0
+
+
+def test_eval_under_reference_eval_with_deeply_nested_agent_text_writes_its_report(tmp_path):
+    """Issue 25, item 6, end to end: the issue's turn under `promptr1 eval --framing reference-eval` ended in a
+    traceback with no report. Now each episode plays through it and the report is written."""
+    from promptr1.evaluation import EvalConfig, run_evaluation
+    from promptr1.testing.agents import ScriptedAgentPolicy
+
+    deep = ('<interaction_prompt>{"name":"prompt","arguments":' + "[" * 1_000 + "]" * 1_000
+            + "}</interaction_prompt>")
+    turns = [deep, "<think>c</think><answer>7</answer>"]
+    cfg = EvalConfig(tasks=["synthetic"], methods=["agent:scripted"], env_llm="sim", limit=2, chart=False,
+                     progress=False, output_dir=str(tmp_path), framing="reference-eval")
+    result = run_evaluation(cfg, agents={"scripted": ScriptedAgentPolicy(turns)})
+    assert len(result.records) == 2 and all(not r.get("env_error") for r in result.records)
+    assert (tmp_path / "report.md").is_file()

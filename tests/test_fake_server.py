@@ -74,7 +74,7 @@ def test_a_delayed_reply_is_cut_short_when_the_client_leaves():
     with FakeOpenAIServer(latency=5.0) as srv:
         with pytest.raises((socket.timeout, TimeoutError)):
             _post(srv, _body(), timeout=0.2)
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 60  # ends as soon as the server notices; the bound is only for a hang
         while srv.stats()["in_flight"] and time.monotonic() < deadline:
             time.sleep(0.02)
         rec = srv.chat_records()[0]
@@ -120,9 +120,9 @@ def test_hang_holds_until_client_gives_up_and_frees_in_flight():
         t0 = time.monotonic()
         with pytest.raises((socket.timeout, TimeoutError)):
             _post(srv, _body(), timeout=0.4)
-        assert 0.35 < time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 > 0.35  # the server held the request until the client's timeout
         # the client closed its socket: the server notices and stops counting the request
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 60  # ends as soon as the server notices; the bound is only for a hang
         while srv.stats()["in_flight"] and time.monotonic() < deadline:
             time.sleep(0.02)
         assert srv.stats()["in_flight"] == 0
@@ -135,12 +135,12 @@ def test_stop_is_quick_with_hung_requests():
                for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    srv.stop()
-    assert time.monotonic() - t0 < 3
+    deadline = time.monotonic() + 60
+    while srv.stats()["in_flight"] < 3 and time.monotonic() < deadline:  # all three hang at the server
+        time.sleep(0.01)
+    srv.stop()  # does not wait for the hung requests: their clients see the connection end, not their 30 s timeout
     for t in threads:
-        t.join(timeout=5)
+        t.join(timeout=25)
         assert not t.is_alive()
 
 
@@ -250,15 +250,12 @@ def test_measures_concurrency_and_scales_to_hundreds_of_connections():
         async def main():
             return await asyncio.gather(*(_raw_request(srv.port, _body(f"q{i}")) for i in range(n)))
 
-        t0 = time.monotonic()
         statuses = asyncio.run(main())
-        elapsed = time.monotonic() - t0
         stats = srv.stats()
     assert statuses == [200] * n
     assert stats["requests"] == n and stats["in_flight"] == 0
     # all requests overlapped at the server (it does not serialize), and it says so
-    assert stats["max_in_flight"] >= 0.9 * n
-    assert elapsed < 5.0  # 200 x 0.3 s served concurrently, not one after another (60 s)
+    assert stats["max_in_flight"] >= 0.9 * n  # served concurrently, not one after another (that would take 60 s)
 
 
 def test_lengthcut_is_an_empty_reply_that_bills_max_tokens():

@@ -26,6 +26,7 @@ from promptr1.llm_backends.base import EnvLLMError
 from promptr1.llm_backends.limits import CrossLoopSemaphore, SharedLimiter, TokenBucket
 from promptr1.llm_backends.openai_backend import OpenAIBackend, _sdk_httpx
 
+from conftest import VirtualTime
 from promptr1.testing.fake_server import FakeOpenAIServer
 
 MSGS = [{"role": "system", "content": "You are helpful"}, {"role": "user", "content": "one two three four"}]
@@ -142,35 +143,46 @@ def test_other_4xx_are_not_retried(fault):
         assert len(srv.chat_records()) == 1
 
 
-def test_retry_after_is_honoured():
+def _decided_waits(caplog) -> list[float]:
+    """The seconds the backend decided to wait before each retry (its debug log: what it decided, not what the
+    machine's scheduler made of it)."""
+    return [r.args[-1] for r in caplog.records
+            if r.name == "promptr1.llm_backends.openai_backend" and "retrying in" in r.msg]
+
+
+def test_retry_after_is_honoured(caplog):
+    caplog.set_level(logging.DEBUG, logger="promptr1.llm_backends.openai_backend")
     with FakeOpenAIServer(schedule=["429", None], retry_after_s=0.6) as srv:
         t0 = time.monotonic()
         c = backend(srv).complete(MSGS)
         elapsed = time.monotonic() - t0
-        recs = srv.chat_records()
+        assert len(srv.chat_records()) == 2
     assert c.attempts == 2
-    assert recs[1].arrival_s - recs[0].arrival_s >= 0.6  # measured at the server
-    assert 0.6 <= elapsed < 3.0
+    (wait,) = _decided_waits(caplog)
+    assert wait >= 0.6  # the server's Retry-After, not the 0.01 s backoff
+    assert elapsed >= 0.6  # a lower bound: a busy machine only makes it later
 
 
-def test_retry_after_past_the_deadline_gives_up_at_once():
+def test_retry_after_past_the_deadline_gives_up_at_once(caplog):
+    caplog.set_level(logging.DEBUG, logger="promptr1.llm_backends.openai_backend")
     with FakeOpenAIServer(schedule=["429", None], retry_after_s=30) as srv:
-        t0 = time.monotonic()
         with pytest.raises(EnvLLMError) as ei:
             backend(srv, deadline_s=2.0).complete(MSGS)
-        assert time.monotonic() - t0 < 1.5
         assert ei.value.kind == "deadline" and ei.value.errors == ["rate_limit"]
+        assert _decided_waits(caplog) == [] and len(srv.chat_records()) == 1  # no wait, no second attempt
 
 
-def test_backoff_grows_between_attempts():
+def test_backoff_grows_between_attempts(caplog):
+    caplog.set_level(logging.DEBUG, logger="promptr1.llm_backends.openai_backend")
     with FakeOpenAIServer(fault_rate=1.0, faults=("500",)) as srv:
         with pytest.raises(EnvLLMError):
             backend(srv, max_retries=4, backoff_base_s=0.05, backoff_max_s=10).complete(MSGS)
-        t = [r.arrival_s for r in srv.chat_records()]
-    gaps = [b - a for a, b in zip(t, t[1:])]
+        assert len(srv.chat_records()) == 5
+    waits = _decided_waits(caplog)
+    assert len(waits) == 4
     # attempt k waits in [base * 2**(k-1) / 2, base * 2**(k-1)]
-    for k, g in enumerate(gaps, start=1):
-        assert 0.05 * 2 ** (k - 1) / 2 <= g <= 0.05 * 2 ** (k - 1) + 0.3, gaps
+    for k, w in enumerate(waits, start=1):
+        assert 0.05 * 2 ** (k - 1) / 2 <= w <= 0.05 * 2 ** (k - 1), waits
 
 
 # --- timeouts and deadlines ------------------------------------------------------------------
@@ -181,8 +193,10 @@ def test_hang_with_deadline_fails_in_about_the_deadline():
         with pytest.raises(EnvLLMError) as ei:
             b.complete(MSGS)
         elapsed = time.monotonic() - t0
-    assert ei.value.kind == "deadline"
-    assert 0.95 <= elapsed < 2.5  # ~1 s (slack for a loaded CI machine)
+    # the deadline, not the 30 s attempt timeout, ended the call (the error says which); the time is only bounded
+    # from below, since a busy machine makes it later
+    assert ei.value.kind == "deadline" and "deadline of 1 s" in str(ei.value)
+    assert elapsed >= 0.95
 
 
 def test_per_attempt_timeout_is_retried():
@@ -190,7 +204,7 @@ def test_per_attempt_timeout_is_retried():
         t0 = time.monotonic()
         c = backend(srv, timeout_s=0.3).complete(MSGS)
         assert c.attempts == 3 and c.extra["errors"] == ["timeout", "timeout"]
-        assert 0.6 <= time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 >= 0.6  # two attempts timed out (a lower bound only)
 
 
 def test_timeouts_exhausted_are_kind_timeout():
@@ -265,48 +279,80 @@ def test_concurrency_limit_holds_across_loops_threads_and_backends():
     assert stats["max_in_flight"] == 4
 
 
-def test_requests_per_minute_limit_measured_at_the_server():
+def _paced(limiter: SharedLimiter, vt: VirtualTime, n: int, tokens: int = 0) -> list[float]:
+    """Release times (virtual seconds) of ``n`` concurrent requests through ``limiter``, in the order released."""
+    released: list[float] = []
+
+    async def one():
+        async with limiter.slot(tokens=tokens):
+            released.append(vt.now)
+            await asyncio.sleep(0)  # the request in flight
+
+    async def main():
+        await asyncio.gather(*(one() for _ in range(n)))
+
+    asyncio.run(main())
+    return released
+
+
+def test_requests_per_minute_limit_paces_the_release_times():
+    """Tested where the time is decided (issue 25, item 12): at the server, arrival times also measured how the
+    server thread was scheduled, and the test failed 1 run in 3 on an idle 2-core machine."""
     rpm, n = 2400, 60  # 40 per second; bursts of at most 4 (burst_s=0.1)
-    limiter = SharedLimiter(max_concurrency=64, rpm=rpm, burst_s=0.1)
+    vt = VirtualTime()
+    limiter = SharedLimiter(max_concurrency=64, rpm=rpm, burst_s=0.1, clock=vt.clock, sleep=vt.sleep)
+    t = _paced(limiter, vt, n)
+    rate, burst = rpm / 60, 4
+    assert len(t) == n and t == sorted(t)
+    assert t[:burst] == [0.0] * burst  # a burst goes at once
+    assert t == pytest.approx([max(0.0, (k + 1 - burst) / rate) for k in range(n)])  # then one every 1/rate s
+    for i in range(n):  # in every window [t_i, t_j]: at most burst + rate * width requests
+        for j in range(i, n):
+            assert j - i + 1 <= burst + rate * (t[j] - t[i]) + 1e-9
+    assert limiter.stats()["rate_wait_s"] == pytest.approx(sum(vt.sleeps))
+
+
+def test_requests_per_minute_limit_holds_for_backend_calls():
+    """Every request of the backend goes through its limiter: 60 concurrent calls against the fake server leave at
+    the limiter's pace (virtual time), whatever the machine's load."""
+    rpm, n = 2400, 60
+    vt = VirtualTime()
+    limiter = SharedLimiter(max_concurrency=64, rpm=rpm, burst_s=0.1, clock=vt.clock, sleep=vt.sleep)
     with FakeOpenAIServer() as srv:
         b = backend(srv, limiter=limiter)
 
         async def main():
-            await asyncio.gather(*(b.acomplete([{"role": "user", "content": f"q{i}"}]) for i in range(n)))
+            return await asyncio.gather(*(b.acomplete([{"role": "user", "content": f"q{i}"}]) for i in range(n)))
 
-        t_start = time.monotonic()
-        asyncio.run(main())
-        t = sorted(r.arrival_s for r in srv.chat_records())
-    rate, burst = rpm / 60, 4
-    assert len(t) == n
-    assert t[-1] - t_start >= (n - burst) / rate - 0.02  # 1.4 s: the last request cannot leave earlier
-    # in every window [t_i, t_j] at the server: at most burst + rate * width requests (plus 0.1 s of
-    # slack for delivery jitter; without the limit all of them land within ~0.2 s)
-    for i in range(n):
-        for j in range(i, n):
-            assert j - i + 1 <= burst + rate * (t[j] - t[i] + 0.1) + 1
+        replies = asyncio.run(main())
+        assert len(srv.chat_records()) == n and all(r.attempts == 1 for r in replies)
+    assert limiter.stats()["acquired"] == n
+    assert vt.now == pytest.approx((n - 4) / (rpm / 60))  # the last request left 1.4 s after the first
 
 
-def test_tokens_per_minute_limit_slows_requests():
-    # Each request is charged prompt estimate + max_tokens before it goes; the fake server's
-    # usage is tiny, so most of the charge is refunded afterwards: sequential calls stay fast,
-    # a concurrent burst is paced.
+def test_tokens_per_minute_limit_paces_by_tokens():
+    # Each request is charged before it goes; from a bucket of 1,000 tokens refilled at 1,000/s, requests of 301
+    # tokens: 3 go at once, the 4th at 0.204 s, then one every 0.301 s.
+    vt = VirtualTime()
+    limiter = SharedLimiter(max_concurrency=64, tpm=60 * 1000, clock=vt.clock, sleep=vt.sleep)
+    t = _paced(limiter, vt, 8, tokens=301)
+    assert t == pytest.approx([0.0, 0.0, 0.0, 0.204, 0.505, 0.806, 1.107, 1.408])
+
+
+def test_backend_charges_the_token_limit_with_its_estimate():
+    """The backend asks its limiter for the prompt's estimate plus max_tokens before each request (the pacing
+    itself: test_tokens_per_minute_limit_paces_by_tokens)."""
+    charged: list[int] = []
+
+    class Recording(SharedLimiter):
+        def slot(self, tokens: int = 0):
+            charged.append(tokens)
+            return super().slot(tokens)
+
     with FakeOpenAIServer() as srv:
-        b = backend(srv, tpm=60 * 1000, max_concurrency=64)  # 1,000 tokens/s, bucket of 1,000
-
-        async def main():
-            await asyncio.gather(*(b.acomplete([{"role": "user", "content": "hi"}], max_tokens=300) for _ in range(8)))
-
-        t0 = time.monotonic()
-        asyncio.run(main())
-        elapsed = time.monotonic() - t0
-        t = sorted(r.arrival_s for r in srv.chat_records())
-    assert len(t) == 8
-    # reservations of 301 tokens each from a bucket of 1,000 refilled at 1,000/s:
-    # 3 go at once, the 4th after ~0.2 s, the 8th after ~1.4 s (without the limit: all within ~0.3 s)
-    assert t[3] - t0 >= 0.2 - 0.02
-    assert t[7] - t0 >= 1.4 - 0.02
-    assert elapsed < 5
+        b = backend(srv, limiter=Recording(max_concurrency=4, tpm=60 * 1000))
+        b.complete([{"role": "user", "content": "hi"}], max_tokens=300)
+    assert len(charged) == 1 and 300 < charged[0] <= 310
 
 
 # --- cost, stats, secrets, plumbing ----------------------------------------------------------
@@ -395,7 +441,7 @@ def test_cancelled_call_releases_its_slot():
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            return await asyncio.wait_for(b.acomplete(MSGS), 5)
+            return await asyncio.wait_for(b.acomplete(MSGS), 60)  # a bound for a hang, not a speed target
 
         assert asyncio.run(main()).text == "one two three four"
 
@@ -711,18 +757,19 @@ def test_token_bucket_paces_reservations_fifo():
         TokenBucket(0, 1)
 
 
-def test_limiter_tpm_refund_lets_the_next_request_go_sooner():
-    lim = SharedLimiter(max_concurrency=4, tpm=60 * 100)  # 100 tokens/s, bucket of 100
+@pytest.mark.parametrize("used", [10, 100])
+def test_limiter_tpm_refund_lets_the_next_request_go_sooner(used):
+    vt = VirtualTime()
+    lim = SharedLimiter(max_concurrency=4, tpm=60 * 100, clock=vt.clock, sleep=vt.sleep)  # 100 tokens/s, bucket 100
 
     async def main():
         async with lim.slot(tokens=100) as slot:
-            slot.report_tokens(10)  # the call used far less than estimated
-        t0 = time.monotonic()
+            slot.report_tokens(used)  # 10: the call used far less than estimated
         async with lim.slot(tokens=80):
             pass
-        return time.monotonic() - t0
 
-    assert asyncio.run(main()) < 0.3  # without the refund it would wait ~0.7 s
+    asyncio.run(main())
+    assert vt.now == pytest.approx(0.0 if used == 10 else 0.8)  # without the refund it waits 0.8 s
 
 
 def test_semaphore_cancelled_waiters_do_not_leak_permits():

@@ -443,14 +443,17 @@ def test_blocks_from_chatml_edge_cases(text: str, expected: list[str]) -> None:
 )
 def test_degenerate_long_turns_are_fast(final: str) -> None:
     turns = [final[:50_000], "<think>" * 5000 + "<interaction_prompt>", final]
+    # A hang guard, not a speed target: the linear parsing takes under a millisecond on these inputs (0.3 ms here),
+    # the reference's cubic / quadratic regexes are many orders of magnitude slower; 10 s tells the two apart on
+    # any machine, however busy.
     t0 = time.perf_counter()
     r = compute_reward(turns, "a")
-    assert time.perf_counter() - t0 < 0.5
+    assert time.perf_counter() - t0 < 10
     assert -1.0 <= r.total <= 1.0
     text = "<|im_start|>assistant\n" * 20_000
     t0 = time.perf_counter()
     assert blocks_from_chatml(text) == []
-    assert time.perf_counter() - t0 < 0.5
+    assert time.perf_counter() - t0 < 10
 
 
 # ------------------------------------------- cross-check with a re-statement of the reference

@@ -216,19 +216,25 @@ def test_template_that_rewrites_history_is_rejected(tiny):
 
 
 class SlowReplyEnv(ReplyEnv):
-    """ReplyEnv whose async step sleeps ``delay`` seconds; records when each step finished."""
+    """ReplyEnv whose async step sleeps ``delay`` seconds, or until ``until()`` is true (``delay`` is then a bound
+    for a hang); records the order in which steps finished."""
 
-    def __init__(self, delay: float, log: list, name: str, max_turns: int = 3):
+    def __init__(self, delay: float, log: list, name: str, max_turns: int = 3, until=None):
         super().__init__(max_turns=max_turns)
-        self.delay, self.log, self.name = delay, log, name
+        self.delay, self.log, self.name, self.until = delay, log, name, until
 
     async def astep(self, action):
         import asyncio
         import time
 
-        await asyncio.sleep(self.delay)
+        if self.until is None:
+            await asyncio.sleep(self.delay)
+        else:
+            t0 = time.monotonic()
+            while not self.until() and time.monotonic() - t0 < self.delay:
+                await asyncio.sleep(0.005)
         out = self.step(action)
-        self.log.append((self.name, self.t, time.perf_counter()))
+        self.log.append((self.name, self.t, len(self.log)))
         return out
 
 
@@ -237,7 +243,15 @@ def test_fast_episodes_do_not_wait_for_a_slow_env_call(tiny, independent):
     """Without a barrier, the fast episodes play all their turns while the slow one's first reply is pending."""
     model, tok = tiny
     log: list = []
-    envs = [SlowReplyEnv(2.5, log, "slow"), SlowReplyEnv(0.0, log, "fast-a"), SlowReplyEnv(0.0, log, "fast-b")]
+
+    def fast_ones_done() -> bool:  # the slow reply is held until then (when nothing holds the fast ones back)
+        return sum(1 for name, turn, _ in log if name != "slow" and turn == 3) == 2
+
+    # independent: the slow call's first reply waits for both fast episodes to finish (at most 60 s, which a
+    # barrier would make it wait, and then the order below fails); with the barrier the order holds whatever the
+    # timing, so a fixed short delay does
+    slow = SlowReplyEnv(60.0, log, "slow", until=fast_ones_done) if independent else SlowReplyEnv(0.5, log, "slow")
+    envs = [slow, SlowReplyEnv(0.0, log, "fast-a"), SlowReplyEnv(0.0, log, "fast-b")]
     cfg = RolloutConfig(max_new_tokens=6, max_seq_len=2048, independent=independent, batch_wait_s=0.02)
     eps = run_episodes(model, tok, envs, [TASK] * 3, [0, 0, 0], cfg, generator=torch.Generator().manual_seed(0))
     assert all(ep.done and ep.turns == 3 for ep in eps)

@@ -75,7 +75,7 @@ def test_a_pickle_that_runs_code_is_refused_not_loaded(tmp_path):
 
 @pytest.mark.parametrize("where", ["optimizer.pt", "rng_state_rank0.pt", "accelerate_state/optimizer.bin",
                                    "accelerate_state/random_states_0.pkl"])
-def test_resume_never_runs_code_from_a_checkpoint(tmp_path, tiny_path, always_prompt, capsys, where):
+def test_resume_never_runs_code_from_a_checkpoint(tmp_path, tiny_path, always_prompt, capsys, caplog, where):
     out = tmp_path / "run"
     argv = ["train", "--config", "defaults", "--model", tiny_path, "--env-llm", "sim", "--steps", "1", "--output-dir", str(out), *FAST]
     assert main(argv) == 0, capsys.readouterr().err
@@ -91,6 +91,8 @@ def test_resume_never_runs_code_from_a_checkpoint(tmp_path, tiny_path, always_pr
     assert not sentinel.exists(), "resuming unpickled the checkpoint"
     if where.endswith("random_states_0.pkl"):
         assert rc == 0  # accelerate treats an unreadable RNG file as absent (it logs and goes on), code still not run
+        warned = [r.getMessage() for r in caplog.records if "RNG state was not restored" in r.getMessage()]
+        assert len(warned) == 1 and "random_states_0.pkl" in warned[0]  # issue 25, item 9: said, not silent
     else:
         assert rc == 2 and "refusing to load" in err and "would run code" in err
 
@@ -292,3 +294,90 @@ def test_a_model_folder_without_a_tokenizer_is_named_as_such(tmp_path, tiny):
 def test_dry_run_rejects_what_train_rejects(capsys):
     assert main(["train", "--config", "defaults", "--dry-run", "--max-turns", "0"]) == 2
     assert "(--max-turns) must be a whole number >= 1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 25, item 9: weights, RNG state
+
+
+def _damage_weights(folder: pathlib.Path, how: str, sentinel: pathlib.Path) -> pathlib.Path:
+    """Damage the weights of the model saved in ``folder``; return the file a message must name."""
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    if how == "garbage":
+        weights.write_bytes(b"\x00garbage" * 4_000)
+    elif how == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "one_byte_short":
+        weights.write_bytes(data[:-1])
+    else:  # the weights as a .bin whose pickle would run code
+        from safetensors.torch import load_file
+
+        state = load_file(weights)
+        weights.unlink()
+        weights = folder / "pytorch_model.bin"
+        torch.save({**state, "payload": _RunsCode(sentinel)}, weights)
+    return weights
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "one_byte_short", "pickled_bin"])
+def test_damaged_weights_are_refused_in_one_line_naming_the_file(tmp_path, tiny, how):
+    """A checkpoint whose model.safetensors is garbage or cut, or whose weights are a pickled .bin, ended in a
+    40-line traceback whose text advised weights_only=False. Now: one line naming the file, saying it is not a
+    loadable checkpoint; the pickle's code never runs."""
+    from promptr1.agents.models import load_policy
+
+    model, tokenizer = tiny
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    sentinel = tmp_path / "ran"
+    bad = _damage_weights(folder, how, sentinel)
+    with pytest.raises(CheckpointError) as info:
+        load_policy(str(folder))
+    message = str(info.value)
+    assert repr(str(bad)) in message and "is not a loadable checkpoint" in message
+    assert "\n" not in message and "weights_only" not in message
+    assert not sentinel.exists()
+
+
+def test_eval_of_a_checkpoint_with_damaged_weights_exits_2_in_one_line(tmp_path, tiny_path, capsys):
+    import shutil
+
+    folder = tmp_path / "run" / "checkpoint-000001"
+    shutil.copytree(tiny_path, folder)
+    (folder / "trainer_state.json").write_text('{"step": 1}')
+    bad = _damage_weights(folder, "garbage", tmp_path / "ran")
+    tasks = tmp_path / "qa.jsonl"
+    tasks.write_text('{"question": "Say w", "answers": ["w"]}\n', encoding="utf-8")
+    rc = main(["eval", str(tasks), "--model", str(tmp_path / "run"), "--methods", "agent", "--env-llm", "sim",
+               "--output-dir", str(tmp_path / "out"), "--embedder", "hashing", "--chart", "false"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    refusal = [line for line in err.splitlines() if "not a loadable checkpoint" in line]
+    assert len(refusal) == 1 and str(bad) in refusal[0]
+
+
+@pytest.mark.parametrize("damage", ["none", "pickle", "garbage", "missing", "not_a_dict"])
+def test_an_rng_state_accelerate_would_skip_is_reported(tmp_path, damage):
+    """accelerate's load_state skips a random_states_N.pkl it cannot read safely without a word; the trainer asks
+    accelerate_rng_problem and says that the RNG state was not restored (see the resume test above)."""
+    from accelerate import Accelerator
+    from promptr1.agents.checkpoint import accelerate_rng_problem
+
+    state = tmp_path / "accelerate_state"
+    Accelerator(cpu=True).save_state(str(state))
+    rng = state / "random_states_0.pkl"
+    if damage == "pickle":
+        torch.save({"random_state": _RunsCode(tmp_path / "ran")}, rng)
+    elif damage == "garbage":
+        rng.write_bytes(b"not a pickle at all" * 100)
+    elif damage == "missing":
+        rng.unlink()
+    elif damage == "not_a_dict":
+        torch.save([1, 2], rng)
+    problem = accelerate_rng_problem(state, 0)
+    if damage == "none":
+        assert problem is None
+    else:
+        assert problem is not None and str(rng) in problem and "weights_only" not in problem
+    assert not (tmp_path / "ran").exists()

@@ -26,10 +26,12 @@ class SlowBackend(BaseBackend):
     name = "slow"
     deterministic = True
 
-    def __init__(self, delays: dict[str, float] | None = None, default: float = 0.05):
+    def __init__(self, delays: dict[str, float] | None = None, default: float = 0.05,
+                 gates: dict[str, threading.Event] | None = None):
         super().__init__()
         self.delays = delays or {}
         self.default = default
+        self.gates = gates or {}  # a prompt whose call waits until the test sets its event
         self.in_flight = 0
         self.max_in_flight = 0
         self.loops: set[int] = set()
@@ -41,6 +43,9 @@ class SlowBackend(BaseBackend):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.loops.add(id(asyncio.get_running_loop()))
         try:
+            gate = self.gates.get(messages[-1]["content"])
+            while gate is not None and not gate.is_set():
+                await asyncio.sleep(0.005)
             await asyncio.sleep(self.delays.get(messages[-1]["content"], self.default))
         finally:
             with self._lock:
@@ -66,11 +71,8 @@ def test_step_runs_calls_concurrently_and_autoresets_next_step():
     venv = PromptCollabVectorEnv(num_envs=8, env_llm=backend, task=TASKS)
     try:
         venv.reset(seed=0)
-        t0 = time.perf_counter()
         obs, rew, term, trunc, infos = venv.step([PROMPT] * 8)
-        elapsed = time.perf_counter() - t0
-        assert backend.max_in_flight == 8          # all eight calls were in flight together
-        assert elapsed < 0.3 * 3                   # far less than 8 sequential 0.3 s calls
+        assert backend.max_in_flight == 8  # all eight calls were in flight together, not one after another
         assert all(o == "<interaction_response>reply to what is it?</interaction_response>" for o in obs)
         actions = [ANSWER] * 4 + [PROMPT] * 4
         obs, rew, term, trunc, infos = venv.step(actions)
@@ -87,7 +89,8 @@ def test_step_runs_calls_concurrently_and_autoresets_next_step():
 
 def test_async_api_lets_fast_episodes_run_ahead_of_a_slow_one():
     slow_prompt = "<think>t</think><interaction_prompt>slow</interaction_prompt>"
-    backend = SlowBackend(delays={"slow": 1.5}, default=0.02)
+    release = threading.Event()  # the slow call is outstanding until the test says so: no race with the clock
+    backend = SlowBackend(gates={"slow": release}, default=0.0)
     venv = PromptCollabVectorEnv(num_envs=3, env_llm=backend, task=TASKS, max_turns=50)
     try:
         for i in range(3):
@@ -96,16 +99,14 @@ def test_async_api_lets_fast_episodes_run_ahead_of_a_slow_one():
         steps_done = {1: 0, 2: 0}
         venv.submit(1, PROMPT)
         venv.submit(2, PROMPT)
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < 1.0:
-            for res in venv.collect(timeout=0.5):
+        while min(steps_done.values()) < 10:  # each fast episode moves on 10 times while the slow call is out
+            for res in venv.collect(timeout=60):
                 assert res.index in (1, 2), "the slow episode cannot have finished yet"
                 steps_done[res.index] += 1
                 venv.submit(res.index, PROMPT)
-        # each fast episode moved on ~40 times while the slow call was outstanding
-        assert min(steps_done.values()) >= 10
         assert 0 in venv.in_flight
-        results = venv.collect(timeout=5, min_ready=3)
+        release.set()
+        results = venv.collect(timeout=60, min_ready=3)
         assert {r.index for r in results} == {0, 1, 2}
         assert next(r for r in results if r.index == 0).observation.endswith("reply to slow</interaction_response>")
         assert len(backend.loops) == 1
@@ -120,9 +121,9 @@ def test_async_api_errors_are_clear():
         venv.submit(0, PROMPT)
         with pytest.raises(RuntimeError, match="in flight"):
             venv.submit(0, PROMPT)
-        assert venv.collect(timeout=5)[0].index == 0
+        assert venv.collect(timeout=60)[0].index == 0
         venv.submit(0, ANSWER)
-        assert venv.collect(timeout=5)[0].done
+        assert venv.collect(timeout=60)[0].done
         with pytest.raises(RuntimeError, match="reset_one"):
             venv.submit(0, PROMPT)
         with pytest.raises(ValueError, match="one action per sub-env"):
@@ -135,8 +136,9 @@ def test_vector_env_runs_on_the_openai_backend_loop_and_collects_in_completion_o
     from promptr1.llm_backends.openai_backend import OpenAIBackend
     from promptr1.testing.fake_server import FakeOpenAIServer
 
-    # the server's n-th request waits 0.2, 0.15, 0.1, 0.05 s: sub-env i's reply is slower for lower i
-    delays = iter([0.2, 0.15, 0.1, 0.05])
+    # the server's n-th request waits 1.6, 1.2, 0.8, 0.4 s: sub-env i's reply is slower for lower i (0.4 s apart, so
+    # the order holds however late the loaded machine sends the next request, as long as it is 0.4 s at most)
+    delays = iter([1.6, 1.2, 0.8, 0.4])
     with FakeOpenAIServer(latency=lambda rng: next(delays)) as srv:
         backend = OpenAIBackend("fake-model", base_url=srv.base_url, max_concurrency=8, timeout_s=5, deadline_s=10)
         venv = PromptCollabVectorEnv(num_envs=4, env_llm=backend, task=TASKS)
@@ -147,10 +149,10 @@ def test_vector_env_runs_on_the_openai_backend_loop_and_collects_in_completion_o
             for i in range(4):
                 venv.submit(i, f"<think>t</think><interaction_prompt>p{i}</interaction_prompt>")
                 t0 = time.monotonic()
-                while srv.stats()["requests"] < i + 1 and time.monotonic() - t0 < 5:
+                while srv.stats()["requests"] < i + 1 and time.monotonic() - t0 < 60:
                     time.sleep(0.002)  # request i reaches the server before request i + 1
             assert venv.collect(timeout=0.01) == []  # nothing has landed yet
-            results = venv.collect(timeout=5, min_ready=4)
+            results = venv.collect(timeout=60, min_ready=4)
             assert [r.index for r in results] == [3, 2, 1, 0]
             assert all(r.observation == f"<interaction_response>p{r.index}</interaction_response>" for r in results)
             assert venv.in_flight == [] and venv.collect(timeout=0.01) == []

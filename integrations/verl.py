@@ -38,6 +38,7 @@ advantage estimator.
 from __future__ import annotations
 
 import os
+import importlib.resources
 import pathlib
 import threading
 import time
@@ -79,7 +80,7 @@ __all__ = [
 #: The name the agent loop is registered under (``actor_rollout_ref.rollout.agent.default_agent_loop``).
 AGENT_LOOP_NAME = "promptr1"
 #: The folder of our bundled configs, verl's trainer YAML ``verl-paper.yaml`` among them (``--config-path``).
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = pathlib.Path(str(importlib.resources.files("promptr1") / "configs"))  # the bundled configs
 #: The agent-loop YAML (``actor_rollout_ref.rollout.agent.agent_loop_config_path``).
 AGENT_LOOP_CONFIG = CONFIG_DIR / "verl-agent-loops.yaml"
 

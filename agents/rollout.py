@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from promptr1.agents.episode import Episode, env_step, record_step, start_episode
-from promptr1.core.settings import RunSettings
+from promptr1.core.settings import DecodingSettings
 from promptr1.core.tags import STOP_STRINGS
 
 __all__ = [
@@ -434,18 +434,14 @@ def sample_turns(
 
 
 @dataclass
-class RolloutConfig:
-    max_new_tokens: int = 96
-    max_seq_len: int = RunSettings.max_seq_len  # one default for a whole episode's tokens, the settings'  
-    temperature: float = 1.0
-    top_p: float = 1.0
-    #: HF-style repetition penalty on tokens already in the sequence (1.0: none; ref evaluation: 1.05).
-    repetition_penalty: float = 1.0
-    #: Keep each episode's KV cache across its turns (a turn prefills only its new tokens).
-    kv_reuse: bool = True
-    #: Cap on the tokens of one generation batch (sum of tokens so far + max_new_tokens; 0: no cap).
-    max_batch_tokens: int = 0
+class RolloutConfig(DecodingSettings):
+    """How the agent plays its turns: the agent-decoding settings group as every command declares it
+    (:class:`~promptr1.core.settings.DecodingSettings`: ``max_new_tokens``, ``max_seq_len``, ``temperature``,
+    ``top_p``, ``repetition_penalty``, ``kv_reuse``, ``rollout_max_batch_tokens``: one default and one check each,
+    there), and what only the engine needs: where a turn stops and how episodes wait for each other."""
+
     stop_strings: tuple[str, ...] = DEFAULT_STOP_STRINGS
+    #: Where a turn ends (kept): the framing's (:func:`stop_strings_for`).
     #: Episodes advance independently: an episode whose env-LLM reply has landed joins the next
     #: generation batch without waiting for slower calls of other episodes. False = a barrier per
     #: turn (every generation round waits for all env calls), which keeps batch composition, and so
@@ -569,15 +565,9 @@ def stop_strings_for(framing: str) -> tuple[str, ...]:
 
 
 def rollout_config(settings: Any, **overrides: Any) -> RolloutConfig:
-    """The :class:`RolloutConfig` of a command's settings (:class:`promptr1.core.settings.RunSettings`): its agent
-    decoding, and the stop strings of its framing (the reference framing stops only at the end-of-turn token)."""
-    values = dict(max_new_tokens=settings.max_new_tokens, max_seq_len=settings.max_seq_len,
-                  temperature=settings.temperature, top_p=settings.top_p,
-                  repetition_penalty=settings.repetition_penalty, kv_reuse=settings.kv_reuse,
-                  max_batch_tokens=settings.rollout_max_batch_tokens,
-                  stop_strings=stop_strings_for(settings.framing))
-    values.update(overrides)
-    return RolloutConfig(**values)
+    """The :class:`RolloutConfig` of a command's settings: their agent-decoding group as it is, and the stop strings
+    of their framing (the reference framing stops only at the end-of-turn token)."""
+    return RolloutConfig.pick(settings, **{"stop_strings": stop_strings_for(settings.framing), **overrides})
 
 
 async def arun_episodes(
@@ -790,7 +780,7 @@ async def arun_episodes(
                 # The cache covers the prompt and the generated tokens fed back, never more than ep.ids.
                 fed = min(max(len(s.ids) - 1, 0), len(ids))
                 ep.cache = crop_cache(getattr(s, "cache", None), before + fed)
-                if ep.cache is not None and cfg.max_batch_tokens > 0 and ep.cache[0][0].device.type != "cpu":
+                if ep.cache is not None and cfg.rollout_max_batch_tokens > 0 and ep.cache[0][0].device.type != "cpu":
                     ep.cache = move_cache(ep.cache, "cpu")  # off the accelerator until its next turn
                 s.cache = None
                 s.ids, s.logps = ids, lps
@@ -802,22 +792,22 @@ async def arun_episodes(
 
 
 def _token_batches(active: list[int], lengths: list[int], cfg: RolloutConfig) -> list[list[int]]:
-    """Split the episodes waiting for a turn into generation batches of at most ``cfg.max_batch_tokens``
+    """Split the episodes waiting for a turn into generation batches of at most ``cfg.rollout_max_batch_tokens``
     (tokens so far + ``max_new_tokens`` each; an episode alone over the cap still gets a batch of its own).
 
-    >>> _token_batches([0, 1, 2], [100, 100, 100], RolloutConfig(max_new_tokens=50, max_batch_tokens=300))
+    >>> _token_batches([0, 1, 2], [100, 100, 100], RolloutConfig(max_new_tokens=50, rollout_max_batch_tokens=300))
     [[0, 1], [2]]
-    >>> _token_batches([0, 1], [10, 10], RolloutConfig(max_batch_tokens=0))
+    >>> _token_batches([0, 1], [10, 10], RolloutConfig(rollout_max_batch_tokens=0))
     [[0, 1]]
     """
-    if cfg.max_batch_tokens <= 0:
+    if cfg.rollout_max_batch_tokens <= 0:
         return [active] if active else []
     out: list[list[int]] = []
     cur: list[int] = []
     used = 0
     for k, n in zip(active, lengths):
         need = n + cfg.max_new_tokens
-        if cur and used + need > cfg.max_batch_tokens:
+        if cur and used + need > cfg.rollout_max_batch_tokens:
             out.append(cur)
             cur, used = [], 0
         cur.append(k)

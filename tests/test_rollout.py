@@ -386,6 +386,6 @@ def test_token_budget_splits_generation_batches_with_the_same_result(tiny, monke
     rounds = len(sizes)
     sizes.clear()
     cap = 2 * (max(len(e.ids) for e in whole) + 10)
-    capped, _, _ = _play(model, tok, 4, kv_reuse=True, max_batch_tokens=cap)
+    capped, _, _ = _play(model, tok, 4, kv_reuse=True, rollout_max_batch_tokens=cap)
     assert all(tokens <= cap or n == 1 for n, tokens in sizes) and len(sizes) > rounds
     assert [e.ids for e in whole] == [e.ids for e in capped]

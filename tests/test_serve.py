@@ -278,7 +278,8 @@ def test_too_many_in_flight_get_429_and_sigterm_drains_the_rest():
         served.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join()
-        assert served.stop() == 0
+        # the one SIGTERM is all it gets: a second one (stop()) during the interpreter's exit would kill it
+        assert served.proc.wait(timeout=120) == 0
         assert [results[i][0] for i in range(2)] == [200, 200]
         assert [results[i][1]["choices"][0]["message"]["content"] for i in range(2)] == [
             f"Slow question {i}?" for i in range(2)]  # the slow env LLM echoes the prompt

@@ -86,7 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, AttributeError) as exc:  # a command whose module is not built yet
         print(f"promptr1 {name}: this command is not available in this install ({exc}).", file=sys.stderr)
         return 2
-    return int(fn(rest) or 0)
+    try:
+        return int(fn(rest) or 0)
+    except KeyboardInterrupt:  # Ctrl-C in any command without its own handling (train and eval keep their work)
+        print(f"\npromptr1 {name}: interrupted.", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

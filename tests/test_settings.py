@@ -328,3 +328,20 @@ def test_the_run_writes_what_it_started_from(tmp_path):
 def test_the_readme_has_no_rule_about_which_options_keep_the_quickstart():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "keeps the quickstart's settings" not in readme and "starts from the plain defaults" not in readme
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch, capsys):
+    """A command without its own interrupt handling (sft, chat, play, serve while loading) ends in one line and
+    exit 130 on Ctrl-C, never a traceback."""
+    import sys
+    import types
+
+    from promptr1.commands import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "fake_interrupted_command", types.SimpleNamespace(run=interrupted))
+    monkeypatch.setitem(cli.COMMANDS, "fake", ("fake_interrupted_command:run", "raises KeyboardInterrupt"))
+    assert main(["fake"]) == 130
+    assert capsys.readouterr().err.strip() == "promptr1 fake: interrupted."
